@@ -1,0 +1,229 @@
+"""The one module that touches aioquic internals (aioquic is pinned to 1.7.2).
+
+- `ConecQuicConnection` grows a stream's receive window as the application
+  *consumes* data (aioquic doubles it on arrival), requests client
+  certificates on the server side, exposes a stream's unsent bytes for
+  writers' watermarks, and can drop handshake-only buffers.
+- Packet-level helpers for the datagram endpoint: header parsing, Retry and
+  version negotiation.
+
+An aioquic upgrade should only ever need this file changed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aioquic.asyncio.server import _encode_invalid_token_close
+from aioquic.buffer import Buffer
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
+from aioquic.quic.connection import (
+    MAX_STREAM_DATA_FRAME_CAPACITY,
+    QuicConnection,
+    QuicConnectionState,
+)
+from aioquic.quic.packet import (
+    QuicFrameType,
+    QuicPacketType,
+    encode_quic_retry,
+    encode_quic_version_negotiation,
+    pull_quic_header,
+)
+from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.retry import QuicRetryTokenHandler
+from aioquic.quic.stream import QuicStream
+from aioquic.tls import Epoch
+from cryptography import x509
+
+__all__ = [
+    "SMALLEST_MAX_DATAGRAM_SIZE",
+    "ConecQuicConnection",
+    "PacketInfo",
+    "RetryGate",
+    "parse_packet",
+    "version_negotiation",
+]
+
+CONNECTION_ID_LENGTH = 8
+
+
+class ConecQuicConnection(QuicConnection):
+    """`QuicConnection` with consumption-driven stream flow control.
+
+    A stream's window is `consumed + stream_window`, never lowered, updated
+    once a quarter of the window has been consumed (batching credit keeps
+    MAX_STREAM_DATA frames rare). Connection-level MAX_DATA keeps aioquic's own
+    growth so a stalled stream never stalls its neighbours.
+    """
+
+    def __init__(self, *, configuration: QuicConfiguration, stream_window: int,
+                 request_client_certificate: bool = False, **kwargs: Any) -> None:
+        super().__init__(configuration=configuration, **kwargs)
+        self._stream_window = stream_window
+        self._credit_step = max(stream_window // 4, 1)
+        self._consumed: dict[int, int] = {}
+        self._request_client_certificate = request_client_certificate
+
+    # -- aioquic overrides ---------------------------------------------------
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        if self._request_client_certificate:
+            # aioquic's server only asks for a client certificate through this
+            # switch; the chain is validated by our own code afterwards.
+            self.tls._request_client_certificate = True
+
+    def _write_stream_limits(self, builder: QuicPacketBuilder, space: Any,
+                             stream: QuicStream) -> None:
+        local = stream.max_stream_data_local
+        if not local:
+            return
+        target = self._consumed.get(stream.stream_id, 0) + self._stream_window
+        if target - local >= self._credit_step:
+            stream.max_stream_data_local = local = target
+        if stream.max_stream_data_local_sent != local:
+            buf = builder.start_frame(
+                QuicFrameType.MAX_STREAM_DATA,
+                capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
+                handler=self._on_max_stream_data_delivery,
+                handler_args=(stream,),
+            )
+            buf.push_uint_var(stream.stream_id)
+            buf.push_uint_var(local)
+            stream.max_stream_data_local_sent = local
+
+    # -- our API ---------------------------------------------------------------
+
+    def consume(self, stream_id: int, nbytes: int) -> None:
+        """The application consumed `nbytes` more of a stream's data."""
+        self._consumed[stream_id] = self._consumed.get(stream_id, 0) + nbytes
+
+    def consume_to(self, stream_id: int, offset: int) -> None:
+        """The application consumed a stream's data up to `offset` in total."""
+        if offset > self._consumed.get(stream_id, 0):
+            self._consumed[stream_id] = offset
+
+    def forget_stream(self, stream_id: int) -> None:
+        """Drop our bookkeeping for a stream that is over."""
+        self._consumed.pop(stream_id, None)
+
+    def unsent(self, stream_id: int) -> int:
+        """Bytes written to a stream that have not been sent yet."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return 0
+        sender = stream.sender
+        return int(sender._buffer_stop - sender.highest_offset)
+
+    def can_send(self, stream_id: int) -> bool:
+        """True while data may still be written to the stream."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return not self._stream_is_discarded(stream_id) and \
+                self._stream_can_send(stream_id)
+        return not stream.sender.is_finished and not stream.sender.reset_pending \
+            and stream.sender._reset_error_code is None
+
+    def next_stream_id(self) -> int:
+        """The id of the next bidirectional stream this side would open."""
+        return int(self.get_next_available_stream_id())
+
+    def streams_open(self) -> int:
+        return len(self._streams)
+
+    def peer_certificate(self) -> x509.Certificate | None:
+        """The certificate the peer presented in the handshake, if any."""
+        tls = getattr(self, "tls", None)
+        return None if tls is None else tls._peer_certificate
+
+    def peer_chain(self) -> list[x509.Certificate]:
+        tls = getattr(self, "tls", None)
+        return [] if tls is None else list(tls._peer_certificate_chain)
+
+    def set_max_datagram_size(self, size: int) -> None:
+        """Apply a smaller datagram size than configured (aioquic does not
+        negotiate it)."""
+        self._max_datagram_size = max(SMALLEST_MAX_DATAGRAM_SIZE,
+                                      min(size, self._max_datagram_size))
+
+    def release_handshake_memory(self) -> None:
+        """Shrink the crypto buffers kept from the handshake (48 KiB)."""
+        for epoch in (Epoch.INITIAL, Epoch.HANDSHAKE):
+            if epoch in self._crypto_buffers:
+                self._crypto_buffers[epoch] = Buffer(capacity=4096)
+
+    @property
+    def is_closed(self) -> bool:
+        return self._state in (QuicConnectionState.CLOSING, QuicConnectionState.DRAINING,
+                               QuicConnectionState.TERMINATED)
+
+
+class PacketInfo:
+    """What the endpoint needs from a packet header."""
+
+    __slots__ = ("dcid", "is_initial", "is_version_negotiation", "scid", "token",
+                 "version")
+
+    def __init__(self, dcid: bytes, scid: bytes, version: int | None, is_initial: bool,
+                 is_version_negotiation: bool, token: bytes) -> None:
+        self.dcid = dcid
+        self.scid = scid
+        self.version = version
+        self.is_initial = is_initial
+        self.is_version_negotiation = is_version_negotiation
+        self.token = token
+
+
+def parse_packet(data: bytes) -> PacketInfo | None:
+    """Parse a datagram's first header; None if it is not QUIC."""
+    try:
+        header = pull_quic_header(Buffer(data=data), host_cid_length=CONNECTION_ID_LENGTH)
+    except ValueError:
+        return None
+    return PacketInfo(
+        header.destination_cid, header.source_cid, header.version,
+        header.packet_type == QuicPacketType.INITIAL,
+        header.packet_type == QuicPacketType.VERSION_NEGOTIATION,
+        header.token,
+    )
+
+
+def version_negotiation(pkt: PacketInfo, supported: list[int]) -> bytes:
+    return bytes(encode_quic_version_negotiation(
+        source_cid=pkt.dcid, destination_cid=pkt.scid, supported_versions=supported))
+
+
+class RetryGate:
+    """Stateless Retry: builds tokens and validates those that come back."""
+
+    def __init__(self) -> None:
+        self._handler = QuicRetryTokenHandler()
+
+    def retry_packet(self, pkt: PacketInfo, addr: Any, now: float) -> bytes:
+        assert pkt.version is not None
+        source_cid = os.urandom(CONNECTION_ID_LENGTH)
+        return bytes(encode_quic_retry(
+            version=pkt.version,
+            source_cid=source_cid,
+            destination_cid=pkt.scid,
+            original_destination_cid=pkt.dcid,
+            retry_token=self._handler.create_token(
+                address=addr, original_destination_connection_id=pkt.dcid,
+                retry_source_connection_id=source_cid, now=now),
+        ))
+
+    def validate(self, pkt: PacketInfo, addr: Any, now: float) -> bytes | None:
+        """The original destination cid, or None if the token is not ours/valid."""
+        try:
+            odcid = self._handler.validate_token(
+                address=addr, destination_cid=pkt.dcid, token=pkt.token, now=now)
+        except ValueError:
+            return None
+        return bytes(odcid)
+
+    @staticmethod
+    def invalid_token_close(pkt: PacketInfo) -> bytes:
+        assert pkt.version is not None
+        return bytes(_encode_invalid_token_close(
+            version=pkt.version, source_cid=pkt.dcid, destination_cid=pkt.scid))

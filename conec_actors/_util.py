@@ -1,0 +1,38 @@
+"""Small shared helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Generator
+from types import TracebackType
+from typing import Any, Generic, Protocol, TypeVar
+
+
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+T = TypeVar("T", bound=_Closable)
+
+
+class AwaitableContext(Generic[T]):
+    """Both `await f(...)` and `async with f(...) as x:` (closing x on exit),
+    the way `websockets.connect` works."""
+
+    __slots__ = ("_factory", "_obj")
+
+    def __init__(self, factory: Callable[[], Coroutine[Any, Any, T]]) -> None:
+        self._factory = factory
+        self._obj: T | None = None
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._factory().__await__()
+
+    async def __aenter__(self) -> T:
+        self._obj = await self._factory()
+        return self._obj
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._obj is not None:
+            await self._obj.close()
+

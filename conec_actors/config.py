@@ -1,0 +1,87 @@
+"""Configuration objects for the Coordinator and for Clients."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+from .ids import check_id
+
+PemSource = bytes | str | os.PathLike[str]
+
+DEFAULT_PORT = 1719
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+DEFAULT_IDLE_TIMEOUT = 10.0
+DEFAULT_MAX_DATAGRAM_SIZE = 1200
+
+
+def _check_common(max_message_size: int, idle_timeout: float, max_datagram_size: int) -> None:
+    if max_message_size < 0 or max_message_size > 2**32 - 1:
+        raise ValueError(f"max_message_size must be in [0, 2**32), got {max_message_size}")
+    if idle_timeout <= 0:
+        raise ValueError(f"idle_timeout must be positive, got {idle_timeout}")
+    if not 1200 <= max_datagram_size <= 65527:
+        raise ValueError("max_datagram_size must be in [1200, 65527] (above ~1452 only "
+                         f"on loopback or known paths), got {max_datagram_size}")
+
+
+@dataclass
+class CoordConfig:
+    """How to run a Coordinator. `cert`, `key` and `client_ca` take PEM bytes or
+    a path. Without `client_ca`, clients must present self-signed certificates
+    valid for their id; with it, certificates issued by that CA."""
+
+    cert: PemSource
+    key: PemSource
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    client_ca: PemSource | None = None
+    stateless_retry: bool | Literal["auto"] = "auto"
+    routing_workers: int = 1
+    broadcast_workers: int = 1
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    max_datagram_size: int = DEFAULT_MAX_DATAGRAM_SIZE
+
+    def __post_init__(self) -> None:
+        if self.routing_workers < 1:
+            raise ValueError("routing_workers must be at least 1")
+        if self.broadcast_workers < 1:
+            raise ValueError("broadcast_workers must be at least 1")
+        if self.stateless_retry not in (True, False, "auto"):
+            raise ValueError("stateless_retry must be True, False or 'auto'")
+        _check_common(self.max_message_size, self.idle_timeout, self.max_datagram_size)
+
+
+@dataclass
+class ClientConfig:
+    """How a Client reaches its Coordinator and who it is.
+
+    `id` must be a lowercase DNS name (`InvalidId` otherwise, raised here).
+    `coord` is the Coordinator's host name, checked against its certificate;
+    `addr=(host, port)` overrides where to connect. `ca` is the trust root for
+    the Coordinator (None: the system store). Without `cert`/`key` an
+    ephemeral self-signed certificate for `id` is made.
+    """
+
+    id: str
+    coord: str
+    port: int = DEFAULT_PORT
+    addr: tuple[str, int] | None = None
+    ca: PemSource | None = None
+    cert: PemSource | None = None
+    key: PemSource | None = None
+    client_ca: PemSource | None = None
+    listen: bool = True
+    holepunch: bool = True
+    keepalive: bool = True
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_datagram_size: int = DEFAULT_MAX_DATAGRAM_SIZE
+
+    def __post_init__(self) -> None:
+        check_id(self.id)
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("give both cert and key, or neither")
+        _check_common(self.max_message_size, self.idle_timeout, self.max_datagram_size)

@@ -1,0 +1,162 @@
+"""The Coordinator: front-end in this process, workers as child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from .. import wire
+from .._util import AwaitableContext
+from ..certs import load_pem
+from ..config import CoordConfig
+from ..errors import CoordinatorFailed
+from ..streams import STREAM_WINDOW
+from ..tlsconf import quic_configuration
+from ..transport import Endpoint, ServerSettings
+from .frontend import FrontEnd
+from .supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+
+class Coord:
+    """A running Coordinator. Start it with `await Coord.start(cfg)` or
+    `async with Coord.start(cfg) as coord:`."""
+
+    def __init__(self, cfg: CoordConfig, fe: FrontEnd, endpoint: Endpoint,
+                 supervisor: Supervisor) -> None:
+        self._cfg = cfg
+        self._fe = fe
+        self._endpoint = endpoint
+        self._supervisor = supervisor
+        self._closed = asyncio.Event()
+        self._failure: CoordinatorFailed | None = None
+        self._closing: asyncio.Task[None] | None = None
+        supervisor.failed.add_done_callback(self._on_failed)
+
+    @classmethod
+    def start(cls, cfg: CoordConfig) -> AwaitableContext[Coord]:
+        """Start the front-end here and the workers as child processes."""
+        return AwaitableContext(lambda: cls._start(cfg))
+
+    @classmethod
+    async def _start(cls, cfg: CoordConfig) -> Coord:
+        cert_pem, key_pem = load_pem(cfg.cert), load_pem(cfg.key)
+        client_ca = load_pem(cfg.client_ca) if cfg.client_ca is not None else None
+        qcfg = quic_configuration(
+            is_client=False, cert_pem=cert_pem, key_pem=key_pem,
+            idle_timeout=cfg.idle_timeout, max_datagram_size=cfg.max_datagram_size,
+            stream_window=STREAM_WINDOW)
+        fe = FrontEnd(client_ca=client_ca, max_message_size=cfg.max_message_size,
+                      max_datagram_size=cfg.max_datagram_size,
+                      idle_timeout=cfg.idle_timeout, routing_workers=cfg.routing_workers)
+        supervisor = Supervisor({"routing": cfg.routing_workers}, fe.shard_entries)
+        fe.supervisor = supervisor
+        try:
+            await supervisor.start()
+            settings = ServerSettings(configuration=qcfg, stream_window=STREAM_WINDOW,
+                                      accept=fe.accept, retry=cfg.stateless_retry)
+            endpoint = await Endpoint.bind(cfg.host, cfg.port, settings)
+        except BaseException:
+            await supervisor.close()
+            raise
+        fe.endpoint = endpoint
+        return cls(cfg, fe, endpoint, supervisor)
+
+    # -- properties ------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The bound UDP port (real even when configured with port 0)."""
+        return self._endpoint.local_address[1]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) the Coordinator listens on."""
+        return self._endpoint.local_address
+
+    @property
+    def config(self) -> CoordConfig:
+        return self._cfg
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the worker processes (for supervision and tests)."""
+        return self._supervisor.pids()
+
+    async def num_clients(self) -> int:
+        """Clients connected and admitted."""
+        return self._fe.num_clients()
+
+    async def num_broadcasts(self) -> int:
+        """Broadcasts that exist (broadcasts are not built yet: always 0)."""
+        return 0
+
+    async def stats(self) -> dict[str, Any]:
+        """A snapshot: clients, streams, broadcasts, forwarded figures, workers."""
+        fe = self._fe
+        workers = self._supervisor.figures()
+        loop = asyncio.get_running_loop()
+        futs: list[asyncio.Future[Any]] = []
+        for kind, slots in self._supervisor.by_kind.items():
+            for slot in slots:
+                fut: asyncio.Future[Any] = loop.create_future()
+                futs.append(fut)
+                from .ipc import StatsRequest
+                self._supervisor.request(
+                    slot, lambda req: StatsRequest(req),
+                    lambda r, f=fut: f.done() or f.set_result(r))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*futs), 2.0)
+        for w, f in zip(workers, futs, strict=True):
+            if f.done():
+                w.update(getattr(f.result(), "figures", {}))
+        return {
+            "clients": fe.num_clients(),
+            "connections": len(self._endpoint.connections),
+            "half_open": self._endpoint.half_open,
+            "streams": fe.num_streams(),
+            "streams_opened": fe.streams_opened,
+            "broadcasts": 0,
+            "messages_forwarded": fe.messages_forwarded,
+            "bytes_forwarded": fe.bytes_forwarded,
+            "workers": workers,
+        }
+
+    # -- shutdown ----------------------------------------------------------------
+
+    def _on_failed(self, fut: asyncio.Future[None]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if isinstance(exc, CoordinatorFailed):
+            log.error("%s", exc)
+            self._failure = exc
+            if self._closing is None:
+                self._closing = asyncio.get_running_loop().create_task(self._shutdown(
+                    wire.Code.COORD_FAILED, str(exc)))
+
+    async def close(self) -> None:
+        """Stop everything, workers included; leaves no process or socket."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(
+                self._shutdown(wire.Code.COORD_SHUTDOWN, "Coordinator shutting down"))
+        await asyncio.shield(self._closing)
+
+    async def _shutdown(self, code: int, reason: str) -> None:
+        try:
+            for conn in list(self._endpoint.connections):
+                conn.close(code, reason)
+            await asyncio.sleep(0.05)  # let the closes reach the wire
+            self._endpoint.close()
+            await self._supervisor.close()
+        finally:
+            self._closed.set()
+
+    async def wait_closed(self) -> None:
+        """Wait until the Coordinator has stopped; raises `CoordinatorFailed`
+        if it shut itself down."""
+        await self._closed.wait()
+        if self._failure is not None:
+            raise self._failure

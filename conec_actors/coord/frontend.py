@@ -1,0 +1,485 @@
+"""The Coordinator's front-end: terminates QUIC, admits clients, splices
+proxied streams.
+
+Runs in the process and event loop that called `Coord.start`. Control-plane
+decisions (admission, where a peer is) go to routing workers through the
+`Supervisor`; payload never leaves this process. A proxied stream is two
+`Leg`s, one on each client's connection: bytes read from one leg are written
+to the other as they come, with frame boundaries tracked (not copied) to
+enforce the message size limit, and the source leg is credited only as the
+destination drains, so back-pressure reaches the writer through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from typing import Any
+
+from .. import wire
+from ..errors import CertificateError, ConecError, InvalidId, ProtocolError
+from ..framing import HEADER_SIZE, FrameDecoder, FrameScanner, FrameTooLarge, frame
+from ..ids import check_id, stable_hash
+from ..streams import MAX_STREAM_NUMBER, STREAM_WINDOW
+from ..tlsconf import check_chain, der
+from ..transport import Conn, Endpoint
+from . import ipc
+from .supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+FRONTEND_NAME = "fe0"
+HELLO_TIMEOUT = 5.0
+CONTROL_MAX = 64 * 1024  # control messages are small
+HEADER_MAX = 1024  # a stream header frame
+MAX_PENDING_OPENS = 64  # streams of one client waiting for their route
+
+
+class Leg:
+    """One end of a proxied stream, on one client's connection."""
+
+    __slots__ = ("base", "head", "in_done", "n", "other", "out_done", "pending",
+                 "pending_fin", "scanner", "session", "sid", "written")
+
+    def __init__(self, session: Session, sid: int, max_message_size: int) -> None:
+        self.session = session
+        self.sid = sid
+        self.other: Leg | None = None
+        self.head: bytearray | None = None  # header bytes while reading it
+        self.pending: list[bytes] = []  # data before the route is known
+        self.pending_fin = False
+        self.scanner = FrameScanner(max_message_size)
+        self.base = 0  # bytes of this leg consumed before splicing
+        self.written = 0  # bytes forwarded from this leg to the other
+        self.in_done = False  # nothing more will come from this leg
+        self.out_done = False  # nothing more will be written to this leg
+        self.n = -1
+
+    def on_drain(self) -> None:
+        """The other leg's send buffer drained a bit: credit this one."""
+        fe = self.session.fe
+        fe.credit(self)
+
+
+class Session:
+    """The front-end's side of one client connection (a `ConnHandler`)."""
+
+    def __init__(self, fe: FrontEnd, conn: Conn, key: int) -> None:
+        self.fe = fe
+        self.conn = conn
+        self.key = key
+        self.client_id: str | None = None
+        self.state = "handshake"  # -> hello -> admitting -> ready -> closed
+        self.control_sid: int | None = None
+        self.control = FrameDecoder(CONTROL_MAX)
+        self.legs: dict[int, Leg] = {}
+        self.used_numbers: set[int] = set()
+        self.pending_opens = 0
+        self.cert_der = b""
+        self.max_message_size = fe.cfg_max_message_size
+        self.registered = False
+        self._hello_timer = fe.loop.call_later(HELLO_TIMEOUT, self._hello_timeout)
+
+    # -- ConnHandler -------------------------------------------------------------
+
+    def handshake_completed(self, conn: Conn) -> None:
+        cert = conn.quic.peer_certificate()
+        try:
+            check_chain(cert, conn.quic.peer_chain(), self.fe.client_ca)
+        except CertificateError as exc:
+            self.refuse(wire.Code.CERTIFICATE, str(exc))
+            return
+        assert cert is not None
+        self.cert_der = der(cert)
+        self.state = "hello"
+
+    def stream_data(self, conn: Conn, sid: int, data: bytes, fin: bool) -> None:
+        if self.state in ("closed", "handshake"):
+            return
+        if self.control_sid is None:
+            if sid != 0:
+                self.refuse(wire.Code.PROTOCOL, "the control stream must be opened first")
+                return
+            self.control_sid = sid
+        if sid == self.control_sid:
+            self._control_data(data, fin)
+            return
+        leg = self.legs.get(sid)
+        if leg is None:
+            if self.state != "ready" or sid % 4 != 0:
+                conn.stop(sid, wire.Code.PROTOCOL)
+                conn.reset(sid, wire.Code.PROTOCOL)
+                return
+            leg = self.legs[sid] = Leg(self, sid, self.max_message_size)
+            leg.head = bytearray()
+        self.fe.leg_data(leg, data, fin)
+
+    def stream_reset(self, conn: Conn, sid: int, code: int) -> None:
+        if sid == self.control_sid:
+            self.refuse(wire.Code.PROTOCOL, "the control stream was reset")
+            return
+        leg = self.legs.get(sid)
+        if leg is not None:
+            self.fe.leg_reset(leg, code)
+
+    def stop_sending(self, conn: Conn, sid: int, code: int) -> None:
+        leg = self.legs.get(sid)
+        if leg is not None:
+            self.fe.leg_stopped(leg, code)
+
+    def terminated(self, conn: Conn, code: int, reason: str) -> None:
+        self.state = "closed"
+        self._hello_timer.cancel()
+        self.fe.session_gone(self)
+
+    # -- control stream ----------------------------------------------------------
+
+    def _control_data(self, data: bytes, fin: bool) -> None:
+        try:
+            msgs = self.control.feed(data)
+            for raw in msgs:
+                self._control_msg(wire.decode(raw))
+        except FrameTooLarge:
+            self.refuse(wire.Code.PROTOCOL, "control message too large")
+            return
+        except ConecError as exc:
+            self.refuse(wire.Code.PROTOCOL, str(exc))
+            return
+        if fin and self.state != "closed":
+            self.refuse(wire.Code.PROTOCOL, "the control stream was closed")
+
+    def _control_msg(self, msg: wire.Control) -> None:
+        if self.state == "closed":
+            return
+        if isinstance(msg, wire.Hello):
+            if self.state != "hello":
+                raise ProtocolError("unexpected hello")
+            self._hello(msg)
+        else:
+            raise ProtocolError(f"unexpected control message {type(msg).__name__}")
+
+    def _hello(self, hello: wire.Hello) -> None:
+        if hello.version != wire.PROTOCOL_VERSION:
+            self.refuse(wire.Code.VERSION, f"protocol version {hello.version} is not "
+                        f"supported (this Coordinator speaks {wire.PROTOCOL_VERSION})")
+            return
+        try:
+            check_id(hello.id)
+        except InvalidId as exc:
+            self.refuse(wire.Code.INVALID_ID, str(exc))
+            return
+        try:
+            check_chain(self.conn.quic.peer_certificate(), self.conn.quic.peer_chain(),
+                        self.fe.client_ca, hello.id)
+        except CertificateError as exc:
+            self.refuse(wire.Code.CERTIFICATE, str(exc))
+            return
+        self.client_id = hello.id
+        self.state = "admitting"
+        self.max_message_size = max(0, min(hello.max_message_size,
+                                           self.fe.cfg_max_message_size))
+        self._datagram_size = min(hello.max_datagram_size, self.fe.cfg_max_datagram_size)
+        self._idle = min(hello.idle_timeout, self.fe.cfg_idle_timeout)
+        entry = ipc.Entry(hello.id, FRONTEND_NAME, self.key, self.conn.peer_address,
+                          hashlib.sha256(self.cert_der).digest())
+        self.fe.request_routing(hello.id, lambda req: ipc.Register(req, entry),
+                                self._admitted)
+
+    def _admitted(self, reply: ipc.Reply | ipc.StatsReply) -> None:
+        assert isinstance(reply, ipc.Reply)
+        if reply.code == 0:
+            self.registered = True
+        if self.state == "closed":
+            self.fe.unregister(self)  # left while being admitted
+            return
+        if reply.code != 0:
+            self.refuse(reply.code, f"a client with id {self.client_id!r} is already "
+                        "connected" if reply.code == wire.Code.DUPLICATE_ID else "")
+            return
+        self._hello_timer.cancel()
+        self.state = "ready"
+        self.fe.admitted(self)
+        self.conn.quic.set_max_datagram_size(self._datagram_size)
+        assert self.control_sid is not None
+        self.conn.send(self.control_sid, frame(wire.encode(wire.Welcome(
+            wire.PROTOCOL_VERSION, self.max_message_size, self._idle, self._datagram_size,
+            self.conn.peer_address))))
+
+    def refuse(self, code: int, reason: str) -> None:
+        """Close the connection with an application code and reason."""
+        if self.state == "closed":
+            return
+        log.info("closing connection from %s: %s (%s)", self.conn.peer_address,
+                 reason or wire.describe(code), code)
+        self.conn.close(code, reason or wire.describe(code))
+
+    def _hello_timeout(self) -> None:
+        if self.state in ("handshake", "hello", "admitting"):
+            self.refuse(wire.Code.HELLO_TIMEOUT,
+                        f"no hello within {HELLO_TIMEOUT:.0f} s of connecting")
+
+
+class FrontEnd:
+    """All sessions and proxied streams of one Coordinator process."""
+
+    def __init__(self, *, client_ca: bytes | None, max_message_size: int,
+                 max_datagram_size: int, idle_timeout: float, routing_workers: int) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.client_ca = client_ca
+        self.cfg_max_message_size = max_message_size
+        self.cfg_max_datagram_size = max_datagram_size
+        self.cfg_idle_timeout = idle_timeout
+        self.routing_workers = routing_workers
+        self.endpoint: Endpoint | None = None
+        self.supervisor: Supervisor | None = None
+        self.sessions: dict[int, Session] = {}
+        self.by_id: dict[str, Session] = {}
+        self._next_key = 1
+        self.bytes_forwarded = 0
+        self.messages_forwarded = 0
+        self.streams_opened = 0
+
+    # -- wiring ------------------------------------------------------------------
+
+    def accept(self, conn: Conn) -> Session:
+        key = self._next_key
+        self._next_key += 1
+        s = Session(self, conn, key)
+        self.sessions[key] = s
+        return s
+
+    def shard_entries(self, kind: str, index: int) -> list[ipc.Entry]:
+        """The facts a restarted worker rebuilds its shard from."""
+        out = []
+        for s in self.by_id.values():
+            if s.registered and s.client_id is not None and \
+                    stable_hash(s.client_id) % self.routing_workers == index:
+                out.append(ipc.Entry(s.client_id, FRONTEND_NAME, s.key,
+                                     s.conn.peer_address,
+                                     hashlib.sha256(s.cert_der).digest()))
+        return out
+
+    def request_routing(self, client_id: str, make: Any, cb: Any) -> None:
+        assert self.supervisor is not None
+        slot = self.supervisor.slot_for("routing", stable_hash(client_id))
+        self.supervisor.request(slot, make, cb)
+
+    def admitted(self, s: Session) -> None:
+        assert s.client_id is not None
+        self.by_id[s.client_id] = s
+
+    def unregister(self, s: Session) -> None:
+        if not s.registered or s.client_id is None:
+            return
+        s.registered = False
+        cid, key = s.client_id, s.key
+        self.request_routing(cid, lambda req: ipc.Unregister(req, cid, FRONTEND_NAME, key),
+                             None)
+
+    def session_gone(self, s: Session) -> None:
+        self.sessions.pop(s.key, None)
+        if s.client_id is not None and self.by_id.get(s.client_id) is s:
+            del self.by_id[s.client_id]
+        self.unregister(s)
+        for leg in list(s.legs.values()):
+            other = leg.other
+            if other is not None:
+                self._end_out(other, wire.Code.PEER_GONE)
+                self._end_in(other, wire.Code.PEER_GONE)
+        s.legs.clear()
+
+    # -- proxied streams -----------------------------------------------------------
+
+    def leg_data(self, leg: Leg, data: bytes, fin: bool) -> None:
+        if leg.in_done:
+            return
+        if leg.head is not None:
+            head = leg.head
+            head += data
+            if len(head) >= HEADER_SIZE:
+                size = int.from_bytes(head[:HEADER_SIZE], "big")
+                if size > HEADER_MAX:
+                    self._abort(leg, wire.Code.PROTOCOL, "stream header too large")
+                    return
+                if len(head) >= HEADER_SIZE + size:
+                    raw = bytes(head[HEADER_SIZE:HEADER_SIZE + size])
+                    rest = bytes(head[HEADER_SIZE + size:])
+                    leg.head = None
+                    leg.base = HEADER_SIZE + size
+                    leg.session.conn.consume_to(leg.sid, leg.base)
+                    self._open(leg, raw)
+                    if leg.in_done:
+                        return
+                    data = rest
+                else:
+                    if fin:
+                        self._abort(leg, wire.Code.PROTOCOL, "stream ended in its header")
+                    return
+            elif fin:
+                self._abort(leg, wire.Code.PROTOCOL, "stream ended in its header")
+                return
+            else:
+                return
+        if leg.other is None:
+            if data:
+                leg.pending.append(data)
+            leg.pending_fin = leg.pending_fin or fin
+            return
+        self._forward(leg, data, fin)
+
+    def _forward(self, leg: Leg, data: bytes, fin: bool) -> None:
+        other = leg.other
+        assert other is not None
+        if data:
+            try:
+                frames = leg.scanner.feed(data)
+            except FrameTooLarge as exc:
+                self._abort(leg, wire.Code.MESSAGE_TOO_LARGE, str(exc))
+                return
+            if not other.out_done:
+                other.session.conn.send(other.sid, data)
+            leg.written += len(data)
+            self.bytes_forwarded += len(data)
+            self.messages_forwarded += frames
+            self.credit(leg)
+        if fin:
+            if not leg.scanner.at_boundary:
+                self._abort(leg, wire.Code.PROTOCOL, "stream ended inside a message")
+                return
+            leg.in_done = True
+            if not other.out_done:
+                other.out_done = True
+                other.session.conn.send(other.sid, b"", end=True)
+            self._maybe_forget(leg)
+            self._maybe_forget(other)
+
+    def credit(self, leg: Leg) -> None:
+        """Credit `leg`'s window by what its destination has sent on."""
+        other = leg.other
+        if other is None:
+            return
+        oconn = other.session.conn
+        unsent = oconn.unsent(other.sid) if not other.out_done or not oconn.closed else 0
+        leg.session.conn.consume_to(leg.sid, leg.base + leg.written - unsent)
+        if unsent > 0 and not oconn.closed:
+            oconn.watch_drain(other.sid, leg.on_drain)
+        else:
+            oconn.unwatch_drain(other.sid)
+
+    def _open(self, leg: Leg, raw: bytes) -> None:
+        s = leg.session
+        try:
+            hdr = wire.decode(raw)
+        except ProtocolError as exc:
+            self._abort(leg, wire.Code.PROTOCOL, str(exc))
+            return
+        if not isinstance(hdr, wire.StreamHeader) or hdr.kind != "proxied":
+            self._abort(leg, wire.Code.PROTOCOL, "expected a proxied stream header")
+            return
+        if not 0 <= hdr.n < MAX_STREAM_NUMBER:
+            self._abort(leg, wire.Code.PROTOCOL, "stream number out of range")
+            return
+        if hdr.n in s.used_numbers:
+            self._abort(leg, wire.Code.STREAM_ID_IN_USE,
+                        f"proxied stream number {hdr.n} was already used by this client")
+            return
+        s.used_numbers.add(hdr.n)
+        leg.n = hdr.n
+        try:
+            check_id(hdr.peer)
+        except InvalidId:
+            self._abort(leg, wire.Code.NO_SUCH_PEER, f"no client {hdr.peer!r} is connected")
+            return
+        if s.pending_opens >= MAX_PENDING_OPENS:
+            self._abort(leg, wire.Code.TOO_MANY_STREAMS,
+                        f"more than {MAX_PENDING_OPENS} streams waiting to open")
+            return
+        s.pending_opens += 1
+        src, dst = s.client_id or "", hdr.peer
+        self.request_routing(dst, lambda req: ipc.Lookup(req, src, dst),
+                             lambda reply: self._routed(leg, dst, reply))
+
+    def _routed(self, leg: Leg, dst: str, reply: ipc.Reply | ipc.StatsReply) -> None:
+        s = leg.session
+        s.pending_opens -= 1
+        if leg.in_done or s.state == "closed":
+            return
+        assert isinstance(reply, ipc.Reply)
+        target = None
+        if reply.code == 0 and reply.entry is not None:
+            target = self.sessions.get(reply.entry.conn)
+        if target is None or target.state != "ready" or target.client_id != dst:
+            code = reply.code or wire.Code.NO_SUCH_PEER
+            self._abort(leg, code, f"no client {dst!r} is connected"
+                        if code == wire.Code.NO_SUCH_PEER else "")
+            return
+        tconn = target.conn
+        sid = tconn.new_stream_id()
+        other = Leg(target, sid, target.max_message_size)
+        target.legs[sid] = other
+        other.other, leg.other = leg, other
+        other.n = leg.n
+        tconn.send(sid, frame(wire.encode(wire.StreamHeader("proxied", s.client_id or "",
+                                                            leg.n))))
+        s.conn.send(leg.sid, frame(wire.encode(wire.StreamAccepted())))
+        self.streams_opened += 1
+        # The header written to `other` does not count as forwarded data.
+        pending, leg.pending = leg.pending, []
+        data = b"".join(pending)
+        if data or leg.pending_fin:
+            self._forward(leg, data, leg.pending_fin)
+
+    def leg_reset(self, leg: Leg, code: int) -> None:
+        """The client at `leg` aborted its sending side."""
+        leg.in_done = True
+        other = leg.other
+        if other is not None:
+            self._end_out(other, code)
+        self._maybe_forget(leg)
+
+    def leg_stopped(self, leg: Leg, code: int) -> None:
+        """The client at `leg` stopped reading (aioquic reset our sending side)."""
+        leg.out_done = True
+        leg.session.conn.unwatch_drain(leg.sid)
+        other = leg.other
+        if other is not None:
+            self._end_in(other, code)
+        self._maybe_forget(leg)
+
+    def _end_out(self, leg: Leg, code: int) -> None:
+        if not leg.out_done:
+            leg.out_done = True
+            leg.session.conn.reset(leg.sid, code)
+            leg.session.conn.unwatch_drain(leg.sid)
+        self._maybe_forget(leg)
+
+    def _end_in(self, leg: Leg, code: int) -> None:
+        if not leg.in_done:
+            leg.in_done = True
+            leg.session.conn.stop(leg.sid, code)
+        self._maybe_forget(leg)
+
+    def _abort(self, leg: Leg, code: int, reason: str) -> None:
+        """Reset both directions of a proxied stream (both legs)."""
+        log.debug("resetting stream %d of %s: %s", leg.sid, leg.session.client_id, reason)
+        self._end_in(leg, code)
+        self._end_out(leg, code)
+        other = leg.other
+        if other is not None:
+            self._end_in(other, code)
+            self._end_out(other, code)
+
+    def _maybe_forget(self, leg: Leg) -> None:
+        if leg.in_done and leg.out_done:
+            s = leg.session
+            if s.legs.pop(leg.sid, None) is not None:
+                s.conn.forget_stream(leg.sid)
+
+    # -- figures -------------------------------------------------------------------
+
+    def num_clients(self) -> int:
+        return len(self.by_id)
+
+    def num_streams(self) -> int:
+        return sum(len(s.legs) for s in self.sessions.values()) // 2

@@ -1,0 +1,103 @@
+"""Messages between the Coordinator's front-end and its worker processes.
+
+Everything that crosses ZeroMQ is one of these `msgspec.Struct`s, sent in
+batches (one ZeroMQ message holds a list). Versioned with the wire protocol.
+Payload never travels here: only the control plane.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+IPC_VERSION = 1
+
+
+class Entry(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """A directory entry: which front-end and connection hold a client id."""
+
+    client_id: str
+    frontend: str
+    conn: int
+    addr: tuple[str, int]
+    cert_sha256: bytes
+
+
+# front-end -> worker ----------------------------------------------------------
+
+class Register(msgspec.Struct, tag="reg", array_like=True, frozen=True, gc=False):
+    req: int
+    entry: Entry
+
+
+class Unregister(msgspec.Struct, tag="unreg", array_like=True, frozen=True, gc=False):
+    req: int
+    client_id: str
+    frontend: str
+    conn: int
+
+
+class Lookup(msgspec.Struct, tag="look", array_like=True, frozen=True, gc=False):
+    """Stream introduction: where is `dst`, for a stream from `src`?"""
+
+    req: int
+    src: str
+    dst: str
+
+
+class Rebuild(msgspec.Struct, tag="rebuild", array_like=True, frozen=True, gc=False):
+    """Sent to a (re)started worker before anything else: its whole shard."""
+
+    req: int
+    entries: list[Entry]
+
+
+class StatsRequest(msgspec.Struct, tag="stats", array_like=True, frozen=True, gc=False):
+    req: int
+
+
+class Shutdown(msgspec.Struct, tag="bye", array_like=True, frozen=True, gc=False):
+    req: int
+
+
+ToWorker = Register | Unregister | Lookup | Rebuild | StatsRequest | Shutdown
+
+
+# worker -> front-end ----------------------------------------------------------
+
+class Ready(msgspec.Struct, tag="ready", array_like=True, frozen=True, gc=False):
+    kind: str
+    slot: int
+    pid: int
+    version: int = IPC_VERSION
+
+
+class Reply(msgspec.Struct, tag="reply", array_like=True, frozen=True, gc=False):
+    """Answer to a request: `code` is 0 or a `wire.Code`; `entry` for lookups."""
+
+    req: int
+    code: int = 0
+    entry: Entry | None = None
+
+
+class StatsReply(msgspec.Struct, tag="statsr", array_like=True, frozen=True, gc=False):
+    req: int
+    figures: dict[str, int]
+
+
+FromWorker = Ready | Reply | StatsReply
+
+_enc = msgspec.msgpack.Encoder()
+_to_worker = msgspec.msgpack.Decoder(list[ToWorker])
+_from_worker = msgspec.msgpack.Decoder(list[FromWorker])
+
+
+def encode_batch(msgs: list[ToWorker] | list[FromWorker]) -> bytes:
+    return _enc.encode(msgs)
+
+
+def decode_to_worker(data: bytes) -> list[ToWorker]:
+    return _to_worker.decode(data)
+
+
+def decode_from_worker(data: bytes) -> list[FromWorker]:
+    return _from_worker.decode(data)

@@ -1,0 +1,236 @@
+"""Starts, feeds, watches and restarts the Coordinator's worker processes.
+
+Workers are `python -m conec_actors.coord.worker` subprocesses (so a user's
+script without a `__main__` guard is never re-imported) reached over one
+ZeroMQ ROUTER socket on an abstract-namespace `ipc://@...` address (no
+socket file to leave behind). Requests are batched per worker and per loop
+turn. Every request carries an id; requests in flight to a worker that dies
+are replayed, after a `Rebuild` of its shard, to its successor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import zmq
+
+from ..errors import CoordinatorFailed
+from . import ipc
+
+log = logging.getLogger(__name__)
+
+#: A worker slot that crashes this many times within CRASH_WINDOW seconds
+#: shuts the Coordinator down.
+CRASH_LIMIT = 3
+CRASH_WINDOW = 10.0
+STOP_GRACE = 2.0
+
+ReplyCallback = Callable[[ipc.Reply | ipc.StatsReply], None]
+MakeRequest = Callable[[int], ipc.ToWorker]
+
+
+@dataclass
+class _Slot:
+    kind: str
+    index: int
+    proc: asyncio.subprocess.Process | None = None
+    ready: bool = False
+    generation: int = 0
+    restarts: int = 0
+    crashes: list[float] = field(default_factory=list)
+    outbox: list[ipc.ToWorker] = field(default_factory=list)
+    # req id -> (request, callback); dicts keep insertion order for replay
+    inflight: dict[int, tuple[ipc.ToWorker, ReplyCallback | None]] = field(
+        default_factory=dict)
+    watcher: asyncio.Task[None] | None = None
+    ready_event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def identity(self) -> bytes:
+        return f"{self.kind[0]}{self.index}".encode()
+
+
+class Supervisor:
+    """Owns the worker processes and the ZeroMQ socket that reaches them."""
+
+    def __init__(self, kinds: dict[str, int],
+                 shard_entries: Callable[[str, int], list[ipc.Entry]]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._shard_entries = shard_entries
+        self._slots: dict[bytes, _Slot] = {}
+        self.by_kind: dict[str, list[_Slot]] = {}
+        for kind, n in kinds.items():
+            slots = [_Slot(kind, i) for i in range(n)]
+            self.by_kind[kind] = slots
+            for s in slots:
+                self._slots[s.identity] = s
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self.endpoint = f"ipc://@conec-actors-{os.getpid()}-{os.urandom(6).hex()}"
+        self._sock.bind(self.endpoint)
+        self._fd = self._sock.getsockopt(zmq.FD)
+        self._loop.add_reader(self._fd, self._on_readable)
+        self._next_req = 1
+        self._flush_handle: asyncio.Handle | None = None
+        self._closing = False
+        self.failed: asyncio.Future[None] = self._loop.create_future()
+
+    async def start(self, timeout: float = 20.0) -> None:
+        for slot in self._slots.values():
+            await self._spawn(slot)
+        waits = [s.ready_event.wait() for s in self._slots.values()]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), timeout)
+        except TimeoutError:
+            raise CoordinatorFailed(
+                f"worker processes did not start within {timeout:.0f} s") from None
+
+    async def _spawn(self, slot: _Slot) -> None:
+        slot.ready = False
+        slot.ready_event.clear()
+        slot.generation += 1
+        slot.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "conec_actors.coord.worker",
+            "--kind", slot.kind, "--slot", str(slot.index), "--endpoint", self.endpoint,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+        slot.watcher = self._loop.create_task(self._watch(slot, slot.proc))
+
+    async def _watch(self, slot: _Slot, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if self._closing or slot.proc is not proc:
+            return
+        now = time.monotonic()
+        slot.crashes = [t for t in slot.crashes if now - t < CRASH_WINDOW] + [now]
+        log.warning("%s worker %d (pid %d) exited with %s; restarting",
+                    slot.kind, slot.index, proc.pid, code)
+        slot.ready = False
+        if len(slot.crashes) >= CRASH_LIMIT:
+            if not self.failed.done():
+                self.failed.set_exception(CoordinatorFailed(
+                    f"{slot.kind} worker {slot.index} crashed {len(slot.crashes)} times "
+                    f"within {CRASH_WINDOW:.0f} s (last exit status {code}); "
+                    "the Coordinator shut down"))
+            return
+        slot.restarts += 1
+        try:
+            await self._spawn(slot)
+        except OSError as exc:
+            if not self.failed.done():
+                self.failed.set_exception(CoordinatorFailed(
+                    f"cannot restart {slot.kind} worker {slot.index}: {exc}"))
+
+    def pids(self) -> list[int]:
+        return [s.proc.pid for s in self._slots.values() if s.proc is not None]
+
+    def slot_for(self, kind: str, shard: int) -> _Slot:
+        slots = self.by_kind[kind]
+        return slots[shard % len(slots)]
+
+    # -- requests ------------------------------------------------------------
+
+    def request(self, slot: _Slot, make: MakeRequest, cb: ReplyCallback | None) -> int:
+        req = self._next_req
+        self._next_req += 1
+        msg = make(req)
+        slot.inflight[req] = (msg, cb)
+        if slot.ready:
+            slot.outbox.append(msg)
+            self._flush_soon()
+        return req
+
+    def _flush_soon(self) -> None:
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        for slot in self._slots.values():
+            if slot.outbox and slot.ready:
+                batch, slot.outbox = slot.outbox, []
+                try:
+                    self._sock.send_multipart([slot.identity, ipc.encode_batch(batch)],
+                                              zmq.NOBLOCK)
+                except zmq.ZMQError as exc:
+                    # The batch stays in flight and is replayed on restart.
+                    log.debug("send to %s failed: %s", slot.identity, exc)
+        # Sending can consume the edge of the FD; drain in case input came in.
+        self._on_readable()
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock.closed:
+            return
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                ident, data = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            slot = self._slots.get(ident)
+            if slot is None:
+                continue
+            try:
+                msgs = ipc.decode_from_worker(data)
+            except Exception:  # a broken worker must not break the front-end
+                log.exception("undecodable batch from %r", ident)
+                continue
+            for msg in msgs:
+                if isinstance(msg, ipc.Ready):
+                    self._on_ready(slot)
+                else:
+                    pending = slot.inflight.pop(msg.req, None)
+                    if pending is not None and pending[1] is not None:
+                        try:
+                            pending[1](msg)
+                        except Exception:
+                            log.exception("error handling worker reply")
+
+    def _on_ready(self, slot: _Slot) -> None:
+        # Rebuild first, then replay what was in flight, in order.
+        rebuild_req = self._next_req
+        self._next_req += 1
+        entries = self._shard_entries(slot.kind, slot.index)
+        slot.outbox = [ipc.Rebuild(rebuild_req, entries)]
+        slot.outbox.extend(msg for msg, _ in slot.inflight.values())
+        slot.ready = True
+        slot.ready_event.set()
+        self._flush_soon()
+
+    # -- shutdown --------------------------------------------------------------
+
+    async def close(self) -> None:
+        self._closing = True
+        for slot in self._slots.values():
+            if slot.ready:
+                slot.outbox.append(ipc.Shutdown(0))
+        self._flush()
+        procs = [s.proc for s in self._slots.values() if s.proc is not None]
+        if procs:
+            waits = [asyncio.wait_for(p.wait(), STOP_GRACE) for p in procs]
+            results = await asyncio.gather(*waits, return_exceptions=True)
+            for p, r in zip(procs, results, strict=True):
+                if isinstance(r, BaseException):
+                    with contextlib.suppress(ProcessLookupError):
+                        p.kill()
+                    await p.wait()
+        for slot in self._slots.values():
+            if slot.watcher is not None:
+                slot.watcher.cancel()
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self._fd)
+        self._sock.close(0)
+        self._ctx.term()
+
+    def figures(self) -> list[dict[str, object]]:
+        return [{"kind": s.kind, "slot": s.index, "pid": s.proc.pid if s.proc else None,
+                 "ready": s.ready, "restarts": s.restarts, "inflight": len(s.inflight)}
+                for s in self._slots.values()]

@@ -1,0 +1,90 @@
+"""Worker process: `python -m conec_actors.coord.worker --kind routing
+--slot N --endpoint ipc://@...`.
+
+Started by the Coordinator's supervisor as a plain subprocess (never by
+multiprocessing, so a user's script without a `__main__` guard is not
+re-imported). It connects a DEALER socket to the front-end's ROUTER, says
+`Ready`, then answers batches of requests until told to shut down or until
+its parent disappears.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+
+import zmq
+
+from . import ipc
+from .directory import Directory
+
+PARENT_CHECK_MS = 500
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM us when the parent process dies."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+
+def serve(kind: str, slot: int, endpoint: str) -> int:
+    parent = os.getppid()
+    _die_with_parent()
+    if kind != "routing":
+        print(f"conec-actors worker: unknown kind {kind!r}", file=sys.stderr)
+        return 2
+    handler = Directory()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, f"{kind[0]}{slot}".encode())
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.connect(endpoint)
+    sock.send(ipc.encode_batch([ipc.Ready(kind, slot, os.getpid())]))
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    try:
+        while True:
+            if not poller.poll(PARENT_CHECK_MS):
+                if os.getppid() != parent:
+                    return 0
+                continue
+            out: list[ipc.FromWorker] = []
+            stop = False
+            while True:
+                try:
+                    data = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                for msg in ipc.decode_to_worker(data):
+                    reply = handler.handle(msg)
+                    if reply is not None:
+                        out.append(reply)
+                    if isinstance(msg, ipc.Shutdown):
+                        stop = True
+            if out:
+                sock.send(ipc.encode_batch(out))
+            if stop:
+                return 0
+    finally:
+        sock.close()
+        ctx.term()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m conec_actors.coord.worker")
+    p.add_argument("--kind", required=True)
+    p.add_argument("--slot", type=int, required=True)
+    p.add_argument("--endpoint", required=True)
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front-end stops us
+    return serve(args.kind, args.slot, args.endpoint)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""User-facing stream handles and the per-stream state behind them.
+
+`StreamCore` is the state of one framed QUIC stream at a client: it reassembles
+incoming frames into a bounded queue of messages, credits the QUIC receive
+window as the application takes messages (so a reader that stops reading
+stalls its writer), and blocks writers above a high watermark of unsent bytes
+until ACKs drain them below a low one. `OutStream` and `InStream` are the
+two halves the user holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import TYPE_CHECKING, NamedTuple
+
+from . import wire
+from .errors import MessageTooLarge, StreamClosed, StreamReset
+from .framing import HEADER_SIZE, FrameDecoder, FrameTooLarge
+
+if TYPE_CHECKING:
+    from .transport import Conn
+
+#: Writers wait above this many unsent bytes and resume below LOW_WATER.
+HIGH_WATER = 256 * 1024
+LOW_WATER = 128 * 1024
+#: Receive window of a stream beyond what the application consumed.
+STREAM_WINDOW = 256 * 1024
+MAX_STREAM_NUMBER = 2**62
+
+
+class StreamId(NamedTuple):
+    """Identifies a stream to its two ends: `n` is the number its opener chose,
+    unique per (peer, kind)."""
+
+    kind: str
+    n: int
+
+    @property
+    def is_proxied(self) -> bool:
+        return self.kind == "proxied"
+
+    @property
+    def is_direct(self) -> bool:
+        return self.kind == "direct"
+
+
+def check_stream_number(n: object) -> int:
+    """Validate a user-chosen stream number (0 <= n < 2**62)."""
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise ValueError(f"stream_id must be an int, not {type(n).__name__}")
+    if not 0 <= n < MAX_STREAM_NUMBER:
+        raise ValueError(f"stream_id must be in [0, 2**62), got {n}")
+    return n
+
+
+class StreamCore:
+    """One framed bidirectional stream on a connection (client side)."""
+
+    __slots__ = (
+        "_drained", "_queued_bytes", "_received", "_waiter", "conn", "decoder",
+        "max_message_size", "on_first", "recv_error", "recv_fin", "queue", "send_error",
+        "send_finished", "sid", "stream_id",
+    )
+
+    def __init__(self, conn: Conn, sid: int, stream_id: StreamId,
+                 max_message_size: int) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.stream_id = stream_id
+        self.max_message_size = max_message_size
+        # Frames on the wire may carry a header message a bit larger than
+        # the payload limit allows; headers are small, so leave room.
+        self.decoder = FrameDecoder(max_message_size)
+        self.queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._received = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._drained: asyncio.Event | None = None
+        self.recv_fin = False
+        self.recv_error: StreamReset | None = None
+        self.send_error: StreamReset | None = None
+        self.send_finished = False
+        #: Called with the first frame instead of queueing it (stream headers).
+        self.on_first: object | None = None
+
+    # -- events from the connection ------------------------------------------
+
+    def data_received(self, data: bytes, fin: bool) -> list[bytes] | None:
+        """Feed bytes; returns the messages if the owner must see the first
+        ones (header handling), else queues them. None on a framing error."""
+        self._received += len(data)
+        try:
+            msgs = self.decoder.feed(data) if data else []
+        except FrameTooLarge as exc:
+            self.fail_local(wire.Code.MESSAGE_TOO_LARGE, str(exc))
+            return None
+        if fin and not self.decoder.at_boundary:
+            self.fail_local(wire.Code.PROTOCOL, "stream ended inside a message")
+            return None
+        for m in msgs:
+            self._queued_bytes += len(m) + HEADER_SIZE
+        self.queue.extend(msgs)
+        if fin:
+            self.recv_fin = True
+        self._credit()
+        self._wake()
+        return msgs
+
+    def take_first(self) -> bytes | None:
+        """Pop the first queued message without waiting (for headers)."""
+        if not self.queue:
+            return None
+        m = self.queue.popleft()
+        self._queued_bytes -= len(m) + HEADER_SIZE
+        self._credit()
+        return m
+
+    def reset_received(self, code: int) -> None:
+        if self.recv_error is None and not self.recv_fin:
+            self.recv_error = wire.stream_reset(code)
+        self._wake()
+
+    def stop_received(self, code: int) -> None:
+        # aioquic resets our sending side by itself on STOP_SENDING.
+        if self.send_error is None:
+            self.send_error = wire.stream_reset(code)
+        self._wake_writer()
+
+    def path_failed(self, code: int, reason: str) -> None:
+        """The connection is gone: both halves fail."""
+        err = wire.stream_reset(code, reason)
+        if self.recv_error is None and not self.recv_fin:
+            self.recv_error = err
+        if self.send_error is None and not self.send_finished:
+            self.send_error = err
+        self._wake()
+        self._wake_writer()
+
+    def fail_local(self, code: int, reason: str) -> None:
+        """A protocol violation on this stream: reset both directions."""
+        err = wire.stream_reset(code, reason)
+        self.recv_error = self.recv_error or err
+        self.send_error = self.send_error or err
+        self.conn.stop(self.sid, code)
+        self.conn.reset(self.sid, code)
+        self._wake()
+        self._wake_writer()
+
+    # -- reading --------------------------------------------------------------
+
+    def _credit(self) -> None:
+        self.conn.consume_to(self.sid, self._received - self._queued_bytes)
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def recv(self) -> bytes:
+        while True:
+            if self.queue:
+                m = self.queue.popleft()
+                self._queued_bytes -= len(m) + HEADER_SIZE
+                self._credit()
+                return m
+            if self.recv_error is not None:
+                raise self.recv_error
+            if self.recv_fin:
+                raise StreamClosed("the writer finished the stream")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def recv_nowait(self) -> bytes | None:
+        if self.queue:
+            m = self.queue.popleft()
+            self._queued_bytes -= len(m) + HEADER_SIZE
+            self._credit()
+            return m
+        return None
+
+    def close_recv(self) -> None:
+        if self.recv_error is None and not self.recv_fin:
+            self.recv_error = wire.stream_reset(wire.Code.READER_CLOSED,
+                                                "this end closed the stream")
+            if not self.conn.closed:
+                self.conn.stop(self.sid, wire.Code.READER_CLOSED)
+        self.queue.clear()
+        self._queued_bytes = 0
+        self._wake()
+
+    # -- writing --------------------------------------------------------------
+
+    def _wake_writer(self) -> None:
+        ev = self._drained
+        if ev is not None:
+            ev.set()
+
+    def _on_drain(self) -> None:
+        if self.conn.unsent(self.sid) <= LOW_WATER or self.send_error is not None:
+            self.conn.unwatch_drain(self.sid)
+            self._wake_writer()
+
+    def _check_send(self) -> None:
+        if self.send_error is not None:
+            raise self.send_error
+        if self.send_finished:
+            raise StreamClosed("send.finish() was called on this stream")
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        n = len(data)
+        if n > self.max_message_size:
+            raise MessageTooLarge(
+                f"message of {n} bytes exceeds max_message_size {self.max_message_size}")
+        self._check_send()
+        conn = self.conn
+        while conn.unsent(self.sid) > HIGH_WATER:
+            ev = self._drained = asyncio.Event()
+            conn.watch_drain(self.sid, self._on_drain)
+            try:
+                await ev.wait()
+            finally:
+                self._drained = None
+            self._check_send()
+        conn.send(self.sid, n.to_bytes(HEADER_SIZE, "big") + bytes(data))
+
+    def write_raw(self, framed: bytes) -> None:
+        """Write already-framed bytes (headers), no waiting."""
+        self.conn.send(self.sid, framed)
+
+    async def finish(self) -> None:
+        if self.send_finished:
+            return
+        self._check_send()
+        self.send_finished = True
+        self.conn.send(self.sid, b"", end=True)
+
+    def reset(self, code: int) -> None:
+        if self.send_finished or self.send_error is not None:
+            return
+        self.send_error = wire.stream_reset(code, "this end reset the stream")
+        self.conn.reset(self.sid, code)
+        self._wake_writer()
+
+
+class OutStream:
+    """Sending half of a stream: ordered, framed messages."""
+
+    __slots__ = ("_core",)
+
+    def __init__(self, core: StreamCore) -> None:
+        self._core = core
+
+    @property
+    def stream_id(self) -> StreamId:
+        return self._core.stream_id
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Send one message. Waits while the path is full (back-pressure);
+        raises `MessageTooLarge` (stream still usable) or `StreamReset` if the
+        reader went away. Cancelled while waiting, it sends nothing."""
+        await self._core.send(data)
+
+    async def finish(self) -> None:
+        """End the stream cleanly: the reader sees `StreamClosed` after the
+        last message."""
+        await self._core.finish()
+
+    def reset(self, code: int = 0) -> None:
+        """Abort now; the reader gets `StreamReset` with `code` (0..65535)."""
+        if not 0 <= code < wire.USER_CODE_LIMIT:
+            raise ValueError(f"reset code must be in [0, {wire.USER_CODE_LIMIT}), got {code}")
+        self._core.reset(code)
+
+    async def __aenter__(self) -> OutStream:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is None:
+            await self.finish()
+        else:
+            self._core.reset(0)
+
+    def __repr__(self) -> str:
+        return f"<OutStream {self.stream_id}>"
+
+
+class InStream:
+    """Receiving half of a stream."""
+
+    __slots__ = ("_core",)
+
+    def __init__(self, core: StreamCore) -> None:
+        self._core = core
+
+    @property
+    def stream_id(self) -> StreamId:
+        return self._core.stream_id
+
+    async def recv(self) -> bytes:
+        """The next message. Raises `StreamClosed` at a clean end, `StreamReset`
+        (with `.code` and `.reason`) if the writer or the path failed."""
+        return await self._core.recv()
+
+    def close(self) -> None:
+        """Stop reading: the writer's next send raises `StreamReset`."""
+        self._core.close_recv()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                yield await self._core.recv()
+            except StreamClosed:
+                return
+
+    async def __aenter__(self) -> InStream:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<InStream {self.stream_id}>"
+
+
+class IncomingStream(NamedTuple):
+    """A stream another client opened to this one."""
+
+    peer: str
+    stream_id: StreamId
+    send: OutStream
+    recv: InStream

@@ -1,0 +1,463 @@
+"""Datagram endpoint and connection driver, shared by clients and the
+Coordinator's front-end.
+
+One `Endpoint` owns one UDP socket and demultiplexes datagrams by connection
+id onto `Conn`s: client connections it dialled and server connections it
+accepted alike (so a client's NAT mapping toward the Coordinator also serves
+its direct channels). `Conn` is a thin driver around `ConecQuicConnection`:
+it feeds datagrams, re-arms one timer, coalesces transmits to once per loop
+turn, and hands events to a `ConnHandler`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, cast
+
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+
+from ._quic import (
+    CONNECTION_ID_LENGTH,
+    SMALLEST_MAX_DATAGRAM_SIZE,
+    ConecQuicConnection,
+    RetryGate,
+    parse_packet,
+    version_negotiation,
+)
+
+log = logging.getLogger(__name__)
+
+Addr = tuple[Any, ...]
+RetryMode = bool | Literal["auto"]
+
+#: Half-open handshakes above which "auto" demands a Retry, and below which
+#: it stops again.
+RETRY_ON = 256
+RETRY_OFF = 128
+SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+class ConnHandler(Protocol):
+    """What a `Conn` tells its owner. Every method runs in the event loop."""
+
+    def handshake_completed(self, conn: Conn) -> None: ...
+    def stream_data(self, conn: Conn, stream_id: int, data: bytes, fin: bool) -> None: ...
+    def stream_reset(self, conn: Conn, stream_id: int, code: int) -> None: ...
+    def stop_sending(self, conn: Conn, stream_id: int, code: int) -> None: ...
+    def terminated(self, conn: Conn, code: int, reason: str) -> None: ...
+
+
+def unmap_address(addr: Addr) -> tuple[str, int]:
+    """(host, port) with an IPv4-mapped IPv6 host turned back into IPv4."""
+    host = str(addr[0])
+    if host.startswith("::ffff:"):
+        with contextlib.suppress(ValueError):
+            return (str(ipaddress.IPv6Address(host).ipv4_mapped or host), int(addr[1]))
+    return (host, int(addr[1]))
+
+
+class Conn:
+    """One QUIC connection on an endpoint."""
+
+    def __init__(self, endpoint: Endpoint, quic: ConecQuicConnection, addr: Addr,
+                 handler: ConnHandler | None) -> None:
+        self.endpoint = endpoint
+        self.quic = quic
+        self.addr = addr
+        self.handler = handler
+        self.handshake_done = False
+        self.closed = False
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._loop = endpoint.loop
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._transmit_handle: asyncio.Handle | None = None
+        self._drain: dict[int, Callable[[], None]] = {}
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._keepalive_interval = 0.0
+        self._closed_event = asyncio.Event()
+        self._handshake_waiter: asyncio.Future[None] = self._loop.create_future()
+
+    # -- driving -----------------------------------------------------------
+
+    def receive(self, data: bytes, addr: Addr) -> None:
+        self.quic.receive_datagram(data, addr, now=self._loop.time())
+        self._process()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = max(self._timer_at or 0.0, self._loop.time())
+        self._timer_at = None
+        self.quic.handle_timer(now=now)
+        self._process()
+
+    def _process(self) -> None:
+        quic = self.quic
+        ev = quic.next_event()
+        while ev is not None:
+            self._dispatch(ev)
+            ev = quic.next_event()
+        if self._drain:
+            for cb in list(self._drain.values()):
+                cb()
+        self.transmit_soon()
+
+    def _dispatch(self, ev: events.QuicEvent) -> None:
+        h = self.handler
+        if isinstance(ev, events.StreamDataReceived):
+            if h is not None and not self.closed:
+                h.stream_data(self, ev.stream_id, ev.data, ev.end_stream)
+        elif isinstance(ev, events.StreamReset):
+            if h is not None and not self.closed:
+                h.stream_reset(self, ev.stream_id, ev.error_code)
+        elif isinstance(ev, events.StopSendingReceived):
+            if h is not None and not self.closed:
+                h.stop_sending(self, ev.stream_id, ev.error_code)
+        elif isinstance(ev, events.HandshakeCompleted):
+            self.handshake_done = True
+            self.quic.release_handshake_memory()
+            self.endpoint._half_open.discard(self)
+            if not self._handshake_waiter.done():
+                self._handshake_waiter.set_result(None)
+            if h is not None and not self.closed:
+                h.handshake_completed(self)
+        elif isinstance(ev, events.ConnectionIdIssued):
+            self.endpoint._cids[ev.connection_id] = self
+        elif isinstance(ev, events.ConnectionIdRetired):
+            self.endpoint._cids.pop(ev.connection_id, None)
+        elif isinstance(ev, events.ConnectionTerminated):
+            self._terminated(ev.error_code, ev.reason_phrase)
+
+    def _terminated(self, code: int, reason: str) -> None:
+        if self._closed_event.is_set():
+            return
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+        self.closed = True
+        self.endpoint._forget(self)
+        for handle in (self._timer, self._keepalive):
+            if handle is not None:
+                handle.cancel()
+        self._drain.clear()
+        if not self._handshake_waiter.done():
+            self._handshake_waiter.set_exception(ConnectionError(reason or f"code {code}"))
+            self._handshake_waiter.exception()  # mark retrieved
+        self._closed_event.set()
+        h = self.handler
+        if h is not None:
+            h.terminated(self, self.close_code, self.close_reason)
+
+    def transmit(self) -> None:
+        self._transmit_handle = None
+        sendto = self.endpoint.sendto
+        for data, addr in self.quic.datagrams_to_send(now=self._loop.time()):
+            sendto(data, addr)
+        timer_at = self.quic.get_timer()
+        if self._timer is not None and self._timer_at != timer_at:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None and timer_at is not None:
+            self._timer = self._loop.call_at(timer_at, self._on_timer)
+        self._timer_at = timer_at
+
+    def transmit_soon(self) -> None:
+        if self._transmit_handle is None:
+            self._transmit_handle = self._loop.call_soon(self.transmit)
+
+    # -- API for owners ----------------------------------------------------
+
+    async def wait_handshake(self) -> None:
+        await asyncio.shield(self._handshake_waiter)
+
+    async def wait_closed(self) -> None:
+        await self._closed_event.wait()
+
+    def send(self, stream_id: int, data: bytes, end: bool = False) -> None:
+        self.quic.send_stream_data(stream_id, data, end_stream=end)
+        self.transmit_soon()
+
+    def reset(self, stream_id: int, code: int) -> None:
+        """Abort the sending side of a stream (no-op if it is over)."""
+        with contextlib.suppress(ValueError, AssertionError, KeyError):
+            if self.quic.can_send(stream_id):
+                self.quic.reset_stream(stream_id, code)
+                self.transmit_soon()
+
+    def stop(self, stream_id: int, code: int) -> None:
+        """Ask the peer to stop sending on a stream (no-op if it is over)."""
+        with contextlib.suppress(ValueError, AssertionError, KeyError):
+            self.quic.stop_stream(stream_id, code)
+            self.transmit_soon()
+
+    def consume(self, stream_id: int, nbytes: int) -> None:
+        self.quic.consume(stream_id, nbytes)
+        self.transmit_soon()
+
+    def consume_to(self, stream_id: int, offset: int) -> None:
+        self.quic.consume_to(stream_id, offset)
+        self.transmit_soon()
+
+    def unsent(self, stream_id: int) -> int:
+        return self.quic.unsent(stream_id)
+
+    def new_stream_id(self) -> int:
+        return self.quic.next_stream_id()
+
+    def forget_stream(self, stream_id: int) -> None:
+        self._drain.pop(stream_id, None)
+        self.quic.forget_stream(stream_id)
+
+    def watch_drain(self, stream_id: int, cb: Callable[[], None]) -> None:
+        """Call `cb` after every datagram or timer while watched (ACKs drain
+        unsent data)."""
+        self._drain[stream_id] = cb
+
+    def unwatch_drain(self, stream_id: int) -> None:
+        self._drain.pop(stream_id, None)
+
+    def close(self, code: int = 0, reason: str = "") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code = code
+        self.close_reason = reason
+        self.quic.close(error_code=code, reason_phrase=reason)
+        self.transmit()
+
+    def abort(self) -> None:
+        """Forget the connection at once, without telling the peer."""
+        self.closed = True
+        self._terminated(self.close_code or 0, self.close_reason or "aborted")
+
+    def start_keepalive(self, interval: float) -> None:
+        """Send a PING every `interval` seconds (a third of the idle timeout)."""
+        self._keepalive_interval = interval
+        self._schedule_keepalive()
+
+    def _schedule_keepalive(self) -> None:
+        if self.closed or self._keepalive_interval <= 0:
+            return
+        self._keepalive = self._loop.call_later(self._keepalive_interval, self._ping)
+
+    def _ping(self) -> None:
+        if self.closed:
+            return
+        self.quic.send_ping(0)
+        self.transmit()
+        self._schedule_keepalive()
+
+    @property
+    def peer_address(self) -> tuple[str, int]:
+        return unmap_address(self.addr)
+
+
+@dataclass
+class ServerSettings:
+    """How an endpoint accepts connections."""
+
+    configuration: QuicConfiguration
+    stream_window: int
+    accept: Callable[[Conn], ConnHandler]
+    retry: RetryMode = "auto"
+    request_client_certificate: bool = True
+
+
+class Endpoint(asyncio.DatagramProtocol):
+    """One UDP socket holding client and server QUIC connections."""
+
+    def __init__(self, server: ServerSettings | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+        self.family = socket.AF_INET
+        self._cids: dict[bytes, Conn] = {}
+        self._conns: set[Conn] = set()
+        self._half_open: set[Conn] = set()
+        self._retry_gate = RetryGate()
+        self._demand_retry = False
+        self._closed = asyncio.Event()
+
+    @classmethod
+    async def bind(cls, host: str | None, port: int,
+                   server: ServerSettings | None = None) -> Endpoint:
+        """Bind a UDP socket. `host=None` binds dual-stack (or IPv4 only where
+        IPv6 is unavailable)."""
+        loop = asyncio.get_running_loop()
+        sock = _make_socket(host, port)
+        endpoint = cls(server)
+        endpoint.family = sock.family
+        await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
+        return endpoint
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        assert self.transport is not None
+        return unmap_address(self.transport.get_extra_info("sockname"))
+
+    @property
+    def connections(self) -> set[Conn]:
+        return self._conns
+
+    def normalize(self, addr: Addr) -> Addr:
+        """Address as this socket reports peers (mapped IPv4 on dual stack)."""
+        host, port = str(addr[0]), int(addr[1])
+        if self.family == socket.AF_INET6:
+            ip = ipaddress.ip_address(host)
+            if ip.version == 4:
+                return (f"::ffff:{host}", port, 0, 0)
+            return (host, port, 0, 0)
+        return (host, port)
+
+    def sendto(self, data: bytes, addr: Addr) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data, addr)
+
+    # -- dialling ------------------------------------------------------------
+
+    def connect(self, addr: Addr, configuration: QuicConfiguration, handler: ConnHandler,
+                stream_window: int) -> Conn:
+        """Start a client connection toward `addr` on this socket."""
+        assert configuration.is_client
+        assert configuration.connection_id_length == CONNECTION_ID_LENGTH
+        quic = ConecQuicConnection(configuration=configuration, stream_window=stream_window)
+        addr = self.normalize(addr)
+        conn = Conn(self, quic, addr, handler)
+        self._conns.add(conn)
+        self._cids[quic.host_cid] = conn
+        quic.connect(addr, now=self.loop.time())
+        conn.transmit()
+        return conn
+
+    # -- asyncio.DatagramProtocol ------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed.set()
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable...) are expected on UDP; QUIC's own
+        # timers decide whether a peer is gone.
+        log.debug("UDP error: %s", exc)
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        pkt = parse_packet(data)
+        if pkt is None:
+            return
+        conn = self._cids.get(pkt.dcid)
+        if conn is not None:
+            conn.receive(data, addr)
+            return
+        server = self.server
+        if server is None or pkt.is_version_negotiation:
+            return
+        if pkt.version is not None and pkt.version not in \
+                server.configuration.supported_versions:
+            if len(data) >= SMALLEST_MAX_DATAGRAM_SIZE:
+                self.sendto(version_negotiation(pkt, server.configuration.supported_versions),
+                            addr)
+            return
+        # A new connection only from a full-size Initial: knocks and junk are
+        # ignored without state.
+        if not pkt.is_initial or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
+            return
+        self._accept(pkt, data, addr, server)
+
+    def _accept(self, pkt: Any, data: bytes, addr: Addr, server: ServerSettings) -> None:
+        now = self.loop.time()
+        retry_scid: bytes | None = None
+        if pkt.token:
+            # Always honour a token that comes back, whatever the current mode:
+            # a client that met a Retry must not meet a server ignoring it.
+            odcid = self._retry_gate.validate(pkt, addr, now)
+            if odcid is None:
+                self.sendto(self._retry_gate.invalid_token_close(pkt), addr)
+                return
+            retry_scid = pkt.dcid
+        else:
+            if server.retry is True or (server.retry == "auto" and self._retry_needed()):
+                self.sendto(self._retry_gate.retry_packet(pkt, addr, now), addr)
+                return
+            odcid = pkt.dcid
+        quic = ConecQuicConnection(
+            configuration=server.configuration,
+            stream_window=server.stream_window,
+            request_client_certificate=server.request_client_certificate,
+            original_destination_connection_id=odcid,
+            retry_source_connection_id=retry_scid,
+        )
+        conn = Conn(self, quic, addr, None)
+        conn.handler = server.accept(conn)
+        self._conns.add(conn)
+        self._half_open.add(conn)
+        self._cids[pkt.dcid] = conn
+        self._cids[quic.host_cid] = conn
+        conn.receive(data, addr)
+
+    def _retry_needed(self) -> bool:
+        n = len(self._half_open)
+        if n > RETRY_ON:
+            self._demand_retry = True
+        elif n < RETRY_OFF:
+            self._demand_retry = False
+        return self._demand_retry
+
+    @property
+    def half_open(self) -> int:
+        return len(self._half_open)
+
+    def _forget(self, conn: Conn) -> None:
+        self._conns.discard(conn)
+        self._half_open.discard(conn)
+        for cid in [c for c, v in self._cids.items() if v is conn]:
+            del self._cids[cid]
+
+    def close(self) -> None:
+        for conn in list(self._conns):
+            conn.abort()
+        if self.transport is not None:
+            self.transport.close()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+
+def _make_socket(host: str | None, port: int) -> socket.socket:
+    if host is None:
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", port))
+        except OSError:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("0.0.0.0", port))
+    else:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        family, _, _, _, sockaddr = infos[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        if family == socket.AF_INET6:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
+                                0 if host in ("::", "") else 1)
+        sock.bind(sockaddr)
+    for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
+                         (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
+        try:
+            if force is None:
+                raise OSError
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+        except OSError:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,177 @@
+"""The conec-actors wire protocol between QUIC peers (client <-> Coordinator,
+client <-> client): ALPN, version, control messages and the one table of
+application error codes.
+
+Every stream carries frames (`conec_actors.framing`). Each connection has one
+control stream, opened first by the connecting side; it carries `Control`
+messages. A data stream starts with one `StreamHeader` frame from its opener;
+the Coordinator answers an opener with `StreamAccepted` (or resets the stream
+with a code from `CODES`) before relaying anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Literal
+
+import msgspec
+
+from . import errors
+
+ALPN = "conec-actors/1"
+PROTOCOL_VERSION = 1
+
+#: Stream reset codes below this value belong to the application
+#: (`OutStream.reset(code)`); the library's own codes sit above it.
+USER_CODE_LIMIT = 0x10000
+
+
+class Code(IntEnum):
+    """Application error codes, for stream resets and connection closes."""
+
+    NO_ERROR = 0
+    CERTIFICATE = 0x10001
+    DUPLICATE_ID = 0x10002
+    INVALID_ID = 0x10003
+    MESSAGE_TOO_LARGE = 0x10004
+    PROTOCOL = 0x10005
+    HELLO_TIMEOUT = 0x10006
+    NO_SUCH_PEER = 0x10007
+    STREAM_ID_IN_USE = 0x10008
+    PEER_GONE = 0x10009
+    COORD_SHUTDOWN = 0x1000A
+    CLIENT_CLOSED = 0x1000B
+    VERSION = 0x1000C
+    READER_CLOSED = 0x1000D
+    TOO_MANY_STREAMS = 0x1000E
+    COORD_FAILED = 0x1000F
+    PATH_FAILED = 0x10010
+
+
+@dataclass(frozen=True, slots=True)
+class CodeInfo:
+    code: Code
+    error: type[errors.ConecError]
+    message: str
+
+
+#: The one table: every library code, the exception it maps to, and what a
+#: person should be told.
+CODES: dict[int, CodeInfo] = {
+    info.code: info
+    for info in (
+        CodeInfo(Code.NO_ERROR, errors.StreamReset, "closed normally"),
+        CodeInfo(Code.CERTIFICATE, errors.CertificateError,
+                 "the certificate was refused"),
+        CodeInfo(Code.DUPLICATE_ID, errors.DuplicateId,
+                 "a client with this id is already connected"),
+        CodeInfo(Code.INVALID_ID, errors.InvalidId, "the client id is not valid"),
+        CodeInfo(Code.MESSAGE_TOO_LARGE, errors.MessageTooLarge,
+                 "a message exceeded the effective max_message_size"),
+        CodeInfo(Code.PROTOCOL, errors.ProtocolError, "the peer broke the wire protocol"),
+        CodeInfo(Code.HELLO_TIMEOUT, errors.ProtocolError,
+                 "no hello within the handshake deadline"),
+        CodeInfo(Code.NO_SUCH_PEER, errors.NoSuchPeer, "the peer is not connected"),
+        CodeInfo(Code.STREAM_ID_IN_USE, errors.StreamIdInUse,
+                 "that stream number was already used"),
+        CodeInfo(Code.PEER_GONE, errors.StreamReset, "the other end went away"),
+        CodeInfo(Code.COORD_SHUTDOWN, errors.ClientClosed,
+                 "the Coordinator is shutting down"),
+        CodeInfo(Code.CLIENT_CLOSED, errors.ClientClosed, "the client closed"),
+        CodeInfo(Code.VERSION, errors.ProtocolError,
+                 "incompatible conec-actors protocol versions"),
+        CodeInfo(Code.READER_CLOSED, errors.StreamReset, "the reader closed the stream"),
+        CodeInfo(Code.TOO_MANY_STREAMS, errors.ProtocolError,
+                 "too many streams opening at once"),
+        CodeInfo(Code.COORD_FAILED, errors.ClientClosed,
+                 "the Coordinator failed and shut down"),
+        CodeInfo(Code.PATH_FAILED, errors.StreamReset,
+                 "the path between the two ends failed"),
+    )
+}
+
+
+def describe(code: int) -> str:
+    """A human description of an application code (user codes included)."""
+    info = CODES.get(code)
+    if info is not None:
+        return info.message
+    if code < USER_CODE_LIMIT:
+        return f"reset by the application with code {code}"
+    return f"unknown error code {code:#x}"
+
+
+def error_for(code: int, reason: str = "") -> errors.ConecError:
+    """The exception a code maps to, with a message a person can act on."""
+    info = CODES.get(code)
+    text = reason or describe(code)
+    if info is None or info.error is errors.StreamReset:
+        return errors.StreamReset(code, text)
+    return info.error(text)
+
+
+def stream_reset(code: int, reason: str = "") -> errors.StreamReset:
+    """A `StreamReset` for a reset code, described from the table."""
+    return errors.StreamReset(code, reason or describe(code))
+
+
+# --- control messages --------------------------------------------------------
+
+StreamKind = Literal["proxied", "direct"]
+
+
+class Hello(msgspec.Struct, tag="hello", frozen=True):
+    """First message of a connection, from the connecting side."""
+
+    id: str
+    version: int
+    max_message_size: int
+    idle_timeout: float
+    max_datagram_size: int
+
+
+class Welcome(msgspec.Struct, tag="welcome", frozen=True):
+    """Answer to `Hello`: the effective values and the observed address."""
+
+    version: int
+    max_message_size: int
+    idle_timeout: float
+    max_datagram_size: int
+    observed_addr: tuple[str, int]
+
+
+class StreamHeader(msgspec.Struct, tag="stream", frozen=True):
+    """First frame of a data stream.
+
+    From an opener to the Coordinator, `peer` is the destination; from the
+    Coordinator to the destination, `peer` is the opener.
+    """
+
+    kind: StreamKind
+    peer: str
+    n: int
+    channel: str = ""
+
+
+class StreamAccepted(msgspec.Struct, tag="accepted", frozen=True):
+    """First frame back to an opener: the stream reached its destination."""
+
+
+Control = Hello | Welcome | StreamHeader | StreamAccepted
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Control)
+
+
+def encode(msg: Control) -> bytes:
+    """Encode a control message (unframed)."""
+    return _encoder.encode(msg)
+
+
+def decode(data: bytes) -> Control:
+    """Decode a control message; `ProtocolError` if it is not one."""
+    try:
+        return _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise errors.ProtocolError(f"malformed control message: {exc}") from None
