@@ -1,16 +1,33 @@
 """Shared helpers for the benchmarks under ``bench/``.
 
-Self-contained on purpose: nothing here imports ``conec_actors``, so the
-baseline benchmarks keep working while the package itself is in flux.
+Self-contained on purpose: nothing here imports ``conec_actors`` at module level, so
+the baseline benchmarks keep working while the package itself is in flux. Only
+:func:`coord_main` (the body of a Coordinator process) imports it, when it runs.
+
+Besides figures and framing, this module holds the process plumbing the conec
+benchmarks share: :class:`Procs` (spawned children reporting on one control queue,
+always torn down), :func:`coord_main` (a Coordinator in its own process) and
+:func:`tree_rss_kib` (resident memory of a process and its descendants, from
+``/proc``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import math
-from collections.abc import Iterable, Sequence
-from typing import Any
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.queues
+import multiprocessing.synchronize
+import os
+import queue
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeAlias
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -144,3 +161,247 @@ class FrameCounter:
                 completed += 1
         self.count += completed
         return completed
+
+
+# --------------------------------------------------------------------------- processes
+
+#: Control queue, children -> parent: ``(kind, payload)`` tuples.
+Ctl: TypeAlias = "multiprocessing.queues.Queue[tuple[str, Any]]"
+#: Command queue, parent -> one child.
+Cmd: TypeAlias = "multiprocessing.queues.Queue[Any]"
+Stop = multiprocessing.synchronize.Event
+
+MP = multiprocessing.get_context("spawn")
+
+#: Generous bound on any single wait in a parent (process start, handshake, ...).
+STARTUP_TIMEOUT_S = 30.0
+
+#: How long a child has to stop on its own before it is terminated.
+STOP_GRACE_S = 8.0
+
+
+def _child_entry(name: str, main: Callable[..., Awaitable[Any]], args: tuple[Any, ...],
+                 ctl: Ctl, stop: Stop) -> None:
+    """Process entry point: ``asyncio.run(main(*args, ctl=ctl, stop=stop))``.
+
+    A failure is reported on *ctl* as ``("error", text)`` and the process exits 1.
+    """
+    try:
+        asyncio.run(main(*args, ctl=ctl, stop=stop))
+    except BaseException:
+        ctl.put(("error", f"{name}: {traceback.format_exc()}"))
+        raise SystemExit(1) from None
+
+
+async def wait_event(event: Stop, poll_s: float = 0.05) -> None:
+    """Wait (without blocking the event loop) until a multiprocessing event is set."""
+    while not event.is_set():
+        await asyncio.sleep(poll_s)
+
+
+class Procs:
+    """Spawned child processes reporting ``(kind, payload)`` on one control queue.
+
+    Every child gets its own stop event; :meth:`close` stops them in reverse start
+    order (clients before their Coordinator), then terminates and kills stragglers, so
+    no process outlives the benchmark. Use it as a context manager.
+    """
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.ctl: Ctl = MP.Queue()
+        self.procs: list[tuple[str, multiprocessing.context.SpawnProcess, Stop]] = []
+        self._stash: list[tuple[str, Any]] = []
+
+    def __enter__(self) -> Procs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self, name: str, main: Callable[..., Awaitable[Any]], *args: Any) -> Stop:
+        """Run ``main(*args, ctl=..., stop=...)`` under asyncio in a new process.
+
+        *main* must be a module-level coroutine function (it is pickled by reference).
+        Returns the child's stop event.
+        """
+        stop: Stop = MP.Event()
+        proc = MP.Process(target=_child_entry, args=(name, main, args, self.ctl, stop),
+                          name=f"{self.label}-{name}", daemon=True)
+        proc.start()
+        self.procs.append((name, proc, stop))
+        return stop
+
+    def pid(self, name: str) -> int:
+        for n, proc, _ in self.procs:
+            if n == name and proc.pid is not None:
+                return proc.pid
+        raise KeyError(name)
+
+    def _check_alive(self) -> None:
+        for name, proc, _ in self.procs:
+            if proc.exitcode not in (None, 0):
+                raise RuntimeError(f"{self.label}: {name} exited with {proc.exitcode}")
+
+    def expect(self, kind: str, timeout: float = STARTUP_TIMEOUT_S) -> Any:
+        """Payload of the next *kind* message (others are kept for later calls).
+
+        Raises if a child reported an error or died, or after *timeout* seconds.
+        """
+        for i, (k, payload) in enumerate(self._stash):
+            if k == kind:
+                del self._stash[i]
+                return payload
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                got, payload = self.ctl.get(timeout=0.1)
+            except queue.Empty:
+                self._check_alive()
+                continue
+            if got == "error":
+                raise RuntimeError(f"{self.label} child failed:\n{payload}")
+            if got == kind:
+                return payload
+            self._stash.append((got, payload))
+        raise TimeoutError(f"{self.label}: no {kind!r} within {timeout:.0f} s")
+
+    def expect_n(self, kind: str, n: int, timeout: float = STARTUP_TIMEOUT_S) -> list[Any]:
+        """Payloads of the next *n* *kind* messages, all within *timeout* seconds."""
+        deadline = time.monotonic() + timeout
+        return [self.expect(kind, max(0.1, deadline - time.monotonic())) for _ in range(n)]
+
+    def close(self) -> None:
+        """Stop every child (newest first), join, terminate/kill stragglers."""
+        for _, proc, stop in reversed(self.procs):
+            stop.set()
+            proc.join(timeout=STOP_GRACE_S)
+        for _, proc, _ in self.procs:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=3)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        self.procs.clear()
+        # Drop whatever is left so the queue's feeder threads can finish.
+        while True:
+            try:
+                self.ctl.get_nowait()
+            except (queue.Empty, OSError, ValueError):
+                break
+        self.ctl.close()
+        self.ctl.join_thread()
+
+
+# --------------------------------------------------------------------------- Coordinator
+
+
+async def coord_main(cert_pem: bytes, key_pem: bytes, options: dict[str, Any], cmd: Cmd,
+                     *, ctl: Ctl, stop: Stop) -> None:
+    """Body of a Coordinator process (run it with :meth:`Procs.start`).
+
+    Starts ``Coord.start(CoordConfig(cert_pem, key_pem, port=0, **options))``, reports
+    ``("coord", {"port", "pid", "workers"})``, answers ``"stats"`` commands on *cmd*
+    with ``("stats", await coord.stats())`` and closes the Coordinator (and so its
+    workers) when *stop* is set.
+    """
+    from conec_actors import Coord, CoordConfig
+
+    cfg = CoordConfig(cert_pem, key_pem, **{"port": 0, **options})
+    coord = await Coord.start(cfg)
+    try:
+        ctl.put(("coord", {"port": coord.port, "pid": os.getpid(),
+                           "workers": coord.worker_pids()}))
+        while not stop.is_set():
+            try:
+                command = cmd.get_nowait()
+            except queue.Empty:
+                await asyncio.sleep(0.05)
+                continue
+            if command == "stats":
+                ctl.put(("stats", await coord.stats()))
+    finally:
+        await coord.close()
+
+
+class CoordHandle:
+    """The parent's view of a Coordinator process started by :func:`start_coord`."""
+
+    def __init__(self, procs: Procs, cmd: Cmd, info: dict[str, Any]) -> None:
+        self._procs = procs
+        self._cmd = cmd
+        self.port: int = info["port"]
+        self.pid: int = info["pid"]
+        self.workers: list[int] = info["workers"]
+
+    def stats(self) -> dict[str, Any]:
+        """``Coord.stats()`` of the running Coordinator."""
+        self._cmd.put("stats")
+        result: dict[str, Any] = self._procs.expect("stats", timeout=10)
+        return result
+
+    def rss_kib(self) -> int:
+        """Resident memory of the Coordinator: front-end plus all its descendants."""
+        return tree_rss_kib(self.pid)[0]
+
+
+def start_coord(procs: Procs, cert_pem: bytes, key_pem: bytes, **options: Any) -> CoordHandle:
+    """Start a Coordinator in its own process (``CoordConfig`` *options*) and wait for it."""
+    cmd: Cmd = MP.Queue()
+    procs.start("coord", coord_main, cert_pem, key_pem, options, cmd)
+    return CoordHandle(procs, cmd, procs.expect("coord"))
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def rss_kib(pid: int) -> int:
+    """``VmRSS`` of *pid* in KiB (0 if the process is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of *pid*, from ``/proc/<pid>/task/*/children``."""
+    out: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            out.extend(int(c) for c in children.read_text().split())
+        except OSError:
+            continue
+    return out
+
+
+def tree_pids(pid: int) -> list[int]:
+    """*pid* and all its descendants."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        if p not in pids:
+            pids.append(p)
+            todo.extend(child_pids(p))
+    return pids
+
+
+def tree_rss_kib(pid: int) -> tuple[int, dict[int, int]]:
+    """Total ``VmRSS`` (KiB) of *pid* and its descendants, and the per-process figures."""
+    each = {p: rss_kib(p) for p in tree_pids(pid)}
+    return sum(each.values()), each
+
+
+def udp_rcvbuf_errors() -> int:
+    """System-wide UDP ``RcvbufErrors`` (from /proc/net/snmp); -1 if unavailable."""
+    try:
+        lines = [ln.split() for ln in Path("/proc/net/snmp").read_text().splitlines()
+                 if ln.startswith("Udp:")]
+        header, values = lines[0], lines[1]
+        return int(values[header.index("RcvbufErrors")])
+    except (OSError, IndexError, ValueError):
+        return -1

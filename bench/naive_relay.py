@@ -54,6 +54,9 @@ SERVER_NAME = "localhost"
 #: The sender stops writing while more than this many bytes of its stream are unsent.
 SEND_LIMIT = 1 << 20
 
+#: aioquic's default (and the smallest allowed) UDP payload size.
+DEFAULT_MAX_DATAGRAM_SIZE = 1200
+
 #: Rough msgs/s of this relay on a 2-core box; only used to size a run.
 TARGET_RATE: dict[int, float] = {64: 50_000.0, 1024: 8_000.0, 65536: 150.0}
 MIN_COUNT = 200
@@ -173,19 +176,19 @@ class RelayProtocol(QuicConnectionProtocol):
         self.transmit()
 
 
-def _server_config(cert_pem: bytes, key_pem: bytes) -> QuicConfiguration:
-    config = QuicConfiguration(is_client=False, alpn_protocols=[ALPN])
+def _server_config(cert_pem: bytes, key_pem: bytes, mds: int) -> QuicConfiguration:
+    config = QuicConfiguration(is_client=False, alpn_protocols=[ALPN], max_datagram_size=mds)
     config.certificate = x509.load_pem_x509_certificate(cert_pem)
     config.private_key = load_pem_private_key(key_pem, password=None)
     return config
 
 
-async def _relay_main(cert_pem: bytes, key_pem: bytes, ctl: Ctl, stop: Stop) -> None:
+async def _relay_main(cert_pem: bytes, key_pem: bytes, mds: int, ctl: Ctl, stop: Stop) -> None:
     state = RelayState()
     server = await serve(
         HOST,
         0,
-        configuration=_server_config(cert_pem, key_pem),
+        configuration=_server_config(cert_pem, key_pem, mds),
         create_protocol=functools.partial(RelayProtocol, state=state),
     )
     try:
@@ -246,17 +249,19 @@ class ClientProtocol(QuicConnectionProtocol):
             pass
 
 
-def _client_config(cert_pem: bytes) -> QuicConfiguration:
-    config = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], server_name=SERVER_NAME)
+def _client_config(cert_pem: bytes, mds: int) -> QuicConfiguration:
+    config = QuicConfiguration(
+        is_client=True, alpn_protocols=[ALPN], server_name=SERVER_NAME, max_datagram_size=mds
+    )
     config.load_verify_locations(cadata=cert_pem)
     return config
 
 
 async def _receiver_main(
-    port: int, cert_pem: bytes, mode: Mode, count: int, ctl: Ctl, stop: Stop
+    port: int, cert_pem: bytes, mds: int, mode: Mode, count: int, ctl: Ctl, stop: Stop
 ) -> None:
     async with connect(
-        HOST, port, configuration=_client_config(cert_pem), create_protocol=ClientProtocol
+        HOST, port, configuration=_client_config(cert_pem, mds), create_protocol=ClientProtocol
     ) as proto:
         assert isinstance(proto, ClientProtocol)
         stream_id = proto.open_stream(b"B\n")
@@ -289,10 +294,17 @@ async def _receiver_main(
 
 
 async def _sender_main(
-    port: int, cert_pem: bytes, mode: Mode, size: int, count: int, ctl: Ctl, stop: Stop
+    port: int,
+    cert_pem: bytes,
+    mds: int,
+    mode: Mode,
+    size: int,
+    count: int,
+    ctl: Ctl,
+    stop: Stop,
 ) -> None:
     async with connect(
-        HOST, port, configuration=_client_config(cert_pem), create_protocol=ClientProtocol
+        HOST, port, configuration=_client_config(cert_pem, mds), create_protocol=ClientProtocol
     ) as proto:
         assert isinstance(proto, ClientProtocol)
         stream_id = proto.open_stream(b"A\n")
@@ -351,26 +363,34 @@ def _child(name: str, ctl: Ctl, main: Callable[..., Any], *args: Any) -> None:
         raise SystemExit(1) from None
 
 
-def _relay_proc(cert_pem: bytes, key_pem: bytes, ctl: Ctl, stop: Stop) -> None:
-    _child("relay", ctl, _relay_main, cert_pem, key_pem, ctl, stop)
+def _relay_proc(cert_pem: bytes, key_pem: bytes, mds: int, ctl: Ctl, stop: Stop) -> None:
+    _child("relay", ctl, _relay_main, cert_pem, key_pem, mds, ctl, stop)
 
 
 def _receiver_proc(
-    port: int, cert_pem: bytes, mode: Mode, count: int, ctl: Ctl, stop: Stop
+    port: int, cert_pem: bytes, mds: int, mode: Mode, count: int, ctl: Ctl, stop: Stop
 ) -> None:
-    _child("receiver", ctl, _receiver_main, port, cert_pem, mode, count, ctl, stop)
+    _child("receiver", ctl, _receiver_main, port, cert_pem, mds, mode, count, ctl, stop)
 
 
 def _sender_proc(
-    port: int, cert_pem: bytes, mode: Mode, size: int, count: int, ctl: Ctl, stop: Stop
+    port: int,
+    cert_pem: bytes,
+    mds: int,
+    mode: Mode,
+    size: int,
+    count: int,
+    ctl: Ctl,
+    stop: Stop,
 ) -> None:
-    _child("sender", ctl, _sender_main, port, cert_pem, mode, size, count, ctl, stop)
+    _child("sender", ctl, _sender_main, port, cert_pem, mds, mode, size, count, ctl, stop)
 
 
 class _Run:
     """The three processes of one measurement; always torn down by :meth:`close`."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_datagram_size: int = DEFAULT_MAX_DATAGRAM_SIZE) -> None:
+        self.mds = max_datagram_size
         self.ctl: Ctl = _MP.Queue()
         self.stop: Stop = _MP.Event()
         self.procs: list[multiprocessing.context.SpawnProcess] = []
@@ -401,11 +421,11 @@ class _Run:
 
     def launch(self, mode: Mode, size: int, count: int) -> None:
         """Start relay, then receiver B, then sender A (each waits for the previous)."""
-        self.start(_relay_proc, self.cert_pem, self.key_pem)
+        self.start(_relay_proc, self.cert_pem, self.key_pem, self.mds)
         port = self.expect("port")
-        self.start(_receiver_proc, port, self.cert_pem, mode, count)
+        self.start(_receiver_proc, port, self.cert_pem, self.mds, mode, count)
         self.expect("ready")
-        self.start(_sender_proc, port, self.cert_pem, mode, size, count)
+        self.start(_sender_proc, port, self.cert_pem, self.mds, mode, size, count)
 
     def close(self) -> None:
         """Ask every child to stop, then join; terminate/kill stragglers."""
@@ -428,16 +448,26 @@ def _count_for(size: int, duration_s: float) -> int:
     return max(MIN_COUNT, int(rate * duration_s))
 
 
-def run_naive_relay(size: int, duration_s: float = 2.0) -> dict[str, Any]:
+def run_naive_relay(
+    size: int,
+    duration_s: float = 2.0,
+    *,
+    count: int | None = None,
+    max_datagram_size: int = DEFAULT_MAX_DATAGRAM_SIZE,
+) -> dict[str, Any]:
     """Stream ``count`` messages of *size* bytes A -> relay -> B; return throughput.
 
-    ``count`` is sized from :data:`TARGET_RATE` so the run lasts roughly *duration_s*.
+    Unless given, ``count`` is sized from :data:`TARGET_RATE` so the run lasts roughly
+    *duration_s* (at the default *max_datagram_size*, which every endpoint uses).
     ``seconds`` is measured at B from the first to the last complete message.
     """
     if size < 0 or duration_s <= 0:
         raise ValueError("size must be >= 0 and duration_s > 0")
-    count = _count_for(size, duration_s)
-    run = _Run()
+    if count is None:
+        count = _count_for(size, duration_s)
+    elif count < 2:
+        raise ValueError("count must be at least 2")
+    run = _Run(max_datagram_size)
     try:
         run.launch("throughput", size, count)
         result = run.expect("result", timeout=STARTUP_TIMEOUT_S + 10 * duration_s)
@@ -455,9 +485,11 @@ def run_naive_relay(size: int, duration_s: float = 2.0) -> dict[str, Any]:
     }
 
 
-def run_naive_relay_ping(n: int = 200) -> dict[str, Any]:
+def run_naive_relay_ping(
+    n: int = 200, *, max_datagram_size: int = DEFAULT_MAX_DATAGRAM_SIZE
+) -> dict[str, Any]:
     """Round trips of one 64-byte message A -> relay -> B -> relay -> A, one at a time."""
-    run = _Run()
+    run = _Run(max_datagram_size)
     try:
         run.launch("ping", PING_SIZE, n)
         rtts: list[float] = run.expect("ping")

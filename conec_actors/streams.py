@@ -29,6 +29,8 @@ LOW_WATER = 128 * 1024
 #: Receive window of a stream beyond what the application consumed.
 STREAM_WINDOW = 256 * 1024
 MAX_STREAM_NUMBER = 2**62
+#: Largest stream header frame accepted (headers carry ids, so they are small).
+HEADER_FRAME_MAX = 1024
 
 
 class StreamId(NamedTuple):
@@ -71,9 +73,9 @@ class StreamCore:
         self.sid = sid
         self.stream_id = stream_id
         self.max_message_size = max_message_size
-        # Frames on the wire may carry a header message a bit larger than
-        # the payload limit allows; headers are small, so leave room.
-        self.decoder = FrameDecoder(max_message_size)
+        # The first frame is a stream header (or acceptance), which may be
+        # larger than a tiny payload limit; `take_first` applies the real one.
+        self.decoder = FrameDecoder(max(max_message_size, HEADER_FRAME_MAX))
         self.queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._received = 0
@@ -115,6 +117,7 @@ class StreamCore:
             return None
         m = self.queue.popleft()
         self._queued_bytes -= len(m) + HEADER_SIZE
+        self.decoder.max_size = self.max_message_size
         self._credit()
         return m
 

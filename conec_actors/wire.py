@@ -113,6 +113,8 @@ def error_for(code: int, reason: str = "") -> errors.ConecError:
 
 def stream_reset(code: int, reason: str = "") -> errors.StreamReset:
     """A `StreamReset` for a reset code, described from the table."""
+    if not reason and code < USER_CODE_LIMIT:
+        reason = f"the other end reset the stream with code {code}"
     return errors.StreamReset(code, reason or describe(code))
 
 

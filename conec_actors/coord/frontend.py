@@ -21,7 +21,7 @@ from .. import wire
 from ..errors import CertificateError, ConecError, InvalidId, ProtocolError
 from ..framing import HEADER_SIZE, FrameDecoder, FrameScanner, FrameTooLarge, frame
 from ..ids import check_id, stable_hash
-from ..streams import MAX_STREAM_NUMBER, STREAM_WINDOW
+from ..streams import HEADER_FRAME_MAX, MAX_STREAM_NUMBER
 from ..tlsconf import check_chain, der
 from ..transport import Conn, Endpoint
 from . import ipc
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 FRONTEND_NAME = "fe0"
 HELLO_TIMEOUT = 5.0
 CONTROL_MAX = 64 * 1024  # control messages are small
-HEADER_MAX = 1024  # a stream header frame
 MAX_PENDING_OPENS = 64  # streams of one client waiting for their route
 
 
@@ -299,7 +298,7 @@ class FrontEnd:
             head += data
             if len(head) >= HEADER_SIZE:
                 size = int.from_bytes(head[:HEADER_SIZE], "big")
-                if size > HEADER_MAX:
+                if size > HEADER_FRAME_MAX:
                     self._abort(leg, wire.Code.PROTOCOL, "stream header too large")
                     return
                 if len(head) >= HEADER_SIZE + size:
