@@ -271,6 +271,16 @@ class Procs:
         deadline = time.monotonic() + timeout
         return [self.expect(kind, max(0.1, deadline - time.monotonic())) for _ in range(n)]
 
+    def stop(self, name: str) -> None:
+        """Stop one child now (set its stop event, join, terminate if it hangs)."""
+        for n, proc, stop in self.procs:
+            if n == name:
+                stop.set()
+                proc.join(timeout=STOP_GRACE_S)
+                if proc.is_alive():
+                    proc.terminate()
+                    proc.join(timeout=3)
+
     def close(self) -> None:
         """Stop every child (newest first), join, terminate/kill stragglers."""
         for _, proc, stop in reversed(self.procs):

@@ -153,6 +153,13 @@ class ConecQuicConnection(QuicConnection):
             if epoch in self._crypto_buffers:
                 self._crypto_buffers[epoch] = Buffer(capacity=4096)
 
+    def received_valid_packet(self) -> bool:
+        """True once at least one packet decrypted (so the peer is real)."""
+        spaces = getattr(self, "_spaces", None)
+        if not spaces:
+            return False
+        return any(space.largest_received_packet >= 0 for space in spaces.values())
+
     @property
     def is_closed(self) -> bool:
         return self._state in (QuicConnectionState.CLOSING, QuicConnectionState.DRAINING,

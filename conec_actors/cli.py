@@ -282,8 +282,10 @@ async def _serve(coord: Coord, stop: asyncio.Event, stopper: asyncio.Future[Any]
         elif cert_path is not None:
             lines.append(f"certificate: {Path(cert_path).resolve()} "
                          "(clients trust the CA that issued it)")
-        if cfg.client_ca is not None:
-            lines.append(f"client certificates: issued by {cfg.client_ca}")
+        if isinstance(cfg.client_ca, bytes):
+            lines.append("client certificates: issued by the given client CA")
+        elif cfg.client_ca is not None:
+            lines.append(f"client certificates: issued by {Path(cfg.client_ca).resolve()}")
         else:
             lines.append("client certificates: self-signed, valid for the client's id")
         lines.append(f"routing workers: {cfg.routing_workers} "
@@ -321,22 +323,14 @@ def _cmd_coord(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if (args.cert is None) != (args.key is None):
         parser.error("--cert and --key go together: give both or neither")
     ca_path: Path | None = None
+    state_dir: Path | None = None
     if args.cert is None:
-        state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
-        ca_path, cert, key = dev_certificates(state_dir.absolute())
-        cert_src: str = str(cert)
-        key_src: str = str(key)
+        state_dir = (Path(args.state_dir) if args.state_dir else default_state_dir()).absolute()
+        cert_src, key_src = (str(p) for p in _pem_paths(state_dir, DEV_CERT_STEM))
     else:
         cert_src, key_src = args.cert, args.key
         for p in (cert_src, key_src):
             load_pem(p)  # a clear FileNotFoundError now rather than later
-    if args.client_ca is not None:
-        try:
-            if not x509.load_pem_x509_certificates(load_pem(args.client_ca)):
-                raise ValueError("no certificate in it")
-        except ValueError as exc:
-            raise CliError(f"--client-ca {args.client_ca}: not a PEM certificate ({exc})"
-                           ) from None
     try:
         cfg = CoordConfig(cert_src, key_src, host=args.host, port=args.port,
                           client_ca=args.client_ca, routing_workers=args.routing_workers,
@@ -345,6 +339,15 @@ def _cmd_coord(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                           max_datagram_size=args.max_datagram_size)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.client_ca is not None:
+        try:
+            if not x509.load_pem_x509_certificates(load_pem(args.client_ca)):
+                raise ValueError("no certificate in it")
+        except ValueError as exc:
+            raise CliError(f"--client-ca {args.client_ca}: not a PEM certificate ({exc})"
+                           ) from None
+    if state_dir is not None:
+        ca_path, _, _ = dev_certificates(state_dir)
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run(serve_coordinator(cfg, ca_path=ca_path,

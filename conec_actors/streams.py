@@ -94,6 +94,10 @@ class StreamCore:
         """Feed bytes; returns the messages if the owner must see the first
         ones (header handling), else queues them. None on a framing error."""
         self._received += len(data)
+        if self.recv_error is not None:
+            # Failed or closed by this end: late data is dropped, not decoded.
+            self._credit()
+            return []
         try:
             msgs = self.decoder.feed(data) if data else []
         except FrameTooLarge as exc:

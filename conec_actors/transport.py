@@ -285,6 +285,8 @@ class Endpoint(asyncio.DatagramProtocol):
         self._retry_gate = RetryGate()
         self._demand_retry = False
         self._closed = asyncio.Event()
+        self.retries_sent = 0
+        self.junk_dropped = 0
 
     @classmethod
     async def bind(cls, host: str | None, port: int,
@@ -386,6 +388,7 @@ class Endpoint(asyncio.DatagramProtocol):
             retry_scid = pkt.dcid
         else:
             if server.retry is True or (server.retry == "auto" and self._retry_needed()):
+                self.retries_sent += 1
                 self.sendto(self._retry_gate.retry_packet(pkt, addr, now), addr)
                 return
             odcid = pkt.dcid
@@ -397,12 +400,19 @@ class Endpoint(asyncio.DatagramProtocol):
             retry_source_connection_id=retry_scid,
         )
         conn = Conn(self, quic, addr, None)
-        conn.handler = server.accept(conn)
         self._conns.add(conn)
         self._half_open.add(conn)
         self._cids[pkt.dcid] = conn
         self._cids[quic.host_cid] = conn
+        # The first datagram cannot complete a handshake or carry streams, so
+        # the owner only hears of the connection once it proved to be real.
         conn.receive(data, addr)
+        if not quic.received_valid_packet():
+            # A well-formed header around junk: keep no state for it.
+            self.junk_dropped += 1
+            conn.abort()
+            return
+        conn.handler = server.accept(conn)
 
     def _retry_needed(self) -> bool:
         n = len(self._half_open)

@@ -139,7 +139,7 @@ def test_codes_are_unique() -> None:
 def test_library_codes_above_user_limit() -> None:
     for code in Code:
         if code is Code.NO_ERROR:
-            assert code == 0
+            assert int(code) == 0
         else:
             assert code >= USER_CODE_LIMIT, code
     assert USER_CODE_LIMIT == 0x10000

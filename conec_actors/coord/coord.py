@@ -116,6 +116,8 @@ class Coord:
             "clients": fe.num_clients(),
             "connections": len(self._endpoint.connections),
             "half_open": self._endpoint.half_open,
+            "retries_sent": self._endpoint.retries_sent,
+            "junk_dropped": self._endpoint.junk_dropped,
             "streams": fe.num_streams(),
             "streams_opened": fe.streams_opened,
             "broadcasts": 0,

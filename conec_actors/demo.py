@@ -1,0 +1,454 @@
+"""``conec-actors demo``: a Coordinator and a few clients in one process.
+
+The clients (alice, bob, carol, ...) sit in a ring: each opens proxied
+streams to the next one and sends messages of mixed sizes (64 B to 16 KiB)
+as fast as the path lets it, while the next one reads them from
+``client.incoming``. Every message carries its sequence number and a CRC-32
+of its contents, so the reader checks that each one arrived, in order and
+intact. About once a second a line shows what went through the Coordinator;
+after the duration everything stops cleanly and a summary is printed.
+
+Direct channels, broadcasts and tell/ask are not built yet, so the demo shows
+proxied streams only and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import signal
+import struct
+import sys
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from .certs import self_signed
+from .client import Client
+from .config import ClientConfig, CoordConfig
+from .coord import Coord
+from .errors import ConecError, StreamClosed
+from .streams import IncomingStream, InStream, OutStream
+
+__all__ = ["check_message", "client_names", "demo", "make_message", "run_demo"]
+
+NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan",
+         "judy", "mallory", "niaj", "olivia", "peggy", "rupert", "sybil", "trent",
+         "victor", "walter")
+#: Streams each client opens to the next one in the ring.
+STREAMS_PER_CLIENT = 2
+MIN_SIZE = 64
+MAX_SIZE = 16 * 1024
+#: Each message starts with its sequence number and the CRC-32 of the rest.
+HEADER = struct.Struct(">QI")
+#: How long stopping may take before the demo reports a stuck stream.
+DRAIN_TIMEOUT = 10.0
+#: At most this many problems are kept (and printed) per stream.
+MAX_PROBLEMS = 3
+MB = 1_000_000
+
+_POOL = random.Random(1719).randbytes(2 * MAX_SIZE)
+
+
+def client_names(n: int) -> list[str]:
+    """The first `n` demo client ids: alice, bob, carol, ... then client-20, ..."""
+    return [NAMES[i] if i < len(NAMES) else f"client-{i + 1}" for i in range(n)]
+
+
+def make_message(seq: int, size: int) -> bytes:
+    """A `size`-byte message (at least the header's 12 bytes) carrying `seq`
+    and a CRC-32 over the sequence number and the payload."""
+    body = max(0, size - HEADER.size)
+    start = (seq * 7919) % MAX_SIZE
+    payload = _POOL[start:start + body]
+    seq_bytes = seq.to_bytes(8, "big")
+    crc = zlib.crc32(payload, zlib.crc32(seq_bytes))
+    return HEADER.pack(seq, crc) + payload
+
+
+def check_message(msg: bytes, expected_seq: int) -> str | None:
+    """None if `msg` is intact and has sequence number `expected_seq`, else
+    what is wrong with it."""
+    if len(msg) < HEADER.size:
+        return f"message {expected_seq}: only {len(msg)} bytes"
+    seq, crc = HEADER.unpack_from(msg)
+    if zlib.crc32(memoryview(msg)[HEADER.size:], zlib.crc32(msg[:8])) != crc:
+        return f"message {expected_seq}: checksum mismatch (corrupted)"
+    if seq != expected_seq:
+        return f"expected message {expected_seq}, got {seq} (lost or reordered)"
+    return None
+
+
+def _random_size(rng: random.Random) -> int:
+    """Sizes spread evenly on a log scale between MIN_SIZE and MAX_SIZE."""
+    return int(math.exp(rng.uniform(math.log(MIN_SIZE), math.log(MAX_SIZE + 1))))
+
+
+@dataclass
+class Flow:
+    """The figures of one demo stream, filled in by both of its ends."""
+
+    sender: str
+    receiver: str
+    n: int
+    sent_msgs: int = 0
+    sent_bytes: int = 0
+    recv_msgs: int = 0
+    recv_bytes: int = 0
+    finished: bool = False  # the writer called finish()
+    ended_clean: bool = False  # the reader saw the clean end
+    problems: list[str] = field(default_factory=list)
+    problem_count: int = 0
+
+    def problem(self, text: str) -> None:
+        self.problem_count += 1
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(text)
+
+    @property
+    def ok(self) -> bool:
+        return (self.problem_count == 0 and self.finished and self.ended_clean
+                and self.recv_msgs == self.sent_msgs and self.recv_bytes == self.sent_bytes)
+
+    def describe(self) -> str:
+        return f"{self.sender} -> {self.receiver} #{self.n}"
+
+
+class _Flows:
+    """Flows by (sender, receiver, n); whichever end comes first creates it."""
+
+    def __init__(self) -> None:
+        self._flows: dict[tuple[str, str, int], Flow] = {}
+
+    def get(self, sender: str, receiver: str, n: int) -> Flow:
+        key = (sender, receiver, n)
+        flow = self._flows.get(key)
+        if flow is None:
+            flow = self._flows[key] = Flow(sender, receiver, n)
+        return flow
+
+    def __iter__(self) -> Iterator[Flow]:
+        return iter(self._flows.values())
+
+
+# -- the ends of a stream ----------------------------------------------------------
+
+
+async def _write(flow: Flow, send: OutStream, recv: InStream, stop: asyncio.Event,
+                 rng: random.Random) -> None:
+    """Send checked messages until `stop`, finish, then wait for the other
+    end's finish on the way back."""
+    seq = 0
+    try:
+        while not stop.is_set():
+            msg = make_message(seq, _random_size(rng))
+            await send.send(msg)
+            flow.sent_msgs += 1
+            flow.sent_bytes += len(msg)
+            seq += 1
+            if seq % 64 == 0:
+                await asyncio.sleep(0)  # let the other streams and the ticker run
+        await send.finish()
+        flow.finished = True
+        with contextlib.suppress(StreamClosed):
+            extra = await recv.recv()
+            flow.problem(f"unexpected {len(extra)}-byte message on the way back")
+    except ConecError as exc:
+        flow.problem(f"writer: {exc}")
+
+
+async def _read(flow: Flow, incoming: IncomingStream) -> None:
+    """Read and check every message until the clean end."""
+    expected = 0
+    try:
+        await incoming.send.finish()  # nothing goes back on this stream
+        async for msg in incoming.recv:
+            problem = check_message(msg, expected)
+            if problem is not None:
+                flow.problem(problem)
+                seq = HEADER.unpack_from(msg)[0] if len(msg) >= HEADER.size else expected
+                expected = seq  # resynchronise, so one loss is reported once
+            flow.recv_msgs += 1
+            flow.recv_bytes += len(msg)
+            expected += 1
+        flow.ended_clean = True
+    except ConecError as exc:
+        flow.problem(f"reader: {exc}")
+
+
+async def _accept(client: Client, flows: _Flows, tasks: set[asyncio.Task[None]]) -> None:
+    """Start a reader for every stream opened to `client`, until it closes."""
+    async for incoming in client.incoming:
+        flow = flows.get(incoming.peer, client.id, incoming.stream_id.n)
+        task = asyncio.ensure_future(_read(flow, incoming))
+        tasks.add(task)
+
+
+# -- output -----------------------------------------------------------------------
+
+
+class _Printer:
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def __call__(self, line: str = "") -> None:
+        print(line, file=self.out, flush=True)
+
+
+def _mb(n: int) -> str:
+    return f"{n / MB:,.1f}"
+
+
+def _table(rows: list[list[str]], right: set[int], indent: str = "  ") -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for r in rows:
+        cells = [c.rjust(w) if i in right else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+        out.append(indent + "  ".join(cells).rstrip())
+    return out
+
+
+# -- the demo -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _on_signals(callback: Callable[[], None]) -> Iterator[None]:
+    """Call `callback` on SIGINT/SIGTERM while inside (main thread only)."""
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, callback)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def _connect_all(cfgs: list[ClientConfig]) -> list[Client]:
+    results = await asyncio.gather(*(Client.connect(c) for c in cfgs),
+                                   return_exceptions=True)
+    clients = [r for r in results if isinstance(r, Client)]
+    for r in results:
+        if isinstance(r, BaseException):
+            for c in clients:
+                await c.close()
+            raise r
+    return clients
+
+
+async def demo(duration: float = 5.0, clients: int = 3, out: TextIO | None = None) -> int:
+    """Run the demo (see the module docstring) in the running event loop and
+    return the exit status: 0 if every check passed, 1 if one failed, 130 if
+    interrupted by SIGINT/SIGTERM (after stopping cleanly and printing the
+    summary)."""
+    if not duration > 0:
+        raise ValueError(f"duration must be positive, got {duration}")
+    if clients < 1:
+        raise ValueError(f"clients must be at least 1, got {clients}")
+    say = _Printer(out if out is not None else sys.stdout)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    interrupted = False
+
+    def interrupt() -> None:
+        nonlocal interrupted
+        if not stop.is_set():
+            interrupted = True
+            stop.set()
+
+    names = client_names(clients)
+    say(f"conec-actors demo: a Coordinator and {clients} client{'s' * (clients != 1)} "
+        f"in this process, for {duration:g} s (Ctrl-C stops early)")
+    ck = self_signed(["localhost"])
+    with _on_signals(interrupt):
+        async with Coord.start(CoordConfig(ck.cert_pem, ck.key_pem, host="127.0.0.1",
+                                           port=0)) as coord:
+            host, port = coord.address
+            say(f"coordinator listening on {host}:{port} "
+                f"({coord.config.routing_workers} routing worker, "
+                f"pid {', '.join(map(str, coord.worker_pids()))})")
+            cfgs = [ClientConfig(name, "localhost", addr=coord.address, ca=ck.cert_pem)
+                    for name in names]
+            conns = await _connect_all(cfgs)
+            try:
+                say(f"connected {', '.join(names)}")
+                return await _traffic(coord, conns, duration, stop, say,
+                                      lambda: interrupted, loop)
+            finally:
+                for c in conns:
+                    await c.close()
+
+
+async def _traffic(coord: Coord, clients: list[Client], duration: float,
+                   stop: asyncio.Event, say: _Printer, interrupted: Callable[[], bool],
+                   loop: asyncio.AbstractEventLoop) -> int:
+    flows = _Flows()
+    readers: set[asyncio.Task[None]] = set()
+    acceptors = [asyncio.ensure_future(_accept(c, flows, readers)) for c in clients]
+    writers: list[asyncio.Task[None]] = []
+    stuck: list[str] = []
+    try:
+        n = len(clients)
+        for i, client in enumerate(clients):
+            peer = clients[(i + 1) % n].id
+            for k in range(STREAMS_PER_CLIENT):
+                send, recv = await client.new_proxied_stream(peer)
+                flow = flows.get(client.id, peer, send.stream_id.n)
+                rng = random.Random(i * 1000 + k)
+                writers.append(asyncio.ensure_future(_write(flow, send, recv, stop, rng)))
+        say(f"{len(writers)} proxied streams in a ring "
+            f"({' -> '.join(c.id for c in clients)} -> {clients[0].id}), "
+            f"{STREAMS_PER_CLIENT} per client, messages of {MIN_SIZE} B to "
+            f"{MAX_SIZE // 1024} KiB")
+        say()
+
+        start = loop.time()
+        elapsed = await _tick(coord, start, duration, stop, say, loop)
+
+        stop.set()
+        _, pending = await asyncio.wait(writers, timeout=DRAIN_TIMEOUT)
+        stuck += [f"a writer did not stop within {DRAIN_TIMEOUT:.0f} s" for _ in pending]
+        await _wait_readers(flows, readers, stuck)
+        stats = await coord.stats()
+    finally:
+        for t in [*writers, *readers, *acceptors]:
+            t.cancel()
+        await asyncio.gather(*writers, *readers, *acceptors, return_exceptions=True)
+
+    ok = _summary(flows, clients, stats, elapsed, stuck, say, interrupted())
+    if not ok:
+        return 1
+    return 130 if interrupted() else 0
+
+
+async def _tick(coord: Coord, start: float, duration: float, stop: asyncio.Event,
+                say: _Printer, loop: asyncio.AbstractEventLoop) -> float:
+    """Print a line of figures about once a second until `duration` has passed
+    or `stop` is set; returns the time elapsed."""
+    header = ["time", "msgs/s", "MB/s", "clients", "streams"]
+    widths = [8, 10, 9, 10, 10]
+
+    def line(cells: list[str]) -> str:
+        return "  " + "".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
+
+    say(line(header))
+    last_t, last_msgs, last_bytes = start, 0, 0
+    tick = 1
+    while True:
+        target = start + min(tick, duration)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(0.0, target - loop.time()))
+        if stop.is_set():
+            return loop.time() - start
+        if tick <= duration:
+            stats = await coord.stats()
+            now = loop.time()
+            msgs, nbytes = int(stats["messages_forwarded"]), int(stats["bytes_forwarded"])
+            dt = max(now - last_t, 1e-9)
+            say(line([f"{now - start:.1f} s", f"{(msgs - last_msgs) / dt:,.0f}",
+                      f"{(nbytes - last_bytes) / dt / MB:,.2f}", str(stats["clients"]),
+                      str(stats["streams"])]))
+            last_t, last_msgs, last_bytes = now, msgs, nbytes
+        if loop.time() - start >= duration - 0.01:
+            return loop.time() - start
+        tick += 1
+
+
+async def _wait_readers(flows: _Flows, readers: set[asyncio.Task[None]],
+                        stuck: list[str]) -> None:
+    """Wait until every stream's reader has seen its end (new readers may
+    still be appearing for streams opened just before the stop)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_TIMEOUT
+    while loop.time() < deadline:
+        if all(f.ended_clean or f.problem_count for f in flows) and all(
+                t.done() for t in readers):
+            return
+        await asyncio.sleep(0.02)
+    for f in flows:
+        if not (f.ended_clean or f.problem_count):
+            stuck.append(f"{f.describe()}: the reader did not see the end within "
+                         f"{DRAIN_TIMEOUT:.0f} s ({f.recv_msgs:,} of {f.sent_msgs:,} "
+                         "messages arrived)")
+
+
+def _summary(flows: _Flows, clients: list[Client], stats: dict[str, Any], elapsed: float,
+             stuck: list[str], say: _Printer, interrupted: bool) -> bool:
+    """Print the summary; True if every check passed."""
+    all_flows = list(flows)
+    sent_msgs = sum(f.sent_msgs for f in all_flows)
+    sent_bytes = sum(f.sent_bytes for f in all_flows)
+    fwd_msgs, fwd_bytes = int(stats["messages_forwarded"]), int(stats["bytes_forwarded"])
+    secs = max(elapsed, 1e-9)
+
+    say()
+    say(f"summary after {elapsed:.1f} s" + (" (interrupted)" if interrupted else ""))
+    rows = [["client", "sent msgs", "sent MB", "received msgs", "received MB", "check"]]
+    for c in clients:
+        out = [f for f in all_flows if f.sender == c.id]
+        inc = [f for f in all_flows if f.receiver == c.id]
+        good = all(f.ok for f in inc)
+        rows.append([c.id, f"{sum(f.sent_msgs for f in out):,}",
+                     _mb(sum(f.sent_bytes for f in out)),
+                     f"{sum(f.recv_msgs for f in inc):,}",
+                     _mb(sum(f.recv_bytes for f in inc)),
+                     "ok" if good else "FAILED"])
+    rows.append(["total", f"{sent_msgs:,}", _mb(sent_bytes),
+                 f"{sum(f.recv_msgs for f in all_flows):,}",
+                 _mb(sum(f.recv_bytes for f in all_flows)), ""])
+    for line in _table(rows, right={1, 2, 3, 4}):
+        say(line)
+    say()
+    say(f"  through the Coordinator: {fwd_msgs:,} messages, {_mb(fwd_bytes)} MB "
+        f"({fwd_msgs / secs:,.0f} msgs/s, {fwd_bytes / secs / MB:,.2f} MB/s)")
+    if fwd_msgs != sent_msgs:
+        say(f"  note: the Coordinator counted {fwd_msgs:,} messages forwarded, the "
+            f"clients sent {sent_msgs:,}")
+
+    failed = [f for f in all_flows if not f.ok]
+    if not failed and not stuck and all_flows:
+        say(f"  checks: all {len(all_flows)} streams ok: every message arrived, in order and "
+            "intact")
+        say("          (sequence number and CRC-32 in each), and every stream ended cleanly")
+    else:
+        say(f"  checks: FAILED on {len(failed)} of {len(all_flows)} streams")
+        for f in failed:
+            details = list(f.problems)
+            if f.problem_count > len(f.problems):
+                details.append(f"... {f.problem_count - len(f.problems)} more")
+            if not details:
+                details.append(f"{f.recv_msgs:,} of {f.sent_msgs:,} messages arrived"
+                               + ("" if f.ended_clean else ", no clean end"))
+            for d in details:
+                say(f"    {f.describe()}: {d}")
+        for s in stuck:
+            say(f"    {s}")
+    say("  not shown: direct channels, broadcasts and tell/ask are not built yet")
+    return not failed and not stuck and bool(all_flows)
+
+
+def run_demo(duration: float = 5.0, clients: int = 3) -> int:
+    """Run the demo in a new event loop (uvloop if installed) and return the
+    exit status: 0 if every check passed, 1 if one failed or the demo could
+    not start, 130 if interrupted."""
+    from .cli import describe_os_error, run
+
+    try:
+        return run(demo(duration, clients))
+    except OSError as exc:
+        print(f"conec-actors demo: {describe_os_error(exc)}", file=sys.stderr, flush=True)
+    except ConecError as exc:
+        print(f"conec-actors demo: {exc}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print("conec-actors demo: interrupted", file=sys.stderr, flush=True)
+        return 130
+    return 1

@@ -1,0 +1,254 @@
+"""Admission: certificates, ids, hello, refusals, junk and Retry."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from typing import Any
+
+import pytest
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
+from conec_actors import (
+    CertificateError,
+    Client,
+    ClientClosed,
+    ClientConfig,
+    ConnectFailed,
+    DuplicateId,
+    InvalidId,
+)
+from conec_actors.certs import issue, new_ca, self_signed
+from conec_actors.transport import Conn, Endpoint
+from conec_actors.wire import ALPN, Code
+
+from .conftest import coordinator, wait_for
+
+
+async def test_connect_counts_and_uncounts() -> None:
+    async with coordinator() as h:
+        assert await h.coord.num_clients() == 0
+        a = await h.client("alice")
+        assert a.id == "alice"
+        assert await h.coord.num_clients() == 1
+        await a.close()
+        await wait_for(lambda: _eq(h, 0))
+
+
+async def _eq(h: Any, n: int) -> bool:
+    return bool(await h.coord.num_clients() == n)
+
+
+async def test_async_with_client_closes() -> None:
+    async with coordinator() as h:
+        async with Client.connect(h.config("alice")) as a:
+            assert await h.coord.num_clients() == 1
+        assert a.is_closed
+        await wait_for(lambda: _eq(h, 0))
+        with pytest.raises(ClientClosed):
+            await a.new_proxied_stream("bob")
+
+
+async def test_duplicate_id_then_reusable_after_leave() -> None:
+    async with coordinator() as h:
+        first = await h.client("alice")
+        with pytest.raises(DuplicateId, match="alice"):
+            await h.client("alice")
+        assert await h.coord.num_clients() == 1
+        await first.close()
+        await wait_for(lambda: _eq(h, 0))
+        again = await h.client("alice")
+        assert again.id == "alice"
+
+
+async def test_invalid_id_refused_before_any_traffic() -> None:
+    with pytest.raises(InvalidId):
+        ClientConfig("Alice", "localhost")
+    with pytest.raises(InvalidId):
+        ClientConfig("10.0.0.1", "localhost")
+    with pytest.raises(ValueError):  # InvalidId is a ValueError too
+        ClientConfig("bad_id", "localhost")
+
+
+async def test_hello_negotiates_and_reports_observed_address() -> None:
+    async with coordinator(max_message_size=5000, idle_timeout=8.0) as h:
+        a = await h.client("alice", max_message_size=10_000, idle_timeout=20.0)
+        assert a.max_message_size == 5000
+        host, port = a.observed_address
+        assert host == "127.0.0.1"
+        assert port == a._endpoint.local_address[1]
+        assert a._welcome.idle_timeout == 8.0
+
+
+async def test_client_certificate_for_another_name_is_refused() -> None:
+    async with coordinator() as h:
+        mallory = self_signed(["mallory"])
+        with pytest.raises(CertificateError, match="alice"):
+            await h.client("alice", cert=mallory.cert_pem, key=mallory.key_pem)
+        assert await h.coord.num_clients() == 0
+        await h.client("mallory", cert=mallory.cert_pem, key=mallory.key_pem)
+
+
+async def test_client_ca_mode_accepts_issued_and_refuses_others(tmp_path: Any) -> None:
+    ca = new_ca("test client CA")
+    foreign = new_ca("someone else's CA")
+    ca.write(tmp_path / "ca.pem", tmp_path / "ca.key")
+    async with coordinator(client_ca=tmp_path / "ca.pem") as h:
+        good = issue(ca, ["alice"])
+        await h.client("alice", cert=good.cert_pem, key=good.key_pem)
+        ss = self_signed(["bob"])
+        with pytest.raises(CertificateError):
+            await h.client("bob", cert=ss.cert_pem, key=ss.key_pem)
+        bad = issue(foreign, ["carol"])
+        with pytest.raises(CertificateError):
+            await h.client("carol", cert=bad.cert_pem, key=bad.key_pem)
+        wrong_name = issue(ca, ["dave"])
+        with pytest.raises(CertificateError):
+            await h.client("erin", cert=wrong_name.cert_pem, key=wrong_name.key_pem)
+        # default ephemeral self-signed certificate: refused in CA mode
+        with pytest.raises(CertificateError):
+            await h.client("frank")
+        assert await h.coord.num_clients() == 1
+
+
+async def test_untrusted_or_misnamed_coordinator_is_refused() -> None:
+    async with coordinator() as h:
+        other = self_signed(["localhost"])
+        with pytest.raises(CertificateError):
+            await h.client("alice", ca=other.cert_pem)
+        with pytest.raises(CertificateError):
+            await Client.connect(ClientConfig("bob", "not-localhost", addr=h.coord.address,
+                                              ca=h.cert.cert_pem))
+        await h.client("carol")  # the Coordinator is unharmed
+
+
+async def test_nothing_listening_is_connect_failed() -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    t0 = time.monotonic()
+    with pytest.raises(ConnectFailed) as err:
+        await Client.connect(ClientConfig("alice", "localhost", addr=("127.0.0.1", port),
+                                          ca=self_signed(["localhost"]).cert_pem))
+    assert isinstance(err.value, ConnectionError)
+    assert time.monotonic() - t0 < 8
+
+
+class _Recorder:
+    """Minimal ConnHandler for raw QUIC clients in tests."""
+
+    def __init__(self) -> None:
+        self.closed: asyncio.Future[tuple[int, str]] = \
+            asyncio.get_running_loop().create_future()
+
+    def handshake_completed(self, conn: Conn) -> None: ...
+    def stream_data(self, conn: Conn, sid: int, data: bytes, fin: bool) -> None: ...
+    def stream_reset(self, conn: Conn, sid: int, code: int) -> None: ...
+    def stop_sending(self, conn: Conn, sid: int, code: int) -> None: ...
+
+    def terminated(self, conn: Conn, code: int, reason: str) -> None:
+        if not self.closed.done():
+            self.closed.set_result((code, reason))
+
+
+def _raw_config(h: Any, with_cert: bool, name: str = "alice") -> QuicConfiguration:
+    cfg = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], server_name="localhost",
+                            cadata=h.cert.cert_pem, connection_id_length=8)
+    if with_cert:
+        ck = self_signed([name])
+        cfg.load_cert_chain  # noqa: B018 - attribute exists; we set objects directly
+        from conec_actors.tlsconf import load_cert_key
+        cert, chain, key = load_cert_key(ck.cert_pem, ck.key_pem)
+        cfg.certificate, cfg.certificate_chain, cfg.private_key = cert, chain, key
+    return cfg
+
+
+async def test_empty_client_certificate_is_refused() -> None:
+    async with coordinator() as h:
+        ep = await Endpoint.bind("127.0.0.1", 0)
+        try:
+            rec = _Recorder()
+            ep.connect(h.coord.address, _raw_config(h, with_cert=False), rec, 65536)
+            code, reason = await asyncio.wait_for(rec.closed, 5)
+            assert code == Code.CERTIFICATE
+            assert "certificate" in reason
+        finally:
+            ep.close()
+        await h.client("bob")
+
+
+async def test_no_hello_is_closed_after_deadline() -> None:
+    async with coordinator() as h:
+        ep = await Endpoint.bind("127.0.0.1", 0)
+        try:
+            rec = _Recorder()
+            conn = ep.connect(h.coord.address, _raw_config(h, with_cert=True), rec, 65536)
+            await conn.wait_handshake()
+            code, _ = await asyncio.wait_for(rec.closed, 8)
+            assert code == Code.HELLO_TIMEOUT
+        finally:
+            ep.close()
+
+
+async def test_junk_datagrams_do_not_disturb_the_coordinator() -> None:
+    async with coordinator() as h:
+        a = await h.client("alice")
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for n in (0, 1, 20, 46, 1199, 1200, 1500):
+                s.sendto(os.urandom(n), h.coord.address)
+            # well-formed long headers around junk (Initial, version 1)
+            for _ in range(50):
+                rest = 1200 - 26  # 26 header bytes, then the announced length
+                hdr = bytes([0xC0, 0, 0, 0, 1, 8]) + os.urandom(8) + bytes([8]) + \
+                    os.urandom(8) + bytes([0]) + (0x4000 | rest).to_bytes(2, "big")
+                s.sendto(hdr + os.urandom(1200 - len(hdr)), h.coord.address)
+            # an unknown version gets version negotiation, nothing else
+            s.sendto(bytes([0xC0, 0xAA, 0xAA, 0xAA, 0xAA, 8]) + os.urandom(1300),
+                     h.coord.address)
+        finally:
+            s.close()
+        await asyncio.sleep(0.2)
+        st = await h.coord.stats()
+        assert st["junk_dropped"] >= 50
+        assert st["half_open"] == 0
+        b = await h.client("bob")
+        send, _ = await a.new_proxied_stream("bob")
+        await send.send(b"fine")
+        inc = await b.incoming.__aiter__().__anext__()
+        assert await inc.recv.recv() == b"fine"
+
+
+async def test_stateless_retry_always_on() -> None:
+    async with coordinator(stateless_retry=True) as h:
+        await h.client("alice")
+        st = await h.coord.stats()
+        assert st["retries_sent"] >= 1
+
+
+async def test_stateless_retry_auto_kicks_in_under_half_open_flood() -> None:
+    async with coordinator() as h:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        cfg = QuicConfiguration(is_client=True, alpn_protocols=[ALPN],
+                                server_name="localhost", connection_id_length=8)
+        try:
+            now = time.monotonic()
+            for _ in range(300):  # real Initials that never finish their handshake
+                q = QuicConnection(configuration=cfg)
+                q.connect(h.coord.address, now=now)
+                for data, addr in q.datagrams_to_send(now=now):
+                    sock.sendto(data, addr)
+            await wait_for(lambda: _half_open_at_least(h, 257), timeout=5)
+            before = (await h.coord.stats())["retries_sent"]
+            await h.client("alice")  # served, through a Retry
+            assert (await h.coord.stats())["retries_sent"] > before
+        finally:
+            sock.close()
+
+
+async def _half_open_at_least(h: Any, n: int) -> bool:
+    return bool((await h.coord.stats())["half_open"] >= n)
