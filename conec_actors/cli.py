@@ -121,11 +121,11 @@ def _write_atomically(ck: CertKey, cert_path: Path, key_path: Path) -> None:
                 p.unlink()
 
 
-def _read_pair(cert_path: Path, key_path: Path) -> CertKey:
+def _read_pair(cert_path: Path, key_path: Path, what: str) -> CertKey:
     try:
         return CertKey(cert_pem=load_pem(cert_path), key_pem=load_pem(key_path))
     except OSError as exc:
-        raise CliError(f"cannot read {describe_os_error(exc)}") from None
+        raise CliError(f"cannot read {what}: {describe_os_error(exc)}") from None
 
 
 def _issued_by(leaf_pem: bytes, ca_pem: bytes) -> bool:
@@ -177,7 +177,7 @@ def dev_certificates(state_dir: Path) -> tuple[Path, Path, Path]:
                                "to make a new CA")
             if not ca_cert.exists():
                 _write_atomically(new_ca(DEV_CA_NAME), ca_cert, ca_key)
-            ca = _read_pair(ca_cert, ca_key)
+            ca = _read_pair(ca_cert, ca_key, "the development CA")
             leaf_ok = cert.exists() and key.exists() and _issued_by(cert.read_bytes(),
                                                                     ca.cert_pem)
             if not leaf_ok:
@@ -389,13 +389,14 @@ def _cmd_certs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     _file_stem(args.name)
     try:
         if args.certs_command == "ca":
-            ck = new_ca(args.common_name or f"conec-actors CA ({args.name})")
+            default_cn = "conec-actors CA" + ("" if args.name == "ca" else f" {args.name}")
+            ck = new_ca(args.common_name or default_cn)
         elif args.certs_command == "self-signed":
             ck = self_signed(names)
         else:
             ca_dir = Path(args.ca)
             ca_cert, ca_key = _pem_paths(ca_dir, _file_stem(args.ca_name))
-            ca = _read_pair(ca_cert, ca_key)
+            ca = _read_pair(ca_cert, ca_key, "the CA")
             try:
                 ck = issue(ca, names)
             except (ValueError, TypeError) as exc:

@@ -1,0 +1,150 @@
+"""Worker processes: sharding, restart after a crash, crash loop, clean close."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any
+
+import pytest
+
+from conec_actors import ClientClosed, CoordinatorFailed, StreamReset
+
+from .conftest import coord_cert, coordinator, wait_for
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "State:\tZ" not in f.read()
+    except FileNotFoundError:
+        return False
+
+
+async def _next_incoming(client: Any) -> Any:
+    return await asyncio.wait_for(client.incoming.__aiter__().__anext__(), 5)
+
+
+async def test_close_leaves_no_worker_process() -> None:
+    async with coordinator(routing_workers=3) as h:
+        pids = h.coord.worker_pids()
+        assert len(pids) == 3
+        assert all(_alive(p) for p in pids)
+        assert all(os.getppid() != p for p in pids)
+    for p in pids:
+        assert not _alive(p), f"worker {p} outlived close()"
+
+
+async def test_ids_spread_over_several_routing_workers() -> None:
+    async with coordinator(routing_workers=2) as h:
+        clients = [await h.client(f"c{i}") for i in range(8)]
+        st = await h.coord.stats()
+        entries = [w["entries"] for w in st["workers"]]
+        assert sum(entries) == 8
+        assert all(e > 0 for e in entries)
+        # every pair can reach each other whichever shard holds the peer
+        send, _ = await clients[0].new_proxied_stream("c7")
+        await send.send(b"x")
+        inc = await _next_incoming(clients[7])
+        assert await inc.recv.recv() == b"x"
+
+
+async def test_killed_worker_is_restarted_and_nothing_notices() -> None:
+    async with coordinator(routing_workers=1) as h:
+        a, b = await h.client("alice"), await h.client("bob")
+        send, recv = await a.new_proxied_stream("bob")
+        await send.send(b"before")
+        inc = await _next_incoming(b)
+        assert await inc.recv.recv() == b"before"
+        (old,) = h.coord.worker_pids()
+        os.kill(old, signal.SIGKILL)
+        # a request made while the worker is down is replayed to its successor
+        t0 = time.monotonic()
+        c = await h.client("carol")
+        assert time.monotonic() - t0 < 2.0
+        (new,) = h.coord.worker_pids()
+        assert new != old
+        # the established stream kept flowing, both ways, in order
+        for i in range(20):
+            await send.send(b"%d" % i)
+        assert [await inc.recv.recv() for _ in range(20)] == [b"%d" % i for i in range(20)]
+        await inc.send.send(b"back")
+        assert await recv.recv() == b"back"
+        # the rebuilt directory knows the clients that were there before
+        s2, _ = await c.new_proxied_stream("alice")
+        await s2.send(b"hi alice")
+        inc2 = await _next_incoming(a)
+        assert inc2.peer == "carol" and await inc2.recv.recv() == b"hi alice"
+        st = await h.coord.stats()
+        assert st["workers"][0]["restarts"] == 1
+        assert st["workers"][0]["entries"] == 3
+
+
+async def test_crash_loop_fails_the_coordinator_loudly() -> None:
+    cert = coord_cert()
+    from conec_actors import Coord, CoordConfig
+    coord = await Coord.start(CoordConfig(cert.cert_pem, cert.key_pem, port=0))
+    try:
+        from .conftest import Harness
+        h = Harness(coord, cert)
+        a = await h.client("alice")
+        for _ in range(3):
+            (pid,) = coord.worker_pids()
+            os.kill(pid, signal.SIGKILL)
+            await wait_for(lambda p=pid: coord.worker_pids() != [p] or
+                           coord._closed.is_set(), timeout=5)
+        with pytest.raises(CoordinatorFailed, match="crashed 3 times"):
+            await asyncio.wait_for(coord.wait_closed(), 5)
+        await wait_for(lambda: a.is_closed, timeout=5)
+        with pytest.raises(ClientClosed):
+            await a.new_proxied_stream("alice")
+        for p in coord.worker_pids():
+            assert not _alive(p)
+        await h.close_clients()
+    finally:
+        await coord.close()
+
+
+async def test_clients_see_coordinator_close_as_client_closed() -> None:
+    async with coordinator() as h:
+        a, b = await h.client("alice"), await h.client("bob")
+        send, recv = await a.new_proxied_stream("bob")
+        await h.coord.close()
+        with pytest.raises(StreamReset):
+            await asyncio.wait_for(recv.recv(), 5)
+        await wait_for(lambda: a.is_closed)
+        with pytest.raises(ClientClosed):
+            await a.new_proxied_stream("bob")
+
+
+def test_script_without_main_guard_works(tmp_path: Any) -> None:
+    script = tmp_path / "user_script.py"
+    cert = coord_cert()
+    (tmp_path / "c.pem").write_bytes(cert.cert_pem)
+    (tmp_path / "c.key").write_bytes(cert.key_pem)
+    script.write_text(textwrap.dedent(f"""
+        import asyncio
+        from conec_actors import Client, ClientConfig, Coord, CoordConfig
+
+        async def main():
+            cfg = CoordConfig({str(tmp_path / 'c.pem')!r}, {str(tmp_path / 'c.key')!r},
+                              port=0, routing_workers=2)
+            async with Coord.start(cfg) as coord:
+                async with Client.connect(ClientConfig("me", "localhost",
+                        addr=coord.address, ca={str(tmp_path / 'c.pem')!r})) as me:
+                    send, recv = await me.new_proxied_stream("me")
+                    await send.send(b"ok")
+                    inc = await me.incoming.__aiter__().__anext__()
+                    print(inc.peer, (await inc.recv.recv()).decode())
+
+        asyncio.run(main())  # no __main__ guard on purpose
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=40, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "me ok"
