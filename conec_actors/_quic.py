@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 from aioquic.asyncio.server import _encode_invalid_token_close
-from aioquic.buffer import Buffer
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import (
     MAX_STREAM_DATA_FRAME_CAPACITY,
@@ -77,9 +77,10 @@ class ConecQuicConnection(QuicConnection):
     def _write_stream_limits(self, builder: QuicPacketBuilder, space: Any,
                              stream: QuicStream) -> None:
         local = stream.max_stream_data_local
-        if not local:
+        sid = stream.stream_id
+        if not local or sid is None:
             return
-        target = self._consumed.get(stream.stream_id, 0) + self._stream_window
+        target = self._consumed.get(sid, 0) + self._stream_window
         if target - local >= self._credit_step:
             stream.max_stream_data_local = local = target
         if stream.max_stream_data_local_sent != local:
@@ -89,7 +90,7 @@ class ConecQuicConnection(QuicConnection):
                 handler=self._on_max_stream_data_delivery,
                 handler_args=(stream,),
             )
-            buf.push_uint_var(stream.stream_id)
+            buf.push_uint_var(sid)
             buf.push_uint_var(local)
             stream.max_stream_data_local_sent = local
 

@@ -63,7 +63,7 @@ class StreamCore:
 
     __slots__ = (
         "_drained", "_queued_bytes", "_received", "_waiter", "conn", "decoder",
-        "max_message_size", "on_first", "recv_error", "recv_fin", "queue", "send_error",
+        "max_message_size", "queue", "recv_error", "recv_fin", "send_error",
         "send_finished", "sid", "stream_id",
     )
 
@@ -85,8 +85,6 @@ class StreamCore:
         self.recv_error: StreamReset | None = None
         self.send_error: StreamReset | None = None
         self.send_finished = False
-        #: Called with the first frame instead of queueing it (stream headers).
-        self.on_first: object | None = None
 
     # -- events from the connection ------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from .. import wire
@@ -15,6 +16,7 @@ from ..errors import CoordinatorFailed
 from ..streams import STREAM_WINDOW
 from ..tlsconf import quic_configuration
 from ..transport import Endpoint, ServerSettings
+from . import ipc
 from .frontend import FrontEnd
 from .supervisor import Supervisor
 
@@ -98,20 +100,18 @@ class Coord:
         fe = self._fe
         workers = self._supervisor.figures()
         loop = asyncio.get_running_loop()
-        futs: list[asyncio.Future[Any]] = []
-        for kind, slots in self._supervisor.by_kind.items():
+        futs: list[asyncio.Future[ipc.Reply | ipc.StatsReply]] = []
+        for slots in self._supervisor.by_kind.values():
             for slot in slots:
-                fut: asyncio.Future[Any] = loop.create_future()
+                fut: asyncio.Future[ipc.Reply | ipc.StatsReply] = loop.create_future()
                 futs.append(fut)
-                from .ipc import StatsRequest
-                self._supervisor.request(
-                    slot, lambda req: StatsRequest(req),
-                    lambda r, f=fut: f.done() or f.set_result(r))
+                self._supervisor.request(slot, ipc.StatsRequest, _resolver(fut))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*futs), 2.0)
         for w, f in zip(workers, futs, strict=True):
-            if f.done():
-                w.update(getattr(f.result(), "figures", {}))
+            r = f.result() if f.done() else None
+            if isinstance(r, ipc.StatsReply):
+                w.update(r.figures)
         return {
             "clients": fe.num_clients(),
             "connections": len(self._endpoint.connections),
@@ -162,3 +162,11 @@ class Coord:
         await self._closed.wait()
         if self._failure is not None:
             raise self._failure
+
+
+def _resolver(fut: asyncio.Future[ipc.Reply | ipc.StatsReply]
+              ) -> Callable[[ipc.Reply | ipc.StatsReply], None]:
+    def resolve(reply: ipc.Reply | ipc.StatsReply) -> None:
+        if not fut.done():
+            fut.set_result(reply)
+    return resolve

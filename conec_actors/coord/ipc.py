@@ -7,6 +7,8 @@ Payload never travels here: only the control plane.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import msgspec
 
 IPC_VERSION = 1
@@ -91,7 +93,7 @@ _to_worker = msgspec.msgpack.Decoder(list[ToWorker])
 _from_worker = msgspec.msgpack.Decoder(list[FromWorker])
 
 
-def encode_batch(msgs: list[ToWorker] | list[FromWorker]) -> bytes:
+def encode_batch(msgs: Sequence[ToWorker] | Sequence[FromWorker]) -> bytes:
     return _enc.encode(msgs)
 
 

@@ -77,7 +77,7 @@ class Supervisor:
         self._sock.setsockopt(zmq.LINGER, 0)
         self.endpoint = f"ipc://@conec-actors-{os.getpid()}-{os.urandom(6).hex()}"
         self._sock.bind(self.endpoint)
-        self._fd = self._sock.getsockopt(zmq.FD)
+        self._fd: int = int(self._sock.getsockopt(zmq.FD))
         self._loop.add_reader(self._fd, self._on_readable)
         self._next_req = 1
         self._flush_handle: asyncio.Handle | None = None
@@ -170,7 +170,7 @@ class Supervisor:
         sock = self._sock
         if sock.closed:
             return
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             try:
                 ident, data = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
