@@ -247,6 +247,7 @@ async def serve_coordinator(cfg: CoordConfig, *, ca_path: Path | None, cert_path
             await asyncio.wait({starter, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if not starter.done():  # interrupted while starting
                 await _cancel(starter)
+                _print(out, f"{PROG}: stopped before the coordinator had started")
                 return 0
             try:
                 coord = starter.result()

@@ -212,6 +212,11 @@ def _table(rows: list[list[str]], right: set[int], indent: str = "  ") -> list[s
     return out
 
 
+def _loop_kind() -> str:
+    loop = asyncio.get_running_loop()
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
 # -- the demo -----------------------------------------------------------------------
 
 
@@ -267,7 +272,7 @@ async def demo(duration: float = 5.0, clients: int = 3, out: TextIO | None = Non
 
     names = client_names(clients)
     say(f"conec-actors demo: a Coordinator and {clients} client{'s' * (clients != 1)} "
-        f"in this process, for {duration:g} s (Ctrl-C stops early)")
+        f"in this process, for {duration:g} s on {_loop_kind()} (Ctrl-C stops early)")
     ck = self_signed(["localhost"])
     with _on_signals(interrupt):
         async with Coord.start(CoordConfig(ck.cert_pem, ck.key_pem, host="127.0.0.1",

@@ -7,7 +7,7 @@ import itertools
 import logging
 import socket
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import wire
 from .._util import AwaitableContext
@@ -36,6 +36,7 @@ from .link import CoordLink, UnclaimedQueue, connection_error
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 5.0
+COMMAND_QUEUE = 256
 #: Delay between dialling successive addresses of the Coordinator's name.
 ATTEMPT_STAGGER = 0.25
 
@@ -57,6 +58,10 @@ class Client:
         self._next_proxied = itertools.count()
         self._closed = False
         self._close_error: ConecError | None = None
+        # The client is an actor: this task alone changes its state, in the
+        # order commands arrive in the mailbox.
+        self._commands: asyncio.Queue[_Command] = asyncio.Queue(COMMAND_QUEUE)
+        self._task = asyncio.get_running_loop().create_task(self._run())
         link.closed.add_done_callback(self._lost)
 
     # -- lifecycle ------------------------------------------------------------
@@ -104,15 +109,53 @@ class Client:
 
     async def close(self) -> None:
         """Close the client: its streams end with `StreamReset` at the other ends."""
-        if self._closed:
-            return
-        self._closed = True
-        self._close_error = ClientClosed("the client was closed")
+        if not self._closed:
+            self._closed = True
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            await self._commands.put(_Close(done))
+        await asyncio.shield(self._task)
+
+    async def _run(self) -> None:
+        while True:
+            cmd = await self._commands.get()
+            if isinstance(cmd, _Open):
+                self._do_open(cmd)
+            elif isinstance(cmd, _Close):
+                self._do_close()
+                cmd.done.set_result(None)
+                break
+        # Fail whatever was queued behind the close.
+        while not self._commands.empty():
+            left = self._commands.get_nowait()
+            if isinstance(left, _Open) and not left.reply.done():
+                left.reply.set_exception(ClientClosed("the client was closed"))
+
+    def _do_close(self) -> None:
+        if self._close_error is None:
+            self._close_error = ClientClosed("the client was closed")
         self._conn.close(wire.Code.CLIENT_CLOSED, "client closed")
         self._link.terminated(self._conn, wire.Code.CLIENT_CLOSED, "client closed")
         self._incoming.end()
         self._endpoint.close()
-        await asyncio.sleep(0)
+
+    def _do_open(self, cmd: _Open) -> None:
+        if cmd.reply.done():  # the caller gave up
+            return
+        try:
+            self._check_open()
+            if cmd.n is None:
+                n = next(self._next_proxied)
+                while n in self._used_proxied:
+                    n = next(self._next_proxied)
+            else:
+                n = cmd.n
+                if n in self._used_proxied:
+                    raise StreamIdInUse(f"proxied stream number {n} was already used by "
+                                        f"client {self.id!r}")
+            self._used_proxied.add(n)
+            cmd.reply.set_result(self._link.open_stream(cmd.peer, n))
+        except ConecError as exc:
+            cmd.reply.set_exception(exc)
 
     def _lost(self, fut: asyncio.Future[ConecError]) -> None:
         if self._close_error is None:
@@ -172,19 +215,13 @@ class Client:
         this client already used `stream_id`.
         """
         self._check_open()
-        if stream_id is None:
-            n = next(self._next_proxied)
-            while n in self._used_proxied:
-                n = next(self._next_proxied)
-        else:
-            n = check_stream_number(stream_id)
-            if n in self._used_proxied:
-                raise StreamIdInUse(f"proxied stream number {n} was already used by "
-                                    f"client {self.id!r}")
+        n = None if stream_id is None else check_stream_number(stream_id)
         if not is_valid_id(peer):
             raise NoSuchPeer(f"no client {peer!r} is connected (not a valid id)")
-        self._used_proxied.add(n)
-        core, fut = self._link.open_stream(peer, n)
+        reply: asyncio.Future[tuple[StreamCore, asyncio.Future[None]]] = \
+            asyncio.get_running_loop().create_future()
+        await self._commands.put(_Open(peer, n, reply))
+        core, fut = await reply
         try:
             await fut
         except asyncio.CancelledError:
@@ -207,6 +244,19 @@ class Client:
     def __repr__(self) -> str:
         state = "closed" if self.is_closed else "connected"
         return f"<Client {self.id!r} {state}>"
+
+
+class _Open(NamedTuple):
+    peer: str
+    n: int | None
+    reply: asyncio.Future[tuple[StreamCore, asyncio.Future[None]]]
+
+
+class _Close(NamedTuple):
+    done: asyncio.Future[None]
+
+
+_Command = _Open | _Close
 
 
 async def _resolve(cfg: ClientConfig) -> list[tuple[str, int]]:
