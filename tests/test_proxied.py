@@ -324,3 +324,28 @@ async def test_peer_leaving_resets_its_streams() -> None:
                 await asyncio.sleep(0.01)
         with pytest.raises(StreamReset):
             await inc.recv.recv()
+
+
+async def test_too_many_pending_opens_is_a_named_refusal() -> None:
+    """Opens waiting on the control plane are capped per client; the rest
+    proceed once the routing worker answers again."""
+    import os
+    import signal
+
+    from conec_actors import ProtocolError
+    from conec_actors.coord.frontend import MAX_PENDING_OPENS
+
+    async with coordinator() as h:
+        a, _ = await h.client("alice"), await h.client("bob")
+        (pid,) = h.coord.worker_pids()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            tasks = [asyncio.create_task(a.new_proxied_stream("bob"))
+                     for _ in range(MAX_PENDING_OPENS + 6)]
+            await asyncio.sleep(0.5)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        refused = [r for r in results if isinstance(r, BaseException)]
+        assert len(refused) == 6
+        assert all(isinstance(r, ProtocolError) and "too many" in str(r) for r in refused)
