@@ -252,3 +252,47 @@ async def test_stateless_retry_auto_kicks_in_under_half_open_flood() -> None:
 
 async def _half_open_at_least(h: Any, n: int) -> bool:
     return bool((await h.coord.stats())["half_open"] >= n)
+
+
+async def _raw_session(h: Any, first: bytes, *, sid: int | None = None) -> tuple[int, str]:
+    """Connect with a valid certificate for 'alice', write `first` on a stream
+    (the control stream by default) and return how the Coordinator closed us."""
+    ep = await Endpoint.bind("127.0.0.1", 0)
+    try:
+        rec = _Recorder()
+        conn = ep.connect(h.coord.address, _raw_config(h, with_cert=True), rec, 65536)
+        await conn.wait_handshake()
+        conn.send(conn.new_stream_id() if sid is None else sid, first)
+        return await asyncio.wait_for(rec.closed, 8)
+    finally:
+        ep.close()
+
+
+async def test_broken_hellos_are_refused_with_a_reason() -> None:
+    from conec_actors import wire
+    from conec_actors.framing import frame
+
+    async with coordinator() as h:
+        good = dict(id="alice", version=wire.PROTOCOL_VERSION, max_message_size=1000,
+                    idle_timeout=10.0, max_datagram_size=1200)
+        cases = [
+            (frame(wire.encode(wire.Hello(**{**good, "version": 99}))), Code.VERSION),
+            (frame(b"\x93garbage"), Code.PROTOCOL),
+            (b"\xff\xff\xff\xff", Code.PROTOCOL),  # a 4 GiB control message
+            (frame(wire.encode(wire.StreamAccepted())), Code.PROTOCOL),
+            (frame(wire.encode(wire.Hello(**{**good, "id": "Alice"}))), Code.INVALID_ID),
+            (frame(wire.encode(wire.Hello(**{**good, "id": "bob"}))), Code.CERTIFICATE),
+        ]
+        for data, expected in cases:
+            code, reason = await _raw_session(h, data)
+            assert code == expected, (data, code, reason)
+            assert reason
+        # a data stream before the control stream
+        code, _ = await _raw_session(h, b"junk", sid=4)
+        assert code == Code.PROTOCOL
+        # nobody else noticed
+        a, b = await h.client("alice"), await h.client("bob")
+        send, _ = await a.new_proxied_stream("bob")
+        await send.send(b"ok")
+        inc = await b.incoming.__aiter__().__anext__()
+        assert await inc.recv.recv() == b"ok"

@@ -349,3 +349,32 @@ async def test_too_many_pending_opens_is_a_named_refusal() -> None:
         refused = [r for r in results if isinstance(r, BaseException)]
         assert len(refused) == 6
         assert all(isinstance(r, ProtocolError) and "too many" in str(r) for r in refused)
+
+
+async def test_broken_stream_headers_reset_only_that_stream() -> None:
+    from conec_actors import ProtocolError, wire
+    from conec_actors.framing import frame
+    from conec_actors.streams import StreamCore
+
+    async with coordinator() as h:
+        a, b = await h.client("alice"), await h.client("bob")
+        link, conn = a._link, a._conn
+        bad_headers = [
+            frame(b"\x00not msgpack"),
+            frame(wire.encode(wire.StreamAccepted())),
+            frame(wire.encode(wire.StreamHeader("direct", "bob", 1))),
+            (5000).to_bytes(4, "big") + b"h" * 5000,  # oversized header frame
+        ]
+        for raw in bad_headers:
+            sid = conn.new_stream_id()
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            link.streams[sid] = StreamCore(conn, sid, StreamId("proxied", 10**6 + sid),
+                                           1 << 20)
+            link.opening[sid] = fut
+            conn.send(sid, raw)
+            with pytest.raises(ProtocolError):
+                await asyncio.wait_for(fut, 5)
+        send, _ = await a.new_proxied_stream("bob")
+        await send.send(b"unharmed")
+        inc = await next_incoming(b)
+        assert await inc.recv.recv() == b"unharmed"

@@ -359,7 +359,7 @@ class FrontEnd:
         if other is None:
             return
         oconn = other.session.conn
-        unsent = oconn.unsent(other.sid) if not other.out_done or not oconn.closed else 0
+        unsent = 0 if oconn.closed else oconn.unsent(other.sid)
         leg.session.conn.consume_to(leg.sid, leg.base + leg.written - unsent)
         if unsent > 0 and not oconn.closed:
             oconn.watch_drain(other.sid, leg.on_drain)
