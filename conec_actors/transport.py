@@ -446,11 +446,15 @@ def _make_socket(host: str | None, port: int) -> socket.socket:
     if host is None:
         try:
             sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind(("::", port))
+            try:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.bind(("::", port))
+            except OSError:
+                sock.close()
+                raise
         except OSError:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.bind(("0.0.0.0", port))
+            _bind_or_close(sock, ("0.0.0.0", port))
     else:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         family, _, _, _, sockaddr = infos[0]
@@ -459,7 +463,7 @@ def _make_socket(host: str | None, port: int) -> socket.socket:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
                                 0 if host in ("::", "") else 1)
-        sock.bind(sockaddr)
+        _bind_or_close(sock, sockaddr)
     for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
                          (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
         try:
@@ -471,3 +475,11 @@ def _make_socket(host: str | None, port: int) -> socket.socket:
                 sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
     sock.setblocking(False)
     return sock
+
+
+def _bind_or_close(sock: socket.socket, addr: Any) -> None:
+    try:
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise

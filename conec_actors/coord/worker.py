@@ -26,11 +26,11 @@ PARENT_CHECK_MS = 500
 
 
 def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM us when the parent process dies."""
+    """Ask Linux to kill us when the parent process dies."""
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
 def serve(kind: str, slot: int, endpoint: str) -> int:
@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slot", type=int, required=True)
     p.add_argument("--endpoint", required=True)
     args = p.parse_args(argv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front-end stops us
+    # The front-end stops us (Shutdown, then SIGKILL after a grace period); a
+    # signal sent to the whole process group must not look like a crash.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return serve(args.kind, args.slot, args.endpoint)
 
 
