@@ -14,6 +14,7 @@ always torn down), :func:`coord_main` (a Coordinator in its own process) and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import math
@@ -25,7 +26,7 @@ import os
 import queue
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -180,17 +181,39 @@ STARTUP_TIMEOUT_S = 30.0
 STOP_GRACE_S = 8.0
 
 
-def _child_entry(name: str, main: Callable[..., Awaitable[Any]], args: tuple[Any, ...],
-                 ctl: Ctl, stop: Stop) -> None:
+#: After its stop event is set, a child's main coroutine gets this long to return on its
+#: own before it is cancelled (its ``finally`` blocks then close clients/Coordinator).
+CANCEL_AFTER_S = 2.0
+
+Main: TypeAlias = Callable[..., Coroutine[Any, Any, Any]]
+
+
+def _child_entry(name: str, main: Main, args: tuple[Any, ...], ctl: Ctl, stop: Stop) -> None:
     """Process entry point: ``asyncio.run(main(*args, ctl=ctl, stop=stop))``.
 
-    A failure is reported on *ctl* as ``("error", text)`` and the process exits 1.
+    The child does not outlive its stop event by more than :data:`CANCEL_AFTER_S`
+    (``main`` is cancelled, so its cleanup still runs). A failure is reported on *ctl*
+    as ``("error", text)`` and the process exits 1.
     """
     try:
-        asyncio.run(main(*args, ctl=ctl, stop=stop))
+        asyncio.run(_until_stopped(main(*args, ctl=ctl, stop=stop), stop))
     except BaseException:
         ctl.put(("error", f"{name}: {traceback.format_exc()}"))
         raise SystemExit(1) from None
+
+
+async def _until_stopped(coro: Coroutine[Any, Any, Any], stop: Stop) -> None:
+    task = asyncio.ensure_future(coro)
+    while not task.done() and not stop.is_set():
+        await asyncio.wait({task}, timeout=0.05)
+    if not task.done():
+        done, _ = await asyncio.wait({task}, timeout=CANCEL_AFTER_S)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return
+    task.result()
 
 
 async def wait_event(event: Stop, poll_s: float = 0.05) -> None:
@@ -219,7 +242,7 @@ class Procs:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def start(self, name: str, main: Callable[..., Awaitable[Any]], *args: Any) -> Stop:
+    def start(self, name: str, main: Main, *args: Any) -> Stop:
         """Run ``main(*args, ctl=..., stop=...)`` under asyncio in a new process.
 
         *main* must be a module-level coroutine function (it is pickled by reference).
@@ -404,6 +427,21 @@ def tree_rss_kib(pid: int) -> tuple[int, dict[int, int]]:
     """Total ``VmRSS`` (KiB) of *pid* and its descendants, and the per-process figures."""
     each = {p: rss_kib(p) for p in tree_pids(pid)}
     return sum(each.values()), each
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time *pid* has used so far (0.0 if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time used so far by *pid* and its (living) descendants."""
+    return sum(cpu_seconds(p) for p in tree_pids(pid))
 
 
 def udp_rcvbuf_errors() -> int:

@@ -40,6 +40,7 @@ from bench._common import (
     make_self_signed,
     percentile,
     start_coord,
+    tree_cpu_seconds,
     tree_rss_kib,
     wait_event,
 )
@@ -49,6 +50,8 @@ HOST = "127.0.0.1"
 TARGET_KIB_PER_CLIENT = 150
 #: Time the Coordinator gets to settle before the "before" memory reading.
 SETTLE_S = 1.0
+#: How long to wait, after the clients closed, for the Coordinator to drop them all.
+GONE_TIMEOUT_S = 20.0
 
 
 async def clients_main(
@@ -125,16 +128,27 @@ def run_idle(
             names.append(f"clients{p}")
             group.start(names[-1], clients_main, p, share, (coord.port, cert), concurrency, go)
         group.expect_n("prepared", len(shares), timeout=STARTUP_TIMEOUT_S + clients * 0.05)
+        cpu_before = tree_cpu_seconds(coord.pid)
         go.set()
         reports = group.expect_n("connected", len(shares), timeout=STARTUP_TIMEOUT_S + clients)
+        cpu_connect = tree_cpu_seconds(coord.pid) - cpu_before
         time.sleep(idle)
         after, after_each = tree_rss_kib(coord.pid)
         stats = coord.stats()
         for name in names:
             group.stop(name)
-        time.sleep(idle)
+        t_closed = time.monotonic()
+        left_after_idle: int | None = None
+        gone_after: float | None = None
+        while (waited := time.monotonic() - t_closed) < GONE_TIMEOUT_S:
+            left = coord.stats()["clients"]
+            if left_after_idle is None and waited >= idle:
+                left_after_idle = left
+            if not left:
+                gone_after = waited
+                break
+            time.sleep(0.25)
         closed, _ = tree_rss_kib(coord.pid)
-        stats_closed = coord.stats()
 
     ok = sum(r["ok"] for r in reports)
     wall = max(r["t_end"] for r in reports) - min(r["t_start"] for r in reports)
@@ -156,8 +170,11 @@ def run_idle(
             "p50": percentile(latencies, 50) * 1000 if latencies else None,
             "p99": percentile(latencies, 99) * 1000 if latencies else None,
         },
+        "coord_cpu_s_connecting": cpu_connect,
+        "coord_cpu_ms_per_connect": cpu_connect * 1000 / ok if ok else None,
         "coord_clients": stats["clients"],
-        "coord_clients_after_close": stats_closed["clients"],
+        "coord_clients_left_after_idle": left_after_idle or 0,
+        "coord_all_clients_gone_after_s": gone_after,
         "rss_before_kib": before,
         "rss_after_kib": after,
         "rss_after_close_kib": closed,

@@ -29,11 +29,12 @@ import multiprocessing.context
 import multiprocessing.queues
 import multiprocessing.synchronize
 import queue
+import socket
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, NamedTuple, TypeAlias
 
 from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
@@ -68,6 +69,32 @@ PING_WARMUP = 20
 STARTUP_TIMEOUT_S = 20.0
 
 Mode = Literal["throughput", "ping"]
+
+
+class Net(NamedTuple):
+    """Transport settings every endpoint of a run uses."""
+
+    max_datagram_size: int = DEFAULT_MAX_DATAGRAM_SIZE
+    #: SO_RCVBUF/SO_SNDBUF in bytes for every UDP socket; 0 keeps the OS default.
+    socket_buffer: int = 0
+
+
+def _set_socket_buffers(transport: Any, size: int) -> None:
+    """Enlarge a UDP socket's buffers as conec_actors does: the ``*FORCE`` options
+    where permitted (root), which ignore ``net.core.[rw]mem_max``, else the plain ones."""
+    if size <= 0 or transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    for force, plain in (
+        ("SO_RCVBUFFORCE", socket.SO_RCVBUF),
+        ("SO_SNDBUFFORCE", socket.SO_SNDBUF),
+    ):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, force), size)
+        except (AttributeError, OSError):
+            sock.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
 #: Control queue, children -> parent: ``(kind, payload)`` tuples.
 Ctl: TypeAlias = "multiprocessing.queues.Queue[tuple[str, Any]]"
 Stop = multiprocessing.synchronize.Event
@@ -176,25 +203,28 @@ class RelayProtocol(QuicConnectionProtocol):
         self.transmit()
 
 
-def _server_config(cert_pem: bytes, key_pem: bytes, mds: int) -> QuicConfiguration:
-    config = QuicConfiguration(is_client=False, alpn_protocols=[ALPN], max_datagram_size=mds)
+def _server_config(cert_pem: bytes, key_pem: bytes, net: Net) -> QuicConfiguration:
+    config = QuicConfiguration(
+        is_client=False, alpn_protocols=[ALPN], max_datagram_size=net.max_datagram_size
+    )
     config.certificate = x509.load_pem_x509_certificate(cert_pem)
     config.private_key = load_pem_private_key(key_pem, password=None)
     return config
 
 
-async def _relay_main(cert_pem: bytes, key_pem: bytes, mds: int, ctl: Ctl, stop: Stop) -> None:
+async def _relay_main(cert_pem: bytes, key_pem: bytes, net: Net, ctl: Ctl, stop: Stop) -> None:
     state = RelayState()
     server = await serve(
         HOST,
         0,
-        configuration=_server_config(cert_pem, key_pem, mds),
+        configuration=_server_config(cert_pem, key_pem, net),
         create_protocol=functools.partial(RelayProtocol, state=state),
     )
     try:
         # aioquic has no public accessor for the bound address (aioquic is pinned).
         transport = server._transport
         assert transport is not None
+        _set_socket_buffers(transport, net.socket_buffer)
         port: int = transport.get_extra_info("sockname")[1]
         ctl.put(("port", port))
         await _wait_stop(stop)
@@ -249,21 +279,25 @@ class ClientProtocol(QuicConnectionProtocol):
             pass
 
 
-def _client_config(cert_pem: bytes, mds: int) -> QuicConfiguration:
+def _client_config(cert_pem: bytes, net: Net) -> QuicConfiguration:
     config = QuicConfiguration(
-        is_client=True, alpn_protocols=[ALPN], server_name=SERVER_NAME, max_datagram_size=mds
+        is_client=True,
+        alpn_protocols=[ALPN],
+        server_name=SERVER_NAME,
+        max_datagram_size=net.max_datagram_size,
     )
     config.load_verify_locations(cadata=cert_pem)
     return config
 
 
 async def _receiver_main(
-    port: int, cert_pem: bytes, mds: int, mode: Mode, count: int, ctl: Ctl, stop: Stop
+    port: int, cert_pem: bytes, net: Net, mode: Mode, count: int, ctl: Ctl, stop: Stop
 ) -> None:
     async with connect(
-        HOST, port, configuration=_client_config(cert_pem, mds), create_protocol=ClientProtocol
+        HOST, port, configuration=_client_config(cert_pem, net), create_protocol=ClientProtocol
     ) as proto:
         assert isinstance(proto, ClientProtocol)
+        _set_socket_buffers(proto._transport, net.socket_buffer)
         stream_id = proto.open_stream(b"B\n")
 
         if mode == "ping":
@@ -296,7 +330,7 @@ async def _receiver_main(
 async def _sender_main(
     port: int,
     cert_pem: bytes,
-    mds: int,
+    net: Net,
     mode: Mode,
     size: int,
     count: int,
@@ -304,9 +338,10 @@ async def _sender_main(
     stop: Stop,
 ) -> None:
     async with connect(
-        HOST, port, configuration=_client_config(cert_pem, mds), create_protocol=ClientProtocol
+        HOST, port, configuration=_client_config(cert_pem, net), create_protocol=ClientProtocol
     ) as proto:
         assert isinstance(proto, ClientProtocol)
+        _set_socket_buffers(proto._transport, net.socket_buffer)
         stream_id = proto.open_stream(b"A\n")
         message = frame(bytes(size))
 
@@ -363,34 +398,34 @@ def _child(name: str, ctl: Ctl, main: Callable[..., Any], *args: Any) -> None:
         raise SystemExit(1) from None
 
 
-def _relay_proc(cert_pem: bytes, key_pem: bytes, mds: int, ctl: Ctl, stop: Stop) -> None:
-    _child("relay", ctl, _relay_main, cert_pem, key_pem, mds, ctl, stop)
+def _relay_proc(cert_pem: bytes, key_pem: bytes, net: Net, ctl: Ctl, stop: Stop) -> None:
+    _child("relay", ctl, _relay_main, cert_pem, key_pem, net, ctl, stop)
 
 
 def _receiver_proc(
-    port: int, cert_pem: bytes, mds: int, mode: Mode, count: int, ctl: Ctl, stop: Stop
+    port: int, cert_pem: bytes, net: Net, mode: Mode, count: int, ctl: Ctl, stop: Stop
 ) -> None:
-    _child("receiver", ctl, _receiver_main, port, cert_pem, mds, mode, count, ctl, stop)
+    _child("receiver", ctl, _receiver_main, port, cert_pem, net, mode, count, ctl, stop)
 
 
 def _sender_proc(
     port: int,
     cert_pem: bytes,
-    mds: int,
+    net: Net,
     mode: Mode,
     size: int,
     count: int,
     ctl: Ctl,
     stop: Stop,
 ) -> None:
-    _child("sender", ctl, _sender_main, port, cert_pem, mds, mode, size, count, ctl, stop)
+    _child("sender", ctl, _sender_main, port, cert_pem, net, mode, size, count, ctl, stop)
 
 
 class _Run:
     """The three processes of one measurement; always torn down by :meth:`close`."""
 
-    def __init__(self, max_datagram_size: int = DEFAULT_MAX_DATAGRAM_SIZE) -> None:
-        self.mds = max_datagram_size
+    def __init__(self, net: Net | None = None) -> None:
+        self.net = net or Net()
         self.ctl: Ctl = _MP.Queue()
         self.stop: Stop = _MP.Event()
         self.procs: list[multiprocessing.context.SpawnProcess] = []
@@ -421,11 +456,11 @@ class _Run:
 
     def launch(self, mode: Mode, size: int, count: int) -> None:
         """Start relay, then receiver B, then sender A (each waits for the previous)."""
-        self.start(_relay_proc, self.cert_pem, self.key_pem, self.mds)
+        self.start(_relay_proc, self.cert_pem, self.key_pem, self.net)
         port = self.expect("port")
-        self.start(_receiver_proc, port, self.cert_pem, self.mds, mode, count)
+        self.start(_receiver_proc, port, self.cert_pem, self.net, mode, count)
         self.expect("ready")
-        self.start(_sender_proc, port, self.cert_pem, self.mds, mode, size, count)
+        self.start(_sender_proc, port, self.cert_pem, self.net, mode, size, count)
 
     def close(self) -> None:
         """Ask every child to stop, then join; terminate/kill stragglers."""
@@ -454,12 +489,14 @@ def run_naive_relay(
     *,
     count: int | None = None,
     max_datagram_size: int = DEFAULT_MAX_DATAGRAM_SIZE,
+    socket_buffer: int = 0,
 ) -> dict[str, Any]:
     """Stream ``count`` messages of *size* bytes A -> relay -> B; return throughput.
 
     Unless given, ``count`` is sized from :data:`TARGET_RATE` so the run lasts roughly
     *duration_s* (at the default *max_datagram_size*, which every endpoint uses).
     ``seconds`` is measured at B from the first to the last complete message.
+    *socket_buffer* > 0 sets SO_RCVBUF/SO_SNDBUF on every UDP socket (0: OS default).
     """
     if size < 0 or duration_s <= 0:
         raise ValueError("size must be >= 0 and duration_s > 0")
@@ -467,7 +504,7 @@ def run_naive_relay(
         count = _count_for(size, duration_s)
     elif count < 2:
         raise ValueError("count must be at least 2")
-    run = _Run(max_datagram_size)
+    run = _Run(Net(max_datagram_size, socket_buffer))
     try:
         run.launch("throughput", size, count)
         result = run.expect("result", timeout=STARTUP_TIMEOUT_S + 10 * duration_s)
@@ -486,10 +523,13 @@ def run_naive_relay(
 
 
 def run_naive_relay_ping(
-    n: int = 200, *, max_datagram_size: int = DEFAULT_MAX_DATAGRAM_SIZE
+    n: int = 200,
+    *,
+    max_datagram_size: int = DEFAULT_MAX_DATAGRAM_SIZE,
+    socket_buffer: int = 0,
 ) -> dict[str, Any]:
     """Round trips of one 64-byte message A -> relay -> B -> relay -> A, one at a time."""
-    run = _Run(max_datagram_size)
+    run = _Run(Net(max_datagram_size, socket_buffer))
     try:
         run.launch("ping", PING_SIZE, n)
         rtts: list[float] = run.expect("ping")

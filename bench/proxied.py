@@ -19,7 +19,17 @@ every round). One JSON line per size gives both medians, the ratio conec/naive a
 every run's figures; a last line does the same for the ping's p50/p99.
 
 ``python -m bench.proxied [--rounds 3] [--sizes 64,1024,65536] [--duration 2]
-[--max-datagram-size 1200] [--routing-workers 1] [--ping-n 200] [--py-spy DIR]``
+[--max-datagram-size 1200] [--routing-workers 1] [--ping-n 200]
+[--naive-socket-buffer BYTES] [--py-spy DIR]``
+
+``--max-datagram-size`` applies to both implementations (``CoordConfig`` and
+``ClientConfig`` for conec-actors, every ``QuicConfiguration`` of the relay).
+conec-actors always enlarges its UDP socket buffers to 4 MiB while the stock relay keeps
+the OS default (about 208 KiB), under which it loses packets at full speed (see
+``udp_rcvbuf_errors`` in each run, a system-wide counter);
+``--naive-socket-buffer 4194304`` gives the relay the same buffers. ``--py-spy DIR``
+records the Coordinator's front-end during every measured conec run (py-spy's "raw"
+collapsed-stack format, one file per run).
 
 Design targets (DESIGN.md section 6): msgs/s ratio >= 1.0 for every size, ping
 p50/p99 ratio <= 1.2.
@@ -244,9 +254,11 @@ def run_conec_ping(
     }
 
 
-def _naive(size: int, count: int, mds: int) -> dict[str, Any]:
+def _naive(size: int, count: int, mds: int, sockbuf: int) -> dict[str, Any]:
     errors_before = udp_rcvbuf_errors()
-    result = naive_relay.run_naive_relay(size, count=count, max_datagram_size=mds)
+    result = naive_relay.run_naive_relay(
+        size, count=count, max_datagram_size=mds, socket_buffer=sockbuf
+    )
     result["udp_rcvbuf_errors"] = udp_rcvbuf_errors() - errors_before
     return result
 
@@ -275,18 +287,19 @@ def bench_size(
     mds: int,
     routing_workers: int,
     py_spy: Path | None,
+    naive_sockbuf: int = 0,
 ) -> dict[str, Any]:
     """Calibrate, then alternate *rounds* conec and naive runs of *size*; one result."""
     guess = naive_relay.TARGET_RATE.get(size) or 5 * MB / max(size, 1)
     cal_count = _count_for(size, guess, min(CALIBRATION_S, duration / 2))
     cal_conec = run_conec(size, cal_count, max_datagram_size=mds, routing_workers=routing_workers)
-    cal_naive = _naive(size, cal_count, mds)
+    cal_naive = _naive(size, cal_count, mds, naive_sockbuf)
     counts = {
         IMPL: _count_for(size, cal_conec["msgs_per_s"], duration),
         NAIVE: _count_for(size, cal_naive["msgs_per_s"], duration),
     }
     runners: dict[str, Callable[[int], dict[str, Any]]] = {
-        NAIVE: lambda r: _naive(size, counts[NAIVE], mds),
+        NAIVE: lambda r: _naive(size, counts[NAIVE], mds, naive_sockbuf),
         IMPL: lambda r: run_conec(
             size, counts[IMPL], max_datagram_size=mds, routing_workers=routing_workers,
             py_spy=py_spy, label=f"coord-{size}-r{r}",
@@ -304,6 +317,7 @@ def bench_size(
         "rounds": rounds,
         "max_datagram_size": mds,
         "routing_workers": routing_workers,
+        "naive_socket_buffer": naive_sockbuf,
         "conec": conec,
         "naive": naive,
         "ratio_msgs_per_s": conec["msgs_per_s"] / naive["msgs_per_s"],
@@ -314,7 +328,9 @@ def bench_size(
     }
 
 
-def bench_ping(*, rounds: int, n: int, mds: int, routing_workers: int) -> dict[str, Any]:
+def bench_ping(
+    *, rounds: int, n: int, mds: int, routing_workers: int, naive_sockbuf: int = 0
+) -> dict[str, Any]:
     """Alternate *rounds* conec and naive ping runs; medians of their p50 and p99."""
     runs: dict[str, list[dict[str, Any]]] = {IMPL: [], NAIVE: []}
     for r in range(rounds):
@@ -325,7 +341,9 @@ def bench_ping(*, rounds: int, n: int, mds: int, routing_workers: int) -> dict[s
                     n, max_datagram_size=mds, routing_workers=routing_workers
                 )
             else:
-                result = naive_relay.run_naive_relay_ping(n, max_datagram_size=mds)
+                result = naive_relay.run_naive_relay_ping(
+                    n, max_datagram_size=mds, socket_buffer=naive_sockbuf
+                )
             runs[impl].append(result)
 
     def summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -343,6 +361,7 @@ def bench_ping(*, rounds: int, n: int, mds: int, routing_workers: int) -> dict[s
         "rounds": rounds,
         "max_datagram_size": mds,
         "routing_workers": routing_workers,
+        "naive_socket_buffer": naive_sockbuf,
         "conec": conec,
         "naive": naive,
         "ratio_p50": conec["p50_us"] / naive["p50_us"],
@@ -362,6 +381,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--duration", type=float, default=2.0, help="seconds per run (about)")
     p.add_argument("--max-datagram-size", type=int, default=1200)
     p.add_argument("--routing-workers", type=int, default=1)
+    p.add_argument(
+        "--naive-socket-buffer", type=int, default=0, metavar="BYTES",
+        help="SO_RCVBUF/SO_SNDBUF for the naive relay's sockets (0: OS default; "
+        "conec-actors always uses 4 MiB)",
+    )
     p.add_argument("--ping-n", type=int, default=200, help="round trips per ping run (0: none)")
     p.add_argument(
         "--py-spy", type=Path, default=None, metavar="DIR",
@@ -377,13 +401,14 @@ def main(argv: list[str] | None = None) -> None:
             bench_size(
                 size, rounds=args.rounds, duration=args.duration, mds=args.max_datagram_size,
                 routing_workers=args.routing_workers, py_spy=args.py_spy,
+                naive_sockbuf=args.naive_socket_buffer,
             )
         )
     if args.ping_n > 0:
         emit(
             bench_ping(
                 rounds=args.rounds, n=args.ping_n, mds=args.max_datagram_size,
-                routing_workers=args.routing_workers,
+                routing_workers=args.routing_workers, naive_sockbuf=args.naive_socket_buffer,
             )
         )
 

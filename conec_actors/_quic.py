@@ -161,6 +161,15 @@ class ConecQuicConnection(QuicConnection):
             return False
         return any(space.largest_received_packet >= 0 for space in spaces.values())
 
+    def peer_closed(self) -> tuple[int, str] | None:
+        """(code, reason) once the peer's CONNECTION_CLOSE arrived. aioquic
+        reports termination only after the draining period (3 PTO); the
+        application may treat the connection as gone at once."""
+        ev = self._close_event
+        if ev is not None and self._state == QuicConnectionState.DRAINING:
+            return int(ev.error_code), str(ev.reason_phrase)
+        return None
+
     @property
     def is_closed(self) -> bool:
         return self._state in (QuicConnectionState.CLOSING, QuicConnectionState.DRAINING,

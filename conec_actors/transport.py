@@ -108,6 +108,12 @@ class Conn:
         if self._drain:
             for cb in list(self._drain.values()):
                 cb()
+        closed = quic.peer_closed()
+        if closed is not None:
+            # Nothing more can be sent or received: forget it now rather
+            # than after the draining period, so the peer's id is free at once.
+            self._terminated(*closed)
+            return
         self.transmit_soon()
 
     def _dispatch(self, ev: events.QuicEvent) -> None:

@@ -296,3 +296,11 @@ async def test_broken_hellos_are_refused_with_a_reason() -> None:
         await send.send(b"ok")
         inc = await b.incoming.__aiter__().__anext__()
         assert await inc.recv.recv() == b"ok"
+
+
+async def test_id_is_free_as_soon_as_close_returns() -> None:
+    async with coordinator() as h:
+        for _ in range(5):
+            c = await h.client("same")
+            await c.close()
+        assert (await h.client("same")).id == "same"

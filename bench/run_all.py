@@ -1,0 +1,38 @@
+"""Run every conec-actors benchmark once, with small settings, for a quick look.
+
+``python -m bench.run_all`` runs, in order (about two minutes on a 2-core machine):
+
+* ``bench.proxied --rounds 1 --duration 1 --ping-n 100`` (all sizes, and the ping);
+* ``bench.idle_clients --clients 200 --procs 2 --workers-list 1,2 --idle 1``;
+* ``bench.stall --seconds 5``.
+
+Each prints its own JSON lines. For figures worth comparing, run the modules
+themselves with their defaults (several alternating rounds, 1,000 clients, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from bench import idle_clients, proxied, stall
+
+QUICK: dict[str, list[str]] = {
+    "proxied": ["--rounds", "1", "--duration", "1", "--ping-n", "100"],
+    "idle_clients": ["--clients", "200", "--procs", "2", "--workers-list", "1,2", "--idle", "1"],
+    "stall": ["--seconds", "5"],
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.run_all",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--only", choices=sorted(QUICK), action="append",
+                   help="run only this benchmark (repeatable)")
+    args = p.parse_args(argv)
+    runs = {"proxied": proxied.main, "idle_clients": idle_clients.main, "stall": stall.main}
+    for name in args.only or list(QUICK):
+        runs[name](QUICK[name])
+
+
+if __name__ == "__main__":
+    main()
