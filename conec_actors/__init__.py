@@ -4,9 +4,9 @@ Many Clients, one Coordinator: ordered, message-framed QUIC streams between
 clients, relayed by a multi-process Coordinator.
 """
 
-from .client import Client
-from .config import ClientConfig, CoordConfig
-from .coord import Coord
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     CertificateError,
     ChannelExists,
@@ -30,7 +30,35 @@ from .errors import (
     StreamIdInUse,
     StreamReset,
 )
-from .streams import IncomingStream, InStream, OutStream, StreamId
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .config import ClientConfig, CoordConfig
+    from .coord import Coord
+    from .streams import IncomingStream, InStream, OutStream, StreamId
+
+# Imported on first use, so that worker processes (which only need msgspec
+# and pyzmq) do not pay for aioquic and cryptography.
+_LAZY = {
+    "Client": ".client",
+    "ClientConfig": ".config",
+    "CoordConfig": ".config",
+    "Coord": ".coord",
+    "IncomingStream": ".streams",
+    "InStream": ".streams",
+    "OutStream": ".streams",
+    "StreamId": ".streams",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

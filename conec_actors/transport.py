@@ -18,7 +18,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, Protocol
 
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -42,6 +42,8 @@ RetryMode = bool | Literal["auto"]
 RETRY_ON = 256
 RETRY_OFF = 128
 SOCKET_BUFFER = 4 * 1024 * 1024
+#: Datagrams read per wake-up of the socket.
+READ_BATCH = 32
 
 
 class ConnHandler(Protocol):
@@ -277,39 +279,40 @@ class ServerSettings:
     request_client_certificate: bool = True
 
 
-class Endpoint(asyncio.DatagramProtocol):
-    """One UDP socket holding client and server QUIC connections."""
+class Endpoint:
+    """One UDP socket holding client and server QUIC connections.
 
-    def __init__(self, server: ServerSettings | None = None) -> None:
+    The socket is read directly (not through an asyncio transport): each
+    wake-up drains up to READ_BATCH datagrams, so the connections it touched
+    transmit once per batch instead of once per datagram.
+    """
+
+    def __init__(self, sock: socket.socket, server: ServerSettings | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.server = server
-        self.transport: asyncio.DatagramTransport | None = None
-        self.family = socket.AF_INET
+        self.sock = sock
+        self.family = sock.family
         self._cids: dict[bytes, Conn] = {}
         self._conns: set[Conn] = set()
         self._half_open: set[Conn] = set()
         self._retry_gate = RetryGate()
         self._demand_retry = False
-        self._closed = asyncio.Event()
+        self._closed = False
         self.retries_sent = 0
         self.junk_dropped = 0
+        self.send_dropped = 0
+        self.loop.add_reader(sock.fileno(), self._on_readable)
 
     @classmethod
     async def bind(cls, host: str | None, port: int,
                    server: ServerSettings | None = None) -> Endpoint:
         """Bind a UDP socket. `host=None` binds dual-stack (or IPv4 only where
         IPv6 is unavailable)."""
-        loop = asyncio.get_running_loop()
-        sock = _make_socket(host, port)
-        endpoint = cls(server)
-        endpoint.family = sock.family
-        await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
-        return endpoint
+        return cls(_make_socket(host, port), server)
 
     @property
     def local_address(self) -> tuple[str, int]:
-        assert self.transport is not None
-        return unmap_address(self.transport.get_extra_info("sockname"))
+        return unmap_address(self.sock.getsockname())
 
     @property
     def connections(self) -> set[Conn]:
@@ -326,8 +329,31 @@ class Endpoint(asyncio.DatagramProtocol):
         return (host, port)
 
     def sendto(self, data: bytes, addr: Addr) -> None:
-        if self.transport is not None:
-            self.transport.sendto(data, addr)
+        if self._closed:
+            return
+        try:
+            self.sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            # A full socket buffer is loss to QUIC: it retransmits.
+            self.send_dropped += 1
+        except OSError as exc:
+            log.debug("UDP send to %s failed: %s", addr, exc)
+
+    def _on_readable(self) -> None:
+        recvfrom = self.sock.recvfrom
+        for _ in range(READ_BATCH):
+            if self._closed:
+                return
+            try:
+                data, addr = recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # ICMP errors (port unreachable...) are expected on UDP; QUIC's
+                # own timers decide whether a peer is gone.
+                log.debug("UDP receive error: %s", exc)
+                continue
+            self.datagram_received(data, addr)
 
     # -- dialling ------------------------------------------------------------
 
@@ -345,20 +371,15 @@ class Endpoint(asyncio.DatagramProtocol):
         conn.transmit()
         return conn
 
-    # -- asyncio.DatagramProtocol ------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closed.set()
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors (port unreachable...) are expected on UDP; QUIC's own
-        # timers decide whether a peer is gone.
-        log.debug("UDP error: %s", exc)
+    # -- receiving -------------------------------------------------------------------
 
     def datagram_received(self, data: bytes, addr: Addr) -> None:
+        if len(data) > CONNECTION_ID_LENGTH and not data[0] & 0x80:
+            # Short header: the connection id follows the first byte.
+            known = self._cids.get(data[1:1 + CONNECTION_ID_LENGTH])
+            if known is not None:
+                known.receive(data, addr)
+                return
         pkt = parse_packet(data)
         if pkt is None:
             return
@@ -439,13 +460,14 @@ class Endpoint(asyncio.DatagramProtocol):
             del self._cids[cid]
 
     def close(self) -> None:
+        if self._closed:
+            return
         for conn in list(self._conns):
             conn.abort()
-        if self.transport is not None:
-            self.transport.close()
-
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
 
 
 def _make_socket(host: str | None, port: int) -> socket.socket:
