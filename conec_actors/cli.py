@@ -7,7 +7,7 @@ Subcommands:
   directory and prints where the CA is, so clients can trust it.
 * ``certs``: make a CA, a self-signed certificate, or one issued by a CA.
 * ``demo``: a Coordinator and a few clients in one process, with live figures.
-* ``bench``: placeholder; the benchmarks live in ``bench/`` for now.
+* ``bench``: run a benchmark from ``bench/`` (source checkouts), or list them.
 
 Everything a script may want to read is printed on stdout as ``label: value``
 lines and flushed at once; errors are one line on stderr (exit status 1, or 2
@@ -429,20 +429,29 @@ def bench_modules(bench_dir: Path) -> list[str]:
 
 
 def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    # Placeholder: the benchmarks are being written in bench/ and run on their
-    # own for now; this subcommand will drive them (with progress) later.
+    # The benchmarks are not part of the installed package: they run from a
+    # source checkout, where bench/ sits next to conec_actors/.
     bench_dir = Path(__file__).resolve().parent.parent / "bench"
-    lines = ["benchmarks live in bench/ and are run with `python -m bench.<name>` "
-             "from the project root",
-             "(`conec-actors bench` does not run them yet)"]
     modules = bench_modules(bench_dir)
-    if modules:
-        lines.append(f"found in {bench_dir}:")
-        lines.extend(f"  python -m bench.{m}" for m in modules)
-    else:
-        lines.append("no bench/ directory next to the installed package")
-    _print(sys.stdout, *lines)
-    return 0
+    rest = list(args.args)
+    if not rest:
+        lines = ["usage: conec-actors bench NAME [ARGS...]  (runs python -m bench.NAME)"]
+        if modules:
+            lines.append(f"benchmarks in {bench_dir}:")
+            lines.extend(f"  python -m bench.{m}" for m in modules)
+        else:
+            lines.append("no bench/ directory next to the installed package "
+                         "(benchmarks run from a source checkout)")
+        _print(sys.stdout, *lines)
+        return 0
+    name, extra = rest[0], rest[1:]
+    if name not in modules:
+        parser.error(f"unknown benchmark {name!r}; known: {', '.join(modules) or 'none'}")
+    import subprocess
+
+    cmd = [sys.executable, "-m", f"bench.{name}", *extra]
+    _print(sys.stderr, f"running: {' '.join(cmd)}")
+    return subprocess.call(cmd, cwd=bench_dir.parent)
 
 
 # -- parser --------------------------------------------------------------------
@@ -548,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", metavar="N", type=int, default=3,
                    help="number of clients (default %(default)s)")
 
-    p = add("bench", _cmd_bench, help="benchmarks (placeholder: lists bench/ modules)")
+    p = add("bench", _cmd_bench, help="run a benchmark from bench/ (or list them)")
     p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 

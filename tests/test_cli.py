@@ -407,13 +407,16 @@ def test_demo_runs_checks_and_ends(env: dict[str, str]) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_bench_placeholder_lists_modules(env: dict[str, str]) -> None:
+def test_bench_lists_modules(env: dict[str, str]) -> None:
     r = run_cli("bench", env=env)
     assert r.returncode == 0
     assert "python -m bench." in r.stdout
     bench = Path(__file__).resolve().parent.parent / "bench"
     for module in sorted(bench.glob("[!_]*.py")):
         assert f"python -m bench.{module.stem}" in r.stdout
+    unknown = run_cli("bench", "no-such-bench", env=env)
+    assert unknown.returncode == 2
+    assert "unknown benchmark" in unknown.stderr
 
 
 @pytest.mark.timeout(30)

@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from typing import Any
-
 from .. import wire
 from ..errors import CertificateError, ConecError, InvalidId, ProtocolError
 from ..framing import HEADER_SIZE, FrameDecoder, FrameScanner, FrameTooLarge, frame
@@ -25,7 +23,7 @@ from ..streams import HEADER_FRAME_MAX, MAX_STREAM_NUMBER
 from ..tlsconf import check_chain, der
 from ..transport import Conn, Endpoint
 from . import ipc
-from .supervisor import Supervisor
+from .supervisor import MakeRequest, ReplyCallback, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +76,8 @@ class Session:
         self.cert_der = b""
         self.max_message_size = fe.cfg_max_message_size
         self.registered = False
+        self._datagram_size = fe.cfg_max_datagram_size
+        self._idle = fe.cfg_idle_timeout
         self._hello_timer = fe.loop.call_later(HELLO_TIMEOUT, self._hello_timeout)
 
     # -- ConnHandler -------------------------------------------------------------
@@ -259,7 +259,8 @@ class FrontEnd:
                                      hashlib.sha256(s.cert_der).digest()))
         return out
 
-    def request_routing(self, client_id: str, make: Any, cb: Any) -> None:
+    def request_routing(self, client_id: str, make: MakeRequest,
+                        cb: ReplyCallback | None) -> None:
         assert self.supervisor is not None
         slot = self.supervisor.slot_for("routing", stable_hash(client_id))
         self.supervisor.request(slot, make, cb)
