@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+
 from .. import wire
 from ..errors import CertificateError, ConecError, InvalidId, ProtocolError
 from ..framing import HEADER_SIZE, FrameDecoder, FrameScanner, FrameTooLarge, frame
