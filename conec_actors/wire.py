@@ -47,6 +47,10 @@ class Code(IntEnum):
     TOO_MANY_STREAMS = 0x1000E
     COORD_FAILED = 0x1000F
     PATH_FAILED = 0x10010
+    PEER_NOT_LISTENING = 0x10011
+    CHANNEL_EXISTS = 0x10012
+    CHANNEL_TO_SELF = 0x10013
+    CHANNEL_CLOSED = 0x10014
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,13 @@ CODES: dict[int, CodeInfo] = {
                  "the Coordinator failed and shut down"),
         CodeInfo(Code.PATH_FAILED, errors.StreamReset,
                  "the path between the two ends failed"),
+        CodeInfo(Code.PEER_NOT_LISTENING, errors.PeerNotListening,
+                 "the peer does not accept direct channels (listen=False)"),
+        CodeInfo(Code.CHANNEL_EXISTS, errors.ChannelExists,
+                 "a channel between these two clients is already open or opening"),
+        CodeInfo(Code.CHANNEL_TO_SELF, errors.ChannelToSelf,
+                 "a client cannot open a channel to itself"),
+        CodeInfo(Code.CHANNEL_CLOSED, errors.StreamReset, "the direct channel was closed"),
     )
 }
 
@@ -160,7 +171,60 @@ class StreamAccepted(msgspec.Struct, tag="accepted", frozen=True):
     """First frame back to an opener: the stream reached its destination."""
 
 
-Control = Hello | Welcome | StreamHeader | StreamAccepted
+class ChannelRequest(msgspec.Struct, tag="chreq", frozen=True):
+    """Client -> Coordinator: introduce me to `peer` for a direct channel."""
+
+    req: int
+    peer: str
+    holepunch: bool = True
+
+
+class ChannelOffer(msgspec.Struct, tag="choffer", frozen=True):
+    """Coordinator -> target: `peer` wants a channel; this is its certificate
+    (DER) and the address the Coordinator sees it from."""
+
+    offer: int
+    peer: str
+    cert: bytes
+    addr: tuple[str, int]
+    holepunch: bool = True
+
+
+class ChannelAnswer(msgspec.Struct, tag="chanswer", frozen=True):
+    """Target -> Coordinator: 0 (expecting the dial) or a `Code`."""
+
+    offer: int
+    code: int
+
+
+class ChannelIntro(msgspec.Struct, tag="chintro", frozen=True):
+    """Coordinator -> opener: the target's certificate and address, or why not."""
+
+    req: int
+    code: int
+    peer: str
+    cert: bytes = b""
+    addr: tuple[str, int] = ("", 0)
+    reason: str = ""
+
+
+class ChannelHello(msgspec.Struct, tag="chhello", frozen=True):
+    """First message on a direct channel, from the side that dialled."""
+
+    id: str
+    version: int
+    max_message_size: int
+
+
+class ChannelWelcome(msgspec.Struct, tag="chwelcome", frozen=True):
+    """Answer to `ChannelHello`: both ends have registered the channel."""
+
+    id: str
+    max_message_size: int
+
+
+Control = (Hello | Welcome | StreamHeader | StreamAccepted | ChannelRequest | ChannelOffer
+           | ChannelAnswer | ChannelIntro | ChannelHello | ChannelWelcome)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Control)

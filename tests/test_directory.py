@@ -278,7 +278,7 @@ def test_to_worker_batch_round_trip() -> None:
     reg = back[0]
     assert isinstance(reg, Register)
     assert isinstance(reg.entry.addr, tuple)
-    assert isinstance(reg.entry.cert_sha256, bytes)
+    assert isinstance(reg.entry.cert, bytes)
 
 
 def test_from_worker_batch_round_trip() -> None:

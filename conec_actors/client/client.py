@@ -1,24 +1,35 @@
-"""The Client: one connection to the Coordinator, streams to other clients."""
+"""The Client: one UDP socket, one connection to the Coordinator, direct
+channels to other clients, and streams over either."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+
+from aioquic.quic.configuration import QuicConfiguration
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from .. import wire
 from .._util import AwaitableContext
 from ..certs import load_pem, self_signed
 from ..config import ClientConfig
 from ..errors import (
+    ChannelExists,
+    ChannelToSelf,
     ClientClosed,
     ConecError,
     ConnectFailed,
+    NoChannel,
     NoSuchPeer,
     StreamIdInUse,
+    StreamReset,
 )
 from ..ids import is_valid_id
 from ..streams import (
@@ -30,7 +41,8 @@ from ..streams import (
     check_stream_number,
 )
 from ..tlsconf import quic_configuration
-from ..transport import Conn, Endpoint
+from ..transport import Conn, Endpoint, ServerSettings
+from .channel import ChannelLink
 from .link import CoordLink, UnclaimedQueue, connection_error
 
 log = logging.getLogger(__name__)
@@ -39,6 +51,38 @@ CONNECT_TIMEOUT = 5.0
 COMMAND_QUEUE = 256
 #: Delay between dialling successive addresses of the Coordinator's name.
 ATTEMPT_STAGGER = 0.25
+#: A channel that has not completed its handshake and hello by then fails.
+CHANNEL_TIMEOUT = 5.0
+#: How long `new_stream` waits for a channel before falling back to proxied.
+NEW_STREAM_CHANNEL_WAIT = 2.0
+#: After a failed automatic channel attempt, `new_stream` goes proxied without
+#: trying again for this long.
+CHANNEL_RETRY_AFTER = 30.0
+#: A target forgets an introduction nobody dialled within this time.
+INTRODUCTION_TTL = 10.0
+#: Knocks toward an opener's address: a small datagram that no QUIC
+#: endpoint acts upon, sent from the socket the channel will use.
+KNOCK = b"conec-actors knock"
+KNOCK_SCHEDULE = (0.0,) + (0.05,) * 20 + (0.25,) * 16
+
+
+@dataclass(eq=False)
+class _Channel:
+    """A channel to one peer, opening or open."""
+
+    peer: str
+    opener: bool
+    ready: asyncio.Future[ChannelLink]
+    link: ChannelLink | None = None
+    expected_cert: bytes = b""
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    expire: asyncio.TimerHandle | None = None
+
+    def stop_tasks(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        if self.expire is not None:
+            self.expire.cancel()
 
 
 class Client:
@@ -46,23 +90,39 @@ class Client:
     `async with Client.connect(cfg) as client:`."""
 
     def __init__(self, cfg: ClientConfig, endpoint: Endpoint, conn: Conn, link: CoordLink,
-                 welcome: wire.Welcome) -> None:
+                 welcome: wire.Welcome, incoming: UnclaimedQueue,
+                 cert_pem: bytes, key_pem: bytes) -> None:
         self._cfg = cfg
         self._endpoint = endpoint
         self._conn = conn
         self._link = link
         self._welcome = welcome
-        self._incoming = link_incoming = UnclaimedQueue()
-        link.on_incoming = link_incoming.offer
+        self._incoming = incoming
+        self._cert_pem = cert_pem
+        self._key_pem = key_pem
+        self._peer_ca = load_pem(cfg.client_ca) if cfg.client_ca is not None else None
         self._used_proxied: set[int] = set()
         self._next_proxied = itertools.count()
+        self._used_direct: dict[str, set[int]] = {}
+        self._channels: dict[str, _Channel] = {}
+        self._introductions: dict[bytes, str] = {}  # expected cert DER -> peer
+        self._channel_failed_at: dict[str, float] = {}
         self._closed = False
         self._close_error: ConecError | None = None
+        self._loop = asyncio.get_running_loop()
         # The client is an actor: this task alone changes its state, in the
         # order commands arrive in the mailbox.
         self._commands: asyncio.Queue[_Command] = asyncio.Queue(COMMAND_QUEUE)
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task = self._loop.create_task(self._run())
         link.closed.add_done_callback(self._lost)
+        if cfg.listen:
+            endpoint.server = ServerSettings(
+                configuration=self._quic_config(is_client=False),
+                stream_window=STREAM_WINDOW, accept=self._accept_channel, retry=False)
+        link.on_offer = self._on_offer
+        for offer in link.early_offers:
+            self._on_offer(offer)
+        link.early_offers.clear()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -85,8 +145,9 @@ class Client:
             stream_window=STREAM_WINDOW, server_name=cfg.coord, cadata=ca)
         addrs = await _resolve(cfg)
         endpoint = await Endpoint.bind(None, 0)
+        incoming = UnclaimedQueue()
         try:
-            conn, link = await _dial(endpoint, addrs, qcfg, cfg)
+            conn, link = await _dial(endpoint, addrs, qcfg, cfg, incoming)
             link.send_hello(conn, wire.Hello(cfg.id, wire.PROTOCOL_VERSION,
                                              cfg.max_message_size, cfg.idle_timeout,
                                              cfg.max_datagram_size))
@@ -105,68 +166,69 @@ class Client:
         conn.quic.set_max_datagram_size(welcome.max_datagram_size)
         if cfg.keepalive:
             conn.start_keepalive(welcome.idle_timeout / 3)
-        return cls(cfg, endpoint, conn, link, welcome)
+        return cls(cfg, endpoint, conn, link, welcome, incoming, cert_pem, key_pem)
 
     async def close(self) -> None:
-        """Close the client: its streams end with `StreamReset` at the other ends."""
+        """Close the client, its channels and its streams (which end with
+        `StreamReset` at the other ends)."""
         if not self._closed:
             self._closed = True
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done: asyncio.Future[None] = self._loop.create_future()
             await self._commands.put(_Close(done))
         await asyncio.shield(self._task)
 
     async def _run(self) -> None:
         while True:
             cmd = await self._commands.get()
-            if isinstance(cmd, _Open):
-                self._do_open(cmd)
-            elif isinstance(cmd, _Close):
+            if isinstance(cmd, _Close):
                 self._do_close()
                 cmd.done.set_result(None)
                 break
+            try:
+                cmd.reply.set_result(self._handle(cmd))
+            except ConecError as exc:
+                cmd.reply.set_exception(exc)
         # Fail whatever was queued behind the close.
         while not self._commands.empty():
             left = self._commands.get_nowait()
-            if isinstance(left, _Open) and not left.reply.done():
+            if not isinstance(left, _Close) and not left.reply.done():
                 left.reply.set_exception(ClientClosed("the client was closed"))
+
+    def _handle(self, cmd: _Open | _OpenChannel | _CloseChannel) -> Any:
+        if cmd.reply.done():  # the caller gave up
+            return None
+        if isinstance(cmd, _Open):
+            return self._do_open(cmd)
+        if isinstance(cmd, _OpenChannel):
+            return self._do_open_channel(cmd.peer)
+        return self._do_close_channel(cmd.peer)
 
     def _do_close(self) -> None:
         if self._close_error is None:
             self._close_error = ClientClosed("the client was closed")
+        for ch in list(self._channels.values()):
+            self._end_channel(ch, wire.Code.CLIENT_CLOSED, f"{self.id!r} closed")
         self._conn.close(wire.Code.CLIENT_CLOSED, "client closed")
         self._link.terminated(self._conn, wire.Code.CLIENT_CLOSED, "client closed")
         self._incoming.end()
         self._endpoint.close()
 
-    def _do_open(self, cmd: _Open) -> None:
-        if cmd.reply.done():  # the caller gave up
-            return
-        try:
-            self._check_open()
-            if cmd.n is None:
-                n = next(self._next_proxied)
-                while n in self._used_proxied:
-                    n = next(self._next_proxied)
-            else:
-                n = cmd.n
-                if n in self._used_proxied:
-                    raise StreamIdInUse(f"proxied stream number {n} was already used by "
-                                        f"client {self.id!r}")
-            self._used_proxied.add(n)
-            cmd.reply.set_result(self._link.open_stream(cmd.peer, n))
-        except ConecError as exc:
-            cmd.reply.set_exception(exc)
-
     def _lost(self, fut: asyncio.Future[ConecError]) -> None:
+        """The Coordinator is gone. Direct channels keep running."""
         if self._close_error is None:
             err = fut.result()
             self._close_error = err if isinstance(err, ClientClosed) else ClientClosed(
                 f"lost the Coordinator: {err}")
-        self._incoming.end()
+        if not self._channels:
+            self._incoming.end()
 
     def _check_open(self) -> None:
         if self._close_error is not None:
             raise self._close_error
+
+    def _check_not_closed(self) -> None:
+        if self._closed:
+            raise ClientClosed("the client was closed")
 
     # -- properties -------------------------------------------------------------
 
@@ -180,7 +242,8 @@ class Client:
 
     @property
     def max_message_size(self) -> int:
-        """The effective message size limit (the smaller of both sides')."""
+        """The effective message size limit toward the Coordinator (the smaller
+        of both sides')."""
         return self._link.max_message_size
 
     @property
@@ -191,11 +254,13 @@ class Client:
 
     @property
     def is_closed(self) -> bool:
+        """True once the client was closed or lost its Coordinator."""
         return self._close_error is not None
 
     @property
     def incoming(self) -> AsyncIterator[IncomingStream]:
-        """Streams other clients open to this one; ends when the client closes."""
+        """Streams other clients open to this one, proxied and direct; ends
+        when the client closes."""
         return self._iter_incoming()
 
     async def _iter_incoming(self) -> AsyncIterator[IncomingStream]:
@@ -205,7 +270,11 @@ class Client:
                 return
             yield item
 
-    # -- streams ----------------------------------------------------------------
+    def channels(self) -> list[str]:
+        """Peers this client has an open direct channel with."""
+        return sorted(p for p, ch in self._channels.items() if ch.link is not None)
+
+    # -- proxied streams ---------------------------------------------------------
 
     async def new_proxied_stream(self, peer: str, *, stream_id: int | None = None
                                  ) -> tuple[OutStream, InStream]:
@@ -218,25 +287,278 @@ class Client:
         n = None if stream_id is None else check_stream_number(stream_id)
         if not is_valid_id(peer):
             raise NoSuchPeer(f"no client {peer!r} is connected (not a valid id)")
-        reply: asyncio.Future[tuple[StreamCore, asyncio.Future[None]]] = \
-            asyncio.get_running_loop().create_future()
-        await self._commands.put(_Open(peer, n, reply))
-        core, fut = await reply
+        core, fut = await self._ask(_Open(peer, n, self._loop.create_future()))
+        return await self._opened(core, fut, peer)
+
+    def _do_open(self, cmd: _Open) -> tuple[StreamCore, asyncio.Future[None]]:
+        self._check_open()
+        n = self._pick_number(self._used_proxied, self._next_proxied, cmd.n, "proxied")
+        return self._link.open_stream(cmd.peer, n)
+
+    @staticmethod
+    def _pick_number(used: set[int], counter: itertools.count[int], wanted: int | None,
+                     kind: str) -> int:
+        if wanted is None:
+            n = next(counter)
+            while n in used:
+                n = next(counter)
+        else:
+            n = wanted
+            if n in used:
+                raise StreamIdInUse(f"{kind} stream number {n} was already used")
+        used.add(n)
+        return n
+
+    async def _opened(self, core: StreamCore, fut: asyncio.Future[None], peer: str
+                      ) -> tuple[OutStream, InStream]:
         try:
             await fut
         except asyncio.CancelledError:
             core.fail_local(wire.Code.PEER_GONE, "opening was cancelled")
             raise
-        except ConecError as exc:
-            if isinstance(exc, NoSuchPeer):
-                raise NoSuchPeer(f"no client {peer!r} is connected") from None
-            raise
+        except NoSuchPeer:
+            raise NoSuchPeer(f"no client {peer!r} is connected") from None
         return OutStream(core), InStream(core)
 
+    async def _ask(self, cmd: _Open | _OpenChannel | _CloseChannel) -> Any:
+        self._check_not_closed()
+        await self._commands.put(cmd)
+        return await cmd.reply
+
+    # -- channels ------------------------------------------------------------------
+
+    async def new_channel(self, peer: str) -> None:
+        """Open a direct channel to `peer`, introduced by the Coordinator.
+
+        Returns once both ends have registered the channel. Raises
+        `NoSuchPeer`, `PeerNotListening`, `ChannelExists`, `ChannelToSelf`,
+        `CertificateError` or `ConnectFailed` (no handshake within 5 s).
+        """
+        ch: _Channel = await self._ask(_OpenChannel(peer, self._loop.create_future()))
+        await asyncio.shield(ch.ready)
+
+    def _do_open_channel(self, peer: str) -> _Channel:
+        self._check_open()
+        if peer == self.id:
+            raise ChannelToSelf(f"{self.id!r} cannot open a channel to itself")
+        if not is_valid_id(peer):
+            raise NoSuchPeer(f"no client {peer!r} is connected (not a valid id)")
+        if peer in self._channels:
+            state = "open" if self._channels[peer].link is not None else "opening"
+            raise ChannelExists(f"a channel to {peer!r} is already {state}")
+        ch = _Channel(peer, True, self._loop.create_future())
+        self._channels[peer] = ch
+        ch.tasks.append(self._loop.create_task(self._dial_channel(ch)))
+        return ch
+
+    async def _dial_channel(self, ch: _Channel) -> None:
+        conn: Conn | None = None
+        try:
+            intro = await self._link.request_channel(ch.peer, self._cfg.holepunch)
+            if intro.code:
+                raise _intro_error(intro)
+            link = ChannelLink(self, self._incoming.offer, self._cfg.max_message_size,
+                               peer=ch.peer, expected_cert=intro.cert, opener=True)
+            cfg = self._quic_config(is_client=True, server_name=ch.peer,
+                                    cadata=self._peer_ca or _pem(intro.cert))
+            conn = self._endpoint.connect(intro.addr, cfg, link, STREAM_WINDOW)
+            link.conn = conn
+            try:
+                await asyncio.wait_for(asyncio.shield(link.welcome), CHANNEL_TIMEOUT)
+            except TimeoutError:
+                raise ConnectFailed(
+                    f"no handshake with {ch.peer!r} at {intro.addr[0]}:{intro.addr[1]} "
+                    f"within {CHANNEL_TIMEOUT:.0f} s") from None
+        except BaseException as exc:
+            if conn is not None and not conn.closed:
+                conn.close(wire.Code.CHANNEL_CLOSED, "channel attempt abandoned")
+            if self._channels.get(ch.peer) is ch:
+                del self._channels[ch.peer]
+            if not ch.ready.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    ch.ready.set_exception(NoChannel(f"the channel to {ch.peer!r} was "
+                                                     "closed while opening"))
+                elif isinstance(exc, ConecError):
+                    ch.ready.set_exception(exc)
+                else:
+                    ch.ready.set_exception(ConnectFailed(f"channel to {ch.peer!r}: {exc}"))
+                ch.ready.exception()
+            if not isinstance(exc, asyncio.CancelledError | ConecError):
+                raise
+            return
+        ch.link = link
+        self._start_channel(link)
+        if not ch.ready.done():
+            ch.ready.set_result(link)
+
+    def _start_channel(self, link: ChannelLink) -> None:
+        if self._cfg.keepalive and link.conn is not None:
+            link.conn.start_keepalive(self._cfg.idle_timeout / 3)
+
+    def _on_offer(self, offer: wire.ChannelOffer) -> None:
+        """The Coordinator asks whether we accept a channel from `offer.peer`."""
+        def answer(code: int) -> None:
+            self._link.send_control(wire.ChannelAnswer(offer.offer, code))
+
+        if not self._cfg.listen or self._closed:
+            answer(wire.Code.PEER_NOT_LISTENING)
+            return
+        if offer.peer in self._channels:
+            answer(wire.Code.CHANNEL_EXISTS)
+            return
+        ch = _Channel(offer.peer, False, self._loop.create_future(), expected_cert=offer.cert)
+        ch.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._channels[offer.peer] = ch
+        self._introductions[offer.cert] = offer.peer
+        if self._cfg.holepunch and offer.holepunch:
+            ch.tasks.append(self._loop.create_task(self._knock(offer.addr)))
+        ch.expire = self._loop.call_later(INTRODUCTION_TTL, self._introduction_expired, ch)
+        answer(0)
+
+    async def _knock(self, addr: tuple[str, int]) -> None:
+        """Open our NAT's mapping toward the opener while it dials us."""
+        try:
+            target = self._endpoint.normalize(addr)
+        except ValueError:
+            return
+        for delay in KNOCK_SCHEDULE:
+            await asyncio.sleep(delay)
+            self._endpoint.sendto(KNOCK, target)
+
+    def _introduction_expired(self, ch: _Channel) -> None:
+        if ch.link is None and self._channels.get(ch.peer) is ch:
+            self._end_channel(ch, wire.Code.CHANNEL_CLOSED, "nobody dialled")
+
+    def _accept_channel(self, conn: Conn) -> ChannelLink:
+        return ChannelLink(self, self._incoming.offer, self._cfg.max_message_size,
+                           peer=None, expected_cert=None, opener=False)
+
+    # ChannelOwner
+
+    def _client_ca(self) -> bytes | None:
+        return self._peer_ca
+
+    def _claim_introduction(self, cert_der: bytes) -> str | None:
+        peer = self._introductions.pop(cert_der, None)
+        if peer is None:
+            return None
+        ch = self._channels.get(peer)
+        if ch is None or ch.opener or ch.link is not None:
+            return None
+        return peer
+
+    def _channel_ready(self, link: ChannelLink) -> None:
+        assert link.peer is not None
+        ch = self._channels.get(link.peer)
+        if ch is None or ch.opener or ch.link is not None:
+            assert link.conn is not None
+            link.conn.close(wire.Code.CHANNEL_EXISTS, "no such introduction pending")
+            return
+        ch.stop_tasks()
+        ch.link = link
+        self._start_channel(link)
+        if not ch.ready.done():
+            ch.ready.set_result(link)
+
+    def _channel_ended(self, link: ChannelLink) -> None:
+        if link.peer is None:
+            return
+        ch = self._channels.get(link.peer)
+        if ch is not None and ch.link is link:
+            del self._channels[link.peer]
+            ch.stop_tasks()
+        if self.is_closed and not self._channels:
+            self._incoming.end()
+
+    def _end_channel(self, ch: _Channel, code: int, reason: str) -> None:
+        if self._channels.get(ch.peer) is ch:
+            del self._channels[ch.peer]
+        ch.stop_tasks()
+        if ch.expected_cert:
+            self._introductions.pop(ch.expected_cert, None)
+        if not ch.ready.done():
+            ch.ready.set_exception(NoChannel(f"the channel to {ch.peer!r} was closed"))
+        link = ch.link
+        if link is not None and link.conn is not None:
+            link.conn.close(code, reason)
+            link.terminated(link.conn, code, reason)
+
+    async def close_channel(self, peer: str) -> None:
+        """Close the direct channel to `peer`: its streams end with
+        `StreamReset` at both ends. `NoChannel` if there is none."""
+        await self._ask(_CloseChannel(peer, self._loop.create_future()))
+
+    def _do_close_channel(self, peer: str) -> None:
+        ch = self._channels.get(peer)
+        if ch is None:
+            raise NoChannel(f"there is no channel to {peer!r}")
+        self._end_channel(ch, wire.Code.CHANNEL_CLOSED, f"{self.id!r} closed the channel")
+
+    # -- direct streams ------------------------------------------------------------
+
+    async def new_direct_stream(self, peer: str, *, stream_id: int | None = None
+                                ) -> tuple[OutStream, InStream]:
+        """Open a stream to `peer` over the direct channel (waits for a channel
+        that is still opening). `NoChannel` if there is none."""
+        self._check_not_closed()
+        n = None if stream_id is None else check_stream_number(stream_id)
+        ch = self._channels.get(peer)
+        if ch is None:
+            raise NoChannel(f"there is no channel to {peer!r}; open one with new_channel")
+        try:
+            link = await asyncio.shield(ch.ready)
+        except ConecError as exc:
+            raise NoChannel(f"the channel to {peer!r} did not open: {exc}") from None
+        if link.closed.done():
+            raise NoChannel(f"the channel to {peer!r} is closed")
+        used = self._used_direct.setdefault(peer, set())
+        core, fut = link.open_stream(self.id, self._pick_number(
+            used, itertools.count(), n, "direct"))
+        try:
+            return await self._opened(core, fut, peer)
+        except StreamReset as exc:
+            raise NoChannel(f"the channel to {peer!r} closed: {exc}") from None
+
     async def new_stream(self, peer: str) -> tuple[OutStream, InStream]:
-        """Open a stream to `peer` by the best available path (proxied for now:
-        direct channels are not built yet)."""
+        """Open a stream to `peer` by the best path: over a channel if one is
+        open or opens within about 2 s (trying to open one), else proxied by
+        the Coordinator. The channel attempt may finish in the background and
+        serve later streams."""
+        self._check_not_closed()
+        if peer != self.id and is_valid_id(peer):
+            ch = self._channels.get(peer)
+            recent_failure = self._channel_failed_at.get(peer)
+            if ch is None and not self.is_closed and (
+                    recent_failure is None
+                    or self._loop.time() - recent_failure > CHANNEL_RETRY_AFTER):
+                with contextlib.suppress(ConecError):
+                    ch = await self._ask(_OpenChannel(peer, self._loop.create_future()))
+                    ch.ready.add_done_callback(self._note_channel_outcome(peer))
+            if ch is not None:
+                try:
+                    await asyncio.wait_for(asyncio.shield(ch.ready), NEW_STREAM_CHANNEL_WAIT)
+                    return await self.new_direct_stream(peer)
+                except (TimeoutError, ConecError):
+                    pass
         return await self.new_proxied_stream(peer)
+
+    def _note_channel_outcome(self, peer: str) -> Any:
+        def note(fut: asyncio.Future[ChannelLink]) -> None:
+            if fut.cancelled() or fut.exception() is not None:
+                self._channel_failed_at[peer] = self._loop.time()
+            else:
+                self._channel_failed_at.pop(peer, None)
+        return note
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _quic_config(self, *, is_client: bool, server_name: str | None = None,
+                     cadata: bytes | None = None) -> QuicConfiguration:
+        return quic_configuration(
+            is_client=is_client, cert_pem=self._cert_pem, key_pem=self._key_pem,
+            idle_timeout=self._cfg.idle_timeout,
+            max_datagram_size=self._cfg.max_datagram_size, stream_window=STREAM_WINDOW,
+            server_name=server_name, cadata=cadata)
 
     def _core_for_tests(self, send: OutStream) -> StreamCore:
         return send._core
@@ -246,17 +568,41 @@ class Client:
         return f"<Client {self.id!r} {state}>"
 
 
+def _pem(cert_der: bytes) -> bytes:
+    return x509.load_der_x509_certificate(cert_der).public_bytes(serialization.Encoding.PEM)
+
+
+def _intro_error(intro: wire.ChannelIntro) -> ConecError:
+    err = wire.error_for(intro.code, intro.reason)
+    if isinstance(err, StreamReset):  # not a refusal the table names: unreachable
+        return ConnectFailed(f"cannot open a channel to {intro.peer!r}: "
+                             f"{intro.reason or wire.describe(intro.code)}")
+    if isinstance(err, NoSuchPeer):
+        return NoSuchPeer(f"no client {intro.peer!r} is connected")
+    return err
+
+
 class _Open(NamedTuple):
     peer: str
     n: int | None
     reply: asyncio.Future[tuple[StreamCore, asyncio.Future[None]]]
 
 
+class _OpenChannel(NamedTuple):
+    peer: str
+    reply: asyncio.Future[_Channel]
+
+
+class _CloseChannel(NamedTuple):
+    peer: str
+    reply: asyncio.Future[None]
+
+
 class _Close(NamedTuple):
     done: asyncio.Future[None]
 
 
-_Command = _Open | _Close
+_Command = _Open | _OpenChannel | _CloseChannel | _Close
 
 
 async def _resolve(cfg: ClientConfig) -> list[tuple[str, int]]:
@@ -277,14 +623,14 @@ async def _resolve(cfg: ClientConfig) -> list[tuple[str, int]]:
 
 
 async def _dial(endpoint: Endpoint, addrs: list[tuple[str, int]], qcfg: Any,
-                cfg: ClientConfig) -> tuple[Conn, CoordLink]:
+                cfg: ClientConfig, incoming: UnclaimedQueue) -> tuple[Conn, CoordLink]:
     """Dial every address, ATTEMPT_STAGGER apart; keep the first handshake
     that completes and drop the others."""
     conns: list[Conn] = []
 
     async def attempt(addr: tuple[str, int], delay: float) -> tuple[Conn, CoordLink]:
         await asyncio.sleep(delay)
-        link = CoordLink(cfg.id, lambda _s: False, cfg.max_message_size)
+        link = CoordLink(cfg.id, cfg.max_message_size, incoming.offer)
         try:
             conn = endpoint.connect(addr, qcfg, link, STREAM_WINDOW)
         except OSError as exc:
@@ -322,3 +668,6 @@ async def _dial(endpoint: Endpoint, addrs: list[tuple[str, int]], qcfg: Any,
     where = ", ".join(f"{h}:{p}" for h, p in addrs)
     raise ConnectFailed(f"cannot reach the Coordinator {cfg.coord!r} at {where} within "
                         f"{CONNECT_TIMEOUT:.0f} s" + (f" ({last})" if last else ""))
+
+
+__all__ = ["Client"]

@@ -1,14 +1,17 @@
-"""A client's connection to its Coordinator: control stream and data streams.
+"""A client's connections: the one to its Coordinator and its direct channels.
 
-`CoordLink` is the `ConnHandler` for that connection. It routes QUIC events
-to the `StreamCore` of each data stream, turns the first frame of a stream
-into an `IncomingStream` (or the answer to an open), and fails everything
-with the right error when the connection ends.
+`StreamLink` is the `ConnHandler` shared by both: it routes QUIC events to
+the `StreamCore` of each data stream, turns the first frame of a stream into
+an `IncomingStream` (or the answer to an open), and fails everything with
+the right error when the connection ends. Stream 0 is the control stream,
+opened by whichever side dialled. `CoordLink` adds the Coordinator's control
+messages; `ChannelLink` (in `channel.py`) those of a direct channel.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import deque
 from collections.abc import Callable
 
@@ -19,68 +22,89 @@ from ..streams import IncomingStream, InStream, OutStream, StreamCore, StreamId
 from ..transport import Conn
 
 CONTROL_MAX = 64 * 1024
+CONTROL_SID = 0
 #: Streams opened to us that the application has not taken from `incoming`.
 MAX_UNCLAIMED_STREAMS = 1024
 
 
-class CoordLink:
-    """Handler of the connection to the Coordinator."""
+class StreamLink:
+    """Framed data streams and a control stream on one connection."""
 
-    def __init__(self, client_id: str, on_incoming: Callable[[IncomingStream], bool],
+    kind = "proxied"
+
+    def __init__(self, on_incoming: Callable[[IncomingStream], bool],
                  max_message_size: int) -> None:
-        self.client_id = client_id
+        loop = asyncio.get_running_loop()
         self.conn: Conn | None = None
-        self.control_sid = 0
         self.control = FrameDecoder(CONTROL_MAX)
-        self.welcome: asyncio.Future[wire.Welcome] = \
-            asyncio.get_running_loop().create_future()
         self.streams: dict[int, StreamCore] = {}
         self.opening: dict[int, asyncio.Future[None]] = {}
         self.awaiting_header: set[int] = set()
         self.max_message_size = max_message_size
         self.on_incoming = on_incoming
-        self.closed: asyncio.Future[ConecError] = asyncio.get_running_loop().create_future()
+        #: Set (with the reason) when the connection is over.
+        self.closed: asyncio.Future[ConecError] = loop.create_future()
+        #: Peer-opened data streams are accepted only once this is True.
+        self.ready = False
 
-    # -- ConnHandler ----------------------------------------------------------
+    # -- hooks for subclasses ---------------------------------------------------
+
+    def control_msg(self, conn: Conn, msg: wire.Control) -> None:
+        raise ProtocolError(f"unexpected {type(msg).__name__} on the control stream")
+
+    def accept_header(self, core: StreamCore, hdr: wire.StreamHeader) -> str | None:
+        """Check an incoming stream's header; return the peer id to report,
+        or None after resetting the stream."""
+        return hdr.peer
+
+    def describe_end(self, code: int, reason: str) -> ConecError:
+        return connection_error(code, reason)
+
+    # -- ConnHandler ------------------------------------------------------------
 
     def handshake_completed(self, conn: Conn) -> None:
         pass
 
     def stream_data(self, conn: Conn, sid: int, data: bytes, fin: bool) -> None:
-        if sid == self.control_sid:
+        if sid == CONTROL_SID:
             self._control_data(conn, data, fin)
             return
         core = self.streams.get(sid)
         if core is None:
-            if sid % 4 != 1 or not self.welcome.done():  # must be Coordinator-opened
+            peer_opened = (sid & 1) == (1 if conn.quic.configuration.is_client else 0)
+            if not peer_opened or not self.ready:
                 conn.stop(sid, wire.Code.PROTOCOL)
+                conn.reset(sid, wire.Code.PROTOCOL)
                 return
-            core = StreamCore(conn, sid, StreamId("proxied", -1), self.max_message_size)
+            core = StreamCore(conn, sid, StreamId(self.kind, -1), self.max_message_size)
             self.streams[sid] = core
             self.awaiting_header.add(sid)
         if core.data_received(data, fin) is None:
             self._opening_failed(sid, wire.Code.PROTOCOL)
             return
         if sid in self.awaiting_header:
-            self._first_frame_incoming(conn, core)
+            self._first_frame_incoming(core)
         elif sid in self.opening:
             self._first_frame_opened(core)
         self._maybe_forget(core)
 
-    def _first_frame_incoming(self, conn: Conn, core: StreamCore) -> None:
+    def _first_frame_incoming(self, core: StreamCore) -> None:
         raw = core.take_first()
         if raw is None:
             return
         self.awaiting_header.discard(core.sid)
         try:
             hdr = wire.decode(raw)
-            if not isinstance(hdr, wire.StreamHeader):
-                raise ProtocolError("expected a stream header")
+            if not isinstance(hdr, wire.StreamHeader) or hdr.kind != self.kind:
+                raise ProtocolError(f"expected a {self.kind} stream header")
         except ProtocolError as exc:
             core.fail_local(wire.Code.PROTOCOL, str(exc))
             return
         core.stream_id = StreamId(hdr.kind, hdr.n)
-        if not self.on_incoming(IncomingStream(hdr.peer, core.stream_id, OutStream(core),
+        peer = self.accept_header(core, hdr)
+        if peer is None:
+            return
+        if not self.on_incoming(IncomingStream(peer, core.stream_id, OutStream(core),
                                                InStream(core))):
             core.fail_local(wire.Code.TOO_MANY_STREAMS,
                             "the receiver has too many unclaimed incoming streams")
@@ -124,51 +148,46 @@ class CoordLink:
         self._maybe_forget(core)
 
     def terminated(self, conn: Conn, code: int, reason: str) -> None:
-        err = connection_error(code, reason)
-        if not self.welcome.done():
-            self.welcome.set_exception(err)
-            self.welcome.exception()
+        err = self.describe_end(code, reason)
         for sid in list(self.opening):
             self._opening_failed(sid, wire.Code.PEER_GONE, f"connection lost: {err}")
         scode = code if code in wire.CODES else wire.Code.PATH_FAILED
         for core in self.streams.values():
-            core.path_failed(scode, f"connection to the Coordinator ended: {err}")
+            core.path_failed(scode, f"{err}")
         self.streams.clear()
+        self.ready = False
         if not self.closed.done():
             self.closed.set_result(err)
 
-    # -- control ------------------------------------------------------------
+    # -- control stream -----------------------------------------------------------
 
     def _control_data(self, conn: Conn, data: bytes, fin: bool) -> None:
         try:
             for raw in self.control.feed(data):
-                msg = wire.decode(raw)
-                if isinstance(msg, wire.Welcome) and not self.welcome.done():
-                    self.welcome.set_result(msg)
-                else:
-                    raise ProtocolError(f"unexpected {type(msg).__name__} from the "
-                                        "Coordinator")
+                self.control_msg(conn, wire.decode(raw))
         except (FrameTooLarge, ProtocolError) as exc:
             conn.close(wire.Code.PROTOCOL, str(exc))
             return
-        conn.consume(self.control_sid, len(data))
+        conn.consume(CONTROL_SID, len(data))
+        if fin and not conn.closed:
+            conn.close(wire.Code.PROTOCOL, "the control stream was closed")
 
-    def send_hello(self, conn: Conn, hello: wire.Hello) -> None:
-        self.conn = conn
-        self.control_sid = conn.new_stream_id()
-        conn.send(self.control_sid, frame(wire.encode(hello)))
+    def send_control(self, msg: wire.Control) -> None:
+        assert self.conn is not None
+        self.conn.send(CONTROL_SID, frame(wire.encode(msg)))
 
-    # -- streams ---------------------------------------------------------------
+    # -- streams ------------------------------------------------------------------
 
     def open_stream(self, peer: str, n: int) -> tuple[StreamCore, asyncio.Future[None]]:
+        """Open a data stream; the future resolves when it is accepted."""
         conn = self.conn
         assert conn is not None
         sid = conn.new_stream_id()
-        core = StreamCore(conn, sid, StreamId("proxied", n), self.max_message_size)
+        core = StreamCore(conn, sid, StreamId(self.kind, n), self.max_message_size)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.streams[sid] = core
         self.opening[sid] = fut
-        core.write_raw(frame(wire.encode(wire.StreamHeader("proxied", peer, n))))
+        core.write_raw(frame(wire.encode(wire.StreamHeader(self.kind, peer, n))))  # type: ignore[arg-type]
         return core, fut
 
     def _maybe_forget(self, core: StreamCore) -> None:
@@ -178,6 +197,64 @@ class CoordLink:
             del self.streams[core.sid]
             self.awaiting_header.discard(core.sid)
             core.conn.forget_stream(core.sid)
+
+
+class CoordLink(StreamLink):
+    """Handler of the connection to the Coordinator."""
+
+    def __init__(self, client_id: str, max_message_size: int,
+                 on_incoming: Callable[[IncomingStream], bool]) -> None:
+        super().__init__(on_incoming, max_message_size)
+        self.client_id = client_id
+        self.welcome: asyncio.Future[wire.Welcome] = \
+            asyncio.get_running_loop().create_future()
+        self.requests: dict[int, asyncio.Future[wire.ChannelIntro]] = {}
+        self._req = itertools.count(1)
+        #: Set by the Client once it exists; offers that come earlier wait here.
+        self.on_offer: Callable[[wire.ChannelOffer], None] | None = None
+        self.early_offers: list[wire.ChannelOffer] = []
+
+    def control_msg(self, conn: Conn, msg: wire.Control) -> None:
+        if isinstance(msg, wire.Welcome) and not self.welcome.done():
+            self.welcome.set_result(msg)
+            self.ready = True
+        elif isinstance(msg, wire.ChannelIntro) and self.ready:
+            fut = self.requests.pop(msg.req, None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+        elif isinstance(msg, wire.ChannelOffer) and self.ready:
+            if self.on_offer is None:
+                self.early_offers.append(msg)
+            else:
+                self.on_offer(msg)
+        else:
+            raise ProtocolError(f"unexpected {type(msg).__name__} from the Coordinator")
+
+    def terminated(self, conn: Conn, code: int, reason: str) -> None:
+        err = self.describe_end(code, reason)
+        if not self.welcome.done():
+            self.welcome.set_exception(err)
+            self.welcome.exception()
+        for fut in self.requests.values():
+            if not fut.done():
+                fut.set_exception(ClientClosed(f"lost the Coordinator: {err}"))
+        self.requests.clear()
+        super().terminated(conn, code, reason)
+
+    def send_hello(self, conn: Conn, hello: wire.Hello) -> None:
+        self.conn = conn
+        self.send_control(hello)
+
+    async def request_channel(self, peer: str, holepunch: bool) -> wire.ChannelIntro:
+        """Ask the Coordinator to introduce us to `peer`."""
+        req = next(self._req)
+        fut: asyncio.Future[wire.ChannelIntro] = asyncio.get_running_loop().create_future()
+        self.requests[req] = fut
+        self.send_control(wire.ChannelRequest(req, peer, holepunch))
+        try:
+            return await fut
+        finally:
+            self.requests.pop(req, None)
 
 
 def connection_error(code: int, reason: str) -> ConecError:

@@ -13,13 +13,12 @@ destination drains, so back-pressure reaches the writer through here.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 
 from .. import wire
 from ..errors import CertificateError, ConecError, InvalidId, ProtocolError
 from ..framing import HEADER_SIZE, FrameDecoder, FrameScanner, FrameTooLarge, frame
-from ..ids import check_id, stable_hash
+from ..ids import check_id, is_valid_id, stable_hash
 from ..streams import HEADER_FRAME_MAX, MAX_STREAM_NUMBER
 from ..tlsconf import check_chain, der
 from ..transport import Conn, Endpoint
@@ -32,6 +31,8 @@ FRONTEND_NAME = "fe0"
 HELLO_TIMEOUT = 5.0
 CONTROL_MAX = 64 * 1024  # control messages are small
 MAX_PENDING_OPENS = 64  # streams of one client waiting for their route
+MAX_PENDING_CHANNELS = 16  # channel introductions of one client in progress
+OFFER_TIMEOUT = 5.0  # how long a channel target has to answer
 
 
 class Leg:
@@ -74,6 +75,7 @@ class Session:
         self.legs: dict[int, Leg] = {}
         self.used_numbers: set[int] = set()
         self.pending_opens = 0
+        self.pending_channels = 0
         self.cert_der = b""
         self.max_message_size = fe.cfg_max_message_size
         self.registered = False
@@ -156,8 +158,16 @@ class Session:
             if self.state != "hello":
                 raise ProtocolError("unexpected hello")
             self._hello(msg)
+        elif isinstance(msg, wire.ChannelRequest) and self.state == "ready":
+            self.fe.channel_request(self, msg)
+        elif isinstance(msg, wire.ChannelAnswer) and self.state == "ready":
+            self.fe.channel_answer(self, msg)
         else:
             raise ProtocolError(f"unexpected control message {type(msg).__name__}")
+
+    def send_control(self, msg: wire.Control) -> None:
+        if self.state != "closed" and self.control_sid is not None:
+            self.conn.send(self.control_sid, frame(wire.encode(msg)))
 
     def _hello(self, hello: wire.Hello) -> None:
         if hello.version != wire.PROTOCOL_VERSION:
@@ -182,7 +192,7 @@ class Session:
         self._datagram_size = min(hello.max_datagram_size, self.fe.cfg_max_datagram_size)
         self._idle = min(hello.idle_timeout, self.fe.cfg_idle_timeout)
         entry = ipc.Entry(hello.id, FRONTEND_NAME, self.key, self.conn.peer_address,
-                          hashlib.sha256(self.cert_der).digest())
+                          self.cert_der)
         self.fe.request_routing(hello.id, lambda req: ipc.Register(req, entry),
                                 self._admitted)
 
@@ -236,6 +246,10 @@ class FrontEnd:
         self.sessions: dict[int, Session] = {}
         self.by_id: dict[str, Session] = {}
         self._next_key = 1
+        self._next_offer = 1
+        #: channel introductions waiting for the target's answer:
+        #: offer id -> (opener, its request id, the target's directory entry)
+        self.offers: dict[int, tuple[Session, int, ipc.Entry, asyncio.TimerHandle]] = {}
         self.bytes_forwarded = 0
         self.messages_forwarded = 0
         self.streams_opened = 0
@@ -256,8 +270,7 @@ class FrontEnd:
             if s.registered and s.client_id is not None and \
                     stable_hash(s.client_id) % self.routing_workers == index:
                 out.append(ipc.Entry(s.client_id, FRONTEND_NAME, s.key,
-                                     s.conn.peer_address,
-                                     hashlib.sha256(s.cert_der).digest()))
+                                     s.conn.peer_address, s.cert_der))
         return out
 
     def request_routing(self, client_id: str, make: MakeRequest,
@@ -283,12 +296,85 @@ class FrontEnd:
         if s.client_id is not None and self.by_id.get(s.client_id) is s:
             del self.by_id[s.client_id]
         self.unregister(s)
+        if self.offers:
+            self._drop_offers(s)
         for leg in list(s.legs.values()):
             other = leg.other
             if other is not None:
                 self._end_out(other, wire.Code.PEER_GONE)
                 self._end_in(other, wire.Code.PEER_GONE)
         s.legs.clear()
+
+    # -- channel introductions -------------------------------------------------------
+
+    def channel_request(self, s: Session, msg: wire.ChannelRequest) -> None:
+        def answer(code: int, reason: str = "") -> None:
+            s.send_control(wire.ChannelIntro(msg.req, code, msg.peer, reason=reason))
+
+        if msg.peer == s.client_id:
+            answer(wire.Code.CHANNEL_TO_SELF)
+            return
+        if not is_valid_id(msg.peer):
+            answer(wire.Code.NO_SUCH_PEER, f"no client {msg.peer!r} is connected")
+            return
+        if s.pending_channels >= MAX_PENDING_CHANNELS:
+            answer(wire.Code.TOO_MANY_STREAMS,
+                   f"more than {MAX_PENDING_CHANNELS} channel introductions pending")
+            return
+        s.pending_channels += 1
+        src, dst = s.client_id or "", msg.peer
+
+        def routed(reply: ipc.Reply | ipc.StatsReply) -> None:
+            s.pending_channels -= 1
+            if s.state != "ready":
+                return
+            entry = reply.entry if isinstance(reply, ipc.Reply) else None
+            target = self.sessions.get(entry.conn) if entry is not None else None
+            if entry is None or target is None or target.state != "ready" or \
+                    target.client_id != dst:
+                answer(wire.Code.NO_SUCH_PEER, f"no client {dst!r} is connected")
+                return
+            offer = self._next_offer
+            self._next_offer += 1
+            timer = self.loop.call_later(OFFER_TIMEOUT, self._offer_expired, offer)
+            self.offers[offer] = (s, msg.req, entry, timer)
+            target.send_control(wire.ChannelOffer(offer, src, s.cert_der,
+                                                  s.conn.peer_address, msg.holepunch))
+
+        self.request_routing(dst, lambda req: ipc.Lookup(req, src, dst), routed)
+
+    def channel_answer(self, target: Session, msg: wire.ChannelAnswer) -> None:
+        pending = self.offers.get(msg.offer)
+        if pending is None or pending[2].conn != target.key:
+            return  # late, or not this client's to answer
+        del self.offers[msg.offer]
+        opener, req, entry, timer = pending
+        timer.cancel()
+        if msg.code == 0:
+            opener.send_control(wire.ChannelIntro(req, 0, entry.client_id, entry.cert,
+                                                  entry.addr))
+        else:
+            opener.send_control(wire.ChannelIntro(req, msg.code, entry.client_id))
+
+    def _offer_expired(self, offer: int) -> None:
+        pending = self.offers.pop(offer, None)
+        if pending is not None:
+            opener, req, entry, _ = pending
+            opener.send_control(wire.ChannelIntro(
+                req, wire.Code.PEER_GONE, entry.client_id,
+                reason=f"{entry.client_id!r} did not answer the introduction"))
+
+    def _drop_offers(self, s: Session) -> None:
+        for offer, (opener, req, entry, timer) in list(self.offers.items()):
+            if opener is s:
+                timer.cancel()
+                del self.offers[offer]
+            elif entry.conn == s.key:
+                timer.cancel()
+                del self.offers[offer]
+                opener.send_control(wire.ChannelIntro(
+                    req, wire.Code.NO_SUCH_PEER, entry.client_id,
+                    reason=f"{entry.client_id!r} left"))
 
     # -- proxied streams -----------------------------------------------------------
 

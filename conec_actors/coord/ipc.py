@@ -15,13 +15,15 @@ IPC_VERSION = 1
 
 
 class Entry(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """A directory entry: which front-end and connection hold a client id."""
+    """A directory entry: which front-end and connection hold a client id, the
+    certificate (DER) it authenticated with and the address it is seen from
+    (what a channel introduction tells the other side)."""
 
     client_id: str
     frontend: str
     conn: int
     addr: tuple[str, int]
-    cert_sha256: bytes
+    cert: bytes
 
 
 # front-end -> worker ----------------------------------------------------------
