@@ -194,13 +194,19 @@ class Client:
             if not isinstance(left, _Close) and not left.reply.done():
                 left.reply.set_exception(ClientClosed("the client was closed"))
 
-    def _handle(self, cmd: _Open | _OpenChannel | _CloseChannel) -> Any:
+    def _handle(self, cmd: _Request) -> Any:
         if cmd.reply.done():  # the caller gave up
             return None
         if isinstance(cmd, _Open):
             return self._do_open(cmd)
         if isinstance(cmd, _OpenChannel):
             return self._do_open_channel(cmd.peer)
+        if isinstance(cmd, _FindChannel):
+            ch = self._channels.get(cmd.peer)
+            if ch is None:
+                raise NoChannel(f"there is no channel to {cmd.peer!r}; open one with "
+                                "new_channel")
+            return ch
         return self._do_close_channel(cmd.peer)
 
     def _do_close(self) -> None:
@@ -320,7 +326,7 @@ class Client:
             raise NoSuchPeer(f"no client {peer!r} is connected") from None
         return OutStream(core), InStream(core)
 
-    async def _ask(self, cmd: _Open | _OpenChannel | _CloseChannel) -> Any:
+    async def _ask(self, cmd: _Request) -> Any:
         self._check_not_closed()
         await self._commands.put(cmd)
         return await cmd.reply
@@ -502,9 +508,8 @@ class Client:
         that is still opening). `NoChannel` if there is none."""
         self._check_not_closed()
         n = None if stream_id is None else check_stream_number(stream_id)
-        ch = self._channels.get(peer)
-        if ch is None:
-            raise NoChannel(f"there is no channel to {peer!r}; open one with new_channel")
+        # Through the mailbox, so a new_channel called just before is seen.
+        ch: _Channel = await self._ask(_FindChannel(peer, self._loop.create_future()))
         try:
             link = await asyncio.shield(ch.ready)
         except ConecError as exc:
@@ -598,11 +603,17 @@ class _CloseChannel(NamedTuple):
     reply: asyncio.Future[None]
 
 
+class _FindChannel(NamedTuple):
+    peer: str
+    reply: asyncio.Future[_Channel]
+
+
 class _Close(NamedTuple):
     done: asyncio.Future[None]
 
 
-_Command = _Open | _OpenChannel | _CloseChannel | _Close
+_Request = _Open | _OpenChannel | _FindChannel | _CloseChannel
+_Command = _Request | _Close
 
 
 async def _resolve(cfg: ClientConfig) -> list[tuple[str, int]]:
