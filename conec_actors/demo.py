@@ -93,6 +93,7 @@ class Flow:
 
     sender: str
     receiver: str
+    kind: str
     n: int
     sent_msgs: int = 0
     sent_bytes: int = 0
@@ -114,20 +115,20 @@ class Flow:
                 and self.recv_msgs == self.sent_msgs and self.recv_bytes == self.sent_bytes)
 
     def describe(self) -> str:
-        return f"{self.sender} -> {self.receiver} #{self.n}"
+        return f"{self.sender} -> {self.receiver} {self.kind} #{self.n}"
 
 
 class _Flows:
     """Flows by (sender, receiver, n); whichever end comes first creates it."""
 
     def __init__(self) -> None:
-        self._flows: dict[tuple[str, str, int], Flow] = {}
+        self._flows: dict[tuple[str, str, str, int], Flow] = {}
 
-    def get(self, sender: str, receiver: str, n: int) -> Flow:
-        key = (sender, receiver, n)
+    def get(self, sender: str, receiver: str, kind: str, n: int) -> Flow:
+        key = (sender, receiver, kind, n)
         flow = self._flows.get(key)
         if flow is None:
-            flow = self._flows[key] = Flow(sender, receiver, n)
+            flow = self._flows[key] = Flow(sender, receiver, kind, n)
         return flow
 
     def __iter__(self) -> Iterator[Flow]:
@@ -182,7 +183,8 @@ async def _read(flow: Flow, incoming: IncomingStream) -> None:
 async def _accept(client: Client, flows: _Flows, tasks: set[asyncio.Task[None]]) -> None:
     """Start a reader for every stream opened to `client`, until it closes."""
     async for incoming in client.incoming:
-        flow = flows.get(incoming.peer, client.id, incoming.stream_id.n)
+        flow = flows.get(incoming.peer, client.id, incoming.stream_id.kind,
+                         incoming.stream_id.n)
         task = asyncio.ensure_future(_read(flow, incoming))
         tasks.add(task)
 
@@ -307,17 +309,26 @@ async def _traffic(coord: Coord, clients: list[Client], duration: float,
             peer = clients[(i + 1) % n].id
             for k in range(STREAMS_PER_CLIENT):
                 send, recv = await client.new_proxied_stream(peer)
-                flow = flows.get(client.id, peer, send.stream_id.n)
+                flow = flows.get(client.id, peer, "proxied", send.stream_id.n)
                 rng = random.Random(i * 1000 + k)
                 writers.append(asyncio.ensure_future(_write(flow, send, recv, stop, rng)))
         say(f"{len(writers)} proxied streams in a ring "
             f"({' -> '.join(c.id for c in clients)} -> {clients[0].id}), "
             f"{STREAMS_PER_CLIENT} per client, messages of {MIN_SIZE} B to "
             f"{MAX_SIZE // 1024} KiB")
+        if n >= 2:
+            a, b = clients[0], clients[1]
+            await a.new_channel(b.id)
+            send, recv = await a.new_direct_stream(b.id)
+            flow = flows.get(a.id, b.id, "direct", send.stream_id.n)
+            writers.append(asyncio.ensure_future(
+                _write(flow, send, recv, stop, random.Random(4242))))
+            say(f"1 direct stream over a channel {a.id} <-> {b.id}: the Coordinator "
+                "introduced them and carries none of its bytes")
         say()
 
         start = loop.time()
-        elapsed = await _tick(coord, start, duration, stop, say, loop)
+        elapsed = await _tick(coord, flows, start, duration, stop, say, loop)
 
         stop.set()
         _, pending = await asyncio.wait(writers, timeout=DRAIN_TIMEOUT)
@@ -335,18 +346,19 @@ async def _traffic(coord: Coord, clients: list[Client], duration: float,
     return 130 if interrupted() else 0
 
 
-async def _tick(coord: Coord, start: float, duration: float, stop: asyncio.Event,
-                say: _Printer, loop: asyncio.AbstractEventLoop) -> float:
+async def _tick(coord: Coord, flows: _Flows, start: float, duration: float,
+                stop: asyncio.Event, say: _Printer, loop: asyncio.AbstractEventLoop) -> float:
     """Print a line of figures about once a second until `duration` has passed
-    or `stop` is set; returns the time elapsed."""
-    header = ["time", "msgs/s", "MB/s", "clients", "streams"]
-    widths = [8, 10, 9, 10, 10]
+    or `stop` is set; returns the time elapsed. msgs/s and MB/s are what the
+    Coordinator forwarded; direct/s what the direct streams delivered."""
+    header = ["time", "msgs/s", "MB/s", "direct/s", "clients", "streams"]
+    widths = [8, 10, 9, 10, 10, 10]
 
     def line(cells: list[str]) -> str:
         return "  " + "".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
 
     say(line(header))
-    last_t, last_msgs, last_bytes = start, 0, 0
+    last_t, last_msgs, last_bytes, last_direct = start, 0, 0, 0
     tick = 1
     while True:
         target = start + min(tick, duration)
@@ -358,11 +370,13 @@ async def _tick(coord: Coord, start: float, duration: float, stop: asyncio.Event
             stats = await coord.stats()
             now = loop.time()
             msgs, nbytes = int(stats["messages_forwarded"]), int(stats["bytes_forwarded"])
+            direct = sum(f.recv_msgs for f in flows if f.kind == "direct")
             dt = max(now - last_t, 1e-9)
             say(line([f"{now - start:.1f} s", f"{(msgs - last_msgs) / dt:,.0f}",
-                      f"{(nbytes - last_bytes) / dt / MB:,.2f}", str(stats["clients"]),
+                      f"{(nbytes - last_bytes) / dt / MB:,.2f}",
+                      f"{(direct - last_direct) / dt:,.0f}", str(stats["clients"]),
                       str(stats["streams"])]))
-            last_t, last_msgs, last_bytes = now, msgs, nbytes
+            last_t, last_msgs, last_bytes, last_direct = now, msgs, nbytes, direct
         if loop.time() - start >= duration - 0.01:
             return loop.time() - start
         tick += 1
@@ -415,9 +429,14 @@ def _summary(flows: _Flows, clients: list[Client], stats: dict[str, Any], elapse
     say()
     say(f"  through the Coordinator: {fwd_msgs:,} messages, {_mb(fwd_bytes)} MB "
         f"({fwd_msgs / secs:,.0f} msgs/s, {fwd_bytes / secs / MB:,.2f} MB/s)")
-    if fwd_msgs != sent_msgs:
+    proxied_msgs = sum(f.sent_msgs for f in all_flows if f.kind == "proxied")
+    direct = [f for f in all_flows if f.kind == "direct"]
+    if fwd_msgs != proxied_msgs:
         say(f"  note: the Coordinator counted {fwd_msgs:,} messages forwarded, the "
-            f"clients sent {sent_msgs:,}")
+            f"clients sent {proxied_msgs:,} on proxied streams")
+    if direct:
+        say(f"  over the direct channel: {sum(f.recv_msgs for f in direct):,} messages, "
+            f"{_mb(sum(f.recv_bytes for f in direct))} MB, none through the Coordinator")
 
     failed = [f for f in all_flows if not f.ok]
     if not failed and not stuck and all_flows:
@@ -437,7 +456,7 @@ def _summary(flows: _Flows, clients: list[Client], stats: dict[str, Any], elapse
                 say(f"    {f.describe()}: {d}")
         for s in stuck:
             say(f"    {s}")
-    say("  not shown: direct channels, broadcasts and tell/ask are not built yet")
+    say("  not shown: broadcasts and tell/ask are not built yet")
     return not failed and not stuck and bool(all_flows)
 
 
