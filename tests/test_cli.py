@@ -396,7 +396,8 @@ def test_demo_runs_checks_and_ends(env: dict[str, str]) -> None:
     assert time.monotonic() - start < 30
     out = r.stdout
     assert "summary after" in out
-    assert "checks: all 6 streams ok" in out
+    assert "checks: all 7 streams ok" in out
+    assert re.search(r"over the direct channel: [1-9][\d,]* messages", out), out
     for name in ("alice", "bob", "carol"):
         assert re.search(rf"^\s+{name}\s+[\d,]+\s", out, re.M), out
     assert "not built yet" in out
