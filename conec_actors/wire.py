@@ -165,6 +165,9 @@ class StreamHeader(msgspec.Struct, tag="stream", frozen=True):
     peer: str
     n: int
     channel: str = ""
+    #: "" for application streams (delivered on `client.incoming`); other
+    #: values name an internal use, such as "mailbox" for tell/ask.
+    purpose: str = ""
 
 
 class StreamAccepted(msgspec.Struct, tag="accepted", frozen=True):

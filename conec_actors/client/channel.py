@@ -12,16 +12,15 @@ introductions it expects, checks it the same way, and answers
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Protocol
 
 from .. import wire
 from ..errors import CertificateError, ConecError, ConnectFailed, ProtocolError, StreamReset
 from ..framing import frame
-from ..streams import IncomingStream, StreamCore
+from ..streams import StreamCore
 from ..tlsconf import check_chain, der
 from ..transport import Conn
-from .link import StreamLink
+from .link import IncomingCallback, StreamLink
 
 
 class ChannelOwner(Protocol):
@@ -40,7 +39,7 @@ class ChannelLink(StreamLink):
 
     kind = "direct"
 
-    def __init__(self, owner: ChannelOwner, on_incoming: Callable[[IncomingStream], bool],
+    def __init__(self, owner: ChannelOwner, on_incoming: IncomingCallback,
                  max_message_size: int, *,
                  peer: str | None, expected_cert: bytes | None, opener: bool) -> None:
         super().__init__(on_incoming, max_message_size)

@@ -43,7 +43,7 @@ from ..streams import (
 from ..tlsconf import quic_configuration
 from ..transport import Conn, Endpoint, ServerSettings
 from .channel import ChannelLink
-from .link import CoordLink, UnclaimedQueue, connection_error
+from .link import CoordLink, IncomingRouter, connection_error
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +90,15 @@ class Client:
     `async with Client.connect(cfg) as client:`."""
 
     def __init__(self, cfg: ClientConfig, endpoint: Endpoint, conn: Conn, link: CoordLink,
-                 welcome: wire.Welcome, incoming: UnclaimedQueue,
+                 welcome: wire.Welcome, router: IncomingRouter,
                  cert_pem: bytes, key_pem: bytes) -> None:
         self._cfg = cfg
         self._endpoint = endpoint
         self._conn = conn
         self._link = link
         self._welcome = welcome
-        self._incoming = incoming
+        self._router = router
+        self._incoming = router.user
         self._cert_pem = cert_pem
         self._key_pem = key_pem
         self._peer_ca = load_pem(cfg.client_ca) if cfg.client_ca is not None else None
@@ -145,9 +146,9 @@ class Client:
             stream_window=STREAM_WINDOW, server_name=cfg.coord, cadata=ca)
         addrs = await _resolve(cfg)
         endpoint = await Endpoint.bind(None, 0)
-        incoming = UnclaimedQueue()
+        router = IncomingRouter()
         try:
-            conn, link = await _dial(endpoint, addrs, qcfg, cfg, incoming)
+            conn, link = await _dial(endpoint, addrs, qcfg, cfg, router)
             link.send_hello(conn, wire.Hello(cfg.id, wire.PROTOCOL_VERSION,
                                              cfg.max_message_size, cfg.idle_timeout,
                                              cfg.max_datagram_size))
@@ -166,7 +167,7 @@ class Client:
         conn.quic.set_max_datagram_size(welcome.max_datagram_size)
         if cfg.keepalive:
             conn.start_keepalive(welcome.idle_timeout / 3)
-        return cls(cfg, endpoint, conn, link, welcome, incoming, cert_pem, key_pem)
+        return cls(cfg, endpoint, conn, link, welcome, router, cert_pem, key_pem)
 
     async def close(self) -> None:
         """Close the client, its channels and its streams (which end with
@@ -289,17 +290,21 @@ class Client:
         Raises `NoSuchPeer` if `peer` is not connected and `StreamIdInUse` if
         this client already used `stream_id`.
         """
+        return await self._open_proxied(peer, stream_id, "")
+
+    async def _open_proxied(self, peer: str, stream_id: int | None, purpose: str
+                            ) -> tuple[OutStream, InStream]:
         self._check_open()
         n = None if stream_id is None else check_stream_number(stream_id)
         if not is_valid_id(peer):
             raise NoSuchPeer(f"no client {peer!r} is connected (not a valid id)")
-        core, fut = await self._ask(_Open(peer, n, self._loop.create_future()))
+        core, fut = await self._ask(_Open(peer, n, purpose, self._loop.create_future()))
         return await self._opened(core, fut, peer)
 
     def _do_open(self, cmd: _Open) -> tuple[StreamCore, asyncio.Future[None]]:
         self._check_open()
         n = self._pick_number(self._used_proxied, self._next_proxied, cmd.n, "proxied")
-        return self._link.open_stream(cmd.peer, n)
+        return self._link.open_stream(cmd.peer, n, cmd.purpose)
 
     @staticmethod
     def _pick_number(used: set[int], counter: itertools.count[int], wanted: int | None,
@@ -363,7 +368,7 @@ class Client:
             intro = await self._link.request_channel(ch.peer, self._cfg.holepunch)
             if intro.code:
                 raise _intro_error(intro)
-            link = ChannelLink(self, self._incoming.offer, self._cfg.max_message_size,
+            link = ChannelLink(self, self._router, self._cfg.max_message_size,
                                peer=ch.peer, expected_cert=intro.cert, opener=True)
             cfg = self._quic_config(is_client=True, server_name=ch.peer,
                                     cadata=self._peer_ca or _pem(intro.cert))
@@ -436,7 +441,7 @@ class Client:
             self._end_channel(ch, wire.Code.CHANNEL_CLOSED, "nobody dialled")
 
     def _accept_channel(self, conn: Conn) -> ChannelLink:
-        return ChannelLink(self, self._incoming.offer, self._cfg.max_message_size,
+        return ChannelLink(self, self._router, self._cfg.max_message_size,
                            peer=None, expected_cert=None, opener=False)
 
     # ChannelOwner
@@ -506,6 +511,10 @@ class Client:
                                 ) -> tuple[OutStream, InStream]:
         """Open a stream to `peer` over the direct channel (waits for a channel
         that is still opening). `NoChannel` if there is none."""
+        return await self._open_direct(peer, stream_id, "")
+
+    async def _open_direct(self, peer: str, stream_id: int | None, purpose: str
+                           ) -> tuple[OutStream, InStream]:
         self._check_not_closed()
         n = None if stream_id is None else check_stream_number(stream_id)
         # Through the mailbox, so a new_channel called just before is seen.
@@ -518,7 +527,7 @@ class Client:
             raise NoChannel(f"the channel to {peer!r} is closed")
         used = self._used_direct.setdefault(peer, set())
         core, fut = link.open_stream(self.id, self._pick_number(
-            used, itertools.count(), n, "direct"))
+            used, itertools.count(), n, "direct"), purpose)
         try:
             return await self._opened(core, fut, peer)
         except StreamReset as exc:
@@ -590,6 +599,7 @@ def _intro_error(intro: wire.ChannelIntro) -> ConecError:
 class _Open(NamedTuple):
     peer: str
     n: int | None
+    purpose: str
     reply: asyncio.Future[tuple[StreamCore, asyncio.Future[None]]]
 
 
@@ -634,14 +644,14 @@ async def _resolve(cfg: ClientConfig) -> list[tuple[str, int]]:
 
 
 async def _dial(endpoint: Endpoint, addrs: list[tuple[str, int]], qcfg: Any,
-                cfg: ClientConfig, incoming: UnclaimedQueue) -> tuple[Conn, CoordLink]:
+                cfg: ClientConfig, router: IncomingRouter) -> tuple[Conn, CoordLink]:
     """Dial every address, ATTEMPT_STAGGER apart; keep the first handshake
     that completes and drop the others."""
     conns: list[Conn] = []
 
     async def attempt(addr: tuple[str, int], delay: float) -> tuple[Conn, CoordLink]:
         await asyncio.sleep(delay)
-        link = CoordLink(cfg.id, cfg.max_message_size, incoming.offer)
+        link = CoordLink(cfg.id, cfg.max_message_size, router)
         try:
             conn = endpoint.connect(addr, qcfg, link, STREAM_WINDOW)
         except OSError as exc:

@@ -27,12 +27,30 @@ CONTROL_SID = 0
 MAX_UNCLAIMED_STREAMS = 1024
 
 
+class IncomingRouter:
+    """Where streams opened to a client go: application streams to the
+    `incoming` queue, internal ones (by header `purpose`) to their handler."""
+
+    def __init__(self) -> None:
+        self.user = UnclaimedQueue()
+        self.handlers: dict[str, Callable[[IncomingStream], bool]] = {}
+
+    def __call__(self, item: IncomingStream, purpose: str) -> bool:
+        if not purpose:
+            return self.user.offer(item)
+        handler = self.handlers.get(purpose)
+        return handler(item) if handler is not None else False
+
+
+IncomingCallback = Callable[[IncomingStream, str], bool]
+
+
 class StreamLink:
     """Framed data streams and a control stream on one connection."""
 
     kind = "proxied"
 
-    def __init__(self, on_incoming: Callable[[IncomingStream], bool],
+    def __init__(self, on_incoming: IncomingCallback,
                  max_message_size: int) -> None:
         loop = asyncio.get_running_loop()
         self.conn: Conn | None = None
@@ -105,9 +123,9 @@ class StreamLink:
         if peer is None:
             return
         if not self.on_incoming(IncomingStream(peer, core.stream_id, OutStream(core),
-                                               InStream(core))):
+                                               InStream(core)), hdr.purpose):
             core.fail_local(wire.Code.TOO_MANY_STREAMS,
-                            "the receiver has too many unclaimed incoming streams")
+                            "the receiver refused the stream (too many unclaimed)")
 
     def _first_frame_opened(self, core: StreamCore) -> None:
         raw = core.take_first()
@@ -178,7 +196,8 @@ class StreamLink:
 
     # -- streams ------------------------------------------------------------------
 
-    def open_stream(self, peer: str, n: int) -> tuple[StreamCore, asyncio.Future[None]]:
+    def open_stream(self, peer: str, n: int, purpose: str = ""
+                    ) -> tuple[StreamCore, asyncio.Future[None]]:
         """Open a data stream; the future resolves when it is accepted."""
         conn = self.conn
         assert conn is not None
@@ -187,7 +206,8 @@ class StreamLink:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.streams[sid] = core
         self.opening[sid] = fut
-        core.write_raw(frame(wire.encode(wire.StreamHeader(self.kind, peer, n))))  # type: ignore[arg-type]
+        core.write_raw(frame(wire.encode(wire.StreamHeader(
+            self.kind, peer, n, purpose=purpose))))  # type: ignore[arg-type]
         return core, fut
 
     def _maybe_forget(self, core: StreamCore) -> None:
@@ -203,7 +223,7 @@ class CoordLink(StreamLink):
     """Handler of the connection to the Coordinator."""
 
     def __init__(self, client_id: str, max_message_size: int,
-                 on_incoming: Callable[[IncomingStream], bool]) -> None:
+                 on_incoming: IncomingCallback) -> None:
         super().__init__(on_incoming, max_message_size)
         self.client_id = client_id
         self.welcome: asyncio.Future[wire.Welcome] = \

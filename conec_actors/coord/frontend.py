@@ -39,7 +39,7 @@ class Leg:
     """One end of a proxied stream, on one client's connection."""
 
     __slots__ = ("base", "head", "in_done", "n", "other", "out_done", "pending",
-                 "pending_fin", "scanner", "session", "sid", "written")
+                 "pending_fin", "purpose", "scanner", "session", "sid", "written")
 
     def __init__(self, session: Session, sid: int, max_message_size: int) -> None:
         self.session = session
@@ -54,6 +54,7 @@ class Leg:
         self.in_done = False  # nothing more will come from this leg
         self.out_done = False  # nothing more will be written to this leg
         self.n = -1
+        self.purpose = ""
 
     def on_drain(self) -> None:
         """The other leg's send buffer drained a bit: credit this one."""
@@ -473,6 +474,7 @@ class FrontEnd:
             return
         s.used_numbers.add(hdr.n)
         leg.n = hdr.n
+        leg.purpose = hdr.purpose
         try:
             check_id(hdr.peer)
         except InvalidId:
@@ -507,8 +509,8 @@ class FrontEnd:
         target.legs[sid] = other
         other.other, leg.other = leg, other
         other.n = leg.n
-        tconn.send(sid, frame(wire.encode(wire.StreamHeader("proxied", s.client_id or "",
-                                                            leg.n))))
+        tconn.send(sid, frame(wire.encode(wire.StreamHeader(
+            "proxied", s.client_id or "", leg.n, purpose=leg.purpose))))
         s.conn.send(leg.sid, frame(wire.encode(wire.StreamAccepted())))
         self.streams_opened += 1
         # The header written to `other` does not count as forwarded data.
