@@ -32,6 +32,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .adapters import BroadcastMessage, NonblockingInStream, TypedInStream, TypedOutStream
     from .client import Client
     from .config import ClientConfig, CoordConfig
     from .coord import Coord
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
 # Imported on first use, so that worker processes (which only need msgspec
 # and pyzmq) do not pay for aioquic and cryptography.
 _LAZY = {
+    "BroadcastMessage": ".adapters",
+    "NonblockingInStream": ".adapters",
+    "TypedInStream": ".adapters",
+    "TypedOutStream": ".adapters",
     "Client": ".client",
     "ClientConfig": ".config",
     "CoordConfig": ".config",
@@ -63,6 +68,7 @@ def __getattr__(name: str) -> Any:
 __version__ = "0.1.0"
 
 __all__ = [
+    "BroadcastMessage",
     "CertificateError",
     "ChannelExists",
     "ChannelToSelf",
@@ -84,6 +90,7 @@ __all__ = [
     "NoChannel",
     "NoSuchBroadcast",
     "NoSuchPeer",
+    "NonblockingInStream",
     "OutStream",
     "PeerNotListening",
     "ProtocolError",
@@ -92,4 +99,6 @@ __all__ = [
     "StreamId",
     "StreamIdInUse",
     "StreamReset",
+    "TypedInStream",
+    "TypedOutStream",
 ]

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from . import wire
 from .errors import MessageTooLarge, StreamClosed, StreamReset
@@ -63,19 +64,20 @@ class StreamCore:
 
     __slots__ = (
         "_drained", "_queued_bytes", "_received", "_waiter", "conn", "decoder",
-        "max_message_size", "queue", "recv_error", "recv_fin", "send_error",
+        "max_message_size", "queue", "recv_error", "recv_extra", "recv_fin", "send_error",
         "send_finished", "sid", "stream_id",
     )
 
     def __init__(self, conn: Conn, sid: int, stream_id: StreamId,
-                 max_message_size: int) -> None:
+                 max_message_size: int, recv_extra: int = 0) -> None:
         self.conn = conn
         self.sid = sid
         self.stream_id = stream_id
         self.max_message_size = max_message_size
         # The first frame is a stream header (or acceptance), which may be
         # larger than a tiny payload limit; `take_first` applies the real one.
-        self.decoder = FrameDecoder(max(max_message_size, HEADER_FRAME_MAX))
+        self.decoder = FrameDecoder(max(max_message_size + recv_extra, HEADER_FRAME_MAX))
+        self.recv_extra = recv_extra
         self.queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._received = 0
@@ -119,7 +121,7 @@ class StreamCore:
             return None
         m = self.queue.popleft()
         self._queued_bytes -= len(m) + HEADER_SIZE
-        self.decoder.max_size = self.max_message_size
+        self.decoder.max_size = self.max_message_size + self.recv_extra
         self._credit()
         return m
 
@@ -336,6 +338,68 @@ class InStream:
 
     def __repr__(self) -> str:
         return f"<InStream {self.stream_id}>"
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastMessage(Generic[T]):
+    """One message of a broadcast and the id of the member that sent it."""
+
+    sender: str
+    data: T
+
+
+class BroadcastInStream:
+    """Receiving half of a broadcast stream: every member's messages, its own
+    included, in the one order all members share."""
+
+    __slots__ = ("_core",)
+
+    def __init__(self, core: StreamCore) -> None:
+        self._core = core
+
+    @property
+    def stream_id(self) -> StreamId:
+        return self._core.stream_id
+
+    async def recv(self) -> BroadcastMessage[bytes]:
+        """The next message with its sender. Raises `StreamClosed` once every
+        member has finished sending, `StreamReset` if the broadcast or the
+        path failed."""
+        try:
+            raw = await self._core.recv()
+        except StreamClosed:
+            raise StreamClosed("the broadcast ended: every member finished sending") from None
+        n = raw[0] if raw else 0
+        if len(raw) < 1 + n:
+            raise StreamReset(wire.Code.PROTOCOL, "malformed broadcast delivery")
+        return BroadcastMessage(raw[1:1 + n].decode(), raw[1 + n:])
+
+    def close(self) -> None:
+        """Stop reading: this member no longer counts as a receiver."""
+        self._core.close_recv()
+
+    def __aiter__(self) -> AsyncIterator[BroadcastMessage[bytes]]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[BroadcastMessage[bytes]]:
+        while True:
+            try:
+                yield await self.recv()
+            except StreamClosed:
+                return
+
+    async def __aenter__(self) -> BroadcastInStream:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<BroadcastInStream {self.stream_id}>"
 
 
 class IncomingStream(NamedTuple):

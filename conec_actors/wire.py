@@ -51,6 +51,9 @@ class Code(IntEnum):
     CHANNEL_EXISTS = 0x10012
     CHANNEL_TO_SELF = 0x10013
     CHANNEL_CLOSED = 0x10014
+    NO_SUCH_BROADCAST = 0x10015
+    BROADCAST_ENDED = 0x10016
+    BROADCAST_FULL = 0x10017
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,12 @@ CODES: dict[int, CodeInfo] = {
         CodeInfo(Code.CHANNEL_TO_SELF, errors.ChannelToSelf,
                  "a client cannot open a channel to itself"),
         CodeInfo(Code.CHANNEL_CLOSED, errors.StreamReset, "the direct channel was closed"),
+        CodeInfo(Code.NO_SUCH_BROADCAST, errors.NoSuchBroadcast,
+                 "no broadcast with that name exists"),
+        CodeInfo(Code.BROADCAST_ENDED, errors.StreamReset,
+                 "the broadcast ended: no member reads it any more"),
+        CodeInfo(Code.BROADCAST_FULL, errors.ProtocolError,
+                 "the broadcast has reached its member limit"),
     )
 }
 
@@ -129,9 +138,22 @@ def stream_reset(code: int, reason: str = "") -> errors.StreamReset:
     return errors.StreamReset(code, reason or describe(code))
 
 
+#: Longest broadcast name.
+MAX_BROADCAST_NAME = 255
+#: Room for the sender tag the Coordinator puts in front of every message it
+#: delivers on a broadcast: one byte of length, then the sender's id.
+BROADCAST_TAG_MAX = 1 + 253
+
+
+def sender_tag(client_id: str) -> bytes:
+    """The prefix of every delivered broadcast message."""
+    raw = client_id.encode()
+    return bytes([len(raw)]) + raw
+
+
 # --- control messages --------------------------------------------------------
 
-StreamKind = Literal["proxied", "direct"]
+StreamKind = Literal["proxied", "direct", "broadcast"]
 
 
 class Hello(msgspec.Struct, tag="hello", frozen=True):
@@ -226,8 +248,23 @@ class ChannelWelcome(msgspec.Struct, tag="chwelcome", frozen=True):
     max_message_size: int
 
 
+class BroadcastCount(msgspec.Struct, tag="bcount", frozen=True):
+    """Client -> Coordinator: how many senders and receivers has `name`?"""
+
+    req: int
+    name: str
+
+
+class BroadcastCountReply(msgspec.Struct, tag="bcountr", frozen=True):
+    req: int
+    code: int
+    senders: int = 0
+    receivers: int = 0
+
+
 Control = (Hello | Welcome | StreamHeader | StreamAccepted | ChannelRequest | ChannelOffer
-           | ChannelAnswer | ChannelIntro | ChannelHello | ChannelWelcome)
+           | ChannelAnswer | ChannelIntro | ChannelHello | ChannelWelcome | BroadcastCount
+           | BroadcastCountReply)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Control)

@@ -27,6 +27,7 @@ from ..errors import (
     ConecError,
     ConnectFailed,
     NoChannel,
+    NoSuchBroadcast,
     NoSuchPeer,
     StreamIdInUse,
     StreamReset,
@@ -34,6 +35,7 @@ from ..errors import (
 from ..ids import is_valid_id
 from ..streams import (
     STREAM_WINDOW,
+    BroadcastInStream,
     IncomingStream,
     InStream,
     OutStream,
@@ -304,6 +306,9 @@ class Client:
     def _do_open(self, cmd: _Open) -> tuple[StreamCore, asyncio.Future[None]]:
         self._check_open()
         n = self._pick_number(self._used_proxied, self._next_proxied, cmd.n, "proxied")
+        if cmd.kind == "broadcast":
+            return self._link.open_stream(cmd.peer, n, kind="broadcast",
+                                          recv_extra=wire.BROADCAST_TAG_MAX)
         return self._link.open_stream(cmd.peer, n, cmd.purpose)
 
     @staticmethod
@@ -335,6 +340,37 @@ class Client:
         self._check_not_closed()
         await self._commands.put(cmd)
         return await cmd.reply
+
+    # -- broadcasts ----------------------------------------------------------------
+
+    async def new_broadcast(self, chan: str) -> tuple[OutStream, BroadcastInStream]:
+        """Join broadcast `chan` (creating it if needed): every member receives
+        every member's messages, its own included, in one shared order. The
+        slowest reader throttles the senders; read and send in separate tasks."""
+        self._check_open()
+        if not isinstance(chan, str) or not 1 <= len(chan) <= wire.MAX_BROADCAST_NAME:
+            raise ValueError(f"a broadcast name is a str of 1-{wire.MAX_BROADCAST_NAME} "
+                             "characters")
+        core, fut = await self._ask(_Open(chan, None, "", self._loop.create_future(),
+                                          "broadcast"))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            core.fail_local(wire.Code.PEER_GONE, "joining was cancelled")
+            raise
+        return OutStream(core), BroadcastInStream(core)
+
+    async def broadcast_count(self, chan: str) -> tuple[int, int]:
+        """(senders, receivers) of broadcast `chan`; `NoSuchBroadcast` if it
+        does not exist."""
+        self._check_open()
+        reply = await self._link.request_count(chan)
+        if reply.code:
+            err = wire.error_for(reply.code)
+            if isinstance(err, NoSuchBroadcast):
+                raise NoSuchBroadcast(f"no broadcast named {chan!r} exists")
+            raise err
+        return reply.senders, reply.receivers
 
     # -- channels ------------------------------------------------------------------
 
@@ -601,6 +637,7 @@ class _Open(NamedTuple):
     n: int | None
     purpose: str
     reply: asyncio.Future[tuple[StreamCore, asyncio.Future[None]]]
+    kind: str = "proxied"
 
 
 class _OpenChannel(NamedTuple):

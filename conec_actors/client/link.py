@@ -14,6 +14,7 @@ import asyncio
 import itertools
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from .. import wire
 from ..errors import CertificateError, ClientClosed, ConecError, ProtocolError, StreamReset
@@ -196,18 +197,19 @@ class StreamLink:
 
     # -- streams ------------------------------------------------------------------
 
-    def open_stream(self, peer: str, n: int, purpose: str = ""
-                    ) -> tuple[StreamCore, asyncio.Future[None]]:
+    def open_stream(self, peer: str, n: int, purpose: str = "", kind: str | None = None,
+                    recv_extra: int = 0) -> tuple[StreamCore, asyncio.Future[None]]:
         """Open a data stream; the future resolves when it is accepted."""
         conn = self.conn
         assert conn is not None
         sid = conn.new_stream_id()
-        core = StreamCore(conn, sid, StreamId(self.kind, n), self.max_message_size)
+        kind = kind or self.kind
+        core = StreamCore(conn, sid, StreamId(kind, n), self.max_message_size, recv_extra)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.streams[sid] = core
         self.opening[sid] = fut
         core.write_raw(frame(wire.encode(wire.StreamHeader(
-            self.kind, peer, n, purpose=purpose))))  # type: ignore[arg-type]
+            kind, peer, n, purpose=purpose))))  # type: ignore[arg-type]
         return core, fut
 
     def _maybe_forget(self, core: StreamCore) -> None:
@@ -228,7 +230,7 @@ class CoordLink(StreamLink):
         self.client_id = client_id
         self.welcome: asyncio.Future[wire.Welcome] = \
             asyncio.get_running_loop().create_future()
-        self.requests: dict[int, asyncio.Future[wire.ChannelIntro]] = {}
+        self.requests: dict[int, asyncio.Future[Any]] = {}
         self._req = itertools.count(1)
         #: Set by the Client once it exists; offers that come earlier wait here.
         self.on_offer: Callable[[wire.ChannelOffer], None] | None = None
@@ -238,7 +240,7 @@ class CoordLink(StreamLink):
         if isinstance(msg, wire.Welcome) and not self.welcome.done():
             self.welcome.set_result(msg)
             self.ready = True
-        elif isinstance(msg, wire.ChannelIntro) and self.ready:
+        elif isinstance(msg, wire.ChannelIntro | wire.BroadcastCountReply) and self.ready:
             fut = self.requests.pop(msg.req, None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
@@ -267,10 +269,21 @@ class CoordLink(StreamLink):
 
     async def request_channel(self, peer: str, holepunch: bool) -> wire.ChannelIntro:
         """Ask the Coordinator to introduce us to `peer`."""
+        reply: wire.ChannelIntro = await self._request(
+            lambda req: wire.ChannelRequest(req, peer, holepunch))
+        return reply
+
+    async def request_count(self, name: str) -> wire.BroadcastCountReply:
+        """Ask the Coordinator for a broadcast's counts."""
+        reply: wire.BroadcastCountReply = await self._request(
+            lambda req: wire.BroadcastCount(req, name))
+        return reply
+
+    async def _request(self, make: Callable[[int], wire.Control]) -> Any:
         req = next(self._req)
-        fut: asyncio.Future[wire.ChannelIntro] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.requests[req] = fut
-        self.send_control(wire.ChannelRequest(req, peer, holepunch))
+        self.send_control(make(req))
         try:
             return await fut
         finally:

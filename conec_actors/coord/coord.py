@@ -18,7 +18,7 @@ from ..tlsconf import quic_configuration
 from ..transport import Endpoint, ServerSettings
 from . import ipc
 from .frontend import FrontEnd
-from .supervisor import Supervisor
+from .supervisor import Supervisor, WorkerReply
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,10 @@ class Coord:
             stream_window=STREAM_WINDOW)
         fe = FrontEnd(client_ca=client_ca, max_message_size=cfg.max_message_size,
                       max_datagram_size=cfg.max_datagram_size,
-                      idle_timeout=cfg.idle_timeout, routing_workers=cfg.routing_workers)
-        supervisor = Supervisor({"routing": cfg.routing_workers}, fe.shard_entries)
+                      idle_timeout=cfg.idle_timeout, routing_workers=cfg.routing_workers,
+                      broadcast_workers=cfg.broadcast_workers)
+        supervisor = Supervisor({"routing": cfg.routing_workers,
+                                 "broadcast": cfg.broadcast_workers}, fe.rebuild)
         fe.supervisor = supervisor
         try:
             await supervisor.start()
@@ -92,18 +94,18 @@ class Coord:
         return self._fe.num_clients()
 
     async def num_broadcasts(self) -> int:
-        """Broadcasts that exist (broadcasts are not built yet: always 0)."""
-        return 0
+        """Broadcasts that exist."""
+        return self._fe.num_broadcasts()
 
     async def stats(self) -> dict[str, Any]:
         """A snapshot: clients, streams, broadcasts, forwarded figures, workers."""
         fe = self._fe
         workers = self._supervisor.figures()
         loop = asyncio.get_running_loop()
-        futs: list[asyncio.Future[ipc.Reply | ipc.StatsReply]] = []
+        futs: list[asyncio.Future[WorkerReply]] = []
         for slots in self._supervisor.by_kind.values():
             for slot in slots:
-                fut: asyncio.Future[ipc.Reply | ipc.StatsReply] = loop.create_future()
+                fut: asyncio.Future[WorkerReply] = loop.create_future()
                 futs.append(fut)
                 self._supervisor.request(slot, ipc.StatsRequest, _resolver(fut))
         with contextlib.suppress(TimeoutError):
@@ -120,7 +122,8 @@ class Coord:
             "junk_dropped": self._endpoint.junk_dropped,
             "streams": fe.num_streams(),
             "streams_opened": fe.streams_opened,
-            "broadcasts": 0,
+            "broadcasts": fe.num_broadcasts(),
+            "broadcast_deliveries": fe.hub.deliveries,
             "messages_forwarded": fe.messages_forwarded,
             "bytes_forwarded": fe.bytes_forwarded,
             "workers": workers,
@@ -164,9 +167,9 @@ class Coord:
             raise self._failure
 
 
-def _resolver(fut: asyncio.Future[ipc.Reply | ipc.StatsReply]
-              ) -> Callable[[ipc.Reply | ipc.StatsReply], None]:
-    def resolve(reply: ipc.Reply | ipc.StatsReply) -> None:
+def _resolver(fut: asyncio.Future[WorkerReply]
+              ) -> Callable[[WorkerReply], None]:
+    def resolve(reply: WorkerReply) -> None:
         if not fut.done():
             fut.set_result(reply)
     return resolve

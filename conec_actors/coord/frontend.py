@@ -23,7 +23,8 @@ from ..streams import HEADER_FRAME_MAX, MAX_STREAM_NUMBER
 from ..tlsconf import check_chain, der
 from ..transport import Conn, Endpoint
 from . import ipc
-from .supervisor import MakeRequest, ReplyCallback, Supervisor
+from .fanout import Broadcast, BroadcastHub
+from .supervisor import MakeRequest, ReplyCallback, Supervisor, WorkerReply
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,9 @@ OFFER_TIMEOUT = 5.0  # how long a channel target has to answer
 class Leg:
     """One end of a proxied stream, on one client's connection."""
 
-    __slots__ = ("base", "head", "in_done", "n", "other", "out_done", "pending",
-                 "pending_fin", "purpose", "scanner", "session", "sid", "written")
+    __slots__ = ("base", "bcast", "consumed", "decoder", "head", "in_done", "n", "other",
+                 "out_done", "pending", "pending_fin", "purpose", "scanner", "sending",
+                 "session", "sid", "tag", "written")
 
     def __init__(self, session: Session, sid: int, max_message_size: int) -> None:
         self.session = session
@@ -55,11 +57,20 @@ class Leg:
         self.out_done = False  # nothing more will be written to this leg
         self.n = -1
         self.purpose = ""
+        # broadcast members only
+        self.bcast: Broadcast | None = None
+        self.decoder: FrameDecoder | None = None
+        self.tag = b""
+        self.sending = False
+        self.consumed = 0
 
     def on_drain(self) -> None:
-        """The other leg's send buffer drained a bit: credit this one."""
-        fe = self.session.fe
-        fe.credit(self)
+        """A watched send buffer drained a bit: for a proxied stream, the
+        other leg's (credit this one); for a broadcast member, its own."""
+        if self.bcast is not None:
+            self.bcast.drained(self)
+        else:
+            self.session.fe.credit(self)
 
 
 class Session:
@@ -163,6 +174,10 @@ class Session:
             self.fe.channel_request(self, msg)
         elif isinstance(msg, wire.ChannelAnswer) and self.state == "ready":
             self.fe.channel_answer(self, msg)
+        elif isinstance(msg, wire.BroadcastCount) and self.state == "ready":
+            req = msg.req
+            self.fe.hub.count(msg.name, lambda r: self.send_control(
+                wire.BroadcastCountReply(req, r.code, r.senders, r.receivers)))
         else:
             raise ProtocolError(f"unexpected control message {type(msg).__name__}")
 
@@ -197,7 +212,7 @@ class Session:
         self.fe.request_routing(hello.id, lambda req: ipc.Register(req, entry),
                                 self._admitted)
 
-    def _admitted(self, reply: ipc.Reply | ipc.StatsReply) -> None:
+    def _admitted(self, reply: WorkerReply) -> None:
         assert isinstance(reply, ipc.Reply)
         if reply.code == 0:
             self.registered = True
@@ -235,7 +250,8 @@ class FrontEnd:
     """All sessions and proxied streams of one Coordinator process."""
 
     def __init__(self, *, client_ca: bytes | None, max_message_size: int,
-                 max_datagram_size: int, idle_timeout: float, routing_workers: int) -> None:
+                 max_datagram_size: int, idle_timeout: float, routing_workers: int,
+                 broadcast_workers: int = 1) -> None:
         self.loop = asyncio.get_running_loop()
         self.client_ca = client_ca
         self.cfg_max_message_size = max_message_size
@@ -247,6 +263,7 @@ class FrontEnd:
         self.sessions: dict[int, Session] = {}
         self.by_id: dict[str, Session] = {}
         self._next_key = 1
+        self.hub = BroadcastHub(self, broadcast_workers)
         self._next_offer = 1
         #: channel introductions waiting for the target's answer:
         #: offer id -> (opener, its request id, the target's directory entry)
@@ -264,7 +281,13 @@ class FrontEnd:
         self.sessions[key] = s
         return s
 
-    def shard_entries(self, kind: str, index: int) -> list[ipc.Entry]:
+    def rebuild(self, kind: str, index: int, req: int) -> ipc.ToWorker:
+        """The message a (re)started worker rebuilds its shard from."""
+        if kind == "broadcast":
+            return self.hub.rebuild(index, req)
+        return ipc.Rebuild(req, self.shard_entries(index))
+
+    def shard_entries(self, index: int) -> list[ipc.Entry]:
         """The facts a restarted worker rebuilds its shard from."""
         out = []
         for s in self.by_id.values():
@@ -300,6 +323,8 @@ class FrontEnd:
         if self.offers:
             self._drop_offers(s)
         for leg in list(s.legs.values()):
+            if leg.bcast is not None:
+                self.hub.member_gone(leg)
             other = leg.other
             if other is not None:
                 self._end_out(other, wire.Code.PEER_GONE)
@@ -325,7 +350,7 @@ class FrontEnd:
         s.pending_channels += 1
         src, dst = s.client_id or "", msg.peer
 
-        def routed(reply: ipc.Reply | ipc.StatsReply) -> None:
+        def routed(reply: WorkerReply) -> None:
             s.pending_channels -= 1
             if s.state != "ready":
                 return
@@ -409,6 +434,9 @@ class FrontEnd:
                 return
             else:
                 return
+        if leg.bcast is not None:
+            leg.bcast.data(leg, data, fin)
+            return
         if leg.other is None:
             if data:
                 leg.pending.append(data)
@@ -462,8 +490,9 @@ class FrontEnd:
         except ProtocolError as exc:
             self._abort(leg, wire.Code.PROTOCOL, str(exc))
             return
-        if not isinstance(hdr, wire.StreamHeader) or hdr.kind != "proxied":
-            self._abort(leg, wire.Code.PROTOCOL, "expected a proxied stream header")
+        if not isinstance(hdr, wire.StreamHeader) or hdr.kind == "direct":
+            self._abort(leg, wire.Code.PROTOCOL,
+                        "expected a proxied or broadcast stream header")
             return
         if not 0 <= hdr.n < MAX_STREAM_NUMBER:
             self._abort(leg, wire.Code.PROTOCOL, "stream number out of range")
@@ -475,6 +504,13 @@ class FrontEnd:
         s.used_numbers.add(hdr.n)
         leg.n = hdr.n
         leg.purpose = hdr.purpose
+        if hdr.kind == "broadcast":
+            if s.pending_opens >= MAX_PENDING_OPENS:
+                self._abort(leg, wire.Code.TOO_MANY_STREAMS,
+                            f"more than {MAX_PENDING_OPENS} streams waiting to open")
+                return
+            self.hub.join(leg, hdr.peer)
+            return
         try:
             check_id(hdr.peer)
         except InvalidId:
@@ -489,7 +525,7 @@ class FrontEnd:
         self.request_routing(dst, lambda req: ipc.Lookup(req, src, dst),
                              lambda reply: self._routed(leg, dst, reply))
 
-    def _routed(self, leg: Leg, dst: str, reply: ipc.Reply | ipc.StatsReply) -> None:
+    def _routed(self, leg: Leg, dst: str, reply: WorkerReply) -> None:
         s = leg.session
         s.pending_opens -= 1
         if leg.in_done or s.state == "closed":
@@ -521,6 +557,10 @@ class FrontEnd:
 
     def leg_reset(self, leg: Leg, code: int) -> None:
         """The client at `leg` aborted its sending side."""
+        if leg.bcast is not None:
+            self.hub.stop_sending(leg)
+            self._maybe_forget(leg)
+            return
         leg.in_done = True
         other = leg.other
         if other is not None:
@@ -529,6 +569,10 @@ class FrontEnd:
 
     def leg_stopped(self, leg: Leg, code: int) -> None:
         """The client at `leg` stopped reading (aioquic reset our sending side)."""
+        if leg.bcast is not None:
+            self.hub.stop_receiving(leg)
+            self._maybe_forget(leg)
+            return
         leg.out_done = True
         leg.session.conn.unwatch_drain(leg.sid)
         other = leg.other
@@ -559,6 +603,21 @@ class FrontEnd:
             self._end_in(other, code)
             self._end_out(other, code)
 
+    def abort(self, leg: Leg, code: int, reason: str) -> None:
+        self._abort(leg, code, reason)
+
+    def reset_leg(self, leg: Leg, code: int) -> None:
+        """End both directions of one leg with `code`."""
+        self._end_in(leg, code)
+        self._end_out(leg, code)
+
+    def finish_leg(self, leg: Leg) -> None:
+        """Cleanly end what this leg's client reads."""
+        if not leg.out_done:
+            leg.out_done = True
+            leg.session.conn.send(leg.sid, b"", end=True)
+        self._maybe_forget(leg)
+
     def _maybe_forget(self, leg: Leg) -> None:
         if leg.in_done and leg.out_done:
             s = leg.session
@@ -569,6 +628,9 @@ class FrontEnd:
 
     def num_clients(self) -> int:
         return len(self.by_id)
+
+    def num_broadcasts(self) -> int:
+        return len(self.hub.broadcasts)
 
     def num_streams(self) -> int:
         return sum(len(s.legs) for s in self.sessions.values()) // 2

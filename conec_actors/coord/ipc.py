@@ -63,7 +63,55 @@ class Shutdown(msgspec.Struct, tag="bye", array_like=True, frozen=True, gc=False
     req: int
 
 
-ToWorker = Register | Unregister | Lookup | Rebuild | StatsRequest | Shutdown
+class Member(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """One member of a broadcast: a client and the stream it joined with."""
+
+    client_id: str
+    conn: int
+    stream: int
+
+
+class BroadcastState(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """What a restarted broadcast worker rebuilds one broadcast from."""
+
+    name: str
+    epoch: int
+    senders: list[Member]
+    receivers: list[Member]
+
+
+class Join(msgspec.Struct, tag="join", array_like=True, frozen=True, gc=False):
+    """A member joins broadcast `name` (as sender and receiver)."""
+
+    req: int
+    name: str
+    member: Member
+
+
+class Leave(msgspec.Struct, tag="leave", array_like=True, frozen=True, gc=False):
+    """A member stops sending, stops receiving, or both."""
+
+    req: int
+    name: str
+    epoch: int
+    member: Member
+    sending: bool
+    receiving: bool
+
+
+class Count(msgspec.Struct, tag="count", array_like=True, frozen=True, gc=False):
+    req: int
+    name: str
+
+
+class RebuildBroadcasts(msgspec.Struct, tag="rebuildb", array_like=True, frozen=True,
+                        gc=False):
+    req: int
+    broadcasts: list[BroadcastState]
+
+
+ToWorker = (Register | Unregister | Lookup | Rebuild | StatsRequest | Shutdown | Join
+            | Leave | Count | RebuildBroadcasts)
 
 
 # worker -> front-end ----------------------------------------------------------
@@ -88,7 +136,21 @@ class StatsReply(msgspec.Struct, tag="statsr", array_like=True, frozen=True, gc=
     figures: dict[str, int]
 
 
-FromWorker = Ready | Reply | StatsReply
+class BroadcastReply(msgspec.Struct, tag="breply", array_like=True, frozen=True, gc=False):
+    """The broadcast worker's decision: `code` 0 or a `wire.Code`, the
+    broadcast's epoch (a new one each time a name starts afresh), counts after
+    the change, and `ended` when the broadcast is removed ("finished": every
+    member finished sending; "no-readers": nobody reads any more)."""
+
+    req: int
+    code: int = 0
+    epoch: int = 0
+    senders: int = 0
+    receivers: int = 0
+    ended: str = ""
+
+
+FromWorker = Ready | Reply | StatsReply | BroadcastReply
 
 _enc = msgspec.msgpack.Encoder()
 _to_worker = msgspec.msgpack.Decoder(list[ToWorker])

@@ -32,7 +32,8 @@ CRASH_LIMIT = 3
 CRASH_WINDOW = 10.0
 STOP_GRACE = 2.0
 
-ReplyCallback = Callable[[ipc.Reply | ipc.StatsReply], None]
+WorkerReply = ipc.Reply | ipc.StatsReply | ipc.BroadcastReply
+ReplyCallback = Callable[[WorkerReply], None]
 MakeRequest = Callable[[int], ipc.ToWorker]
 
 
@@ -61,9 +62,9 @@ class Supervisor:
     """Owns the worker processes and the ZeroMQ socket that reaches them."""
 
     def __init__(self, kinds: dict[str, int],
-                 shard_entries: Callable[[str, int], list[ipc.Entry]]) -> None:
+                 rebuild: Callable[[str, int, int], ipc.ToWorker]) -> None:
         self._loop = asyncio.get_running_loop()
-        self._shard_entries = shard_entries
+        self._rebuild = rebuild
         self._slots: dict[bytes, _Slot] = {}
         self.by_kind: dict[str, list[_Slot]] = {}
         for kind, n in kinds.items():
@@ -198,8 +199,7 @@ class Supervisor:
         # Rebuild first, then replay what was in flight, in order.
         rebuild_req = self._next_req
         self._next_req += 1
-        entries = self._shard_entries(slot.kind, slot.index)
-        slot.outbox = [ipc.Rebuild(rebuild_req, entries)]
+        slot.outbox = [self._rebuild(slot.kind, slot.index, rebuild_req)]
         slot.outbox.extend(msg for msg, _ in slot.inflight.values())
         slot.ready = True
         slot.ready_event.set()

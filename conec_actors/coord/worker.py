@@ -20,6 +20,7 @@ import sys
 import zmq
 
 from . import ipc
+from .broadcasts import BroadcastBook
 from .directory import Directory
 
 PARENT_CHECK_MS = 500
@@ -36,10 +37,14 @@ def _die_with_parent() -> None:
 def serve(kind: str, slot: int, endpoint: str) -> int:
     parent = os.getppid()
     _die_with_parent()
-    if kind != "routing":
+    handler: Directory | BroadcastBook
+    if kind == "routing":
+        handler = Directory()
+    elif kind == "broadcast":
+        handler = BroadcastBook()
+    else:
         print(f"conec-actors worker: unknown kind {kind!r}", file=sys.stderr)
         return 2
-    handler = Directory()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.IDENTITY, f"{kind[0]}{slot}".encode())
