@@ -280,9 +280,9 @@ async def demo(duration: float = 5.0, clients: int = 3, out: TextIO | None = Non
         async with Coord.start(CoordConfig(ck.cert_pem, ck.key_pem, host="127.0.0.1",
                                            port=0)) as coord:
             host, port = coord.address
-            say(f"coordinator listening on {host}:{port} "
-                f"({coord.config.routing_workers} routing worker, "
-                f"pid {', '.join(map(str, coord.worker_pids()))})")
+            say(f"coordinator listening on {host}:{port} (routing worker pid "
+                f"{', '.join(map(str, coord.worker_pids('routing')))}, broadcast worker "
+                f"pid {', '.join(map(str, coord.worker_pids('broadcast')))})")
             cfgs = [ClientConfig(name, "localhost", addr=coord.address, ca=ck.cert_pem)
                     for name in names]
             conns = await _connect_all(cfgs)

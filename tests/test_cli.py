@@ -402,9 +402,9 @@ def test_demo_runs_checks_and_ends(env: dict[str, str]) -> None:
         assert re.search(rf"^\s+{name}\s+[\d,]+\s", out, re.M), out
     assert "not built yet" in out
     assert "Traceback" not in r.stderr
-    m = re.search(r"routing worker, pid (\d+)\)", out)
+    m = re.search(r"routing worker pid (\d+), broadcast worker pid (\d+)\)", out)
     assert m, out
-    assert wait_gone({int(m.group(1))}) == set()
+    assert wait_gone({int(m.group(1)), int(m.group(2))}) == set()
 
 
 @pytest.mark.timeout(30)

@@ -337,7 +337,7 @@ async def test_too_many_pending_opens_is_a_named_refusal() -> None:
 
     async with coordinator() as h:
         a, _ = await h.client("alice"), await h.client("bob")
-        (pid,) = h.coord.worker_pids()
+        (pid,) = h.coord.worker_pids("routing")
         os.kill(pid, signal.SIGSTOP)
         try:
             tasks = [asyncio.create_task(a.new_proxied_stream("bob"))

@@ -31,9 +31,10 @@ async def _next_incoming(client: Any) -> Any:
 
 
 async def test_close_leaves_no_worker_process() -> None:
-    async with coordinator(routing_workers=3) as h:
+    async with coordinator(routing_workers=3, broadcast_workers=2) as h:
         pids = h.coord.worker_pids()
-        assert len(pids) == 3
+        assert len(pids) == 5
+        assert len(h.coord.worker_pids("routing")) == 3
         assert all(_alive(p) for p in pids)
         assert all(os.getppid() != p for p in pids)
     for p in pids:
@@ -44,7 +45,7 @@ async def test_ids_spread_over_several_routing_workers() -> None:
     async with coordinator(routing_workers=2) as h:
         clients = [await h.client(f"c{i}") for i in range(8)]
         st = await h.coord.stats()
-        entries = [w["entries"] for w in st["workers"]]
+        entries = [w["entries"] for w in st["workers"] if w["kind"] == "routing"]
         assert sum(entries) == 8
         assert all(e > 0 for e in entries)
         # every pair can reach each other whichever shard holds the peer
@@ -61,13 +62,13 @@ async def test_killed_worker_is_restarted_and_nothing_notices() -> None:
         await send.send(b"before")
         inc = await _next_incoming(b)
         assert await inc.recv.recv() == b"before"
-        (old,) = h.coord.worker_pids()
+        (old,) = h.coord.worker_pids("routing")
         os.kill(old, signal.SIGKILL)
         # a request made while the worker is down is replayed to its successor
         t0 = time.monotonic()
         c = await h.client("carol")
         assert time.monotonic() - t0 < 2.0
-        (new,) = h.coord.worker_pids()
+        (new,) = h.coord.worker_pids("routing")
         assert new != old
         # the established stream kept flowing, both ways, in order
         for i in range(20):
@@ -81,8 +82,9 @@ async def test_killed_worker_is_restarted_and_nothing_notices() -> None:
         inc2 = await _next_incoming(a)
         assert inc2.peer == "carol" and await inc2.recv.recv() == b"hi alice"
         st = await h.coord.stats()
-        assert st["workers"][0]["restarts"] == 1
-        assert st["workers"][0]["entries"] == 3
+        (routing,) = [w for w in st["workers"] if w["kind"] == "routing"]
+        assert routing["restarts"] == 1
+        assert routing["entries"] == 3
 
 
 async def test_crash_loop_fails_the_coordinator_loudly() -> None:
@@ -94,9 +96,9 @@ async def test_crash_loop_fails_the_coordinator_loudly() -> None:
         h = Harness(coord, cert)
         a = await h.client("alice")
         for _ in range(3):
-            (pid,) = coord.worker_pids()
+            (pid,) = coord.worker_pids("routing")
             os.kill(pid, signal.SIGKILL)
-            await wait_for(lambda p=pid: coord.worker_pids() != [p] or
+            await wait_for(lambda p=pid: coord.worker_pids("routing") != [p] or
                            coord._closed.is_set(), timeout=5)
         with pytest.raises(CoordinatorFailed, match="crashed 3 times"):
             await asyncio.wait_for(coord.wait_closed(), 5)

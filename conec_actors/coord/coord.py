@@ -85,9 +85,10 @@ class Coord:
     def config(self) -> CoordConfig:
         return self._cfg
 
-    def worker_pids(self) -> list[int]:
-        """Process ids of the worker processes (for supervision and tests)."""
-        return self._supervisor.pids()
+    def worker_pids(self, kind: str | None = None) -> list[int]:
+        """Process ids of the worker processes, all or of one kind ("routing",
+        "broadcast"), for supervision and tests."""
+        return self._supervisor.pids(kind)
 
     async def num_clients(self) -> int:
         """Clients connected and admitted."""

@@ -130,8 +130,9 @@ class Supervisor:
                 self.failed.set_exception(CoordinatorFailed(
                     f"cannot restart {slot.kind} worker {slot.index}: {exc}"))
 
-    def pids(self) -> list[int]:
-        return [s.proc.pid for s in self._slots.values() if s.proc is not None]
+    def pids(self, kind: str | None = None) -> list[int]:
+        return [s.proc.pid for s in self._slots.values()
+                if s.proc is not None and (kind is None or s.kind == kind)]
 
     def slot_for(self, kind: str, shard: int) -> _Slot:
         slots = self.by_kind[kind]
