@@ -31,7 +31,7 @@ from .client import Client
 from .config import ClientConfig, CoordConfig
 from .coord import Coord
 from .errors import ConecError, StreamClosed
-from .streams import IncomingStream, InStream, OutStream
+from .streams import BroadcastInStream, IncomingStream, InStream, OutStream
 
 __all__ = ["check_message", "client_names", "demo", "make_message", "run_demo"]
 
@@ -40,6 +40,8 @@ NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "iv
          "victor", "walter")
 #: Streams each client opens to the next one in the ring.
 STREAMS_PER_CLIENT = 2
+#: Each client says something on the demo broadcast this often.
+BROADCAST_EVERY = 0.05
 MIN_SIZE = 64
 MAX_SIZE = 16 * 1024
 #: Each message starts with its sequence number and the CRC-32 of the rest.
@@ -178,6 +180,53 @@ async def _read(flow: Flow, incoming: IncomingStream) -> None:
         flow.ended_clean = True
     except ConecError as exc:
         flow.problem(f"reader: {exc}")
+
+
+@dataclass
+class Room:
+    """The demo broadcast: what each member sent and what each one heard."""
+
+    sent: dict[str, int] = field(default_factory=dict)
+    heard: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def check(self) -> bool:
+        orders = list(self.heard.values())
+        if self.problems or not orders:
+            return False
+        if any(o != orders[0] for o in orders):
+            self.problems.append("members heard different orders")
+            return False
+        for sender, n in self.sent.items():
+            if [k for s, k in orders[0] if s == sender] != list(range(n)):
+                self.problems.append(f"{sender}'s messages were not all heard in order")
+                return False
+        return True
+
+
+async def _chat(client: Client, send: OutStream, room: Room, stop: asyncio.Event) -> None:
+    """Say something on the broadcast every BROADCAST_EVERY s, then finish."""
+    k = 0
+    try:
+        while not stop.is_set():
+            await send.send(b"%d" % k)
+            k += 1
+            room.sent[client.id] = k
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), BROADCAST_EVERY)
+        await send.finish()
+    except ConecError as exc:
+        room.problems.append(f"{client.id} sending: {exc}")
+
+
+async def _listen(client: Client, recv: BroadcastInStream, room: Room) -> None:
+    """Hear everything until every member has finished sending."""
+    heard = room.heard.setdefault(client.id, [])
+    try:
+        async for msg in recv:
+            heard.append((msg.sender, int(msg.data)))
+    except ConecError as exc:
+        room.problems.append(f"{client.id} listening: {exc}")
 
 
 async def _accept(client: Client, flows: _Flows, tasks: set[asyncio.Task[None]]) -> None:
@@ -325,6 +374,15 @@ async def _traffic(coord: Coord, clients: list[Client], duration: float,
                 _write(flow, send, recv, stop, random.Random(4242))))
             say(f"1 direct stream over a channel {a.id} <-> {b.id}: the Coordinator "
                 "introduced them and carries none of its bytes")
+        room = Room()
+        members = [(c, *(await c.new_broadcast("demo-room"))) for c in clients]
+        # Everyone listens before anyone speaks, so all hear the same things.
+        for c, _, brecv in members:
+            readers.add(asyncio.ensure_future(_listen(c, brecv, room)))
+        for c, bsend, _ in members:
+            writers.append(asyncio.ensure_future(_chat(c, bsend, room, stop)))
+        say(f"a broadcast 'demo-room' with all {n} clients as members, each saying "
+            f"something every {BROADCAST_EVERY * 1000:.0f} ms")
         say()
 
         start = loop.time()
@@ -340,7 +398,16 @@ async def _traffic(coord: Coord, clients: list[Client], duration: float,
             t.cancel()
         await asyncio.gather(*writers, *readers, *acceptors, return_exceptions=True)
 
-    ok = _summary(flows, clients, stats, elapsed, stuck, say, interrupted())
+    ok = _summary(flows, clients, stats, elapsed, stuck, say, interrupted(),
+                  sum(room.sent.values()))
+    room_ok = room.check()
+    heard = sum(len(h) for h in room.heard.values())
+    say(f"  broadcast 'demo-room': {sum(room.sent.values()):,} messages sent, {heard:,} "
+        f"deliveries, {stats.get('broadcast_deliveries', 0):,} fanned out by the "
+        f"Coordinator: {'ok, every member heard everything in one order' if room_ok else 'FAILED'}")
+    for problem in room.problems:
+        say(f"    {problem}")
+    ok = ok and room_ok
     if not ok:
         return 1
     return 130 if interrupted() else 0
@@ -401,7 +468,8 @@ async def _wait_readers(flows: _Flows, readers: set[asyncio.Task[None]],
 
 
 def _summary(flows: _Flows, clients: list[Client], stats: dict[str, Any], elapsed: float,
-             stuck: list[str], say: _Printer, interrupted: bool) -> bool:
+             stuck: list[str], say: _Printer, interrupted: bool,
+             broadcast_msgs: int = 0) -> bool:
     """Print the summary; True if every check passed."""
     all_flows = list(flows)
     sent_msgs = sum(f.sent_msgs for f in all_flows)
@@ -431,9 +499,10 @@ def _summary(flows: _Flows, clients: list[Client], stats: dict[str, Any], elapse
         f"({fwd_msgs / secs:,.0f} msgs/s, {fwd_bytes / secs / MB:,.2f} MB/s)")
     proxied_msgs = sum(f.sent_msgs for f in all_flows if f.kind == "proxied")
     direct = [f for f in all_flows if f.kind == "direct"]
-    if fwd_msgs != proxied_msgs:
+    if fwd_msgs != proxied_msgs + broadcast_msgs:
         say(f"  note: the Coordinator counted {fwd_msgs:,} messages forwarded, the "
-            f"clients sent {proxied_msgs:,} on proxied streams")
+            f"clients sent {proxied_msgs:,} on proxied streams and {broadcast_msgs:,} "
+            "on the broadcast")
     if direct:
         say(f"  over the direct channel: {sum(f.recv_msgs for f in direct):,} messages, "
             f"{_mb(sum(f.recv_bytes for f in direct))} MB, none through the Coordinator")
@@ -456,7 +525,7 @@ def _summary(flows: _Flows, clients: list[Client], stats: dict[str, Any], elapse
                 say(f"    {f.describe()}: {d}")
         for s in stuck:
             say(f"    {s}")
-    say("  not shown: broadcasts and tell/ask are not built yet")
+    say("  not shown: tell/ask (actors) are not built yet")
     return not failed and not stuck and bool(all_flows)
 
 
