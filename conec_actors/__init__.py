@@ -32,20 +32,34 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .adapters import BroadcastMessage, NonblockingInStream, TypedInStream, TypedOutStream
+    from .actor import Actor
+    from .adapters import NonblockingInStream, TypedInStream, TypedOutStream
     from .client import Client
+    from .client.mailbox import Envelope, Mailbox, TypedMailbox
     from .config import ClientConfig, CoordConfig
     from .coord import Coord
-    from .streams import IncomingStream, InStream, OutStream, StreamId
+    from .streams import (
+        BroadcastInStream,
+        BroadcastMessage,
+        IncomingStream,
+        InStream,
+        OutStream,
+        StreamId,
+    )
 
 # Imported on first use, so that worker processes (which only need msgspec
 # and pyzmq) do not pay for aioquic and cryptography.
 _LAZY = {
-    "BroadcastMessage": ".adapters",
+    "BroadcastMessage": ".streams",
+    "BroadcastInStream": ".streams",
     "NonblockingInStream": ".adapters",
     "TypedInStream": ".adapters",
     "TypedOutStream": ".adapters",
+    "Actor": ".actor",
     "Client": ".client",
+    "Envelope": ".client.mailbox",
+    "Mailbox": ".client.mailbox",
+    "TypedMailbox": ".client.mailbox",
     "ClientConfig": ".config",
     "CoordConfig": ".config",
     "Coord": ".coord",
@@ -68,6 +82,8 @@ def __getattr__(name: str) -> Any:
 __version__ = "0.1.0"
 
 __all__ = [
+    "Actor",
+    "BroadcastInStream",
     "BroadcastMessage",
     "CertificateError",
     "ChannelExists",
@@ -82,10 +98,12 @@ __all__ = [
     "CoordinatorFailed",
     "DecodeError",
     "DuplicateId",
+    "Envelope",
     "InStream",
     "IncomingStream",
     "InvalidId",
     "Lagged",
+    "Mailbox",
     "MessageTooLarge",
     "NoChannel",
     "NoSuchBroadcast",
@@ -100,5 +118,6 @@ __all__ = [
     "StreamIdInUse",
     "StreamReset",
     "TypedInStream",
+    "TypedMailbox",
     "TypedOutStream",
 ]

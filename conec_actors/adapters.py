@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import FrozenInstanceError, dataclass
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, cast, overload
 
@@ -25,6 +24,7 @@ import msgspec
 
 from . import wire
 from .errors import DecodeError, Lagged, StreamClosed
+from .streams import BroadcastMessage  # re-exported: the items of a BroadcastInStream
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -36,35 +36,6 @@ R = TypeVar("R")
 #: The drain task yields to the event loop after this many messages taken
 #: without waiting, so a source that always has data cannot starve the loop.
 _DRAIN_BURST = 256
-
-
-@dataclass(frozen=True, slots=True)
-class BroadcastMessage(Generic[T]):
-    """One message of a broadcast: who sent it, and what.
-
-    `data` is `bytes` on a `BroadcastInStream`, a decoded `T` on a
-    `TypedInStream` over one. Compares by value: `BroadcastMessage("a", b"x")
-    == BroadcastMessage("a", b"x")`.
-    """
-
-    sender: str
-    data: T
-
-
-def _refuse_setattr(self: object, name: str, value: object) -> None:
-    raise FrozenInstanceError(f"cannot assign to field {name!r}")
-
-
-def _refuse_delattr(self: object, name: str) -> None:
-    raise FrozenInstanceError(f"cannot delete field {name!r}")
-
-
-# Python 3.11's frozen+slots dataclasses build __setattr__ around the class that
-# existed before slots were added, so `BroadcastMessage[int]("a", 1)` (typing
-# then sets `__orig_class__`) raised TypeError. A plain refusal behaves as
-# frozen should, and typing ignores the AttributeError it gets.
-BroadcastMessage.__setattr__ = _refuse_setattr  # type: ignore[method-assign]
-BroadcastMessage.__delattr__ = _refuse_delattr  # type: ignore[method-assign]
 
 
 class MessageSource(Protocol[T_co]):
@@ -411,10 +382,6 @@ class TypedInStream(Generic[R]):
             return cast(R, self._decode(item, None))
         if isinstance(item, BroadcastMessage):
             return cast(R, BroadcastMessage(item.sender, self._decode(item.data, item.sender)))
-        sender, data = getattr(item, "sender", None), getattr(item, "data", None)
-        if isinstance(sender, str) and data is not None:
-            # A broadcast item of another shape (sender, data): same treatment.
-            return cast(R, BroadcastMessage(sender, self._decode(data, sender)))
         raise TypeError(f"TypedInStream cannot decode a {type(item).__name__} item; "
                         "expected bytes or BroadcastMessage")
 

@@ -343,7 +343,7 @@ class InStream:
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class BroadcastMessage(Generic[T]):
     """One message of a broadcast and the id of the member that sent it."""
 
@@ -373,9 +373,13 @@ class BroadcastInStream:
         except StreamClosed:
             raise StreamClosed("the broadcast ended: every member finished sending") from None
         n = raw[0] if raw else 0
-        if len(raw) < 1 + n:
-            raise StreamReset(wire.Code.PROTOCOL, "malformed broadcast delivery")
-        return BroadcastMessage(raw[1:1 + n].decode(), raw[1 + n:])
+        try:
+            if len(raw) < 1 + n:
+                raise ValueError("short")
+            sender = raw[1:1 + n].decode()
+        except ValueError:
+            raise StreamReset(wire.Code.PROTOCOL, "malformed broadcast delivery") from None
+        return BroadcastMessage(sender, raw[1 + n:])
 
     def close(self) -> None:
         """Stop reading: this member no longer counts as a receiver."""
