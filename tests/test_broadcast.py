@@ -115,7 +115,7 @@ async def test_no_reader_left_removes_it_and_later_sends_fail(workers: int) -> N
         rb.close()
         await wait_for(lambda: _zero(h))
         with pytest.raises(StreamReset) as err:
-            for _ in range(100):
+            for _ in range(1000):  # up to 10 s on a loaded machine
                 await sa.send(b"anyone?")
                 await asyncio.sleep(0.01)
         assert err.value.code == Code.BROADCAST_ENDED
