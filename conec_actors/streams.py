@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Generic, NamedTuple, Self, TypeVar
 
 from . import wire
 from .errors import MessageTooLarge, StreamClosed, StreamReset
@@ -298,7 +298,40 @@ class OutStream:
         return f"<OutStream {self.stream_id}>"
 
 
-class InStream:
+R_co = TypeVar("R_co", covariant=True)
+
+
+class Reader(Generic[R_co]):
+    """What every reading handle shares: `async for` until the clean end,
+    and `async with` closing it on exit. Subclasses give `recv` and `close`."""
+
+    __slots__ = ()
+
+    async def recv(self) -> R_co:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __aiter__(self) -> AsyncIterator[R_co]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[R_co]:
+        while True:
+            try:
+                yield await self.recv()
+            except StreamClosed:
+                return
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+class InStream(Reader[bytes]):
     """Receiving half of a stream."""
 
     __slots__ = ("_core",)
@@ -319,23 +352,6 @@ class InStream:
         """Stop reading: the writer's next send raises `StreamReset`."""
         self._core.close_recv()
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iter()
-
-    async def _iter(self) -> AsyncIterator[bytes]:
-        while True:
-            try:
-                yield await self._core.recv()
-            except StreamClosed:
-                return
-
-    async def __aenter__(self) -> InStream:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"<InStream {self.stream_id}>"
 
@@ -351,7 +367,7 @@ class BroadcastMessage(Generic[T]):
     data: T
 
 
-class BroadcastInStream:
+class BroadcastInStream(Reader[BroadcastMessage[bytes]]):
     """Receiving half of a broadcast stream: every member's messages, its own
     included, in the one order all members share."""
 
@@ -384,23 +400,6 @@ class BroadcastInStream:
     def close(self) -> None:
         """Stop reading: this member no longer counts as a receiver."""
         self._core.close_recv()
-
-    def __aiter__(self) -> AsyncIterator[BroadcastMessage[bytes]]:
-        return self._iter()
-
-    async def _iter(self) -> AsyncIterator[BroadcastMessage[bytes]]:
-        while True:
-            try:
-                yield await self.recv()
-            except StreamClosed:
-                return
-
-    async def __aenter__(self) -> BroadcastInStream:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<BroadcastInStream {self.stream_id}>"
