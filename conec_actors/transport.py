@@ -44,6 +44,12 @@ RETRY_OFF = 128
 SOCKET_BUFFER = 4 * 1024 * 1024
 #: Datagrams read per wake-up of the socket.
 READ_BATCH = 32
+_DEFAULT_TTL = 64
+try:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as _probe:
+        _DEFAULT_TTL = _probe.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
+except OSError:
+    pass
 
 
 class ConnHandler(Protocol):
@@ -338,6 +344,27 @@ class Endpoint:
             self.send_dropped += 1
         except OSError as exc:
             log.debug("UDP send to %s failed: %s", addr, exc)
+
+    def sendto_ttl(self, data: bytes, addr: Addr, ttl: int | None) -> None:
+        """Send one datagram with a given IP TTL / hop limit (None: the
+        system's), then restore the socket's default."""
+        if ttl is None:
+            self.sendto(data, addr)
+            return
+        levels = [(socket.IPPROTO_IP, socket.IP_TTL)]
+        if self.family == socket.AF_INET6:
+            levels.append((socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS))
+        for level, opt in levels:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(level, opt, ttl)
+        try:
+            self.sendto(data, addr)
+        finally:
+            for level, opt in levels:
+                with contextlib.suppress(OSError):
+                    # -1 restores the default hop limit; IP_TTL needs a value
+                    self.sock.setsockopt(level, opt, -1 if opt != socket.IP_TTL
+                                         else _DEFAULT_TTL)
 
     def _on_readable(self) -> None:
         recvfrom = self.sock.recvfrom

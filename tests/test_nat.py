@@ -349,8 +349,7 @@ def xfer(mode: str, peer: str) -> str:
 
 
 async def check_holepunched_channel(net: Net, topo: Topology) -> None:
-    a = await net.client(0, "alice")
-    b = await net.client(1, "bob")
+    a, b = await asyncio.gather(net.client(0, "alice"), net.client(1, "bob"))
     opened = await a.ask("channel bob", "channel", 10)
     assert opened["ok"], f"holepunched channel failed: {opened}{a.tail()}{b.tail()}"
     assert opened["elapsed"] < 2.0, opened
@@ -391,13 +390,10 @@ async def test_holepunched_channel_carries_direct_streams_the_coordinator_never_
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "known limitation: the target's first knock reaches the opener's NAT before the "
-    "opener's first packet does; a router that accepts it on its WAN side records it in "
-    "conntrack as an inbound flow, masquerade then moves the opener's dial to another "
-    "source port, and the target's NAT (opened toward the old port) turns it away"))
 async def test_holepunch_through_a_router_that_accepts_on_its_wan_side(
         topology: Topology) -> None:
+    """Knocks start with a low TTL so none reaches the opener's NAT before its
+    dial does (which would make a WAN-accepting NAT move the dial's port)."""
     with wan_input_open(topology):
         async with network(topology) as net:
             await check_holepunched_channel(net, topology)
@@ -409,10 +405,9 @@ async def test_without_holepunch_no_channel_and_new_stream_falls_back_to_proxied
         topology: Topology, without: str) -> None:
     async with network(topology) as net:
         punch_a, punch_b = without != "opener", without != "target"
-        a1 = await net.client(0, "alice1", holepunch=punch_a)
-        b1 = await net.client(1, "bob1", holepunch=punch_b)
-        a2 = await net.client(0, "alice2", holepunch=punch_a)
-        b2 = await net.client(1, "bob2", holepunch=punch_b)
+        a1, b1, a2, b2 = await asyncio.gather(
+            net.client(0, "alice1", holepunch=punch_a), net.client(1, "bob1", holepunch=punch_b),
+            net.client(0, "alice2", holepunch=punch_a), net.client(1, "bob2", holepunch=punch_b))
         before = await net.forwarded()
         # two pairs at once: one calls new_channel, the other new_stream
         failed, out = await asyncio.gather(a1.ask("channel bob1", "channel", 15),
@@ -443,8 +438,7 @@ for _ in range(3):
 @pytest.mark.timeout(90)
 async def test_the_nat_really_filters_unsolicited_datagrams(topology: Topology) -> None:
     async with network(topology) as net:
-        a = await net.client(0, "alice")
-        b = await net.client(1, "bob")
+        a, b = await asyncio.gather(net.client(0, "alice"), net.client(1, "bob"))
         host, port = (await b.ask("info", "info", 5))["observed"]
         arrived, passed = topology.counter(1, "wan_in_udp"), topology.counter(1, "from_peer")
         # from client 1's host to client 2's public mapping, without any knock

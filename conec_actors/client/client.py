@@ -46,6 +46,7 @@ from ..tlsconf import quic_configuration
 from ..transport import Conn, Endpoint, ServerSettings
 from .channel import ChannelLink
 from .link import CoordLink, IncomingRouter, connection_error
+from .mailbox import Mailbox
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,14 @@ INTRODUCTION_TTL = 10.0
 #: Knocks toward an opener's address: a small datagram that no QUIC
 #: endpoint acts upon, sent from the socket the channel will use.
 KNOCK = b"conec-actors knock"
-KNOCK_SCHEDULE = (0.0,) + (0.05,) * 20 + (0.25,) * 16
+#: (delay before the knock, IP TTL). The first knocks only need to cross the
+#: target's own NAT: if one reached the opener's NAT before the opener's dial,
+#: a NAT that accepts it records an inbound flow on the opener's port and
+#: moves the dial to another port, which the target's NAT then refuses. So
+#: the TTL starts low and grows, and only later knocks use the system's.
+KNOCK_SCHEDULE: tuple[tuple[float, int | None], ...] = (
+    tuple((0.0 if i == 0 else 0.05, 2 + i // 4) for i in range(20))
+    + tuple((0.25, None) for _ in range(16)))
 
 
 @dataclass(eq=False)
@@ -126,6 +134,7 @@ class Client:
         for offer in link.early_offers:
             self._on_offer(offer)
         link.early_offers.clear()
+        self._mailbox = Mailbox(self)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -215,6 +224,7 @@ class Client:
     def _do_close(self) -> None:
         if self._close_error is None:
             self._close_error = ClientClosed("the client was closed")
+        self._mailbox.close()
         for ch in list(self._channels.values()):
             self._end_channel(ch, wire.Code.CLIENT_CLOSED, f"{self.id!r} closed")
         self._conn.close(wire.Code.CLIENT_CLOSED, "client closed")
@@ -468,9 +478,9 @@ class Client:
             target = self._endpoint.normalize(addr)
         except ValueError:
             return
-        for delay in KNOCK_SCHEDULE:
+        for delay, ttl in KNOCK_SCHEDULE:
             await asyncio.sleep(delay)
-            self._endpoint.sendto(KNOCK, target)
+            self._endpoint.sendto_ttl(KNOCK, target, ttl)
 
     def _introduction_expired(self, ch: _Channel) -> None:
         if ch.link is None and self._channels.get(ch.peer) is ch:
@@ -599,6 +609,31 @@ class Client:
             else:
                 self._channel_failed_at.pop(peer, None)
         return note
+
+    # -- actors ----------------------------------------------------------------------
+
+    async def tell(self, peer: str, msg: Any) -> None:
+        """Send `msg` (bytes or any msgspec-encodable value) to `peer`'s mailbox.
+
+        Returns once queued (waits only while the queue toward `peer` is
+        full; the first tell to a peer waits for its route). Order holds per
+        peer, over the direct channel when one is open, else the Coordinator.
+        Raises `NoSuchPeer`, `MessageTooLarge` or `ClientClosed`.
+        """
+        await self._mailbox.tell(peer, msg)
+
+    async def ask(self, peer: str, msg: Any, timeout: float | None = 5.0, *,
+                  reply_type: Any = None) -> Any:
+        """Send `msg` to `peer` and return its answer; builtin `TimeoutError`
+        after `timeout` s, `RemoteError` if the receiver failed to answer."""
+        return await self._mailbox.ask(peer, msg, timeout, reply_type=reply_type)
+
+    @property
+    def mailbox(self) -> Mailbox:
+        """Messages told or asked to this client: an async iterator of
+        `Envelope`, ending when the client closes; `mailbox.typed(T)`
+        decodes bodies as `T`."""
+        return self._mailbox
 
     # -- helpers ---------------------------------------------------------------------
 
