@@ -1,0 +1,1063 @@
+"""Tell and ask: the per-client mailbox machinery behind `Client.tell`,
+`Client.ask` and `Client.mailbox`.
+
+Sending. Each (sender, receiver) pair has one *mailbox stream* (a data
+stream whose header carries the purpose ``"mailbox"``), a bounded queue and
+one writer task. `tell` encodes the message, checks its size and puts it in
+the queue; it waits only while the queue is full, and the first tell to a
+peer also waits until the stream has opened (``NoSuchPeer`` if the peer is
+not connected). The writer drains the queue: when several tells are queued
+it packs them into one frame, and it flushes as soon as the queue is empty,
+so an idle line sends each tell at once and a busy one batches (no timers).
+
+Path. The stream rides the direct channel when one is open and the
+Coordinator otherwise; mailbox streams never open channels. When the path
+changes, the writer *fences* the old stream before using the new one: it
+finishes the old stream and waits until the receiver has consumed all of it
+(the receiver answers the clean end with ``Drained``), while tells queued
+meanwhile wait. When a stream breaks instead (a channel closed under it), the
+writer reopens on the current path and resends what the receiver has not
+acknowledged yet; items carry per-pair sequence numbers and the receiver drops
+duplicates, so order holds and nothing is lost while the peer stays
+connected. When the peer is gone the reopen fails: the route is dead,
+queued and in-flight tells are lost, pending asks fail, and the next tell
+raises ``NoSuchPeer``.
+
+Receiving. Every incoming mailbox stream has a reader task that puts
+envelopes into one bounded inbox (`Client.mailbox`): a receiver that does not
+read makes the readers wait, the stream's flow control stalls and the
+senders' queues fill, so their tells wait. Replies to asks, acknowledgements
+and the fence answer travel back on the return half of the stream.
+
+Wire format (msgpack, array-like tagged structs): every frame on a mailbox
+stream is one `Batch` ``["mbox", version, session, seq, items]``. Forward
+items are `Tell` and `Ask`; `seq` numbers the first of them and the rest
+follow consecutively; `session` identifies the sending client instance.
+Backward items are `Reply`, `Fail`, `Ack` and `Drained`. Bodies are raw
+msgpack (`msgspec.Raw`), decoded lazily with the type the receiver asks for.
+
+Bodies that do not decode. A typed reader (`Mailbox.typed(T)`,
+`Actor.message_type`) skips an envelope whose body does not decode as ``T``:
+it logs a warning and, for an ask, answers with a ``DecodeError`` failure, so
+the asker gets ``RemoteError("DecodeError", ...)`` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+from collections import deque
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
+
+import msgspec
+
+from .. import wire
+from ..errors import (
+    ClientClosed,
+    ConecError,
+    DecodeError,
+    MessageTooLarge,
+    NoChannel,
+    NoSuchPeer,
+    ProtocolError,
+    RemoteError,
+    StreamClosed,
+    StreamReset,
+)
+from ..ids import is_valid_id
+from ..streams import IncomingStream, InStream, OutStream
+
+if TYPE_CHECKING:
+    from .client import Client
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Header `purpose` of mailbox streams.
+PURPOSE = "mailbox"
+#: Version of the mailbox wire format (the second field of every `Batch`).
+MAILBOX_VERSION = 1
+#: A pair's send queue holds this many messages or bytes before `tell` waits.
+PAIR_QUEUE_ITEMS = 1024
+PAIR_QUEUE_BYTES = 1024 * 1024
+#: A batch grows up to this many bytes (a single larger message goes alone,
+#: up to the message size limit): big enough to amortise per-frame costs,
+#: small enough to keep frames pipelined within a stream window.
+BATCH_BYTES = 64 * 1024
+#: The inbox (`client.mailbox`) holds this many envelopes or bytes before the
+#: stream readers wait (and flow control pushes back on the senders).
+INBOX_ITEMS = 1024
+INBOX_BYTES = 4 * 1024 * 1024
+#: Replies waiting for a return half before `Envelope.reply` waits.
+BACK_QUEUE_ITEMS = 1024
+#: The receiver acknowledges after consuming this many messages (and at a
+#: stream's clean end); the sender keeps unacknowledged ones for resending.
+ACK_EVERY = 256
+#: Mailbox streams a client accepts at once (one per sending peer).
+MAX_MAILBOX_STREAMS = 4096
+#: A route that breaks this many times in a row without progress is dead.
+REOPEN_ATTEMPTS = 3
+#: A stream that lived this long before breaking counts as progress.
+ROUTE_SETTLED = 1.0
+#: The receiver forgets a sender's sequence numbers this long after its last
+#: mailbox stream ended.
+SENDER_TTL = 60.0
+#: How long a finished stream's return half stays open for the replies of an
+#: ask sent without a timeout.
+ASK_HOLD_MAX = 300.0
+
+
+# --- wire format --------------------------------------------------------------
+
+class Tell(msgspec.Struct, tag=0, array_like=True, frozen=True):
+    """A told message."""
+
+    body: msgspec.Raw
+
+
+class Ask(msgspec.Struct, tag=1, array_like=True, frozen=True):
+    """An asked message; the answer carries `id`. `timeout` (0: none) bounds
+    how long the receiver keeps the return half open for the answer."""
+
+    id: int
+    timeout: float
+    body: msgspec.Raw
+
+
+class Reply(msgspec.Struct, tag=2, array_like=True, frozen=True):
+    """The answer to ask `id`."""
+
+    id: int
+    body: msgspec.Raw
+
+
+class Fail(msgspec.Struct, tag=3, array_like=True, frozen=True):
+    """Ask `id` failed at the receiver (raised as `RemoteError` by the asker)."""
+
+    id: int
+    type_name: str
+    message: str
+
+
+class Ack(msgspec.Struct, tag=4, array_like=True, frozen=True):
+    """The receiver consumed every message up to `seq`."""
+
+    seq: int
+
+
+class Drained(msgspec.Struct, tag=5, array_like=True, frozen=True):
+    """The receiver consumed the whole (cleanly finished) forward half."""
+
+
+Item = Tell | Ask | Reply | Fail | Ack | Drained
+
+
+class Batch(msgspec.Struct, tag="mbox", array_like=True, frozen=True):
+    """One frame of a mailbox stream."""
+
+    v: int
+    session: int
+    seq: int
+    items: list[Item]
+
+
+# Encoding side: the same layouts, with bodies encoded straight from the
+# user's value and batches built from pre-encoded items.
+
+class _TellOut(msgspec.Struct, tag=0, array_like=True):
+    body: Any
+
+
+class _AskOut(msgspec.Struct, tag=1, array_like=True):
+    id: int
+    timeout: float
+    body: Any
+
+
+class _ReplyOut(msgspec.Struct, tag=2, array_like=True):
+    id: int
+    body: Any
+
+
+class _BatchOut(msgspec.Struct, tag="mbox", array_like=True):
+    v: int
+    session: int
+    seq: int
+    items: list[msgspec.Raw]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_batch_decoder = msgspec.msgpack.Decoder(Batch)
+_any_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()
+_DRAINED = _encoder.encode(Drained())
+#: Bytes a batch adds around its items (largest session and seq, and a list
+#: header of up to 5 bytes).
+BATCH_OVERHEAD = len(_encoder.encode(_BatchOut(MAILBOX_VERSION, 2**63 - 1, 2**63 - 1, []))) + 4
+
+
+def _frame(session: int, seq: int, items: list[bytes]) -> bytes:
+    return _encoder.encode(_BatchOut(MAILBOX_VERSION, session, seq,
+                                     [msgspec.Raw(i) for i in items]))
+
+
+def _decode_batch(frame: bytes) -> Batch:
+    try:
+        batch = _batch_decoder.decode(frame)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolError(f"malformed mailbox frame: {exc}") from None
+    if batch.v != MAILBOX_VERSION:
+        raise ProtocolError(f"mailbox format version {batch.v} is not {MAILBOX_VERSION}")
+    return batch
+
+
+_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+
+def _decoder_for(typ: Any) -> msgspec.msgpack.Decoder[Any]:
+    if typ is None or typ is Any:
+        return _any_decoder
+    try:
+        return _decoders[typ]
+    except (KeyError, TypeError):
+        dec: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(typ)
+        with contextlib.suppress(TypeError):  # unhashable type expressions
+            _decoders[typ] = dec
+        return dec
+
+
+def _copy_error(err: ConecError) -> ConecError:
+    """A fresh instance to raise (one instance raised many times grows its
+    traceback)."""
+    if isinstance(err, ClientClosed):
+        return ClientClosed(str(err))
+    return NoSuchPeer(str(err))
+
+
+# --- small waiting helpers -----------------------------------------------------
+
+class _Waiters:
+    """Futures to wake together; each woken waiter checks its condition again."""
+
+    __slots__ = ("_futs",)
+
+    def __init__(self) -> None:
+        self._futs: deque[asyncio.Future[None]] = deque()
+
+    async def wait(self) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._futs.append(fut)
+        try:
+            await fut
+        finally:
+            if not fut.done():
+                fut.cancel()
+            with contextlib.suppress(ValueError):
+                self._futs.remove(fut)
+
+    def wake(self) -> None:
+        while self._futs:
+            fut = self._futs.popleft()
+            if not fut.done():
+                fut.set_result(None)
+
+
+# --- sending side -----------------------------------------------------------------
+
+class _Route:
+    """One outgoing mailbox stream (the current or a fenced one)."""
+
+    __slots__ = ("broken", "drained", "finishing", "kind", "opened_at", "progress",
+                 "reader", "recv", "send")
+
+    def __init__(self, kind: str, send: OutStream, recv: InStream, now: float) -> None:
+        self.kind = kind
+        self.send = send
+        self.recv = recv
+        self.opened_at = now
+        self.drained = asyncio.Event()
+        self.broken = False
+        self.finishing = False
+        self.progress = False
+        self.reader: asyncio.Task[None] | None = None
+
+
+class _Pair:
+    """This client's sending state toward one peer."""
+
+    __slots__ = ("dead", "failures", "frames", "messages", "next_seq", "peer", "putters",
+                 "queue", "queued_bytes", "routed", "stream", "unacked", "wake", "writer")
+
+    def __init__(self, peer: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.peer = peer
+        #: (seq, encoded item) waiting for the writer, then sent but not yet
+        #: acknowledged by the receiver (resent if the stream breaks).
+        self.queue: deque[tuple[int, bytes]] = deque()
+        self.unacked: deque[tuple[int, bytes]] = deque()
+        self.queued_bytes = 0
+        self.next_seq = 0
+        self.putters = _Waiters()
+        self.wake = asyncio.Event()
+        #: Resolved when the first stream opened (the route exists).
+        self.routed: asyncio.Future[None] = loop.create_future()
+        self.dead: ConecError | None = None
+        self.stream: _Route | None = None
+        self.writer: asyncio.Task[None] | None = None
+        self.failures = 0
+        self.frames = 0
+        self.messages = 0
+
+    def full(self) -> bool:
+        return len(self.queue) >= PAIR_QUEUE_ITEMS or self.queued_bytes >= PAIR_QUEUE_BYTES
+
+
+# --- receiving side ---------------------------------------------------------------
+
+class _Sender:
+    """What the receiver remembers of one sending peer: its session and the
+    last sequence number consumed (to drop resent duplicates)."""
+
+    __slots__ = ("expiry", "last", "routes", "session")
+
+    def __init__(self) -> None:
+        self.session: int | None = None
+        self.last = -1
+        self.routes: list[_InRoute] = []
+        self.expiry: asyncio.TimerHandle | None = None
+
+
+class _InRoute:
+    """One incoming mailbox stream: the reader of its forward half and the
+    writer of its return half."""
+
+    __slots__ = ("ack_to", "back", "back_open", "back_putters", "consumed", "drained",
+                 "ended", "hold", "hold_until", "peer", "pending_asks", "reader", "recv",
+                 "send", "wake", "writer")
+
+    def __init__(self, inc: IncomingStream) -> None:
+        self.peer = inc.peer
+        self.send = inc.send
+        self.recv = inc.recv
+        self.back: deque[bytes] = deque()
+        self.back_putters = _Waiters()
+        self.back_open = True
+        self.wake = asyncio.Event()
+        self.ack_to: int | None = None
+        self.drained = False
+        self.ended = False
+        self.consumed = 0
+        self.pending_asks = 0
+        self.hold_until = 0.0
+        self.hold: asyncio.TimerHandle | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.writer: asyncio.Task[None] | None = None
+
+    def answered(self) -> None:
+        self.pending_asks -= 1
+        if self.ended and self.pending_asks <= 0:
+            self.wake.set()
+
+
+class _Delivered:
+    """An envelope in the inbox, body still encoded."""
+
+    __slots__ = ("ask_id", "body", "route", "sender")
+
+    def __init__(self, sender: str, body: msgspec.Raw, ask_id: int | None,
+                 route: _InRoute) -> None:
+        self.sender = sender
+        self.body = body
+        self.ask_id = ask_id
+        self.route = route
+
+
+class _Inbox:
+    """The bounded queue behind `client.mailbox`."""
+
+    __slots__ = ("ended", "getters", "items", "nbytes", "putters")
+
+    def __init__(self) -> None:
+        self.items: deque[_Delivered] = deque()
+        self.nbytes = 0
+        self.putters = _Waiters()
+        self.getters = _Waiters()
+        self.ended = False
+
+    def full(self) -> bool:
+        return len(self.items) >= INBOX_ITEMS or self.nbytes >= INBOX_BYTES
+
+    async def wait_space(self) -> None:
+        while self.full() and not self.ended:
+            await self.putters.wait()
+
+    def put(self, d: _Delivered) -> None:
+        self.items.append(d)
+        self.nbytes += len(d.body)
+        self.getters.wake()
+
+    async def get(self) -> _Delivered | None:
+        while not self.items:
+            if self.ended:
+                return None
+            await self.getters.wait()
+        d = self.items.popleft()
+        self.nbytes -= len(d.body)
+        if not self.full():
+            self.putters.wake()
+        return d
+
+    def end(self) -> None:
+        self.ended = True
+        self.getters.wake()
+        self.putters.wake()
+
+
+# --- user-facing objects ------------------------------------------------------------
+
+class Envelope(Generic[T]):
+    """A message told or asked by `sender`, as read from `client.mailbox`.
+
+    `body` is the decoded message: builtins (``bytes`` stay ``bytes``, a
+    Struct arrives as a ``dict``) unless the reader asked for a type. For an
+    ask (`is_ask`), `await envelope.reply(value)` sends the answer; for a tell
+    it does nothing.
+    """
+
+    __slots__ = ("_ask_id", "_mailbox", "_replied", "_route", "body", "sender")
+
+    def __init__(self, sender: str, body: T, ask_id: int | None, route: _InRoute | None,
+                 mailbox: Mailbox) -> None:
+        self.sender = sender
+        self.body = body
+        self._ask_id = ask_id
+        self._route = route
+        self._mailbox = mailbox
+        self._replied = False
+
+    @property
+    def is_ask(self) -> bool:
+        """True for an `ask` (which waits for `reply`), False for a `tell`."""
+        return self._ask_id is not None
+
+    async def reply(self, value: Any) -> None:
+        """Answer an ask with `value` (bytes or any msgspec-encodable value);
+        a no-op for a tell or an ask already answered.
+
+        Raises `MessageTooLarge` if the encoded answer exceeds the message
+        size limit (the asker then gets `RemoteError("MessageTooLarge", ...)`)
+        and `TypeError` if `value` cannot be encoded (nothing is sent: answer
+        again or let the asker time out).
+        """
+        if self._ask_id is None or self._replied:
+            return
+        item = _encoder.encode(_ReplyOut(self._ask_id, value))
+        limit = self._mailbox._client.max_message_size - BATCH_OVERHEAD
+        if len(item) > limit:
+            err = MessageTooLarge(f"the reply of {len(item)} bytes exceeds the message "
+                                  f"size limit ({limit} bytes for a reply)")
+            await self._fail("MessageTooLarge", str(err))
+            raise err
+        await self._send(item)
+
+    async def _fail(self, type_name: str, message: str) -> None:
+        """Answer an ask with a failure (raised as `RemoteError` by the asker)."""
+        if self._ask_id is None or self._replied:
+            return
+        await self._send(_encoder.encode(Fail(self._ask_id, type_name, message[:4096])))
+
+    async def _send(self, item: bytes) -> None:
+        self._replied = True
+        route = self._route
+        assert route is not None
+        route.answered()
+        await self._mailbox._send_back(self.sender, route, item)
+
+    def __repr__(self) -> str:
+        kind = "ask" if self.is_ask else "tell"
+        return f"<Envelope {kind} from {self.sender!r}: {self.body!r}>"
+
+
+class TypedMailbox(Generic[T]):
+    """`client.mailbox.typed(T)`: an async iterator of `Envelope[T]`."""
+
+    __slots__ = ("_decoder", "_mailbox", "_type")
+
+    def __init__(self, mailbox: Mailbox, typ: Any) -> None:
+        self._mailbox = mailbox
+        self._type = typ
+        self._decoder = _decoder_for(typ)
+
+    def __aiter__(self) -> TypedMailbox[T]:
+        return self
+
+    async def __anext__(self) -> Envelope[T]:
+        env = await self._mailbox._next(self._decoder, self._type)
+        if env is None:
+            raise StopAsyncIteration
+        return cast(Envelope[T], env)
+
+
+class Mailbox:
+    """The mailbox component of a `Client` (`client.mailbox`).
+
+    Iterate it (``async for envelope in client.mailbox``) to read what other
+    clients told or asked this one; it ends when the client closes. Use
+    `typed(T)` to decode bodies as ``T``. `tell` and `ask` are also available
+    on the client itself.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._loop = asyncio.get_running_loop()
+        self._session = secrets.randbits(63)
+        self._pairs: dict[str, _Pair] = {}
+        self._pending: dict[int, tuple[str, asyncio.Future[msgspec.Raw]]] = {}
+        self._ask_ids = itertools.count(1)
+        self._inbox = _Inbox()
+        self._senders: dict[str, _Sender] = {}
+        self._in_routes: set[_InRoute] = set()
+        self._closed = False
+        client._router.handlers[PURPOSE] = self._on_stream
+
+    # -- sending ------------------------------------------------------------------
+
+    async def tell(self, peer: str, msg: Any) -> None:
+        """Send `msg` (bytes or any msgspec-encodable value) to `peer`.
+
+        Returns once the message is queued; waits while the queue toward
+        `peer` is full, and for the first tell to a peer until its mailbox
+        stream has opened. Raises `NoSuchPeer` if `peer` is not connected (or
+        its route was found dead), `MessageTooLarge` if the encoded message
+        exceeds the message size limit, `ClientClosed` after close.
+        """
+        await self._enqueue(peer, _encoder.encode(_TellOut(msg)))
+
+    async def ask(self, peer: str, msg: Any, timeout: float | None = 5.0, *,
+                  reply_type: Any = None) -> Any:
+        """Send `msg` to `peer` and wait for its answer (`Envelope.reply`).
+
+        Raises the builtin `TimeoutError` after `timeout` seconds (None: no
+        limit), `RemoteError` if the receiver failed to answer (an `Actor`
+        whose `receive` raised), `NoSuchPeer`, `MessageTooLarge`,
+        `ClientClosed`. The answer is decoded as builtins, or as `reply_type`
+        (`DecodeError` if it does not decode). Cancelled, the ask forgets its
+        reply slot; an answer that comes later is dropped.
+        """
+        ask_id = next(self._ask_ids)
+        item = _encoder.encode(_AskOut(ask_id, float(timeout or 0.0), msg))
+        fut: asyncio.Future[msgspec.Raw] = self._loop.create_future()
+        self._pending[ask_id] = (peer, fut)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._enqueue(peer, item)
+                raw = await fut
+        finally:
+            self._pending.pop(ask_id, None)
+        try:
+            return _decoder_for(reply_type).decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise DecodeError(f"the answer from {peer!r} does not decode as "
+                              f"{reply_type!r}: {exc}") from None
+
+    async def _enqueue(self, peer: str, item: bytes) -> None:
+        self._check_open()
+        limit = self._client.max_message_size - BATCH_OVERHEAD
+        if len(item) > limit:
+            raise MessageTooLarge(
+                f"message of {len(item)} encoded bytes exceeds the message size limit "
+                f"({limit} bytes for a tell, max_message_size "
+                f"{self._client.max_message_size})")
+        pair = self._pairs.get(peer)
+        if pair is not None and pair.dead is not None:
+            # The route is known dead: say so once, then start afresh.
+            del self._pairs[peer]
+            raise _copy_error(pair.dead)
+        if pair is None:
+            if not is_valid_id(peer):
+                raise NoSuchPeer(f"no client {peer!r} is connected (not a valid id)")
+            pair = _Pair(peer, self._loop)
+            self._pairs[peer] = pair
+            pair.writer = self._loop.create_task(self._write(pair))
+        while pair.full():
+            await pair.putters.wait()
+            if pair.dead is not None:
+                raise _copy_error(pair.dead)
+        pair.queue.append((pair.next_seq, item))
+        pair.next_seq += 1
+        pair.queued_bytes += len(item)
+        pair.wake.set()
+        if not pair.routed.done():
+            try:
+                await asyncio.shield(pair.routed)
+            except ConecError as exc:
+                raise _copy_error(exc) from None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosed("the client was closed")
+
+    def _has_channel(self, peer: str) -> bool:
+        ch = self._client._channels.get(peer)
+        return ch is not None and ch.link is not None and not ch.link.closed.done()
+
+    async def _write(self, pair: _Pair) -> None:
+        """The pair's writer: drain the queue into batches on the current route.
+
+        It ends by itself once the pair is dead (not by cancellation, which
+        could drop a stream the client has just opened for it)."""
+        try:
+            while pair.dead is None:
+                while pair.dead is None and not pair.queue and not (
+                        pair.stream is not None and pair.stream.broken):
+                    pair.wake.clear()
+                    await pair.wake.wait()
+                if pair.dead is not None:
+                    return
+                route = await self._ensure_route(pair)
+                if pair.queue and not route.broken:
+                    await self._send_batch(pair, route, from_queue=True)
+        except ConecError as exc:
+            if pair.dead is None:
+                self._kill(pair, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: do not leave tellers hanging
+            log.exception("mailbox writer toward %r failed", pair.peer)
+            self._kill(pair, NoSuchPeer(f"the mailbox route to {pair.peer!r} failed: {exc}"))
+
+    async def _send_batch(self, pair: _Pair, route: _Route, *, from_queue: bool,
+                          resend: deque[tuple[int, bytes]] | None = None) -> None:
+        """Pack queued (or resent) items into one frame within the size limits."""
+        src = pair.queue if from_queue else resend
+        assert src is not None
+        hard = min(self._client.max_message_size, route.send._core.max_message_size)
+        soft = min(BATCH_BYTES, hard)
+        items: list[bytes] = []
+        size = BATCH_OVERHEAD
+        seq0 = src[0][0]
+        while src:
+            seq, data = src[0]
+            if items and size + len(data) > soft:
+                break
+            src.popleft()
+            items.append(data)
+            size += len(data)
+            if from_queue:
+                pair.queued_bytes -= len(data)
+                pair.unacked.append((seq, data))
+        if from_queue and not pair.full():
+            pair.putters.wake()
+        try:
+            await route.send.send(_frame(self._session, seq0, items))
+        except StreamReset:
+            route.broken = True  # the items stay unacknowledged: resent on reopen
+            return
+        except MessageTooLarge as exc:
+            # Only a single message over a smaller limit of this path (a
+            # channel whose peer set a lower max_message_size) gets here.
+            log.warning("mailbox: dropped a message to %r: %s", pair.peer, exc)
+            with contextlib.suppress(ValueError):
+                pair.unacked.remove((seq0, items[0]))
+            self._fail_ask_item(items[0], exc)
+            return
+        except StreamClosed:
+            route.broken = True
+            return
+        pair.frames += 1
+        pair.messages += len(items)
+
+    def _fail_ask_item(self, item: bytes, exc: ConecError) -> None:
+        with contextlib.suppress(Exception):
+            decoded = msgspec.msgpack.decode(item)
+            if isinstance(decoded, list) and decoded and decoded[0] == 1:
+                entry = self._pending.get(int(decoded[1]))
+                if entry is not None and not entry[1].done():
+                    entry[1].set_exception(MessageTooLarge(str(exc)))
+
+    async def _ensure_route(self, pair: _Pair) -> _Route:
+        """The current route, fenced, reopened or resent as the path requires."""
+        while True:
+            if pair.dead is not None:
+                raise pair.dead
+            route = pair.stream
+            want_direct = self._has_channel(pair.peer)
+            if route is not None and not route.broken:
+                if (route.kind == "direct") == want_direct:
+                    return route
+                await self._fence(route)
+                pair.stream = None
+                if not route.broken:
+                    continue
+            if route is not None:  # broken: count it unless it had settled
+                pair.stream = None
+                lived = self._loop.time() - route.opened_at
+                if not route.progress and lived < ROUTE_SETTLED:
+                    pair.failures += 1
+                    if pair.failures >= REOPEN_ATTEMPTS:
+                        raise NoSuchPeer(f"the mailbox route to {pair.peer!r} keeps failing")
+                    await asyncio.sleep(0.05 * pair.failures)
+            route = await self._open(pair, want_direct)
+            if pair.dead is not None:  # closed meanwhile
+                raise pair.dead
+            pair.stream = route
+            if not pair.routed.done():
+                pair.routed.set_result(None)
+            # Resend what the receiver may not have consumed; it drops what
+            # it already has.
+            resend = deque(pair.unacked)
+            while resend and not route.broken:
+                await self._send_batch(pair, route, from_queue=False, resend=resend)
+
+    async def _open(self, pair: _Pair, direct: bool) -> _Route:
+        while True:
+            if pair.dead is not None:
+                raise pair.dead
+            try:
+                if direct:
+                    try:
+                        send, recv = await self._client._open_direct(pair.peer, None, PURPOSE)
+                    except NoChannel:
+                        direct = False
+                        continue
+                else:
+                    send, recv = await self._client._open_proxied(pair.peer, None, PURPOSE)
+            except (NoSuchPeer, ClientClosed):
+                raise
+            except ConecError as exc:
+                pair.failures += 1
+                if pair.failures >= REOPEN_ATTEMPTS:
+                    raise NoSuchPeer(f"cannot open a mailbox stream to {pair.peer!r}: "
+                                     f"{exc}") from None
+                await asyncio.sleep(0.05 * pair.failures)
+                continue
+            route = _Route("direct" if direct else "proxied", send, recv, self._loop.time())
+            route.reader = self._loop.create_task(self._read_replies(pair, route))
+            return route
+
+    async def _fence(self, route: _Route) -> None:
+        """Finish `route` and wait until the receiver consumed all of it."""
+        route.finishing = True
+        try:
+            await route.send.finish()
+        except (StreamReset, StreamClosed):
+            route.broken = True
+            return
+        await route.drained.wait()
+
+    async def _read_replies(self, pair: _Pair, route: _Route) -> None:
+        """Read the return half of an outgoing stream."""
+        try:
+            while True:
+                frame = await route.recv.recv()
+                batch = _decode_batch(frame)
+                route.progress = True
+                pair.failures = 0
+                for item in batch.items:
+                    if isinstance(item, Reply):
+                        entry = self._pending.get(item.id)
+                        if entry is not None and not entry[1].done():
+                            entry[1].set_result(item.body)
+                    elif isinstance(item, Fail):
+                        entry = self._pending.get(item.id)
+                        if entry is not None and not entry[1].done():
+                            entry[1].set_exception(RemoteError(item.type_name, item.message))
+                    elif isinstance(item, Ack):
+                        while pair.unacked and pair.unacked[0][0] <= item.seq:
+                            pair.unacked.popleft()
+                    elif isinstance(item, Drained):
+                        route.drained.set()
+                    else:
+                        raise ProtocolError("a tell or ask on the return half")
+        except StreamClosed:
+            if not route.finishing:
+                route.broken = True
+        except (StreamReset, ProtocolError) as exc:
+            if isinstance(exc, ProtocolError):
+                log.warning("mailbox stream to %r: %s", pair.peer, exc)
+                route.send._core.fail_local(wire.Code.PROTOCOL, str(exc))
+            route.broken = True
+        route.drained.set()
+        if pair.stream is route:
+            pair.wake.set()
+
+    def _kill(self, pair: _Pair, exc: ConecError) -> None:
+        """The route to `pair.peer` is dead: fail whoever waits on it."""
+        if not isinstance(exc, NoSuchPeer | ClientClosed):
+            exc = NoSuchPeer(f"the mailbox route to {pair.peer!r} failed: {exc}")
+        pair.dead = exc
+        if not pair.routed.done():
+            pair.routed.set_exception(exc)
+            pair.routed.exception()
+            # Never routed: the next tell tries again from scratch.
+            if self._pairs.get(pair.peer) is pair:
+                del self._pairs[pair.peer]
+        pair.queue.clear()
+        pair.unacked.clear()
+        pair.queued_bytes = 0
+        pair.putters.wake()
+        pair.wake.set()
+        route = pair.stream
+        if route is not None and route.reader is not None:
+            route.reader.cancel()
+        for peer, fut in list(self._pending.values()):
+            if peer == pair.peer and not fut.done():
+                fut.set_exception(_copy_error(exc))
+                fut.exception()  # the ask may already be raising another error
+
+    # -- receiving ------------------------------------------------------------------
+
+    def _on_stream(self, inc: IncomingStream) -> bool:
+        """Router callback for an incoming mailbox stream."""
+        if self._closed or len(self._in_routes) >= MAX_MAILBOX_STREAMS:
+            return False
+        r = _InRoute(inc)
+        self._in_routes.add(r)
+        sender = self._senders.get(inc.peer)
+        if sender is None:
+            sender = self._senders[inc.peer] = _Sender()
+        if sender.expiry is not None:
+            sender.expiry.cancel()
+            sender.expiry = None
+        sender.routes.append(r)
+        r.reader = self._loop.create_task(self._read_in(sender, r))
+        r.writer = self._loop.create_task(self._write_back(sender, r))
+        return True
+
+    async def _read_in(self, sender: _Sender, r: _InRoute) -> None:
+        """Move a stream's envelopes into the inbox, dropping resent ones."""
+        inbox = self._inbox
+        try:
+            while True:
+                try:
+                    frame = await r.recv.recv()
+                except StreamClosed:
+                    break
+                batch = _decode_batch(frame)
+                if sender.session != batch.session:  # a new sender instance
+                    sender.session = batch.session
+                    sender.last = batch.seq - 1
+                seq = batch.seq
+                for item in batch.items:
+                    if not isinstance(item, Tell | Ask):
+                        raise ProtocolError(f"{type(item).__name__} on a forward half")
+                    await inbox.wait_space()
+                    if inbox.ended:
+                        return
+                    # Checked and put with no await in between, so two
+                    # streams of one sender cannot both deliver a seq.
+                    if seq > sender.last:
+                        sender.last = seq
+                        if isinstance(item, Ask):
+                            r.pending_asks += 1
+                            hold = item.timeout if item.timeout > 0 else ASK_HOLD_MAX
+                            r.hold_until = max(r.hold_until, self._loop.time() + hold)
+                            inbox.put(_Delivered(r.peer, item.body, item.id, r))
+                        else:
+                            inbox.put(_Delivered(r.peer, item.body, None, r))
+                    seq += 1
+                r.consumed += len(batch.items)
+                if r.consumed >= ACK_EVERY:
+                    r.consumed = 0
+                    r.ack_to = sender.last
+                    r.wake.set()
+            # The clean end: everything was consumed, answer the fence.
+            r.ended = True
+            if sender.session is not None:
+                r.ack_to = sender.last
+            r.drained = True
+            r.wake.set()
+            if r.pending_asks > 0:
+                r.hold = self._loop.call_later(
+                    max(0.0, r.hold_until - self._loop.time()), self._give_up_asks, r)
+        except StreamReset:
+            self._route_gone(sender, r)
+        except ProtocolError as exc:
+            log.warning("mailbox stream from %r: %s", r.peer, exc)
+            r.send._core.fail_local(wire.Code.PROTOCOL, str(exc))
+            self._route_gone(sender, r)
+
+    @staticmethod
+    def _give_up_asks(r: _InRoute) -> None:
+        r.pending_asks = 0
+        r.wake.set()
+
+    async def _write_back(self, sender: _Sender, r: _InRoute) -> None:
+        """Send replies, acks and the fence answer on a stream's return half;
+        finish it once the forward half ended and its asks are answered."""
+        try:
+            while True:
+                while not (r.back or r.ack_to is not None or r.drained
+                           or (r.ended and r.pending_asks <= 0)):
+                    r.wake.clear()
+                    await r.wake.wait()
+                items: list[bytes] = []
+                size = BATCH_OVERHEAD
+                while r.back and (not items or size + len(r.back[0]) <= BATCH_BYTES):
+                    item = r.back.popleft()
+                    items.append(item)
+                    size += len(item)
+                r.back_putters.wake()
+                if r.ack_to is not None:
+                    items.append(_encoder.encode(Ack(r.ack_to)))
+                    r.ack_to = None
+                if r.drained:
+                    items.append(_DRAINED)
+                    r.drained = False
+                if items:
+                    await r.send.send(_frame(self._session, 0, items))
+                if (r.ended and r.pending_asks <= 0 and not r.back and r.ack_to is None
+                        and not r.drained):
+                    await r.send.finish()
+                    break
+        except (StreamReset, StreamClosed):
+            pass
+        finally:
+            r.back_open = False
+            r.back.clear()
+            r.back_putters.wake()
+            if r.hold is not None:
+                r.hold.cancel()
+            self._route_gone(sender, r)
+
+    def _route_gone(self, sender: _Sender, r: _InRoute) -> None:
+        if r.reader is not None and not r.reader.done() and r.reader is not \
+                asyncio.current_task():
+            if not r.ended:
+                r.reader.cancel()
+        if r.writer is not None and not r.writer.done() and r.writer is not \
+                asyncio.current_task():
+            r.writer.cancel()
+        if r in self._in_routes:
+            self._in_routes.discard(r)
+            with contextlib.suppress(ValueError):
+                sender.routes.remove(r)
+            if not sender.routes and self._senders.get(r.peer) is sender:
+                sender.expiry = self._loop.call_later(SENDER_TTL, self._forget_sender,
+                                                      r.peer, sender)
+
+    def _forget_sender(self, peer: str, sender: _Sender) -> None:
+        if self._senders.get(peer) is sender and not sender.routes:
+            del self._senders[peer]
+
+    async def _send_back(self, peer: str, route: _InRoute, item: bytes) -> None:
+        """Queue a reply on the ask's stream, or on the newest open stream from
+        the same peer if that one has closed; dropped if there is none."""
+        self._check_open()
+        if not route.back_open:
+            sender = self._senders.get(peer)
+            open_routes = [r for r in sender.routes if r.back_open] if sender else []
+            if not open_routes:
+                log.debug("mailbox: no stream back to %r; reply dropped", peer)
+                return
+            route = open_routes[-1]
+        while len(route.back) >= BACK_QUEUE_ITEMS and route.back_open:
+            await route.back_putters.wait()
+        if route.back_open:
+            route.back.append(item)
+            route.wake.set()
+
+    async def _next(self, decoder: msgspec.msgpack.Decoder[Any], typ: Any
+                    ) -> Envelope[Any] | None:
+        """The next envelope that decodes, or None at the end."""
+        while True:
+            d = await self._inbox.get()
+            if d is None:
+                return None
+            try:
+                body = decoder.decode(d.body)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                what = getattr(typ, "__name__", repr(typ))
+                log.warning("mailbox: skipped a message from %r that does not decode as "
+                            "%s: %s", d.sender, what, exc)
+                env: Envelope[Any] = Envelope(d.sender, None, d.ask_id, d.route, self)
+                if d.ask_id is not None and not self._closed:
+                    await env._fail("DecodeError", f"the message does not decode as {what}: "
+                                                   f"{exc}")
+                continue
+            return Envelope(d.sender, body, d.ask_id, d.route, self)
+
+    # -- user-facing reading -----------------------------------------------------------
+
+    def __aiter__(self) -> Mailbox:
+        return self
+
+    async def __anext__(self) -> Envelope[Any]:
+        env = await self._next(_any_decoder, None)
+        if env is None:
+            raise StopAsyncIteration
+        return env
+
+    @overload
+    def typed(self, typ: type[T]) -> TypedMailbox[T]: ...
+    @overload
+    def typed(self, typ: Any) -> TypedMailbox[Any]: ...
+
+    def typed(self, typ: Any) -> TypedMailbox[Any]:
+        """An async iterator of envelopes whose bodies are decoded as `typ` (a
+        msgspec Struct, dataclass or builtin type). An envelope that does not
+        decode is skipped with a warning in the log; an ask among them is
+        answered with ``RemoteError("DecodeError", ...)``."""
+        return TypedMailbox(self, typ)
+
+    # -- figures --------------------------------------------------------------------------
+
+    def frames_sent(self, peer: str) -> int:
+        """Mailbox frames sent to `peer` so far (each carries one or more messages)."""
+        pair = self._pairs.get(peer)
+        return pair.frames if pair is not None else 0
+
+    def messages_sent(self, peer: str) -> int:
+        """Tells and asks sent to `peer` so far, as they went on the wire
+        (a message resent after a broken path counts again)."""
+        pair = self._pairs.get(peer)
+        return pair.messages if pair is not None else 0
+
+    def route(self, peer: str) -> str | None:
+        """The path of the mailbox stream to `peer`: ``"direct"``,
+        ``"proxied"``, or None while there is none (never told, or between
+        paths)."""
+        pair = self._pairs.get(peer)
+        if pair is None or pair.stream is None or pair.stream.broken:
+            return None
+        return pair.stream.kind
+
+    @property
+    def pending_asks(self) -> int:
+        """Asks waiting for their answer."""
+        return len(self._pending)
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """End the mailbox (called by `Client` when it closes)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._client._router.handlers.pop(PURPOSE, None)
+        self._inbox.end()
+        err = ClientClosed("the client was closed")
+        for pair in list(self._pairs.values()):
+            self._kill(pair, err)
+        for _, fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ClientClosed("the client was closed"))
+                fut.exception()
+        for r in list(self._in_routes):
+            for task in (r.reader, r.writer):
+                if task is not None:
+                    task.cancel()
+            if r.hold is not None:
+                r.hold.cancel()
+            r.back_open = False
+            r.back_putters.wake()
+        self._in_routes.clear()
+        for sender in self._senders.values():
+            if sender.expiry is not None:
+                sender.expiry.cancel()
+        self._senders.clear()
+
+
+__all__ = ["Envelope", "Mailbox", "TypedMailbox"]
