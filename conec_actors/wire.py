@@ -233,6 +233,19 @@ class ChannelIntro(msgspec.Struct, tag="chintro", frozen=True):
     reason: str = ""
 
 
+class ChannelDialing(msgspec.Struct, tag="chdialing", frozen=True):
+    """Opener -> Coordinator: I have sent my first packets toward the peer of
+    introduction `req` (so its knocks may now travel all the way)."""
+
+    req: int
+
+
+class PeerDialing(msgspec.Struct, tag="chpeerdialing", frozen=True):
+    """Coordinator -> target: `peer` has started dialing you."""
+
+    peer: str
+
+
 class ChannelHello(msgspec.Struct, tag="chhello", frozen=True):
     """First message on a direct channel, from the side that dialled."""
 
@@ -264,7 +277,7 @@ class BroadcastCountReply(msgspec.Struct, tag="bcountr", frozen=True):
 
 Control = (Hello | Welcome | StreamHeader | StreamAccepted | ChannelRequest | ChannelOffer
            | ChannelAnswer | ChannelIntro | ChannelHello | ChannelWelcome | BroadcastCount
-           | BroadcastCountReply)
+           | BroadcastCountReply | ChannelDialing | PeerDialing)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Control)

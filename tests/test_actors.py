@@ -150,13 +150,13 @@ async def test_order_holds_across_several_path_changes() -> None:
 async def test_tell_waits_when_the_receiver_does_not_read_then_resumes(path: str) -> None:
     async with coordinator() as h:
         a, b = await pair(h, path)
-        n = 2500
+        n = 6000
         sent = 0
 
         async def writer() -> None:
             nonlocal sent
             for i in range(n):
-                await a.tell("bob", [i, b"x" * 4000])
+                await a.tell("bob", [i, b"x" * 500])
                 sent += 1
 
         task = asyncio.create_task(writer())
@@ -327,6 +327,19 @@ async def test_cancelled_ask_forgets_its_slot_and_a_late_reply_is_dropped_quietl
             server.cancel()
         assert a.mailbox.pending_asks == 0
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_pending_ask_fails_with_no_such_peer_when_the_peer_leaves(path: str) -> None:
+    async with coordinator() as h:
+        a, b = await pair(h, path)
+        ask = asyncio.create_task(a.ask("bob", "never answered", timeout=None))
+        env = (await collect(b, 1))[0]
+        assert env.is_ask
+        await b.close()
+        with pytest.raises(NoSuchPeer):
+            await asyncio.wait_for(ask, 3)
+        assert a.mailbox.pending_asks == 0
 
 
 async def test_pending_ask_fails_when_the_client_closes() -> None:
@@ -521,3 +534,17 @@ async def test_mailbox_iterator_ends_when_the_client_closes() -> None:
         await asyncio.wait_for(reader, 2)
         with pytest.raises(StopAsyncIteration):
             await anext(b.mailbox)
+
+
+async def test_demo_tell_ask_figures() -> None:
+    from conec_actors.actor import demo_tell_ask
+
+    async with coordinator() as h:
+        a, b = await pair(h, "proxied")
+        figures = await demo_tell_ask(a, b, 0.6)
+        assert set(figures) == {"tells", "tells_per_s", "asks", "ask_p50_ms", "ask_p99_ms"}
+        assert figures["tells"] > 0 and figures["tells_per_s"] > 0 and figures["asks"] > 0
+        assert 0 < figures["ask_p50_ms"] <= figures["ask_p99_ms"]
+        # b's mailbox is free again afterwards
+        await a.tell("bob", "after")
+        assert (await collect(b, 1))[0].body == "after"

@@ -53,7 +53,7 @@ async def test_members_see_what_is_ordered_after_their_join(workers: int) -> Non
         sa, ra = await a.new_broadcast("news")
         await sa.send(b"early")
         assert await ra.recv() == BroadcastMessage("alice", b"early")
-        sb, rb = await b.new_broadcast("news")
+        _sb, rb = await b.new_broadcast("news")
         await sa.send(b"late")
         assert await rb.recv() == BroadcastMessage("alice", b"late")
         assert await ra.recv() == BroadcastMessage("alice", b"late")
@@ -64,7 +64,7 @@ async def test_counts_and_unknown_broadcasts(workers: int) -> None:
         a, b = await h.client("alice"), await h.client("bob")
         with pytest.raises(NoSuchBroadcast):
             await a.broadcast_count("nothing")
-        sa, ra = await a.new_broadcast("c")
+        sa, _ra = await a.new_broadcast("c")
         assert await a.broadcast_count("c") == (1, 1)
         sb, rb = await b.new_broadcast("c")
         assert await a.broadcast_count("c") == (2, 2)  # as soon as the join returned
@@ -110,7 +110,7 @@ async def test_no_reader_left_removes_it_and_later_sends_fail(workers: int) -> N
     async with coordinator(broadcast_workers=workers) as h:
         a, b = await h.client("alice"), await h.client("bob")
         sa, ra = await a.new_broadcast("quiet")
-        sb, rb = await b.new_broadcast("quiet")
+        _sb, rb = await b.new_broadcast("quiet")
         ra.close()
         rb.close()
         await wait_for(lambda: _zero(h))
@@ -125,8 +125,8 @@ async def test_slowest_reader_throttles_and_closing_it_unblocks(workers: int) ->
     async with coordinator(broadcast_workers=workers) as h:
         a, b, slow = await h.client("alice"), await h.client("bob"), await h.client("slow")
         sa, ra = await a.new_broadcast("bulk")
-        sb, rb = await b.new_broadcast("bulk")
-        ss, rs = await slow.new_broadcast("bulk")
+        _sb, rb = await b.new_broadcast("bulk")
+        _ss, rs = await slow.new_broadcast("bulk")
         chunk = b"x" * 65536
         sent = 0
 
@@ -159,7 +159,7 @@ async def test_a_vanished_reader_is_dropped_at_its_idle_timeout(workers: int) ->
     async with coordinator(broadcast_workers=workers, idle_timeout=1.0) as h:
         a, ghost = await h.client("alice"), await h.client("ghost")
         sa, ra = await a.new_broadcast("b")
-        sg, rg = await ghost.new_broadcast("b")
+        _sg, _rg = await ghost.new_broadcast("b")
         reader = asyncio.create_task(_count_forever(ra))
         ghost._endpoint.close()  # gone without a word, its reader never reads
         sent = 0
@@ -175,7 +175,7 @@ async def test_broadcast_worker_restart_loses_nothing(workers: int) -> None:
     async with coordinator(broadcast_workers=workers) as h:
         a, b = await h.client("alice"), await h.client("bob")
         sa, ra = await a.new_broadcast("steady")
-        sb, rb = await b.new_broadcast("steady")
+        _sb, rb = await b.new_broadcast("steady")
         n = 300
 
         async def talk() -> None:
@@ -194,7 +194,7 @@ async def test_broadcast_worker_restart_loses_nothing(workers: int) -> None:
         assert await got_b == expected
         await wait_for(lambda: _counts(b, "steady", (2, 2)), timeout=5)
         c = await h.client("carol")
-        sc, rc = await c.new_broadcast("steady")  # joins after the restart work
+        _sc, _rc = await c.new_broadcast("steady")  # joins after the restart work
         assert await c.broadcast_count("steady") == (3, 3)
         st = await h.coord.stats()
         assert sum(w["restarts"] for w in st["workers"] if w["kind"] == "broadcast") \

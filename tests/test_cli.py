@@ -400,7 +400,9 @@ def test_demo_runs_checks_and_ends(env: dict[str, str]) -> None:
     assert re.search(r"over the direct channel: [1-9][\d,]* messages", out), out
     for name in ("alice", "bob", "carol"):
         assert re.search(rf"^\s+{name}\s+[\d,]+\s", out, re.M), out
-    assert "not built yet" in out
+    assert "every member heard everything in one order" in out
+    assert re.search(r"tell/ask alice -> bob \(direct\): [\d,]+ tells", out), out
+    assert re.search(r"tell/ask bob -> carol \(proxied\)", out), out
     assert "Traceback" not in r.stderr
     m = re.search(r"routing worker pid (\d+), broadcast worker pid (\d+)\)", out)
     assert m, out

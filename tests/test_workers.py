@@ -114,8 +114,8 @@ async def test_crash_loop_fails_the_coordinator_loudly() -> None:
 
 async def test_clients_see_coordinator_close_as_client_closed() -> None:
     async with coordinator() as h:
-        a, b = await h.client("alice"), await h.client("bob")
-        send, recv = await a.new_proxied_stream("bob")
+        a, _b = await h.client("alice"), await h.client("bob")
+        _send, recv = await a.new_proxied_stream("bob")
         await h.coord.close()
         with pytest.raises(StreamReset):
             await asyncio.wait_for(recv.recv(), 5)

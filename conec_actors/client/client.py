@@ -66,14 +66,15 @@ INTRODUCTION_TTL = 10.0
 #: Knocks toward an opener's address: a small datagram that no QUIC
 #: endpoint acts upon, sent from the socket the channel will use.
 KNOCK = b"conec-actors knock"
-#: (delay before the knock, IP TTL). The first knocks only need to cross the
-#: target's own NAT: if one reached the opener's NAT before the opener's dial,
-#: a NAT that accepts it records an inbound flow on the opener's port and
-#: moves the dial to another port, which the target's NAT then refuses. So
-#: the TTL starts low and grows, and only later knocks use the system's.
-KNOCK_SCHEDULE: tuple[tuple[float, int | None], ...] = (
-    tuple((0.0 if i == 0 else 0.05, 2 + i // 4) for i in range(20))
-    + tuple((0.25, None) for _ in range(16)))
+#: A knock must not reach the opener's NAT before the opener's first packet
+#: has left through it: a NAT that accepts it records an inbound flow on the
+#: opener's port and moves the dial to another port, which the target's NAT
+#: then refuses. So the target knocks in two phases: from the offer on, with a
+#: TTL that crosses its own NAT and dies soon after; once the Coordinator
+#: relays that the opener is dialing, with the system's TTL.
+EARLY_KNOCK_TTL = 2
+EARLY_KNOCKS = (0.0,) + (0.05,) * 10 + (0.25,) * 18
+FULL_KNOCKS = (0.0,) + (0.05,) * 20 + (0.25,) * 16
 
 
 @dataclass(eq=False)
@@ -87,6 +88,7 @@ class _Channel:
     expected_cert: bytes = b""
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     expire: asyncio.TimerHandle | None = None
+    knock_addr: tuple[str, int] | None = None
 
     def stop_tasks(self) -> None:
         for t in self.tasks:
@@ -131,6 +133,7 @@ class Client:
                 configuration=self._quic_config(is_client=False),
                 stream_window=STREAM_WINDOW, accept=self._accept_channel, retry=False)
         link.on_offer = self._on_offer
+        link.on_dialing = self._on_peer_dialing
         for offer in link.early_offers:
             self._on_offer(offer)
         link.early_offers.clear()
@@ -349,7 +352,17 @@ class Client:
     async def _ask(self, cmd: _Request) -> Any:
         self._check_not_closed()
         await self._commands.put(cmd)
-        return await cmd.reply
+        try:
+            return await cmd.reply
+        except asyncio.CancelledError:
+            if isinstance(cmd, _Open) and cmd.reply.done() and not cmd.reply.cancelled() \
+                    and cmd.reply.exception() is None:
+                # Handled just before the caller gave up: nobody will own the
+                # stream, so abort it rather than leave an orphan at the peer.
+                core, opened = cmd.reply.result()
+                core.fail_local(wire.Code.PEER_GONE, "opening was cancelled")
+                opened.add_done_callback(_retrieve)
+            raise
 
     # -- broadcasts ----------------------------------------------------------------
 
@@ -411,7 +424,7 @@ class Client:
     async def _dial_channel(self, ch: _Channel) -> None:
         conn: Conn | None = None
         try:
-            intro = await self._link.request_channel(ch.peer, self._cfg.holepunch)
+            req, intro = await self._link.request_channel(ch.peer, self._cfg.holepunch)
             if intro.code:
                 raise _intro_error(intro)
             link = ChannelLink(self, self._router, self._cfg.max_message_size,
@@ -420,6 +433,8 @@ class Client:
                                     cadata=self._peer_ca or _pem(intro.cert))
             conn = self._endpoint.connect(intro.addr, cfg, link, STREAM_WINDOW)
             link.conn = conn
+            # Our first packets are out: the target may now knock all the way.
+            self._link.send_control(wire.ChannelDialing(req))
             try:
                 await asyncio.wait_for(asyncio.shield(link.welcome), CHANNEL_TIMEOUT)
             except TimeoutError:
@@ -468,19 +483,31 @@ class Client:
         self._channels[offer.peer] = ch
         self._introductions[offer.cert] = offer.peer
         if self._cfg.holepunch and offer.holepunch:
-            ch.tasks.append(self._loop.create_task(self._knock(offer.addr)))
+            ch.knock_addr = offer.addr
+            ch.tasks.append(self._loop.create_task(
+                self._knock(offer.addr, EARLY_KNOCKS, EARLY_KNOCK_TTL)))
         ch.expire = self._loop.call_later(INTRODUCTION_TTL, self._introduction_expired, ch)
         answer(0)
 
-    async def _knock(self, addr: tuple[str, int]) -> None:
+    async def _knock(self, addr: tuple[str, int], schedule: tuple[float, ...],
+                     ttl: int | None) -> None:
         """Open our NAT's mapping toward the opener while it dials us."""
         try:
             target = self._endpoint.normalize(addr)
         except ValueError:
             return
-        for delay, ttl in KNOCK_SCHEDULE:
+        for delay in schedule:
             await asyncio.sleep(delay)
             self._endpoint.sendto_ttl(KNOCK, target, ttl)
+
+    def _on_peer_dialing(self, peer: str) -> None:
+        """The opener's first packets are out: knocks may go all the way now."""
+        ch = self._channels.get(peer)
+        if ch is None or ch.opener or ch.link is not None or ch.knock_addr is None:
+            return
+        for t in ch.tasks:
+            t.cancel()
+        ch.tasks = [self._loop.create_task(self._knock(ch.knock_addr, FULL_KNOCKS, None))]
 
     def _introduction_expired(self, ch: _Channel) -> None:
         if ch.link is None and self._channels.get(ch.peer) is ch:
@@ -651,6 +678,11 @@ class Client:
     def __repr__(self) -> str:
         state = "closed" if self.is_closed else "connected"
         return f"<Client {self.id!r} {state}>"
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _pem(cert_der: bytes) -> bytes:

@@ -234,6 +234,7 @@ class CoordLink(StreamLink):
         self._req = itertools.count(1)
         #: Set by the Client once it exists; offers that come earlier wait here.
         self.on_offer: Callable[[wire.ChannelOffer], None] | None = None
+        self.on_dialing: Callable[[str], None] | None = None
         self.early_offers: list[wire.ChannelOffer] = []
 
     def control_msg(self, conn: Conn, msg: wire.Control) -> None:
@@ -249,6 +250,9 @@ class CoordLink(StreamLink):
                 self.early_offers.append(msg)
             else:
                 self.on_offer(msg)
+        elif isinstance(msg, wire.PeerDialing) and self.ready:
+            if self.on_dialing is not None:
+                self.on_dialing(msg.peer)
         else:
             raise ProtocolError(f"unexpected {type(msg).__name__} from the Coordinator")
 
@@ -267,11 +271,18 @@ class CoordLink(StreamLink):
         self.conn = conn
         self.send_control(hello)
 
-    async def request_channel(self, peer: str, holepunch: bool) -> wire.ChannelIntro:
-        """Ask the Coordinator to introduce us to `peer`."""
-        reply: wire.ChannelIntro = await self._request(
-            lambda req: wire.ChannelRequest(req, peer, holepunch))
-        return reply
+    async def request_channel(self, peer: str, holepunch: bool
+                              ) -> tuple[int, wire.ChannelIntro]:
+        """Ask the Coordinator to introduce us to `peer`; returns the request id
+        (for `ChannelDialing`) and the introduction."""
+        reqs: list[int] = []
+
+        def make(req: int) -> wire.Control:
+            reqs.append(req)
+            return wire.ChannelRequest(req, peer, holepunch)
+
+        reply: wire.ChannelIntro = await self._request(make)
+        return reqs[0], reply
 
     async def request_count(self, name: str) -> wire.BroadcastCountReply:
         """Ask the Coordinator for a broadcast's counts."""

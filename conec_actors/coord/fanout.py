@@ -68,16 +68,17 @@ class Broadcast:
                 return
             leg.consumed += len(data)
             leg.session.conn.consume_to(leg.sid, leg.base + leg.consumed)
-            tag = leg.tag
-            receivers = list(self.receivers)
-            for m in msgs:
-                out = frame(tag + m)
+            if msgs:
+                # One write per receiver per chunk: each stream write costs
+                # aioquic far more than joining the frames does.
+                tag = leg.tag
+                out = b"".join([frame(tag + m) for m in msgs])
+                receivers = self.receivers
                 for r in receivers:
                     r.session.conn.send(r.sid, out)
-                fe.messages_forwarded += 1
-                fe.bytes_forwarded += len(m)
-                self.hub.deliveries += len(receivers)
-            if msgs:
+                fe.messages_forwarded += len(msgs)
+                fe.bytes_forwarded += sum(map(len, msgs))
+                self.hub.deliveries += len(msgs) * len(receivers)
                 self._check_blocked()
         if fin:
             assert leg.decoder is not None

@@ -174,6 +174,8 @@ class Session:
             self.fe.channel_request(self, msg)
         elif isinstance(msg, wire.ChannelAnswer) and self.state == "ready":
             self.fe.channel_answer(self, msg)
+        elif isinstance(msg, wire.ChannelDialing) and self.state == "ready":
+            self.fe.channel_dialing(self, msg)
         elif isinstance(msg, wire.BroadcastCount) and self.state == "ready":
             req = msg.req
             self.fe.hub.count(msg.name, lambda r: self.send_control(
@@ -268,6 +270,9 @@ class FrontEnd:
         #: channel introductions waiting for the target's answer:
         #: offer id -> (opener, its request id, the target's directory entry)
         self.offers: dict[int, tuple[Session, int, ipc.Entry, asyncio.TimerHandle]] = {}
+        #: (opener session, request) -> (target session, opener id), until
+        #: the opener says it is dialing
+        self.dialing: dict[tuple[int, int], tuple[int, str]] = {}
         self.bytes_forwarded = 0
         self.messages_forwarded = 0
         self.streams_opened = 0
@@ -379,8 +384,19 @@ class FrontEnd:
         if msg.code == 0:
             opener.send_control(wire.ChannelIntro(req, 0, entry.client_id, entry.cert,
                                                   entry.addr))
+            # Remember who to tell once the opener says it is dialing.
+            key = (opener.key, req)
+            self.dialing[key] = (target.key, opener.client_id or "")
+            self.loop.call_later(OFFER_TIMEOUT, self.dialing.pop, key, None)
         else:
             opener.send_control(wire.ChannelIntro(req, msg.code, entry.client_id))
+
+    def channel_dialing(self, opener: Session, msg: wire.ChannelDialing) -> None:
+        found = self.dialing.pop((opener.key, msg.req), None)
+        if found is not None:
+            target = self.sessions.get(found[0])
+            if target is not None:
+                target.send_control(wire.PeerDialing(found[1]))
 
     def _offer_expired(self, offer: int) -> None:
         pending = self.offers.pop(offer, None)
