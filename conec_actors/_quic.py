@@ -96,14 +96,22 @@ class ConecQuicConnection(QuicConnection):
 
     # -- our API ---------------------------------------------------------------
 
-    def consume(self, stream_id: int, nbytes: int) -> None:
-        """The application consumed `nbytes` more of a stream's data."""
-        self._consumed[stream_id] = self._consumed.get(stream_id, 0) + nbytes
+    def consume(self, stream_id: int, nbytes: int) -> bool:
+        """The application consumed `nbytes` more of a stream's data. True if
+        a window update is now due (the caller should transmit)."""
+        return self.consume_to(stream_id, self._consumed.get(stream_id, 0) + nbytes)
 
-    def consume_to(self, stream_id: int, offset: int) -> None:
-        """The application consumed a stream's data up to `offset` in total."""
-        if offset > self._consumed.get(stream_id, 0):
-            self._consumed[stream_id] = offset
+    def consume_to(self, stream_id: int, offset: int) -> bool:
+        """The application consumed a stream's data up to `offset` in total.
+        True if a window update is now due (the caller should transmit)."""
+        if offset <= self._consumed.get(stream_id, 0):
+            return False
+        self._consumed[stream_id] = offset
+        stream = self._streams.get(stream_id)
+        if stream is None or not stream.max_stream_data_local:
+            return False
+        return bool(offset + self._stream_window - stream.max_stream_data_local
+                    >= self._credit_step)
 
     def forget_stream(self, stream_id: int) -> None:
         """Drop our bookkeeping for a stream that is over."""

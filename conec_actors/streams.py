@@ -111,8 +111,8 @@ class StreamCore:
         self.queue.extend(msgs)
         if fin:
             self.recv_fin = True
-        self._credit()
         self._wake()
+        self._credit()
         return msgs
 
     def take_first(self) -> bytes | None:

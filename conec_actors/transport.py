@@ -213,12 +213,14 @@ class Conn:
             self.transmit_soon()
 
     def consume(self, stream_id: int, nbytes: int) -> None:
-        self.quic.consume(stream_id, nbytes)
-        self.transmit_soon()
+        if self.quic.consume(stream_id, nbytes):
+            self.transmit_soon()
 
     def consume_to(self, stream_id: int, offset: int) -> None:
-        self.quic.consume_to(stream_id, offset)
-        self.transmit_soon()
+        # Transmit only when a window update is due: reading a message must
+        # not schedule a send ahead of the reader's own reply.
+        if self.quic.consume_to(stream_id, offset):
+            self.transmit_soon()
 
     def unsent(self, stream_id: int) -> int:
         return self.quic.unsent(stream_id)
