@@ -3,6 +3,8 @@
 ``python -m bench.run_all`` runs, in order (about two minutes on a 2-core machine):
 
 * ``bench.proxied --rounds 1 --duration 1 --ping-n 100`` (all sizes, and the ping);
+* ``bench.direct --rounds 1 --duration 1 --ping-n 100``;
+* ``bench.broadcast --members 2,8 --rounds 1 --no-nats``;
 * ``bench.idle_clients --clients 200 --procs 2 --workers-list 1,2 --idle 1``;
 * ``bench.stall --seconds 5``.
 
@@ -14,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 
-from bench import idle_clients, proxied, stall
+from bench import broadcast, direct, idle_clients, proxied, stall
 
 QUICK: dict[str, list[str]] = {
     "proxied": ["--rounds", "1", "--duration", "1", "--ping-n", "100"],
+    "direct": ["--rounds", "1", "--duration", "1", "--ping-n", "100"],
+    "broadcast": ["--members", "2,8", "--rounds", "1", "--no-nats"],
     "idle_clients": ["--clients", "200", "--procs", "2", "--workers-list", "1,2", "--idle", "1"],
     "stall": ["--seconds", "5"],
 }
@@ -29,7 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", choices=sorted(QUICK), action="append",
                    help="run only this benchmark (repeatable)")
     args = p.parse_args(argv)
-    runs = {"proxied": proxied.main, "idle_clients": idle_clients.main, "stall": stall.main}
+    runs = {"proxied": proxied.main, "direct": direct.main, "broadcast": broadcast.main,
+            "idle_clients": idle_clients.main, "stall": stall.main}
     for name in args.only or list(QUICK):
         runs[name](QUICK[name])
 
