@@ -69,6 +69,23 @@ from ..errors import (
 )
 from ..ids import is_valid_id
 from ..streams import IncomingStream, InStream, OutStream
+from .mailbox_wire import (
+    BATCH_OVERHEAD,
+    DRAINED,
+    Ack,
+    Ask,
+    AskOut,
+    Drained,
+    Fail,
+    Reply,
+    ReplyOut,
+    Tell,
+    TellOut,
+    any_decoder,
+    decode_batch,
+    encode_batch,
+    encoder,
+)
 
 if TYPE_CHECKING:
     from .client import Client
@@ -79,8 +96,6 @@ T = TypeVar("T")
 
 #: Header `purpose` of mailbox streams.
 PURPOSE = "mailbox"
-#: Version of the mailbox wire format (the second field of every `Batch`).
-MAILBOX_VERSION = 1
 #: A pair's send queue holds this many messages or bytes before `tell` waits.
 PAIR_QUEUE_ITEMS = 1024
 PAIR_QUEUE_BYTES = 1024 * 1024
@@ -111,115 +126,12 @@ SENDER_TTL = 60.0
 ASK_HOLD_MAX = 300.0
 
 
-# --- wire format --------------------------------------------------------------
-
-class Tell(msgspec.Struct, tag=0, array_like=True, frozen=True):
-    """A told message."""
-
-    body: msgspec.Raw
-
-
-class Ask(msgspec.Struct, tag=1, array_like=True, frozen=True):
-    """An asked message; the answer carries `id`. `timeout` (0: none) bounds
-    how long the receiver keeps the return half open for the answer."""
-
-    id: int
-    timeout: float
-    body: msgspec.Raw
-
-
-class Reply(msgspec.Struct, tag=2, array_like=True, frozen=True):
-    """The answer to ask `id`."""
-
-    id: int
-    body: msgspec.Raw
-
-
-class Fail(msgspec.Struct, tag=3, array_like=True, frozen=True):
-    """Ask `id` failed at the receiver (raised as `RemoteError` by the asker)."""
-
-    id: int
-    type_name: str
-    message: str
-
-
-class Ack(msgspec.Struct, tag=4, array_like=True, frozen=True):
-    """The receiver consumed every message up to `seq`."""
-
-    seq: int
-
-
-class Drained(msgspec.Struct, tag=5, array_like=True, frozen=True):
-    """The receiver consumed the whole (cleanly finished) forward half."""
-
-
-Item = Tell | Ask | Reply | Fail | Ack | Drained
-
-
-class Batch(msgspec.Struct, tag="mbox", array_like=True, frozen=True):
-    """One frame of a mailbox stream."""
-
-    v: int
-    session: int
-    seq: int
-    items: list[Item]
-
-
-# Encoding side: the same layouts, with bodies encoded straight from the
-# user's value and batches built from pre-encoded items.
-
-class _TellOut(msgspec.Struct, tag=0, array_like=True):
-    body: Any
-
-
-class _AskOut(msgspec.Struct, tag=1, array_like=True):
-    id: int
-    timeout: float
-    body: Any
-
-
-class _ReplyOut(msgspec.Struct, tag=2, array_like=True):
-    id: int
-    body: Any
-
-
-class _BatchOut(msgspec.Struct, tag="mbox", array_like=True):
-    v: int
-    session: int
-    seq: int
-    items: list[msgspec.Raw]
-
-
-_encoder = msgspec.msgpack.Encoder()
-_batch_decoder = msgspec.msgpack.Decoder(Batch)
-_any_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder()
-_DRAINED = _encoder.encode(Drained())
-#: Bytes a batch adds around its items (largest session and seq, and a list
-#: header of up to 5 bytes).
-BATCH_OVERHEAD = len(_encoder.encode(_BatchOut(MAILBOX_VERSION, 2**63 - 1, 2**63 - 1, []))) + 4
-
-
-def _frame(session: int, seq: int, items: list[bytes]) -> bytes:
-    return _encoder.encode(_BatchOut(MAILBOX_VERSION, session, seq,
-                                     [msgspec.Raw(i) for i in items]))
-
-
-def _decode_batch(frame: bytes) -> Batch:
-    try:
-        batch = _batch_decoder.decode(frame)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ProtocolError(f"malformed mailbox frame: {exc}") from None
-    if batch.v != MAILBOX_VERSION:
-        raise ProtocolError(f"mailbox format version {batch.v} is not {MAILBOX_VERSION}")
-    return batch
-
-
 _decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
 
 
 def _decoder_for(typ: Any) -> msgspec.msgpack.Decoder[Any]:
     if typ is None or typ is Any:
-        return _any_decoder
+        return any_decoder
     try:
         return _decoders[typ]
     except (KeyError, TypeError):
@@ -453,7 +365,7 @@ class Envelope(Generic[T]):
         """
         if self._ask_id is None or self._replied:
             return
-        item = _encoder.encode(_ReplyOut(self._ask_id, value))
+        item = encoder.encode(ReplyOut(self._ask_id, value))
         limit = self._mailbox._client.max_message_size - BATCH_OVERHEAD
         if len(item) > limit:
             err = MessageTooLarge(f"the reply of {len(item)} bytes exceeds the message "
@@ -466,7 +378,7 @@ class Envelope(Generic[T]):
         """Answer an ask with a failure (raised as `RemoteError` by the asker)."""
         if self._ask_id is None or self._replied:
             return
-        await self._send(_encoder.encode(Fail(self._ask_id, type_name, message[:4096])))
+        await self._send(encoder.encode(Fail(self._ask_id, type_name, message[:4096])))
 
     async def _send(self, item: bytes) -> None:
         self._replied = True
@@ -533,7 +445,7 @@ class Mailbox:
         its route was found dead), `MessageTooLarge` if the encoded message
         exceeds the message size limit, `ClientClosed` after close.
         """
-        await self._enqueue(peer, _encoder.encode(_TellOut(msg)))
+        await self._enqueue(peer, encoder.encode(TellOut(msg)))
 
     async def ask(self, peer: str, msg: Any, timeout: float | None = 5.0, *,
                   reply_type: Any = None) -> Any:
@@ -547,7 +459,7 @@ class Mailbox:
         reply slot; an answer that comes later is dropped.
         """
         ask_id = next(self._ask_ids)
-        item = _encoder.encode(_AskOut(ask_id, float(timeout or 0.0), msg))
+        item = encoder.encode(AskOut(ask_id, float(timeout or 0.0), msg))
         fut: asyncio.Future[msgspec.Raw] = self._loop.create_future()
         self._pending[ask_id] = (peer, fut)
         try:
@@ -651,7 +563,7 @@ class Mailbox:
         if from_queue and not pair.full():
             pair.putters.wake()
         try:
-            await route.send.send(_frame(self._session, seq0, items))
+            await route.send.send(encode_batch(self._session, seq0, items))
         except StreamReset:
             route.broken = True  # the items stay unacknowledged: resent on reopen
             return
@@ -752,7 +664,7 @@ class Mailbox:
         try:
             while True:
                 frame = await route.recv.recv()
-                batch = _decode_batch(frame)
+                batch = decode_batch(frame)
                 route.progress = True
                 pair.failures = 0
                 for item in batch.items:
@@ -835,7 +747,7 @@ class Mailbox:
                     frame = await r.recv.recv()
                 except StreamClosed:
                     break
-                batch = _decode_batch(frame)
+                batch = decode_batch(frame)
                 if sender.session != batch.session:  # a new sender instance
                     sender.session = batch.session
                     sender.last = batch.seq - 1
@@ -901,13 +813,13 @@ class Mailbox:
                     size += len(item)
                 r.back_putters.wake()
                 if r.ack_to is not None:
-                    items.append(_encoder.encode(Ack(r.ack_to)))
+                    items.append(encoder.encode(Ack(r.ack_to)))
                     r.ack_to = None
                 if r.drained:
-                    items.append(_DRAINED)
+                    items.append(DRAINED)
                     r.drained = False
                 if items:
-                    await r.send.send(_frame(self._session, 0, items))
+                    await r.send.send(encode_batch(self._session, 0, items))
                 if (r.ended and r.pending_asks <= 0 and not r.back and r.ack_to is None
                         and not r.drained):
                     await r.send.finish()
@@ -985,7 +897,7 @@ class Mailbox:
         return self
 
     async def __anext__(self) -> Envelope[Any]:
-        env = await self._next(_any_decoder, None)
+        env = await self._next(any_decoder, None)
         if env is None:
             raise StopAsyncIteration
         return env
