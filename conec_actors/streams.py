@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Generic, NamedTuple, Self, TypeVar
@@ -64,8 +64,8 @@ class StreamCore:
 
     __slots__ = (
         "_drained", "_queued_bytes", "_received", "_waiter", "conn", "decoder",
-        "max_message_size", "queue", "recv_error", "recv_extra", "recv_fin", "send_error",
-        "send_finished", "sid", "stream_id",
+        "max_message_size", "on_wake", "queue", "recv_error", "recv_extra", "recv_fin",
+        "send_error", "send_finished", "sid", "stream_id",
     )
 
     def __init__(self, conn: Conn, sid: int, stream_id: StreamId,
@@ -87,6 +87,10 @@ class StreamCore:
         self.recv_error: StreamReset | None = None
         self.send_error: StreamReset | None = None
         self.send_finished = False
+        #: Called synchronously whenever a waiting reader would be woken
+        #: (messages queued, the stream ended or failed): for a reader that
+        #: consumes with `recv_nowait` from the connection's callbacks.
+        self.on_wake: Callable[[], None] | None = None
 
     # -- events from the connection ------------------------------------------
 
@@ -165,6 +169,8 @@ class StreamCore:
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
+        if self.on_wake is not None:
+            self.on_wake()
 
     async def recv(self) -> bytes:
         while True:

@@ -9,6 +9,10 @@ peer also waits until the stream has opened (``NoSuchPeer`` if the peer is
 not connected). The writer drains the queue: when several tells are queued
 it packs them into one frame, and it flushes as soon as the queue is empty,
 so an idle line sends each tell at once and a busy one batches (no timers).
+On an idle line (nothing queued, the writer waiting, the route settled and
+nothing unsent on the stream) `tell` and `ask` skip the queue and write the
+frame themselves, which is what the writer would do one loop turn later;
+replies take the same shortcut on the return half.
 
 Path. The stream rides the direct channel when one is open and the
 Coordinator otherwise; mailbox streams never open channels. When the path
@@ -23,11 +27,13 @@ connected. When the peer is gone the reopen fails: the route is dead,
 queued and in-flight tells are lost, pending asks fail, and the next tell
 raises ``NoSuchPeer``.
 
-Receiving. Every incoming mailbox stream has a reader task that puts
-envelopes into one bounded inbox (`Client.mailbox`): a receiver that does not
-read makes the readers wait, the stream's flow control stalls and the
-senders' queues fill, so their tells wait. Replies to asks, acknowledgements
-and the fence answer travel back on the return half of the stream.
+Receiving. Every incoming mailbox stream is read as its frames arrive, from
+the stream's wake-up callback (no reader task in between), into one bounded
+inbox (`Client.mailbox`): a receiver that does not read leaves frames unread
+in the streams, their flow control stalls and the senders' queues fill, so
+their tells wait. Replies to asks, acknowledgements and the fence answer
+travel back on the return half of the stream, whose answers are likewise
+handled as they arrive.
 
 Wire format (msgpack, array-like tagged structs): every frame on a mailbox
 stream is one `Batch` ``["mbox", version, session, seq, items]``. Forward
@@ -46,15 +52,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import secrets
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 import msgspec
 
-from .. import wire
+from .. import framing, wire
 from ..errors import (
     ClientClosed,
     ConecError,
@@ -75,6 +83,7 @@ from .mailbox_wire import (
     Ack,
     Ask,
     AskOut,
+    Batch,
     Drained,
     Fail,
     Reply,
@@ -127,6 +136,7 @@ ASK_HOLD_MAX = 300.0
 
 
 _decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+_FORWARD = (Tell, Ask)
 
 
 def _decoder_for(typ: Any) -> msgspec.msgpack.Decoder[Any]:
@@ -164,11 +174,13 @@ class _Waiters:
         self._futs.append(fut)
         try:
             await fut
-        finally:
-            if not fut.done():
-                fut.cancel()
+        except BaseException:
+            # Cancelled: forget the future unless `wake` already took it. (Only
+            # here: a failed `remove` formats the future's repr, which is slow.)
+            fut.cancel()
             with contextlib.suppress(ValueError):
                 self._futs.remove(fut)
+            raise
 
     def wake(self) -> None:
         while self._futs:
@@ -177,13 +189,38 @@ class _Waiters:
                 fut.set_result(None)
 
 
+def _write_idle(stream: OutStream, data: bytes) -> bool:
+    """Write one frame now if `stream` is open and has nothing unsent (so the
+    write neither waits for the high watermark nor overtakes anything);
+    False, writing nothing, otherwise."""
+    core = stream._core
+    conn = core.conn
+    if (core.send_error is not None or core.send_finished or conn.closed
+            or conn.unsent(core.sid) or len(data) > core.max_message_size):
+        return False
+    core.write_raw(framing.frame(data))
+    return True
+
+
+def _log_failure(exc: Exception, where: str) -> None:
+    if isinstance(exc, ProtocolError):
+        log.warning("%s: %s", where, exc)
+    else:  # a bug
+        log.error("%s failed", where, exc_info=exc)
+
+
+def _time_out(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
 # --- sending side -----------------------------------------------------------------
 
 class _Route:
     """One outgoing mailbox stream (the current or a fenced one)."""
 
     __slots__ = ("broken", "drained", "finishing", "kind", "opened_at", "progress",
-                 "reader", "recv", "send")
+                 "recv", "send")
 
     def __init__(self, kind: str, send: OutStream, recv: InStream, now: float) -> None:
         self.kind = kind
@@ -194,14 +231,14 @@ class _Route:
         self.broken = False
         self.finishing = False
         self.progress = False
-        self.reader: asyncio.Task[None] | None = None
 
 
 class _Pair:
     """This client's sending state toward one peer."""
 
-    __slots__ = ("dead", "failures", "frames", "messages", "next_seq", "peer", "putters",
-                 "queue", "queued_bytes", "routed", "stream", "unacked", "wake", "writer")
+    __slots__ = ("dead", "failures", "frames", "idle", "messages", "next_seq", "peer",
+                 "putters", "queue", "queued_bytes", "routed", "stream", "unacked", "wake",
+                 "writer")
 
     def __init__(self, peer: str, loop: asyncio.AbstractEventLoop) -> None:
         self.peer = peer
@@ -218,6 +255,9 @@ class _Pair:
         self.dead: ConecError | None = None
         self.stream: _Route | None = None
         self.writer: asyncio.Task[None] | None = None
+        #: True while the writer waits with nothing to do (no batch in flight,
+        #: no fence or resend under way).
+        self.idle = False
         self.failures = 0
         self.frames = 0
         self.messages = 0
@@ -242,12 +282,13 @@ class _Sender:
 
 
 class _InRoute:
-    """One incoming mailbox stream: the reader of its forward half and the
-    writer of its return half."""
+    """One incoming mailbox stream: the reading state of its forward half and
+    the writer of its return half."""
 
-    __slots__ = ("ack_to", "back", "back_open", "back_putters", "consumed", "drained",
-                 "ended", "hold", "hold_until", "peer", "pending_asks", "reader", "recv",
-                 "send", "wake", "writer")
+    __slots__ = ("ack_to", "back", "back_open", "back_putters", "batch", "consumed",
+                 "drained", "ended", "hold", "hold_until", "idle", "in_progress", "next_item",
+                 "peer", "pending_asks", "reading", "recv", "send", "wait_room", "wake",
+                 "writer")
 
     def __init__(self, inc: IncomingStream) -> None:
         self.peer = inc.peer
@@ -264,8 +305,19 @@ class _InRoute:
         self.pending_asks = 0
         self.hold_until = 0.0
         self.hold: asyncio.TimerHandle | None = None
-        self.reader: asyncio.Task[None] | None = None
+        #: True until the forward half ended, failed or was given up.
+        self.reading = True
+        #: `Mailbox._read_in` is running (it may be re-entered through the stream).
+        self.in_progress = False
+        #: A batch not yet wholly delivered (the inbox was full) and the index
+        #: of its next item.
+        self.batch: Batch | None = None
+        self.next_item = 0
+        #: Queued in `_Inbox.wait_room`.
+        self.wait_room = False
         self.writer: asyncio.Task[None] | None = None
+        #: True while the return half's writer waits with nothing to do.
+        self.idle = False
 
     def answered(self) -> None:
         self.pending_asks -= 1
@@ -289,21 +341,20 @@ class _Delivered:
 class _Inbox:
     """The bounded queue behind `client.mailbox`."""
 
-    __slots__ = ("ended", "getters", "items", "nbytes", "putters")
+    __slots__ = ("ended", "getters", "items", "nbytes", "resume", "wait_room")
 
-    def __init__(self) -> None:
+    def __init__(self, resume: Callable[[_InRoute], None]) -> None:
         self.items: deque[_Delivered] = deque()
         self.nbytes = 0
-        self.putters = _Waiters()
         self.getters = _Waiters()
+        #: Incoming streams whose reading stopped on a full inbox, and what
+        #: goes on reading one of them.
+        self.wait_room: deque[_InRoute] = deque()
+        self.resume = resume
         self.ended = False
 
     def full(self) -> bool:
         return len(self.items) >= INBOX_ITEMS or self.nbytes >= INBOX_BYTES
-
-    async def wait_space(self) -> None:
-        while self.full() and not self.ended:
-            await self.putters.wait()
 
     def put(self, d: _Delivered) -> None:
         self.items.append(d)
@@ -317,14 +368,16 @@ class _Inbox:
             await self.getters.wait()
         d = self.items.popleft()
         self.nbytes -= len(d.body)
-        if not self.full():
-            self.putters.wake()
+        while self.wait_room and not self.full():
+            r = self.wait_room.popleft()
+            r.wait_room = False
+            self.resume(r)
         return d
 
     def end(self) -> None:
         self.ended = True
         self.getters.wake()
-        self.putters.wake()
+        self.wait_room.clear()
 
 
 # --- user-facing objects ------------------------------------------------------------
@@ -428,7 +481,7 @@ class Mailbox:
         self._pairs: dict[str, _Pair] = {}
         self._pending: dict[int, tuple[str, asyncio.Future[msgspec.Raw]]] = {}
         self._ask_ids = itertools.count(1)
-        self._inbox = _Inbox()
+        self._inbox = _Inbox(self._resume_reading)
         self._senders: dict[str, _Sender] = {}
         self._in_routes: set[_InRoute] = set()
         self._closed = False
@@ -445,7 +498,10 @@ class Mailbox:
         its route was found dead), `MessageTooLarge` if the encoded message
         exceeds the message size limit, `ClientClosed` after close.
         """
-        await self._enqueue(peer, encoder.encode(TellOut(msg)))
+        item = encoder.encode(TellOut(msg))
+        pair = self._pair_for(peer, item)
+        if not self._put_nowait(pair, item):
+            await self._put(pair, item)
 
     async def ask(self, peer: str, msg: Any, timeout: float | None = 5.0, *,
                   reply_type: Any = None) -> Any:
@@ -458,23 +514,37 @@ class Mailbox:
         (`DecodeError` if it does not decode). Cancelled, the ask forgets its
         reply slot; an answer that comes later is dropped.
         """
+        deadline = None if timeout is None else self._loop.time() + timeout
         ask_id = next(self._ask_ids)
         item = encoder.encode(AskOut(ask_id, float(timeout or 0.0), msg))
+        pair = self._pair_for(peer, item)
         fut: asyncio.Future[msgspec.Raw] = self._loop.create_future()
         self._pending[ask_id] = (peer, fut)
+        timer: asyncio.TimerHandle | None = None
         try:
-            async with asyncio.timeout(timeout):
-                await self._enqueue(peer, item)
-                raw = await fut
+            if not self._put_nowait(pair, item):
+                # The first message to a peer, or a full queue: wait for it
+                # within the timeout too.
+                async with asyncio.timeout_at(deadline):
+                    await self._put(pair, item)
+            if deadline is not None:
+                # Not a timeout scope (cheaper): one timer fails the reply
+                # future with TimeoutError at the deadline.
+                timer = self._loop.call_at(deadline, _time_out, fut)
+            raw = await fut
         finally:
             self._pending.pop(ask_id, None)
+            if timer is not None:
+                timer.cancel()
         try:
             return _decoder_for(reply_type).decode(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise DecodeError(f"the answer from {peer!r} does not decode as "
                               f"{reply_type!r}: {exc}") from None
 
-    async def _enqueue(self, peer: str, item: bytes) -> None:
+    def _pair_for(self, peer: str, item: bytes) -> _Pair:
+        """Check a message to `peer`; the pair toward it, created (with its
+        writer) on first use."""
         self._check_open()
         limit = self._client.max_message_size - BATCH_OVERHEAD
         if len(item) > limit:
@@ -493,19 +563,59 @@ class Mailbox:
             pair = _Pair(peer, self._loop)
             self._pairs[peer] = pair
             pair.writer = self._loop.create_task(self._write(pair))
+        return pair
+
+    def _put_nowait(self, pair: _Pair, item: bytes) -> bool:
+        """Send `item` if that needs no waiting: the queue has room and the
+        route is open. False, doing nothing: the caller awaits `_put`."""
+        if pair.full() or not pair.routed.done():
+            return False
+        # The fast path: on an idle line, write the frame now instead of
+        # waking the writer to do the same one loop turn later.
+        if not self._write_now(pair, item):
+            self._queue(pair, item)
+        return True
+
+    async def _put(self, pair: _Pair, item: bytes) -> None:
+        """Queue `item`, waiting while the queue is full, then (for the first
+        messages to a peer) until the route has opened."""
         while pair.full():
             await pair.putters.wait()
             if pair.dead is not None:
                 raise _copy_error(pair.dead)
-        pair.queue.append((pair.next_seq, item))
-        pair.next_seq += 1
-        pair.queued_bytes += len(item)
-        pair.wake.set()
+        self._queue(pair, item)
         if not pair.routed.done():
             try:
                 await asyncio.shield(pair.routed)
             except ConecError as exc:
                 raise _copy_error(exc) from None
+
+    @staticmethod
+    def _queue(pair: _Pair, item: bytes) -> None:
+        pair.queue.append((pair.next_seq, item))
+        pair.next_seq += 1
+        pair.queued_bytes += len(item)
+        pair.wake.set()
+
+    def _write_now(self, pair: _Pair, item: bytes) -> bool:
+        """The fast path of an idle line: write `item` in a frame of its own at
+        once, without waking the writer (one task hop and one loop turn less
+        per message). Only when that is what the writer would do: nothing is
+        queued or in flight, the route is open on the current path (no fence,
+        reopen or resend due) and the stream has nothing unsent (so a busy
+        line still queues and coalesces). False: queue `item` instead."""
+        route = pair.stream
+        if (pair.queue or not pair.idle or route is None or route.broken
+                or (route.kind == "direct") != self._has_channel(pair.peer)):
+            return False
+        data = encode_batch(self._session, pair.next_seq, [item])
+        if not _write_idle(route.send, data):
+            return False
+        pair.unacked.append((pair.next_seq, item))
+        pair.next_seq += 1
+        pair.frames += 1
+        pair.messages += 1
+        return True
 
     def _check_open(self) -> None:
         if self._closed:
@@ -525,7 +635,11 @@ class Mailbox:
                 while pair.dead is None and not pair.queue and not (
                         pair.stream is not None and pair.stream.broken):
                     pair.wake.clear()
-                    await pair.wake.wait()
+                    pair.idle = True
+                    try:
+                        await pair.wake.wait()
+                    finally:
+                        pair.idle = False
                 if pair.dead is not None:
                     return
                 route = await self._ensure_route(pair)
@@ -646,7 +760,8 @@ class Mailbox:
                 await asyncio.sleep(0.05 * pair.failures)
                 continue
             route = _Route("direct" if direct else "proxied", send, recv, self._loop.time())
-            route.reader = self._loop.create_task(self._read_replies(pair, route))
+            recv._core.on_wake = functools.partial(self._read_replies, pair, route)
+            self._read_replies(pair, route)
             return route
 
     async def _fence(self, route: _Route) -> None:
@@ -659,11 +774,12 @@ class Mailbox:
             return
         await route.drained.wait()
 
-    async def _read_replies(self, pair: _Pair, route: _Route) -> None:
-        """Read the return half of an outgoing stream."""
+    def _read_replies(self, pair: _Pair, route: _Route) -> None:
+        """Read the return half of an outgoing stream: the stream's `on_wake`,
+        so answers reach their asks without a reader task in between."""
+        core = route.recv._core
         try:
-            while True:
-                frame = await route.recv.recv()
+            while (frame := core.recv_nowait()) is not None:
                 batch = decode_batch(frame)
                 route.progress = True
                 pair.failures = 0
@@ -683,14 +799,19 @@ class Mailbox:
                         route.drained.set()
                     else:
                         raise ProtocolError("a tell or ask on the return half")
-        except StreamClosed:
-            if not route.finishing:
+            if core.recv_error is not None:
                 route.broken = True
-        except (StreamReset, ProtocolError) as exc:
-            if isinstance(exc, ProtocolError):
-                log.warning("mailbox stream to %r: %s", pair.peer, exc)
-                route.send._core.fail_local(wire.Code.PROTOCOL, str(exc))
+            elif core.recv_fin:
+                if not route.finishing:
+                    route.broken = True
+            else:
+                return  # more to come
+        except Exception as exc:  # not into the connection's callbacks
+            _log_failure(exc, f"mailbox stream to {pair.peer!r}")
+            core.on_wake = None
+            core.fail_local(wire.Code.PROTOCOL, str(exc))
             route.broken = True
+        core.on_wake = None
         route.drained.set()
         if pair.stream is route:
             pair.wake.set()
@@ -712,8 +833,9 @@ class Mailbox:
         pair.putters.wake()
         pair.wake.set()
         route = pair.stream
-        if route is not None and route.reader is not None:
-            route.reader.cancel()
+        if route is not None:
+            route.recv._core.on_wake = None
+            route.drained.set()  # a writer fencing it goes on, and ends
         for peer, fut in list(self._pending.values()):
             if peer == pair.peer and not fut.done():
                 fut.set_exception(_copy_error(exc))
@@ -734,32 +856,49 @@ class Mailbox:
             sender.expiry.cancel()
             sender.expiry = None
         sender.routes.append(r)
-        r.reader = self._loop.create_task(self._read_in(sender, r))
         r.writer = self._loop.create_task(self._write_back(sender, r))
+        inc.recv._core.on_wake = functools.partial(self._read_in, sender, r)
+        self._read_in(sender, r)  # what came with the header
         return True
 
-    async def _read_in(self, sender: _Sender, r: _InRoute) -> None:
-        """Move a stream's envelopes into the inbox, dropping resent ones."""
+    def _read_in(self, sender: _Sender, r: _InRoute) -> None:
+        """Move a stream's envelopes into the inbox, dropping resent ones.
+
+        The stream's `on_wake`: it runs as frames arrive, so an envelope
+        reaches the inbox (and wakes its reader) without a reader task in
+        between. When the inbox is full it stops mid-batch and leaves the rest
+        unread in the stream (flow control then holds the sender back);
+        `_Inbox.get` resumes it once there is room."""
+        if not r.reading or r.in_progress:
+            return
         inbox = self._inbox
+        core = r.recv._core
+        r.in_progress = True
         try:
             while True:
-                try:
-                    frame = await r.recv.recv()
-                except StreamClosed:
-                    break
-                batch = decode_batch(frame)
-                if sender.session != batch.session:  # a new sender instance
-                    sender.session = batch.session
-                    sender.last = batch.seq - 1
-                seq = batch.seq
-                for item in batch.items:
-                    if not isinstance(item, Tell | Ask):
-                        raise ProtocolError(f"{type(item).__name__} on a forward half")
-                    await inbox.wait_space()
+                batch = r.batch
+                if batch is None:
+                    frame = core.recv_nowait()
+                    if frame is None:
+                        break
+                    batch = r.batch = decode_batch(frame)
+                    r.next_item = 0
+                    if sender.session != batch.session:  # a new sender instance
+                        sender.session = batch.session
+                        sender.last = batch.seq - 1
+                items = batch.items
+                while r.next_item < len(items):
                     if inbox.ended:
                         return
-                    # Checked and put with no await in between, so two
-                    # streams of one sender cannot both deliver a seq.
+                    if inbox.full():
+                        if not r.wait_room:
+                            r.wait_room = True
+                            inbox.wait_room.append(r)
+                        return
+                    item = items[r.next_item]
+                    if not isinstance(item, _FORWARD):
+                        raise ProtocolError(f"{type(item).__name__} on a forward half")
+                    seq = batch.seq + r.next_item
                     if seq > sender.last:
                         sender.last = seq
                         if isinstance(item, Ask):
@@ -769,27 +908,42 @@ class Mailbox:
                             inbox.put(_Delivered(r.peer, item.body, item.id, r))
                         else:
                             inbox.put(_Delivered(r.peer, item.body, None, r))
-                    seq += 1
-                r.consumed += len(batch.items)
+                    r.next_item += 1
+                r.batch = None
+                r.consumed += len(items)
                 if r.consumed >= ACK_EVERY:
                     r.consumed = 0
                     r.ack_to = sender.last
                     r.wake.set()
-            # The clean end: everything was consumed, answer the fence.
-            r.ended = True
-            if sender.session is not None:
-                r.ack_to = sender.last
-            r.drained = True
-            r.wake.set()
-            if r.pending_asks > 0:
-                r.hold = self._loop.call_later(
-                    max(0.0, r.hold_until - self._loop.time()), self._give_up_asks, r)
-        except StreamReset:
+            if core.recv_error is not None:
+                r.reading = False
+                core.on_wake = None
+                self._route_gone(sender, r)
+            elif core.recv_fin:
+                # The clean end: everything was consumed, answer the fence.
+                r.reading = False
+                core.on_wake = None
+                r.ended = True
+                if sender.session is not None:
+                    r.ack_to = sender.last
+                r.drained = True
+                r.wake.set()
+                if r.pending_asks > 0:
+                    r.hold = self._loop.call_later(
+                        max(0.0, r.hold_until - self._loop.time()), self._give_up_asks, r)
+        except Exception as exc:  # not into the connection's callbacks
+            _log_failure(exc, f"mailbox stream from {r.peer!r}")
+            r.reading = False
+            core.on_wake = None
+            core.fail_local(wire.Code.PROTOCOL, str(exc))
             self._route_gone(sender, r)
-        except ProtocolError as exc:
-            log.warning("mailbox stream from %r: %s", r.peer, exc)
-            r.send._core.fail_local(wire.Code.PROTOCOL, str(exc))
-            self._route_gone(sender, r)
+        finally:
+            r.in_progress = False
+
+    def _resume_reading(self, r: _InRoute) -> None:
+        sender = self._senders.get(r.peer)
+        if sender is not None and r in sender.routes:
+            self._read_in(sender, r)
 
     @staticmethod
     def _give_up_asks(r: _InRoute) -> None:
@@ -804,7 +958,11 @@ class Mailbox:
                 while not (r.back or r.ack_to is not None or r.drained
                            or (r.ended and r.pending_asks <= 0)):
                     r.wake.clear()
-                    await r.wake.wait()
+                    r.idle = True
+                    try:
+                        await r.wake.wait()
+                    finally:
+                        r.idle = False
                 items: list[bytes] = []
                 size = BATCH_OVERHEAD
                 while r.back and (not items or size + len(r.back[0]) <= BATCH_BYTES):
@@ -835,10 +993,9 @@ class Mailbox:
             self._route_gone(sender, r)
 
     def _route_gone(self, sender: _Sender, r: _InRoute) -> None:
-        if r.reader is not None and not r.reader.done() and r.reader is not \
-                asyncio.current_task():
-            if not r.ended:
-                r.reader.cancel()
+        if r.reading:  # the return half failed: give up the forward half too
+            r.reading = False
+            r.recv._core.on_wake = None
         if r.writer is not None and not r.writer.done() and r.writer is not \
                 asyncio.current_task():
             r.writer.cancel()
@@ -865,6 +1022,11 @@ class Mailbox:
                 log.debug("mailbox: no stream back to %r; reply dropped", peer)
                 return
             route = open_routes[-1]
+        # The fast path of an idle return half (see `_write_now`): nothing
+        # queued or pending for its writer, nothing unsent: write at once.
+        if (route.idle and not route.back and route.ack_to is None and not route.drained
+                and _write_idle(route.send, encode_batch(self._session, 0, [item]))):
+            return
         while len(route.back) >= BACK_QUEUE_ITEMS and route.back_open:
             await route.back_putters.wait()
         if route.back_open:
@@ -958,9 +1120,10 @@ class Mailbox:
                 fut.set_exception(ClientClosed("the client was closed"))
                 fut.exception()
         for r in list(self._in_routes):
-            for task in (r.reader, r.writer):
-                if task is not None:
-                    task.cancel()
+            r.reading = False
+            r.recv._core.on_wake = None
+            if r.writer is not None:
+                r.writer.cancel()
             if r.hold is not None:
                 r.hold.cancel()
             r.back_open = False
