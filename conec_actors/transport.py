@@ -88,6 +88,7 @@ class Conn:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._transmit_handle: asyncio.Handle | None = None
+        self._sent_this_turn = False
         self._drain: dict[int, Callable[[], None]] = {}
         self._keepalive: asyncio.TimerHandle | None = None
         self._keepalive_interval = 0.0
@@ -197,7 +198,17 @@ class Conn:
 
     def send(self, stream_id: int, data: bytes, end: bool = False) -> None:
         self.quic.send_stream_data(stream_id, data, end_stream=end)
-        self.transmit_soon()
+        if self._transmit_handle is None and not self._sent_this_turn:
+            # An idle connection sends at once (no loop turn of delay for a
+            # lone message); further writes in this turn are batched.
+            self._sent_this_turn = True
+            self._loop.call_soon(self._new_turn)
+            self.transmit()
+        else:
+            self.transmit_soon()
+
+    def _new_turn(self) -> None:
+        self._sent_this_turn = False
 
     def reset(self, stream_id: int, code: int) -> None:
         """Abort the sending side of a stream (no-op if it is over)."""
