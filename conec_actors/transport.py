@@ -398,11 +398,14 @@ class Endpoint:
     # -- dialling ------------------------------------------------------------
 
     def connect(self, addr: Addr, configuration: QuicConfiguration, handler: ConnHandler,
-                stream_window: int) -> Conn:
-        """Start a client connection toward `addr` on this socket."""
+                stream_window: int, **quic_options: Any) -> Conn:
+        """Start a client connection toward `addr` on this socket
+        (`quic_options` go to the `QuicConnection`, e.g. a session ticket
+        handler in tests)."""
         assert configuration.is_client
         assert configuration.connection_id_length == CONNECTION_ID_LENGTH
-        quic = ConecQuicConnection(configuration=configuration, stream_window=stream_window)
+        quic = ConecQuicConnection(configuration=configuration, stream_window=stream_window,
+                                   **quic_options)
         addr = self.normalize(addr)
         conn = Conn(self, quic, addr, handler)
         self._conns.add(conn)

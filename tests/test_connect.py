@@ -304,3 +304,26 @@ async def test_id_is_free_as_soon_as_close_returns() -> None:
             c = await h.client("same")
             await c.close()
         assert (await h.client("same")).id == "same"
+
+
+async def test_no_session_tickets_are_issued() -> None:
+    """A resumed session would carry no client certificate: the Coordinator
+    must never hand out tickets."""
+    from conec_actors import wire
+    from conec_actors.framing import frame
+
+    async with coordinator() as h:
+        tickets: list[object] = []
+        ep = await Endpoint.bind("127.0.0.1", 0)
+        try:
+            rec = _Recorder()
+            conn = ep.connect(h.coord.address, _raw_config(h, with_cert=True), rec, 65536,
+                              session_ticket_handler=tickets.append)
+            await conn.wait_handshake()
+            conn.send(conn.new_stream_id(), frame(wire.encode(wire.Hello(
+                "alice", wire.PROTOCOL_VERSION, 1000, 10.0, 1200))))
+            await wait_for(lambda: _eq(h, 1))
+            await asyncio.sleep(0.3)
+            assert tickets == []
+        finally:
+            ep.close()
