@@ -52,6 +52,11 @@ class FrameDecoder:
 
         Raises `FrameTooLarge` as soon as a header announces an oversize frame.
         """
+        if self._need < 0 and not self._buf and len(data) >= HEADER_SIZE:
+            # Common case (a small message in one packet): one whole frame.
+            size = int.from_bytes(data[:HEADER_SIZE], "big")
+            if size <= self.max_size and len(data) == HEADER_SIZE + size:
+                return [data[HEADER_SIZE:]]
         buf = self._buf
         buf += data
         out: list[bytes] = []
