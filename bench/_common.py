@@ -24,11 +24,12 @@ import multiprocessing.queues
 import multiprocessing.synchronize
 import os
 import queue
+import sys
 import time
 import traceback
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -112,6 +113,57 @@ def rates(size: int, msgs: int, seconds: float) -> dict[str, float]:
         "msgs_per_s": delivered / seconds,
         "mb_per_s": delivered * size / seconds / MB,
     }
+
+
+def ping_result(impl: str, size: int, rtts: list[float]) -> dict[str, Any]:
+    """One ping run's figures: *rtts* (us) of *size*-byte round trips by *impl*."""
+    return {
+        "impl": impl,
+        "kind": "ping",
+        "size": size,
+        "n": len(rtts),
+        "p50_us": percentile(rtts, 50),
+        "p99_us": percentile(rtts, 99),
+    }
+
+
+def ping_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of the p50 and p99 of ping runs, and each run's two figures."""
+    return {
+        "p50_us": median(x["p50_us"] for x in runs),
+        "p99_us": median(x["p99_us"] for x in runs),
+        "runs": [{"p50_us": x["p50_us"], "p99_us": x["p99_us"]} for x in runs],
+    }
+
+
+_R = TypeVar("_R")
+
+
+def alternate(
+    runners: dict[str, Callable[[int], _R]], rounds: int, progress: str | None = None
+) -> dict[str, list[_R]]:
+    """Run every runner once per round, ``runner(round)``; the results by runner name.
+
+    The order rotates every round (for two runners it flips), starting with the
+    runners' own order. With *progress*, a line ``"<progress>: round i/n name (s)"``
+    goes to stderr after every run.
+    """
+    names = list(runners)
+    runs: dict[str, list[_R]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            t0 = time.monotonic()
+            runs[name].append(runners[name](r))
+            if progress is not None:
+                print(f"{progress}: round {r + 1}/{rounds} {name} "
+                      f"({time.monotonic() - t0:.1f} s)", file=sys.stderr, flush=True)
+    return runs
+
+
+def int_list(text: str) -> list[int]:
+    """Parse a comma-separated list of integers (``argparse`` type; ``''`` is empty)."""
+    return [int(s) for s in text.split(",") if s.strip()]
 
 
 def frame(payload: bytes) -> bytes:

@@ -59,38 +59,46 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench import direct, naive_relay
+from bench._clients import (
+    COORD_NAME,
+    NatsServer,
+    PySpy,
+    Target,
+    check_py_spy,
+    connect,
+    run_naive,
+    stream_ping,
+    want_nats,
+)
 from bench._common import (
     MB,
     STARTUP_TIMEOUT_S,
     Ctl,
     Procs,
     Stop,
+    alternate,
     emit,
+    int_list,
     make_self_signed,
     median,
     percentile,
+    ping_summary,
     rates,
     start_coord,
     udp_rcvbuf_errors,
     wait_event,
 )
-from bench.broadcast import NatsServer, nats_missing
-from bench.proxied import PySpy
 
 IMPL = "conec-actors"
 NAIVE = naive_relay.IMPL
 PLAIN = direct.PLAIN
 NATS = "nats"
-COORD_NAME = "localhost"
-HOST = "127.0.0.1"
 PATHS = ("proxied", "direct")
 #: The baseline of each path.
 BASELINE = {"proxied": NAIVE, "direct": PLAIN}
@@ -113,9 +121,6 @@ MAX_COUNT = 2_000_000
 CONTROL_TIMEOUT_S = 120.0
 RTT_TIMEOUT_S = 5.0
 
-#: What a client process needs to reach the Coordinator: (port, CA PEM, datagram size).
-Target = tuple[int, bytes, int]
-
 CAVEAT = ("2-core machine shared with other workloads (tests of other engineers may run "
           "concurrently): absolute figures are noisy, compare ratios within one run")
 
@@ -130,14 +135,6 @@ def _rtt_figures(rtts: list[float]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- conec clients
-
-
-async def _connect(client_id: str, target: Target) -> Any:
-    from conec_actors import Client, ClientConfig
-
-    port, ca, mds = target
-    cfg = ClientConfig(client_id, COORD_NAME, addr=(HOST, port), ca=ca, max_datagram_size=mds)
-    return await Client.connect(cfg)
 
 
 class Counter:
@@ -159,7 +156,7 @@ class Counter:
 
 async def receiver_main(target: Target, *, ctl: Ctl, stop: Stop) -> None:
     """Client B: count tells, echo asks (and, when asked to, tells) until stopped."""
-    client = await _connect("b", target)
+    client = await connect("b", target)
 
     async def serve() -> None:
         counter = Counter()
@@ -251,7 +248,7 @@ async def sender_main(
     *, ctl: Ctl, stop: Stop,
 ) -> None:
     """Client A: one session (tell runs per size, asks, tell round trips), then report."""
-    client = await _connect("a", target)
+    client = await connect("a", target)
     try:
         if path == "direct":
             await client.new_channel("b")
@@ -307,16 +304,8 @@ async def sender_main(
                 send, recv = await client.new_direct_stream("b")
             else:
                 send, recv = await client.new_proxied_stream("b")
-            rtts = []
-            for i in range(WARMUP + rtt_n):
-                t0 = time.perf_counter_ns()
-                async with asyncio.timeout(RTT_TIMEOUT_S):
-                    await send.send(body)
-                    reply = await recv.recv()
-                if i >= WARMUP:
-                    rtts.append((time.perf_counter_ns() - t0) / 1000)
-                if reply != body:
-                    raise RuntimeError("B's stream echo differs")
+            rtts = await stream_ping(send, recv, body, rtt_n, warmup=WARMUP,
+                                     timeout=RTT_TIMEOUT_S, check=True)
             out["stream_ping"] = _rtt_figures(rtts)
             routes["b"] = await client.ask("b", {"cmd": "route"}, timeout=CONTROL_TIMEOUT_S)
             if routes["b"] != path:
@@ -419,14 +408,6 @@ def run_nats(n: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- baselines
 
 
-def run_naive(size: int, count: int, sockbuf: int, mds: int) -> dict[str, Any]:
-    errors_before = udp_rcvbuf_errors()
-    result = naive_relay.run_naive_relay(size, count=count, max_datagram_size=mds,
-                                         socket_buffer=sockbuf)
-    result["udp_rcvbuf_errors"] = udp_rcvbuf_errors() - errors_before
-    return result
-
-
 def run_plain(size: int, count: int, mds: int) -> dict[str, Any]:
     return direct.run_plain(size, count, max_datagram_size=mds)
 
@@ -437,7 +418,7 @@ def run_baseline(path: str, sizes: list[int], counts: dict[int, int], rtt_n: int
     out: dict[str, Any] = {"tell": {}}
     for size in sizes:
         if path == "proxied":
-            out["tell"][size] = run_naive(size, counts[size], sockbuf, mds)
+            out["tell"][size] = run_naive(size, counts[size], mds, sockbuf)
         else:
             out["tell"][size] = run_plain(size, counts[size], mds)
     if rtt_n > 0:
@@ -458,7 +439,7 @@ def calibrate_baseline(path: str, sizes: list[int], duration: float, sockbuf: in
     for size in sizes:
         if path == "proxied":
             guess = naive_relay.TARGET_RATE.get(size) or 5 * MB / max(size, 1)
-            cal = run_naive(size, count_for(size, guess, CALIBRATION_S), sockbuf, mds)
+            cal = run_naive(size, count_for(size, guess, CALIBRATION_S), mds, sockbuf)
         else:
             guess = direct.GUESS_RATE.get(size) or 5 * MB / max(size, 1)
             cal = run_plain(size, count_for(size, guess, CALIBRATION_S), mds)
@@ -479,12 +460,7 @@ def _tell_summary(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str
 
 
 def _rtt_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "p50_us": median(r["p50_us"] for r in runs),
-        "p99_us": median(r["p99_us"] for r in runs),
-        "n": runs[0]["n"],
-        "runs": [{"p50_us": r["p50_us"], "p99_us": r["p99_us"]} for r in runs],
-    }
+    return {**ping_summary(runs), "n": runs[0]["n"]}
 
 
 _CONEC_TELL_KEYS = ("msgs", "msgs_per_s", "mb_per_s", "seconds", "sender_msgs_per_s",
@@ -543,15 +519,7 @@ def bench(
             lambda r, p=path: run_baseline(p, sizes, counts[p], rtt_n, sockbuf, mds))
     if nats and rtt_n > 0:
         runners[NATS] = lambda r: run_nats(rtt_n)
-    names = list(runners)
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            t0 = time.monotonic()
-            runs[name].append(runners[name](r))
-            print(f"bench.actors: round {r + 1}/{rounds} {name} "
-                  f"({time.monotonic() - t0:.1f} s)", file=sys.stderr, flush=True)
+    runs = alternate(runners, rounds, progress="bench.actors")
     lines: list[dict[str, Any]] = []
     for path in PATHS:
         conec = runs[f"conec-{path}"]
@@ -589,14 +557,10 @@ def _conec_runner(path: str, sizes: list[int], duration: float, rtt_n: int,
     return run
 
 
-def _sizes(text: str) -> list[int]:
-    return [int(s) for s in text.split(",") if s.strip()]
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.actors", description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=3, help="measured runs per implementation")
-    p.add_argument("--sizes", type=_sizes, default=list(SIZES),
+    p.add_argument("--sizes", type=int_list, default=list(SIZES),
                    help="comma-separated tell sizes in bytes ('' for none)")
     p.add_argument("--duration", type=float, default=2.0, help="seconds per tell run (about)")
     p.add_argument("--ask-n", type=int, default=500,
@@ -616,15 +580,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--sizes must be >= 0")
     if not args.sizes and not args.ask_n:
         p.error("nothing to measure (no --sizes and --ask-n 0)")
-    if args.py_spy is not None and shutil.which("py-spy") is None:
-        p.error("--py-spy needs the py-spy executable (pip install py-spy)")
-    nats = False
-    if not args.no_nats:
-        why = nats_missing()
-        if why is None:
-            nats = True
-        else:
-            emit({"bench": "actors-nats", "skipped": why})
+    check_py_spy(p, args.py_spy)
+    nats = want_nats(args.no_nats, "actors-nats")
     for line in bench(sizes=args.sizes, rounds=args.rounds, duration=args.duration,
                       rtt_n=args.ask_n, mds=args.max_datagram_size, nats=nats,
                       sockbuf=args.naive_socket_buffer, py_spy=args.py_spy):

@@ -80,11 +80,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import importlib.util
-import shutil
-import socket
 import struct
-import subprocess
 import time
 from array import array
 from collections.abc import Callable
@@ -92,21 +88,29 @@ from pathlib import Path
 from typing import Any
 
 from aioquic.asyncio.client import connect
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.asyncio.server import serve
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
 
 from bench import naive_relay
+from bench._clients import (
+    COORD_NAME,
+    HOST,
+    NatsServer,
+    PySpy,
+    check_py_spy,
+    want_nats,
+)
 from bench._common import (
     MP,
     STARTUP_TIMEOUT_S,
     Ctl,
     Procs,
     Stop,
+    alternate,
     cpu_seconds,
     emit,
     frame,
+    int_list,
     make_self_signed,
     median,
     percentile,
@@ -114,13 +118,10 @@ from bench._common import (
     udp_rcvbuf_errors,
     wait_event,
 )
-from bench.proxied import PySpy
 
 IMPL = "conec-actors"
 BASE = "aioquic-fanout"
 NATS = "nats"
-COORD_NAME = "localhost"
-HOST = "127.0.0.1"
 CHAN = "bench"
 SUBJECT = "bench"
 
@@ -401,7 +402,7 @@ class Frames:
         return out
 
 
-class FanoutProtocol(QuicConnectionProtocol):
+class FanoutProtocol(naive_relay.FlushSoonProtocol):
     """Server side of one member: hello frame (its index), then messages to fan out."""
 
     def __init__(self, quic: QuicConnection, stream_handler: Any = None, *,
@@ -410,7 +411,6 @@ class FanoutProtocol(QuicConnectionProtocol):
         self._state = state
         self._frames = Frames()
         self._tag: bytes | None = None
-        self._flush_scheduled = False
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, StreamDataReceived):
@@ -424,51 +424,24 @@ class FanoutProtocol(QuicConnectionProtocol):
         elif isinstance(event, ConnectionTerminated):
             self._state.members.pop(self, None)
 
-    def send_soon(self, stream_id: int, data: bytes) -> None:
-        """Queue *data* and flush this connection once per loop turn (see naive_relay)."""
-        self._quic.send_stream_data(stream_id, data)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        self.transmit()
-
 
 async def fanout_server_main(cert: bytes, key: bytes, members: int, *, ctl: Ctl,
                              stop: Stop) -> None:
     """The baseline server process."""
     net = naive_relay.Net(socket_buffer=SOCKET_BUFFER)
     state = FanoutState(members, ctl)
-    server = await serve(
-        HOST, 0, configuration=naive_relay._server_config(cert, key, net),
-        create_protocol=functools.partial(FanoutProtocol, state=state),
+    server, port = await naive_relay.start_server(
+        cert, key, net, functools.partial(FanoutProtocol, state=state)
     )
     try:
-        transport = server._transport  # no public accessor (aioquic is pinned)
-        assert transport is not None
-        naive_relay._set_socket_buffers(transport, SOCKET_BUFFER)
-        ctl.put(("server", transport.get_extra_info("sockname")[1]))
+        ctl.put(("server", port))
         await wait_event(stop)
     finally:
         server.close()
 
 
-class MemberProtocol(naive_relay.ClientProtocol):
+class MemberProtocol(naive_relay.ClientProtocol, naive_relay.FlushSoonProtocol):
     """A baseline member's connection: coalesced transmits, like the server's."""
-
-    _flush_scheduled = False
-
-    def send_soon(self, stream_id: int, data: bytes) -> None:
-        self._quic.send_stream_data(stream_id, data)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        self.transmit()
 
 
 async def fanout_members_main(
@@ -477,7 +450,7 @@ async def fanout_members_main(
 ) -> None:
     """One client process of the baseline run."""
     net = naive_relay.Net(socket_buffer=SOCKET_BUFFER)
-    config = naive_relay._client_config(cert, net)
+    config = naive_relay.client_config(cert, net)
     contexts: list[Any] = []
     try:
         protos: list[MemberProtocol] = []
@@ -486,7 +459,7 @@ async def fanout_members_main(
             proto = await cm.__aenter__()
             contexts.append(cm)
             assert isinstance(proto, MemberProtocol)
-            naive_relay._set_socket_buffers(proto._transport, SOCKET_BUFFER)
+            naive_relay.set_socket_buffers(proto._transport, SOCKET_BUFFER)
             protos.append(proto)
         tallies = [Tally(i, members * count) for i in indices]
         streams: list[int] = []
@@ -574,15 +547,6 @@ def run_baseline(members: int, count: int, size: int, nprocs: int,
 # --------------------------------------------------------------------------- NATS
 
 
-def nats_missing() -> str | None:
-    """Why the NATS comparison cannot run here, or None if it can."""
-    if shutil.which("nats-server") is None:
-        return "nats-server not installed"
-    if importlib.util.find_spec("nats") is None:
-        return "nats-py not installed (pip install nats-py)"
-    return None
-
-
 async def nats_members_main(
     url: str, proc: int, indices: list[int], members: int, count: int, size: int,
     window: int, go: Stop, *, ctl: Ctl, stop: Stop,
@@ -631,55 +595,6 @@ def _nats_cb(tally: Tally) -> Callable[[Any], Any]:
         tally.add(msg.data, clock())
 
     return cb
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class NatsServer:
-    """``nats-server`` on a free loopback port for the length of a ``with`` block."""
-
-    def __init__(self) -> None:
-        exe = shutil.which("nats-server")
-        assert exe is not None
-        self.port = _free_port()
-        self.proc = subprocess.Popen(
-            [exe, "-a", HOST, "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection((HOST, self.port), timeout=0.5).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.close()
-                    raise RuntimeError("nats-server did not start") from None
-                time.sleep(0.02)
-
-    @property
-    def url(self) -> str:
-        return f"nats://{HOST}:{self.port}"
-
-    def __enter__(self) -> NatsServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def run_nats(members: int, count: int, size: int, nprocs: int,
@@ -742,12 +657,7 @@ def bench_members(
     }
     if nats:
         runners[NATS] = lambda r: run_nats(members, count, size, nprocs, window_bytes)
-    impls = list(runners)
-    runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
-    for r in range(rounds):
-        order = impls[r % len(impls):] + impls[:r % len(impls)]
-        for impl in order:
-            runs[impl].append(runners[impl](r))
+    runs = alternate(runners, rounds)
     conec, base = _summary(runs[IMPL]), _summary(runs[BASE])
     result: dict[str, Any] = {
         "bench": "broadcast",
@@ -775,14 +685,10 @@ def bench_members(
     return result
 
 
-def _ints(text: str) -> list[int]:
-    return [int(s) for s in text.split(",") if s.strip()]
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.broadcast",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--members", type=_ints, default=[2, 8, 32],
+    p.add_argument("--members", type=int_list, default=[2, 8, 32],
                    help="comma-separated member counts")
     p.add_argument("--rounds", type=int, default=3, help="measured runs per implementation")
     p.add_argument("--messages", type=int, default=None,
@@ -808,15 +714,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--window-bytes must be >= 1")
     if args.procs is not None and args.procs < 1:
         p.error("--procs must be >= 1")
-    if args.py_spy is not None and shutil.which("py-spy") is None:
-        p.error("--py-spy needs the py-spy executable (pip install py-spy)")
-    nats = False
-    if not args.no_nats:
-        why = nats_missing()
-        if why is None:
-            nats = True
-        else:
-            emit({"bench": "broadcast-nats", "skipped": why})
+    check_py_spy(p, args.py_spy)
+    nats = want_nats(args.no_nats, "broadcast-nats")
     for members in args.members:
         emit(bench_members(members, rounds=args.rounds, messages=args.messages,
                            size=args.size, procs=args.procs, nats=nats, py_spy=args.py_spy,

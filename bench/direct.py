@@ -55,19 +55,29 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.asyncio.server import serve
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import QuicEvent, StreamDataReceived
 
 from bench import naive_relay
+from bench._clients import (
+    CALIBRATION_S,
+    COORD_NAME,
+    PING_SIZE,
+    PySpy,
+    Target,
+    check_py_spy,
+    count_for,
+    run_stream_ping,
+    stream_receiver_main,
+    stream_sender_main,
+    stream_summary,
+)
 from bench._common import (
     MB,
     SIZES,
@@ -76,124 +86,30 @@ from bench._common import (
     FrameCounter,
     Procs,
     Stop,
+    alternate,
     emit,
     frame,
+    int_list,
     make_self_signed,
-    median,
-    percentile,
+    ping_result,
+    ping_summary,
     rates,
     start_coord,
     tree_cpu_seconds,
     udp_rcvbuf_errors,
     wait_event,
 )
-from bench.proxied import PySpy
 
 IMPL = "conec-actors"
 PLAIN = "plain-aioquic"
-COORD_NAME = "localhost"
-HOST = "127.0.0.1"
 
 #: UDP socket buffers conec-actors always asks for (``conec_actors.transport``).
 CONEC_SOCKET_BUFFER = 4 * 1024 * 1024
 SOCKET_NOTE = ("conec-actors always uses 4 MiB UDP socket buffers; the plain aioquic "
                "sockets use plain_socket_buffer (default: the same 4 MiB; 0 = OS default)")
 
-PING_SIZE = 64
-PING_WARMUP = 20
-#: Length of the calibration runs that size ``N`` (seconds at the guessed rate; at most
-#: half of ``--duration``).
-CALIBRATION_S = 1.0
-MIN_COUNT = 200
-#: Every run moves at least this many payload bytes, so that the buffers on the path
-#: (a few 256 KiB windows) do not dominate the figures.
-MIN_PAYLOAD = 2 * MB
 #: Rough msgs/s of one plain aioquic connection on a 2-core box; only sizes calibration.
 GUESS_RATE: dict[int, float] = {64: 60_000.0, 1024: 12_000.0, 65536: 250.0}
-
-#: What a client process needs to reach the Coordinator: (port, CA PEM, datagram size).
-Target = tuple[int, bytes, int]
-
-
-# --------------------------------------------------------------------------- conec clients
-
-
-async def _connect(client_id: str, target: Target) -> Any:
-    from conec_actors import Client, ClientConfig
-
-    port, ca, mds = target
-    cfg = ClientConfig(client_id, COORD_NAME, addr=(HOST, port), ca=ca, max_datagram_size=mds)
-    return await Client.connect(cfg)
-
-
-async def receiver_main(target: Target, mode: str, count: int, *, ctl: Ctl, stop: Stop) -> None:
-    """Client B: count *count* messages on the first (direct) incoming stream, or echo."""
-    client = await _connect("b", target)
-    try:
-        ctl.put(("ready", "b"))
-        incoming = await anext(aiter(client.incoming))
-        if incoming.stream_id.kind != "direct":
-            raise RuntimeError(f"B got a {incoming.stream_id.kind!r} stream, not a direct one")
-        recv = incoming.recv
-        if mode == "ping":
-            send = incoming.send
-
-            async def echo() -> None:
-                async for message in recv:
-                    await send.send(message)
-
-            task = asyncio.create_task(echo())
-            await wait_event(stop)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            return
-        received = 0
-        payload_bytes = 0
-        t_first = 0.0
-        while received < count:
-            message = await recv.recv()
-            if not received:
-                t_first = time.perf_counter()
-            received += 1
-            payload_bytes += len(message)
-        seconds = time.perf_counter() - t_first
-        ctl.put(("result", {"seconds": seconds, "payload_bytes": payload_bytes,
-                            "kind": incoming.stream_id.kind}))
-        await wait_event(stop)
-    finally:
-        await client.close()
-
-
-async def sender_main(
-    target: Target, mode: str, size: int, count: int, *, ctl: Ctl, stop: Stop
-) -> None:
-    """Client A: open a channel and a direct stream to B, send *count* messages (or ping)."""
-    client = await _connect("a", target)
-    try:
-        await client.new_channel("b")
-        send, recv = await client.new_direct_stream("b")
-        if mode == "ping":
-            message = bytes(PING_SIZE)
-            rtts: list[float] = []
-            for i in range(PING_WARMUP + count):
-                t0 = time.perf_counter_ns()
-                # asyncio.timeout, not wait_for: wait_for would wrap recv() in a Task of
-                # its own (extra event-loop turns on every round trip).
-                async with asyncio.timeout(STARTUP_TIMEOUT_S):
-                    await send.send(message)
-                    await recv.recv()
-                if i >= PING_WARMUP:
-                    rtts.append((time.perf_counter_ns() - t0) / 1000)
-            ctl.put(("ping", rtts))
-        else:
-            payload = bytes(size)
-            for _ in range(count):
-                await send.send(payload)
-            ctl.put(("sent", count))
-        await wait_event(stop)
-    finally:
-        await client.close()
 
 
 # --------------------------------------------------------------------------- plain aioquic
@@ -236,18 +152,12 @@ async def plain_server_main(
 ) -> None:
     """The baseline's receiver: one aioquic server; reports its port, then the result."""
     done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-    server = await serve(
-        HOST, 0,
-        configuration=naive_relay._server_config(cert_pem, key_pem, net),
-        create_protocol=functools.partial(PlainServerProtocol, mode=mode, count=count,
-                                          done=done),
+    server, port = await naive_relay.start_server(
+        cert_pem, key_pem, net,
+        functools.partial(PlainServerProtocol, mode=mode, count=count, done=done),
     )
     try:
-        # aioquic has no public accessor for the bound address (aioquic is pinned).
-        transport = server._transport
-        assert transport is not None
-        naive_relay._set_socket_buffers(transport, net.socket_buffer)
-        ctl.put(("port", transport.get_extra_info("sockname")[1]))
+        ctl.put(("port", port))
         if mode != "ping":
             ctl.put(("result", await done))
         await wait_event(stop)
@@ -260,16 +170,11 @@ async def plain_client_main(
     *, ctl: Ctl, stop: Stop,
 ) -> None:
     """The baseline's sender: frames on one stream with the naive relay's limiter, or ping."""
-    async with connect(
-        HOST, port, configuration=naive_relay._client_config(cert_pem, net),
-        create_protocol=naive_relay.ClientProtocol,
-    ) as proto:
-        assert isinstance(proto, naive_relay.ClientProtocol)
-        naive_relay._set_socket_buffers(proto._transport, net.socket_buffer)
+    async with naive_relay.open_client(port, cert_pem, net) as proto:
         stream_id: int = proto._quic.get_next_available_stream_id()
         if mode == "ping":
             message = frame(bytes(PING_SIZE))
-            ctl.put(("ping", await naive_relay._ping(proto, stream_id, message, count)))
+            ctl.put(("ping", await naive_relay.ping(proto, stream_id, message, count)))
         else:
             message = frame(bytes(size))
             for i in range(count):
@@ -298,14 +203,14 @@ def run_conec(
     with Procs(IMPL) as procs:
         coord = start_coord(procs, cert, key, max_datagram_size=max_datagram_size)
         target: Target = (coord.port, cert, max_datagram_size)
-        procs.start("b", receiver_main, target, "throughput", count)
+        procs.start("b", stream_receiver_main, target, "throughput", count, "direct")
         procs.expect("ready")
         before = coord.stats()
         coord_cpu = tree_cpu_seconds(coord.pid)
         with contextlib.ExitStack() as spies:
             if py_spy is not None and label:
                 spies.enter_context(PySpy(py_spy, procs.pid("b"), f"b-{label}"))
-            procs.start("a", sender_main, target, "throughput", size, count)
+            procs.start("a", stream_sender_main, target, "direct", "throughput", size, count)
             if py_spy is not None and label:
                 spies.enter_context(PySpy(py_spy, procs.pid("a"), f"a-{label}"))
             result = procs.expect("result", timeout=STARTUP_TIMEOUT_S + 120)
@@ -360,28 +265,9 @@ def run_plain(
     }
 
 
-def _ping_result(impl: str, rtts: list[float]) -> dict[str, Any]:
-    return {
-        "impl": impl,
-        "kind": "ping",
-        "size": PING_SIZE,
-        "n": len(rtts),
-        "p50_us": percentile(rtts, 50),
-        "p99_us": percentile(rtts, 99),
-    }
-
-
 def run_conec_ping(n: int = 200, *, max_datagram_size: int = 1200) -> dict[str, Any]:
     """Round trips of one 64-byte message A -> B -> A over a direct stream, one at a time."""
-    cert, key = make_self_signed(COORD_NAME)
-    with Procs(IMPL) as procs:
-        coord = start_coord(procs, cert, key, max_datagram_size=max_datagram_size)
-        target: Target = (coord.port, cert, max_datagram_size)
-        procs.start("b", receiver_main, target, "ping", n)
-        procs.expect("ready")
-        procs.start("a", sender_main, target, "ping", PING_SIZE, n)
-        rtts: list[float] = procs.expect("ping", timeout=STARTUP_TIMEOUT_S + 60)
-    return _ping_result(IMPL, rtts)
+    return ping_result(IMPL, PING_SIZE, run_stream_ping(IMPL, "direct", n, max_datagram_size))
 
 
 def run_plain_ping(
@@ -395,24 +281,11 @@ def run_plain_ping(
         port = procs.expect("port")
         procs.start("client", plain_client_main, port, cert, net, "ping", PING_SIZE, n)
         rtts: list[float] = procs.expect("ping", timeout=STARTUP_TIMEOUT_S + 60)
-    return _ping_result(PLAIN, rtts)
-
-
-def _count_for(size: int, rate: float, duration: float) -> int:
-    return max(MIN_COUNT, MIN_PAYLOAD // max(size, 1), int(rate * duration))
+    return ping_result(PLAIN, PING_SIZE, rtts)
 
 
 _RUN_KEYS = ("msgs_per_s", "mb_per_s", "seconds", "udp_rcvbuf_errors",
              "coord_bytes_forwarded", "coord_cpu_s")
-
-
-def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "msgs_per_s": median(r["msgs_per_s"] for r in runs),
-        "mb_per_s": median(r["mb_per_s"] for r in runs),
-        "msgs": runs[0]["msgs"],
-        "runs": [{k: r[k] for k in _RUN_KEYS if k in r} for r in runs],
-    }
 
 
 def bench_size(
@@ -426,27 +299,23 @@ def bench_size(
 ) -> dict[str, Any]:
     """Calibrate, then alternate *rounds* conec and plain runs of *size*; one result."""
     guess = GUESS_RATE.get(size) or 5 * MB / max(size, 1)
-    cal_count = _count_for(size, guess, min(CALIBRATION_S, duration / 2))
+    cal_count = count_for(size, guess, min(CALIBRATION_S, duration / 2))
     cal_conec = run_conec(size, cal_count, max_datagram_size=mds)
     cal_plain = run_plain(size, cal_count, max_datagram_size=mds, socket_buffer=plain_sockbuf)
     counts = {
-        IMPL: _count_for(size, cal_conec["msgs_per_s"], duration),
-        PLAIN: _count_for(size, cal_plain["msgs_per_s"], duration),
+        IMPL: count_for(size, cal_conec["msgs_per_s"], duration),
+        PLAIN: count_for(size, cal_plain["msgs_per_s"], duration),
     }
     runners: dict[str, Callable[[int], dict[str, Any]]] = {
-        PLAIN: lambda r: run_plain(
-            size, counts[PLAIN], max_datagram_size=mds, socket_buffer=plain_sockbuf
-        ),
         IMPL: lambda r: run_conec(
             size, counts[IMPL], max_datagram_size=mds, py_spy=py_spy, label=f"{size}-r{r}"
         ),
+        PLAIN: lambda r: run_plain(
+            size, counts[PLAIN], max_datagram_size=mds, socket_buffer=plain_sockbuf
+        ),
     }
-    runs: dict[str, list[dict[str, Any]]] = {IMPL: [], PLAIN: []}
-    for r in range(rounds):
-        order = (IMPL, PLAIN) if r % 2 == 0 else (PLAIN, IMPL)
-        for impl in order:
-            runs[impl].append(runners[impl](r))
-    conec, plain = _summary(runs[IMPL]), _summary(runs[PLAIN])
+    runs = alternate(runners, rounds)
+    conec, plain = stream_summary(runs[IMPL], _RUN_KEYS), stream_summary(runs[PLAIN], _RUN_KEYS)
     return {
         "bench": "direct",
         "size": size,
@@ -470,24 +339,12 @@ def bench_ping(
     *, rounds: int, n: int, mds: int, plain_sockbuf: int = CONEC_SOCKET_BUFFER
 ) -> dict[str, Any]:
     """Alternate *rounds* conec and plain ping runs; medians of their p50 and p99."""
-    runs: dict[str, list[dict[str, Any]]] = {IMPL: [], PLAIN: []}
-    for r in range(rounds):
-        order = (IMPL, PLAIN) if r % 2 == 0 else (PLAIN, IMPL)
-        for impl in order:
-            if impl == IMPL:
-                result = run_conec_ping(n, max_datagram_size=mds)
-            else:
-                result = run_plain_ping(n, max_datagram_size=mds, socket_buffer=plain_sockbuf)
-            runs[impl].append(result)
-
-    def summary(rs: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "p50_us": median(x["p50_us"] for x in rs),
-            "p99_us": median(x["p99_us"] for x in rs),
-            "runs": [{"p50_us": x["p50_us"], "p99_us": x["p99_us"]} for x in rs],
-        }
-
-    conec, plain = summary(runs[IMPL]), summary(runs[PLAIN])
+    runners: dict[str, Callable[[int], dict[str, Any]]] = {
+        IMPL: lambda r: run_conec_ping(n, max_datagram_size=mds),
+        PLAIN: lambda r: run_plain_ping(n, max_datagram_size=mds, socket_buffer=plain_sockbuf),
+    }
+    runs = alternate(runners, rounds)
+    conec, plain = ping_summary(runs[IMPL]), ping_summary(runs[PLAIN])
     return {
         "bench": "direct-ping",
         "size": PING_SIZE,
@@ -505,14 +362,10 @@ def bench_ping(
     }
 
 
-def _sizes(text: str) -> list[int]:
-    return [int(s) for s in text.split(",") if s.strip()]
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.direct", description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=3, help="measured runs per implementation")
-    p.add_argument("--sizes", type=_sizes, default=list(SIZES), help="comma-separated bytes")
+    p.add_argument("--sizes", type=int_list, default=list(SIZES), help="comma-separated bytes")
     p.add_argument("--duration", type=float, default=2.0, help="seconds per run (about)")
     p.add_argument("--max-datagram-size", type=int, default=1200)
     p.add_argument(
@@ -529,8 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0:
         p.error("--rounds must be >= 1 and --duration > 0")
-    if args.py_spy is not None and shutil.which("py-spy") is None:
-        p.error("--py-spy needs the py-spy executable (pip install py-spy)")
+    check_py_spy(p, args.py_spy)
     for size in args.sizes:
         emit(
             bench_size(

@@ -30,6 +30,7 @@ import asyncio
 import time
 from typing import Any
 
+from bench._clients import COORD_NAME, HOST
 from bench._common import (
     MP,
     STARTUP_TIMEOUT_S,
@@ -45,8 +46,6 @@ from bench._common import (
     wait_event,
 )
 
-COORD_NAME = "localhost"
-HOST = "127.0.0.1"
 TARGET_KIB_PER_CLIENT = 150
 #: Time the Coordinator gets to settle before the "before" memory reading.
 SETTLE_S = 1.0

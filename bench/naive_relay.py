@@ -23,6 +23,7 @@ the ping measurement and prints one JSON line per result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import multiprocessing
 import multiprocessing.context
@@ -32,20 +33,20 @@ import queue
 import socket
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, TypeAlias
 
 from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.asyncio.server import serve
+from aioquic.asyncio.server import QuicServer, serve
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from bench._common import SIZES, FrameCounter, emit, frame, make_self_signed, percentile, rates
+from bench._common import SIZES, FrameCounter, emit, frame, make_self_signed, ping_result, rates
 
 IMPL = "naive-relay"
 ALPN = "bench-relay"
@@ -79,7 +80,7 @@ class Net(NamedTuple):
     socket_buffer: int = 0
 
 
-def _set_socket_buffers(transport: Any, size: int) -> None:
+def set_socket_buffers(transport: Any, size: int) -> None:
     """Enlarge a UDP socket's buffers as conec_actors does: the ``*FORCE`` options
     where permitted (root), which ignore ``net.core.[rw]mem_max``, else the plain ones."""
     if size <= 0 or transport is None:
@@ -147,7 +148,28 @@ class RelayState:
                 del self.endpoints[role]
 
 
-class RelayProtocol(QuicConnectionProtocol):
+class FlushSoonProtocol(QuicConnectionProtocol):
+    """A connection that can queue stream data and flush itself once per loop turn."""
+
+    _flush_scheduled = False
+
+    def send_soon(self, stream_id: int, data: bytes) -> None:
+        """Queue *data* on *stream_id* and flush this connection on the next loop turn.
+
+        We are usually running inside the *other* connection's datagram callback, which
+        only transmits for that other connection; hence the explicit (coalesced) flush.
+        """
+        self._quic.send_stream_data(stream_id, data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self.transmit()
+
+
+class RelayProtocol(FlushSoonProtocol):
     """Relay side of one client connection: parse the role line, then copy bytes over."""
 
     def __init__(
@@ -161,7 +183,6 @@ class RelayProtocol(QuicConnectionProtocol):
         self._state = state
         self._role: bytes | None = None
         self._line = bytearray()
-        self._flush_scheduled = False
 
     def quic_event_received(self, event: QuicEvent) -> None:
         """Dispatch stream data; forget this client when its connection ends."""
@@ -187,23 +208,8 @@ class RelayProtocol(QuicConnectionProtocol):
                 return
         self._state.forward(self._role, data)
 
-    def send_soon(self, stream_id: int, data: bytes) -> None:
-        """Queue *data* on *stream_id* and flush this connection on the next loop turn.
 
-        We are usually running inside the *other* connection's datagram callback, which
-        only transmits for that other connection; hence the explicit (coalesced) flush.
-        """
-        self._quic.send_stream_data(stream_id, data)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        self.transmit()
-
-
-def _server_config(cert_pem: bytes, key_pem: bytes, net: Net) -> QuicConfiguration:
+def server_config(cert_pem: bytes, key_pem: bytes, net: Net) -> QuicConfiguration:
     config = QuicConfiguration(
         is_client=False, alpn_protocols=[ALPN], max_datagram_size=net.max_datagram_size
     )
@@ -212,20 +218,30 @@ def _server_config(cert_pem: bytes, key_pem: bytes, net: Net) -> QuicConfigurati
     return config
 
 
-async def _relay_main(cert_pem: bytes, key_pem: bytes, net: Net, ctl: Ctl, stop: Stop) -> None:
-    state = RelayState()
+async def start_server(
+    cert_pem: bytes, key_pem: bytes, net: Net, create_protocol: Callable[..., Any]
+) -> tuple[QuicServer, int]:
+    """``serve`` on :data:`HOST`, port 0, with *net*'s settings; the server and its port."""
     server = await serve(
         HOST,
         0,
-        configuration=_server_config(cert_pem, key_pem, net),
-        create_protocol=functools.partial(RelayProtocol, state=state),
+        configuration=server_config(cert_pem, key_pem, net),
+        create_protocol=create_protocol,
+    )
+    # aioquic has no public accessor for the bound address (aioquic is pinned).
+    transport = server._transport
+    assert transport is not None
+    set_socket_buffers(transport, net.socket_buffer)
+    port: int = transport.get_extra_info("sockname")[1]
+    return server, port
+
+
+async def _relay_main(cert_pem: bytes, key_pem: bytes, net: Net, ctl: Ctl, stop: Stop) -> None:
+    state = RelayState()
+    server, port = await start_server(
+        cert_pem, key_pem, net, functools.partial(RelayProtocol, state=state)
     )
     try:
-        # aioquic has no public accessor for the bound address (aioquic is pinned).
-        transport = server._transport
-        assert transport is not None
-        _set_socket_buffers(transport, net.socket_buffer)
-        port: int = transport.get_extra_info("sockname")[1]
         ctl.put(("port", port))
         await _wait_stop(stop)
     finally:
@@ -279,7 +295,7 @@ class ClientProtocol(QuicConnectionProtocol):
             pass
 
 
-def _client_config(cert_pem: bytes, net: Net) -> QuicConfiguration:
+def client_config(cert_pem: bytes, net: Net) -> QuicConfiguration:
     config = QuicConfiguration(
         is_client=True,
         alpn_protocols=[ALPN],
@@ -290,14 +306,21 @@ def _client_config(cert_pem: bytes, net: Net) -> QuicConfiguration:
     return config
 
 
+@contextlib.asynccontextmanager
+async def open_client(port: int, cert_pem: bytes, net: Net) -> AsyncIterator[ClientProtocol]:
+    """A :class:`ClientProtocol` connection to the server on *port*, with *net*'s settings."""
+    async with connect(
+        HOST, port, configuration=client_config(cert_pem, net), create_protocol=ClientProtocol
+    ) as proto:
+        assert isinstance(proto, ClientProtocol)
+        set_socket_buffers(proto._transport, net.socket_buffer)
+        yield proto
+
+
 async def _receiver_main(
     port: int, cert_pem: bytes, net: Net, mode: Mode, count: int, ctl: Ctl, stop: Stop
 ) -> None:
-    async with connect(
-        HOST, port, configuration=_client_config(cert_pem, net), create_protocol=ClientProtocol
-    ) as proto:
-        assert isinstance(proto, ClientProtocol)
-        _set_socket_buffers(proto._transport, net.socket_buffer)
+    async with open_client(port, cert_pem, net) as proto:
         stream_id = proto.open_stream(b"B\n")
 
         if mode == "ping":
@@ -337,16 +360,12 @@ async def _sender_main(
     ctl: Ctl,
     stop: Stop,
 ) -> None:
-    async with connect(
-        HOST, port, configuration=_client_config(cert_pem, net), create_protocol=ClientProtocol
-    ) as proto:
-        assert isinstance(proto, ClientProtocol)
-        _set_socket_buffers(proto._transport, net.socket_buffer)
+    async with open_client(port, cert_pem, net) as proto:
         stream_id = proto.open_stream(b"A\n")
         message = frame(bytes(size))
 
         if mode == "ping":
-            ctl.put(("ping", await _ping(proto, stream_id, message, count)))
+            ctl.put(("ping", await ping(proto, stream_id, message, count)))
             await _wait_stop(stop)
             return
 
@@ -358,7 +377,7 @@ async def _sender_main(
         await _wait_stop(stop)
 
 
-async def _ping(proto: ClientProtocol, stream_id: int, message: bytes, n: int) -> list[float]:
+async def ping(proto: ClientProtocol, stream_id: int, message: bytes, n: int) -> list[float]:
     """Send *message* and wait for its echo, *n* times (after a warm-up); RTTs in µs."""
     counter = FrameCounter()
     loop = asyncio.get_running_loop()
@@ -535,14 +554,7 @@ def run_naive_relay_ping(
         rtts: list[float] = run.expect("ping")
     finally:
         run.close()
-    return {
-        "impl": IMPL,
-        "kind": "ping",
-        "size": PING_SIZE,
-        "n": len(rtts),
-        "p50_us": percentile(rtts, 50),
-        "p99_us": percentile(rtts, 99),
-    }
+    return ping_result(IMPL, PING_SIZE, rtts)
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ import contextlib
 import time
 from typing import Any
 
+from bench._clients import COORD_NAME, Target, connect
 from bench._common import (
     MB,
     MP,
@@ -42,8 +43,6 @@ from bench._common import (
     wait_event,
 )
 
-COORD_NAME = "localhost"
-HOST = "127.0.0.1"
 STALLED_N = 0
 FLOWING_N = 1
 SAMPLE_S = 0.5
@@ -51,22 +50,12 @@ TARGET_GROWTH_MB = 100
 #: Time to wait before the baseline reading (connections up, streams open).
 SETTLE_S = 1.0
 
-Target = tuple[int, bytes, int]
-
-
-async def _connect(client_id: str, target: Target) -> Any:
-    from conec_actors import Client, ClientConfig
-
-    port, ca, mds = target
-    return await Client.connect(ClientConfig(client_id, COORD_NAME, addr=(HOST, port), ca=ca,
-                                             max_datagram_size=mds))
-
 
 async def receiver_main(target: Target, drain: Stop, *, ctl: Ctl, stop: Stop) -> None:
     """Client B: read stream 1 as it comes; read stream 0 only once *drain* is set."""
     from conec_actors import StreamClosed
 
-    client = await _connect("b", target)
+    client = await connect("b", target)
     try:
         ctl.put(("ready", "b"))
         streams: dict[int, Any] = {}
@@ -107,7 +96,7 @@ async def receiver_main(target: Target, drain: Stop, *, ctl: Ctl, stop: Stop) ->
 async def sender_main(target: Target, seconds: float, size: int, flow_size: int, go: Stop,
                       *, ctl: Ctl, stop: Stop) -> None:
     """Client A: send on stream 0 (stalled at B) and stream 1 for *seconds*, then finish."""
-    client = await _connect("a", target)
+    client = await connect("a", target)
     try:
         stalled, _ = await client.new_proxied_stream("b", stream_id=STALLED_N)
         flowing, _ = await client.new_proxied_stream("b", stream_id=FLOWING_N)
