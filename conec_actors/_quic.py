@@ -138,9 +138,6 @@ class ConecQuicConnection(QuicConnection):
         """The id of the next bidirectional stream this side would open."""
         return int(self.get_next_available_stream_id())
 
-    def streams_open(self) -> int:
-        return len(self._streams)
-
     def peer_certificate(self) -> x509.Certificate | None:
         """The certificate the peer presented in the handshake, if any."""
         tls = getattr(self, "tls", None)

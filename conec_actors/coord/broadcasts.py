@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from .. import wire
 from .ipc import (
     BroadcastReply,
-    BroadcastState,
     Count,
     Join,
     Leave,
@@ -107,7 +106,3 @@ class BroadcastBook:
             return BroadcastReply(msg.req)
         return None
 
-
-def state_of(name: str, epoch: int, senders: list[Member],
-             receivers: list[Member]) -> BroadcastState:
-    return BroadcastState(name, epoch, senders, receivers)
