@@ -24,7 +24,10 @@ import msgspec
 
 from . import wire
 from .errors import DecodeError, Lagged, StreamClosed
-from .streams import BroadcastMessage  # re-exported: the items of a BroadcastInStream
+from .streams import (
+    BroadcastMessage,  # re-exported: the items of a BroadcastInStream
+    Writer,
+)
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -261,7 +264,7 @@ def _type_name(tp: Any) -> str:
     return tp.__qualname__ if isinstance(tp, type) else repr(tp)
 
 
-class TypedOutStream(Generic[T]):
+class TypedOutStream(Writer, Generic[T]):
     """Sends values of type `T` (a `msgspec.Struct`, a dataclass or a builtin
     type such as `dict[str, int]`), msgpack encoded, one message per value.
 
@@ -305,16 +308,6 @@ class TypedOutStream(Generic[T]):
     def reset(self, code: int = 0) -> None:
         """Abort now; the reader gets `StreamReset` with `code` (0..65535)."""
         self._send.reset(code)
-
-    async def __aenter__(self) -> TypedOutStream[T]:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        if exc_type is None:
-            await self.finish()
-        else:
-            self._send.reset(0)
 
     def __repr__(self) -> str:
         return f"<TypedOutStream[{_type_name(self._type)}] {self._send!r}>"

@@ -261,7 +261,31 @@ class StreamCore:
         self._wake_writer()
 
 
-class OutStream:
+class Writer:
+    """What every writing handle shares: `async with` finishes the stream on a
+    clean exit and resets it (code 0) on an exception. Subclasses give
+    `finish` and `reset`."""
+
+    __slots__ = ()
+
+    async def finish(self) -> None:
+        raise NotImplementedError
+
+    def reset(self, code: int = 0) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is None:
+            await self.finish()
+        else:
+            self.reset(0)
+
+
+class OutStream(Writer):
     """Sending half of a stream: ordered, framed messages."""
 
     __slots__ = ("_core",)
@@ -289,16 +313,6 @@ class OutStream:
         if not 0 <= code < wire.USER_CODE_LIMIT:
             raise ValueError(f"reset code must be in [0, {wire.USER_CODE_LIMIT}), got {code}")
         self._core.reset(code)
-
-    async def __aenter__(self) -> OutStream:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        if exc_type is None:
-            await self.finish()
-        else:
-            self._core.reset(0)
 
     def __repr__(self) -> str:
         return f"<OutStream {self.stream_id}>"
