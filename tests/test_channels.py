@@ -284,3 +284,30 @@ async def test_closing_a_client_resets_its_channels() -> None:
                 await asyncio.sleep(0.01)
         await wait_for(lambda: b.channels() == [])
         assert inc is not None
+
+
+async def test_too_many_pending_introductions_is_a_named_refusal() -> None:
+    import os
+    import signal
+
+    from conec_actors import ProtocolError
+    from conec_actors.coord.frontend import MAX_PENDING_CHANNELS
+
+    async with coordinator() as h:
+        a = await h.client("alice")
+        peers = [f"p{i}" for i in range(MAX_PENDING_CHANNELS + 3)]
+        for p in peers:
+            await h.client(p)
+        (pid,) = h.coord.worker_pids("routing")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            tasks = [asyncio.create_task(a.new_channel(p)) for p in peers]
+            # nothing is introduced while the worker is stopped: what ends is refused
+            await wait_for(lambda: sum(t.done() for t in tasks) >= 3, timeout=20)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        refused = [r for r in results if isinstance(r, BaseException)]
+        assert len(refused) == 3
+        assert all(isinstance(r, ProtocolError) and "pending" in str(r) for r in refused)
+        assert len(a.channels()) == MAX_PENDING_CHANNELS
