@@ -3,7 +3,8 @@
 - `ConecQuicConnection` grows a stream's receive window as the application
   *consumes* data (aioquic doubles it on arrival), requests client
   certificates on the server side, exposes a stream's unsent bytes for
-  writers' watermarks, and can drop handshake-only buffers.
+  writers' watermarks, can drop handshake-only buffers, and writes the
+  steady state's packets (ACK + flow control + stream data) in one pass.
 - Packet-level helpers for the datagram endpoint: header parsing, Retry and
   version negotiation.
 
@@ -46,6 +47,7 @@ __all__ = [
 ]
 
 CONNECTION_ID_LENGTH = 8
+_ONE_RTT = Epoch.ONE_RTT
 
 
 class ConecQuicConnection(QuicConnection):
@@ -76,14 +78,11 @@ class ConecQuicConnection(QuicConnection):
 
     def _write_stream_limits(self, builder: QuicPacketBuilder, space: Any,
                              stream: QuicStream) -> None:
+        # `consume_to` raises the limit; this only announces it (again, after
+        # aioquic's loss handling zeroes `max_stream_data_local_sent`).
         local = stream.max_stream_data_local
         sid = stream.stream_id
-        if not local or sid is None:
-            return
-        target = self._consumed.get(sid, 0) + self._stream_window
-        if target - local >= self._credit_step:
-            stream.max_stream_data_local = local = target
-        if stream.max_stream_data_local_sent != local:
+        if local and sid is not None and stream.max_stream_data_local_sent != local:
             buf = builder.start_frame(
                 QuicFrameType.MAX_STREAM_DATA,
                 capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
@@ -93,6 +92,73 @@ class ConecQuicConnection(QuicConnection):
             buf.push_uint_var(sid)
             buf.push_uint_var(local)
             stream.max_stream_data_local_sent = local
+
+    def _write_application(self, builder: QuicPacketBuilder, network_path: Any,
+                           now: float) -> None:
+        """One packet of ACK, flow-control updates and stream data, when that
+        is all there is to send (the steady state).
+
+        aioquic's loop always starts a second packet to find out that nothing
+        is left (about a third of the cost of sending a small message); this
+        path writes the same frames, in the same order, in one pass and hands
+        over to aioquic only for anything else: handshake leftovers, path
+        validation, connection ids, PINGs, probes, datagrams, stream resets
+        or ends, or more data than one packet holds.
+        """
+        crypto = self._cryptos[_ONE_RTT]
+        queue = self._streams_queue
+        if not (self._handshake_complete and crypto.send.is_valid()
+                and network_path.is_validated) \
+                or self._handshake_done_pending or network_path.remote_challenges \
+                or self._retire_connection_ids or self._streams_blocked_pending \
+                or self._ping_pending or self._probe_pending or self._datagrams_pending \
+                or not self._crypto_streams[_ONE_RTT].sender.buffer_is_empty \
+                or not all(cid.was_sent for cid in self._host_cids) \
+                or any(st.is_finished or st.receiver.stop_pending or st.sender.reset_pending
+                       for st in queue):
+            super()._write_application(builder, network_path, now)
+            return
+        space = self._spaces[_ONE_RTT]
+        ack_due = space.ack_at is not None and space.ack_at <= now
+        if not ack_due:
+            self._pacing_at = self._loss._pacer.next_send_time(now=now)
+            if self._pacing_at is not None:
+                return
+        builder.start_packet(QuicPacketType.ONE_RTT, crypto)
+        if ack_due:
+            self._write_ack_frame(builder=builder, space=space, now=now)
+        self._write_connection_limits(builder=builder, space=space)
+        for stream in self._streams.values():
+            if stream.max_stream_data_local_sent != stream.max_stream_data_local:
+                self._write_stream_limits(builder=builder, space=space, stream=stream)
+        sent: list[QuicStream] = []
+        more = False
+        try:
+            for stream in queue:
+                sender = stream.sender
+                if stream.is_blocked or sender.buffer_is_empty:
+                    continue
+                used = self._write_stream_frame(
+                    builder=builder, space=space, stream=stream,
+                    max_offset=min(sender.highest_offset + self._remote_max_data
+                                   - self._remote_max_data_used,
+                                   stream.max_stream_data_remote))
+                self._remote_max_data_used += used
+                if used > 0:
+                    sent.append(stream)
+                if len(sender._pending) or sender._pending_eof:
+                    more = True  # did not fit, or held back by flow control
+                else:
+                    sender.buffer_is_empty = True  # what aioquic's next pass would find
+        finally:
+            if sent:
+                # Served streams go to the back of the queue, as in aioquic.
+                self._streams_queue = [st for st in queue if st not in sent] + sent
+        if builder.packet_is_empty:
+            return
+        self._loss._pacer.update_after_send(now=now)
+        if more:
+            super()._write_application(builder, network_path, now)
 
     # -- our API ---------------------------------------------------------------
 
@@ -110,8 +176,12 @@ class ConecQuicConnection(QuicConnection):
         stream = self._streams.get(stream_id)
         if stream is None or not stream.max_stream_data_local:
             return False
-        return bool(offset + self._stream_window - stream.max_stream_data_local
-                    >= self._credit_step)
+        target = offset + self._stream_window
+        if target - stream.max_stream_data_local < self._credit_step:
+            return False
+        # Raised now, announced by the next packet (`_write_stream_limits`).
+        stream.max_stream_data_local = target
+        return True
 
     def forget_stream(self, stream_id: int) -> None:
         """Drop our bookkeeping for a stream that is over."""

@@ -1,0 +1,222 @@
+"""`ConecQuicConnection` without sockets: two connections wired back to back
+on a virtual clock, with datagram loss chosen by the test.
+
+These check what the subclass changes in aioquic: the one-pass packet writer
+(every byte still arrives, in order, under loss, across many streams and
+message sizes; resets and ends still go out), and the window that grows only
+as the application consumes (the sender stops at the window; a lost window
+update is sent again)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
+from aioquic.quic import events
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import pull_quic_header
+
+from conec_actors._quic import CONNECTION_ID_LENGTH, ConecQuicConnection
+from conec_actors.tlsconf import quic_configuration
+
+from .conftest import coord_cert
+
+WINDOW = 64 * 1024
+CLIENT_ADDR = ("10.0.0.1", 1000)
+SERVER_ADDR = ("10.0.0.2", 2000)
+
+Drop = Callable[[bytes], bool]
+
+
+class Pair:
+    """A client and a server connection and the datagrams between them."""
+
+    def __init__(self, drop: Drop | None = None,
+                 cls: type[ConecQuicConnection] = ConecQuicConnection) -> None:
+        cert = coord_cert()
+        common = dict(cert_pem=cert.cert_pem, key_pem=cert.key_pem, idle_timeout=60.0,
+                      max_datagram_size=1200, stream_window=WINDOW)
+        self.now = 1000.0
+        self.drop = drop or (lambda data: False)
+        self.sent = {"client": 0, "server": 0}
+        self.client = cls(
+            configuration=quic_configuration(is_client=True, server_name="localhost",
+                                             cadata=cert.cert_pem, **common),
+            stream_window=WINDOW)
+        self.client.connect(SERVER_ADDR, now=self.now)
+        first = self.client.datagrams_to_send(now=self.now)
+        hdr = pull_quic_header(Buffer(data=first[0][0]), host_cid_length=CONNECTION_ID_LENGTH)
+        self.server = cls(
+            configuration=quic_configuration(is_client=False, **common),
+            stream_window=WINDOW, original_destination_connection_id=hdr.destination_cid)
+        for data, _ in first:
+            self.server.receive_datagram(data, CLIENT_ADDR, now=self.now)
+        self.last_sizes: list[int] = []
+        self.received: dict[str, dict[int, bytearray]] = {"client": {}, "server": {}}
+        self.ended: dict[str, set[int]] = {"client": set(), "server": set()}
+        self.resets: dict[str, dict[int, int]] = {"client": {}, "server": {}}
+        self.settle()
+        assert self.client._handshake_complete and self.server._handshake_complete
+
+    def _deliver(self, src: ConecQuicConnection, dst: ConecQuicConnection, name: str) -> int:
+        n = 0
+        addr = CLIENT_ADDR if src is self.client else SERVER_ADDR
+        self.last_sizes = []
+        for data, _ in src.datagrams_to_send(now=self.now):
+            self.last_sizes.append(len(data))
+            self.sent[name] += 1
+            n += 1
+            if not self.drop(data):
+                dst.receive_datagram(data, addr, now=self.now)
+        return n
+
+    def _events(self, conn: ConecQuicConnection, name: str) -> None:
+        while (ev := conn.next_event()) is not None:
+            if isinstance(ev, events.StreamDataReceived):
+                self.received[name].setdefault(ev.stream_id, bytearray()).extend(ev.data)
+                if ev.end_stream:
+                    self.ended[name].add(ev.stream_id)
+            elif isinstance(ev, events.StreamReset):
+                self.resets[name][ev.stream_id] = ev.error_code
+
+    def step(self) -> int:
+        """Exchange what both sides have to send now; the datagrams sent."""
+        n = self._deliver(self.client, self.server, "client")
+        n += self._deliver(self.server, self.client, "server")
+        self._events(self.client, "client")
+        self._events(self.server, "server")
+        return n
+
+    def settle(self, max_steps: int = 10_000) -> None:
+        """Run (firing timers on the virtual clock) until nothing is in flight."""
+        for _ in range(max_steps):
+            if self.step():
+                continue
+            timers = [t for t in (self.client.get_timer(), self.server.get_timer())
+                      if t is not None and t < self.now + 30]
+            if not timers:
+                return
+            self.now = max(self.now, min(timers))
+            for conn in (self.client, self.server):
+                t = conn.get_timer()
+                if t is not None and t <= self.now:
+                    conn.handle_timer(now=self.now)
+        raise AssertionError("the connections never settled")
+
+    def consume_all(self, name: str) -> None:
+        conn = self.client if name == "client" else self.server
+        for sid, data in self.received[name].items():
+            conn.consume_to(sid, len(data))
+
+
+def test_one_small_message_is_one_datagram() -> None:
+    pair = Pair()
+    sid = pair.client.get_next_available_stream_id()
+    for i in range(50):
+        before = pair.sent["client"]
+        pair.client.send_stream_data(sid, bytes([i]) * 100)
+        pair.now += 0.001
+        pair._deliver(pair.client, pair.server, "client")
+        assert pair.sent["client"] - before == 1
+        pair._events(pair.server, "server")
+        pair._deliver(pair.server, pair.client, "server")
+    assert bytes(pair.received["server"][sid]) == b"".join(bytes([i]) * 100 for i in range(50))
+
+
+class StockWriter(ConecQuicConnection):
+    """The same connection with aioquic's own packet writer, for comparison."""
+
+    _write_application = QuicConnection._write_application
+
+
+def test_the_one_pass_writer_sends_what_aioquic_would() -> None:
+    pairs = [Pair(), Pair(cls=StockWriter)]
+    rng = random.Random(3)
+    script = [(rng.randrange(3), rng.choice([0, 10, 900, 1200, 4000, 20000]))
+              for _ in range(300)]
+    sizes: list[list[list[int]]] = [[], []]
+    for k, pair in enumerate(pairs):
+        sids = []
+        for _ in range(3):
+            sids.append(pair.client.get_next_available_stream_id())
+            pair.client.send_stream_data(sids[-1], b"")
+        pair.settle()
+        for i, (stream, size) in enumerate(script):
+            pair.client.send_stream_data(sids[stream], bytes(size))
+            pair.now += 0.0002
+            pair._deliver(pair.client, pair.server, "client")
+            sizes[k].append(pair.last_sizes)
+            pair._events(pair.server, "server")
+            if i % 3 == 0:  # the peer's ACKs and window updates now and then
+                pair.consume_all("server")
+                pair._deliver(pair.server, pair.client, "server")
+    assert sizes[0] == sizes[1]
+    assert sum(map(len, sizes[0])) > len(script)  # some writes took several datagrams
+
+
+def test_every_byte_arrives_in_order_under_loss() -> None:
+    rng = random.Random(7)
+    pair = Pair(drop=lambda data: rng.random() < 0.1)
+    streams = []
+    for _ in range(5):
+        streams.append(pair.client.get_next_available_stream_id())
+        pair.client.send_stream_data(streams[-1], b"")  # opens it
+    sent = {sid: bytearray() for sid in streams}
+    for i in range(600):
+        sid = rng.choice(streams)
+        data = rng.randbytes(rng.choice([1, 60, 700, 1500, 5000]))
+        pair.client.send_stream_data(sid, data)
+        sent[sid].extend(data)
+        pair.now += 0.0005
+        pair.step()
+        pair.consume_all("server")
+    for sid in streams:
+        pair.client.send_stream_data(sid, b"", end_stream=True)
+    for _ in range(20):
+        pair.settle()
+        pair.consume_all("server")
+    for sid in streams:
+        assert pair.received["server"].get(sid, bytearray()) == sent[sid]
+        assert sid in pair.ended["server"]
+
+
+def test_the_sender_stops_at_the_window_until_the_reader_consumes() -> None:
+    pair = Pair()
+    sid = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(sid, bytes(3 * WINDOW))
+    pair.settle()
+    assert len(pair.received["server"][sid]) == WINDOW  # nothing consumed yet
+    assert pair.client.unsent(sid) == 2 * WINDOW
+    assert pair.server.consume_to(sid, WINDOW // 8) is False  # under the update step
+    assert pair.server.consume_to(sid, WINDOW // 2) is True
+    pair.settle()
+    assert len(pair.received["server"][sid]) == WINDOW // 2 + WINDOW
+
+
+def test_a_lost_window_update_is_sent_again() -> None:
+    dropping = {"on": False}
+    pair = Pair(drop=lambda data: dropping["on"])
+    sid = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(sid, bytes(2 * WINDOW))
+    pair.settle()
+    assert len(pair.received["server"][sid]) == WINDOW
+    # The packet carrying MAX_STREAM_DATA (and the ACKs) is lost.
+    assert pair.server.consume_to(sid, WINDOW)
+    dropping["on"] = True
+    assert pair._deliver(pair.server, pair.client, "server") == 1
+    dropping["on"] = False
+    pair.settle()
+    assert len(pair.received["server"][sid]) == 2 * WINDOW
+    assert pair.client.unsent(sid) == 0
+
+
+def test_a_reset_still_reaches_the_peer() -> None:
+    pair = Pair()
+    sid = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(sid, b"x" * 100)
+    pair.settle()
+    pair.client.reset_stream(sid, 0x42)
+    pair.settle()
+    assert pair.resets["server"] == {sid: 0x42}
+    assert pair.received["server"][sid] == b"x" * 100
