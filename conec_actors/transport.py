@@ -177,12 +177,19 @@ class Conn:
         for data, addr in self.quic.datagrams_to_send(now=self._loop.time()):
             sendto(data, addr)
         timer_at = self.quic.get_timer()
-        if self._timer is not None and self._timer_at != timer_at:
-            self._timer.cancel()
-            self._timer = None
-        if self._timer is None and timer_at is not None:
+        if timer_at is None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = self._timer_at = None
+        elif self._timer is None or self._timer_at is None or timer_at < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
             self._timer = self._loop.call_at(timer_at, self._on_timer)
-        self._timer_at = timer_at
+            self._timer_at = timer_at
+        # A later deadline keeps the armed timer: firing early is harmless
+        # (aioquic checks each deadline against `now`, `_on_timer` re-arms),
+        # and every packet sent moves the loss timer later; re-arming on each
+        # would cost a cancelled handle per packet.
 
     def transmit_soon(self) -> None:
         if self._transmit_handle is None:

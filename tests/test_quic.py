@@ -163,7 +163,7 @@ def test_every_byte_arrives_in_order_under_loss() -> None:
         streams.append(pair.client.get_next_available_stream_id())
         pair.client.send_stream_data(streams[-1], b"")  # opens it
     sent = {sid: bytearray() for sid in streams}
-    for i in range(600):
+    for _ in range(600):
         sid = rng.choice(streams)
         data = rng.randbytes(rng.choice([1, 60, 700, 1500, 5000]))
         pair.client.send_stream_data(sid, data)
