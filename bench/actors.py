@@ -45,7 +45,7 @@ medians and the ratios: ``actors-tell`` (msgs/s, context only, no target),
 p50 <= 1.2x the baseline's ping), and ``actors-nats`` (NATS request/reply p50/p99 and
 the ask's ratio to it).
 
-``python -m bench.actors [--rounds 3] [--sizes 64,1024] [--duration 2] [--ask-n 500]
+``python -m bench.actors [--rounds 5] [--sizes 64,1024] [--duration 2] [--ask-n 1000]
 [--max-datagram-size 1200] [--naive-socket-buffer BYTES] [--no-nats] [--py-spy DIR]``
 
 ``--sizes ''`` skips the tell runs and ``--ask-n 0`` the round trips (useful with
@@ -559,11 +559,12 @@ def _conec_runner(path: str, sizes: list[int], duration: float, rtt_n: int,
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.actors", description=__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=int, default=3, help="measured runs per implementation")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="measured runs per implementation (p50 ratios: medians of these)")
     p.add_argument("--sizes", type=int_list, default=list(SIZES),
                    help="comma-separated tell sizes in bytes ('' for none)")
     p.add_argument("--duration", type=float, default=2.0, help="seconds per tell run (about)")
-    p.add_argument("--ask-n", type=int, default=500,
+    p.add_argument("--ask-n", type=int, default=1000,
                    help="measured asks and tell round trips per run (0: none)")
     p.add_argument("--max-datagram-size", type=int, default=1200,
                    help="for every implementation except NATS (TCP)")
