@@ -36,9 +36,10 @@ HEADER_FRAME_MAX = 1024
 
 class StreamId(NamedTuple):
     """Identifies a stream to its two ends: `n` is the number its opener chose,
-    unique per (peer, kind)."""
+    unique per (peer, kind). `kind` is "proxied" or "direct" (and "broadcast"
+    on a broadcast stream's halves)."""
 
-    kind: str
+    kind: wire.StreamKind
     n: int
 
     @property

@@ -37,7 +37,7 @@ class ChannelOwner(Protocol):
 class ChannelLink(StreamLink):
     """One direct channel's connection, at either end."""
 
-    kind = "direct"
+    kind: wire.StreamKind = "direct"
 
     def __init__(self, owner: ChannelOwner, on_incoming: IncomingCallback,
                  max_message_size: int, *,

@@ -49,7 +49,7 @@ IncomingCallback = Callable[[IncomingStream, str], bool]
 class StreamLink:
     """Framed data streams and a control stream on one connection."""
 
-    kind = "proxied"
+    kind: wire.StreamKind = "proxied"
 
     def __init__(self, on_incoming: IncomingCallback,
                  max_message_size: int) -> None:
@@ -197,7 +197,8 @@ class StreamLink:
 
     # -- streams ------------------------------------------------------------------
 
-    def open_stream(self, peer: str, n: int, purpose: str = "", kind: str | None = None,
+    def open_stream(self, peer: str, n: int, purpose: str = "",
+                    kind: wire.StreamKind | None = None,
                     recv_extra: int = 0) -> tuple[StreamCore, asyncio.Future[None]]:
         """Open a data stream; the future resolves when it is accepted."""
         conn = self.conn
@@ -209,7 +210,7 @@ class StreamLink:
         self.streams[sid] = core
         self.opening[sid] = fut
         core.write_raw(frame(wire.encode(wire.StreamHeader(
-            kind, peer, n, purpose=purpose))))  # type: ignore[arg-type]
+            kind, peer, n, purpose=purpose))))
         return core, fut
 
     def _maybe_forget(self, core: StreamCore) -> None:
