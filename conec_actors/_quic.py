@@ -65,6 +65,7 @@ class ConecQuicConnection(QuicConnection):
         self._stream_window = stream_window
         self._credit_step = max(stream_window // 4, 1)
         self._consumed: dict[int, int] = {}
+        self._windows: dict[int, int] = {}  # streams with a window of their own
         self._request_client_certificate = request_client_certificate
 
     # -- aioquic overrides ---------------------------------------------------
@@ -191,16 +192,28 @@ class ConecQuicConnection(QuicConnection):
         stream = self._streams.get(stream_id)
         if stream is None or not stream.max_stream_data_local:
             return False
-        target = offset + self._stream_window
-        if target - stream.max_stream_data_local < self._credit_step:
+        window = self._windows.get(stream_id)
+        if window is None:
+            window, step = self._stream_window, self._credit_step
+        else:
+            step = max(window // 4, 1)
+        target = offset + window
+        if target - stream.max_stream_data_local < step:
             return False
         # Raised now, announced by the next packet (`_write_stream_limits`).
         stream.max_stream_data_local = target
         return True
 
+    def set_stream_window(self, stream_id: int, window: int) -> None:
+        """Give one stream its own receive window (beyond what was consumed).
+        A window smaller than the connection's applies once the initial
+        allowance of the transport parameters is used up."""
+        self._windows[stream_id] = window
+
     def forget_stream(self, stream_id: int) -> None:
         """Drop our bookkeeping for a stream that is over."""
         self._consumed.pop(stream_id, None)
+        self._windows.pop(stream_id, None)
 
     def unsent(self, stream_id: int) -> int:
         """Bytes written to a stream that have not been sent yet."""

@@ -29,6 +29,13 @@ HIGH_WATER = 256 * 1024
 LOW_WATER = 128 * 1024
 #: Receive window of a stream beyond what the application consumed.
 STREAM_WINDOW = 256 * 1024
+#: Broadcast streams queue less at every hop (the member's writer, both
+#: windows, the front-end's fan-out): a broadcast runs flat out at the pace
+#: of its slowest reader, and what queues ahead of it is latency for every
+#: member. A quarter of the point-to-point buffers.
+BROADCAST_HIGH_WATER = 64 * 1024
+BROADCAST_LOW_WATER = 32 * 1024
+BROADCAST_WINDOW = 64 * 1024
 MAX_STREAM_NUMBER = 2**62
 #: Largest stream header frame accepted (headers carry ids, so they are small).
 HEADER_FRAME_MAX = 1024
@@ -65,8 +72,8 @@ class StreamCore:
 
     __slots__ = (
         "_drained", "_queued_bytes", "_received", "_waiter", "conn", "decoder",
-        "max_message_size", "on_wake", "queue", "recv_error", "recv_extra", "recv_fin",
-        "send_error", "send_finished", "sid", "stream_id",
+        "high_water", "low_water", "max_message_size", "on_wake", "queue", "recv_error",
+        "recv_extra", "recv_fin", "send_error", "send_finished", "sid", "stream_id",
     )
 
     def __init__(self, conn: Conn, sid: int, stream_id: StreamId,
@@ -88,10 +95,18 @@ class StreamCore:
         self.recv_error: StreamReset | None = None
         self.send_error: StreamReset | None = None
         self.send_finished = False
+        self.high_water = HIGH_WATER
+        self.low_water = LOW_WATER
         #: Called synchronously whenever a waiting reader would be woken
         #: (messages queued, the stream ended or failed): for a reader that
         #: consumes with `recv_nowait` from the connection's callbacks.
         self.on_wake: Callable[[], None] | None = None
+
+    def set_buffers(self, *, window: int, high_water: int, low_water: int) -> None:
+        """Queue less than point-to-point streams do (broadcast streams)."""
+        self.high_water = high_water
+        self.low_water = low_water
+        self.conn.set_stream_window(self.sid, window)
 
     # -- events from the connection ------------------------------------------
 
@@ -216,7 +231,7 @@ class StreamCore:
             ev.set()
 
     def _on_drain(self) -> None:
-        if self.conn.unsent(self.sid) <= LOW_WATER or self.send_error is not None:
+        if self.conn.unsent(self.sid) <= self.low_water or self.send_error is not None:
             self.conn.unwatch_drain(self.sid)
             self._wake_writer()
 
@@ -233,7 +248,7 @@ class StreamCore:
                 f"message of {n} bytes exceeds max_message_size {self.max_message_size}")
         self._check_send()
         conn = self.conn
-        while conn.unsent(self.sid) > HIGH_WATER:
+        while conn.unsent(self.sid) > self.high_water:
             ev = self._drained = asyncio.Event()
             conn.watch_drain(self.sid, self._on_drain)
             try:

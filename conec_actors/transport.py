@@ -245,6 +245,9 @@ class Conn:
     def unsent(self, stream_id: int) -> int:
         return self.quic.unsent(stream_id)
 
+    def set_stream_window(self, stream_id: int, window: int) -> None:
+        self.quic.set_stream_window(stream_id, window)
+
     def new_stream_id(self) -> int:
         return self.quic.next_stream_id()
 

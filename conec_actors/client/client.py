@@ -34,6 +34,9 @@ from ..errors import (
 )
 from ..ids import is_valid_id
 from ..streams import (
+    BROADCAST_HIGH_WATER,
+    BROADCAST_LOW_WATER,
+    BROADCAST_WINDOW,
     STREAM_WINDOW,
     BroadcastInStream,
     IncomingStream,
@@ -320,8 +323,11 @@ class Client:
         self._check_open()
         n = self._pick_number(self._used_proxied, self._next_proxied, cmd.n, "proxied")
         if cmd.kind == "broadcast":
-            return self._link.open_stream(cmd.peer, n, kind="broadcast",
-                                          recv_extra=wire.BROADCAST_TAG_MAX)
+            core, opened = self._link.open_stream(cmd.peer, n, kind="broadcast",
+                                                  recv_extra=wire.BROADCAST_TAG_MAX)
+            core.set_buffers(window=BROADCAST_WINDOW, high_water=BROADCAST_HIGH_WATER,
+                             low_water=BROADCAST_LOW_WATER)
+            return core, opened
         return self._link.open_stream(cmd.peer, n, cmd.purpose)
 
     @staticmethod

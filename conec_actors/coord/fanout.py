@@ -8,8 +8,9 @@ front-end carries the payload and keeps the one order all members see (the
 order in which it fans messages out).
 
 Back-pressure: messages are fanned out only while every receiving member's
-stream is below the high watermark of unsent bytes; otherwise incoming data
-is held, uncredited, so the senders' QUIC windows stop them. A reader that
+stream is below the (broadcast) high watermark of unsent bytes; otherwise
+incoming data is held, uncredited, so the senders' QUIC windows (the
+broadcast window) stop them. A reader that
 stops reading throttles everyone (nothing is lost); one that closes its
 stream or its client stops counting at once.
 """
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 from .. import wire
 from ..framing import FrameDecoder, FrameTooLarge, frame
 from ..ids import stable_hash
-from ..streams import HIGH_WATER, LOW_WATER
+from ..streams import BROADCAST_HIGH_WATER, BROADCAST_LOW_WATER, BROADCAST_WINDOW
 from . import ipc
 from .supervisor import MakeRequest, WorkerReply
 
@@ -90,13 +91,13 @@ class Broadcast:
     def _check_blocked(self) -> None:
         for r in self.receivers:
             conn = r.session.conn
-            if r not in self.blocked_on and conn.unsent(r.sid) > HIGH_WATER:
+            if r not in self.blocked_on and conn.unsent(r.sid) > BROADCAST_HIGH_WATER:
                 self.blocked_on.add(r)
                 conn.watch_drain(r.sid, r.on_drain)
 
     def drained(self, r: Leg) -> None:
         conn = r.session.conn
-        if r in self.blocked_on and (conn.closed or conn.unsent(r.sid) <= LOW_WATER):
+        if r in self.blocked_on and (conn.closed or conn.unsent(r.sid) <= BROADCAST_LOW_WATER):
             self.blocked_on.discard(r)
             conn.unwatch_drain(r.sid)
             self.flush()
@@ -165,6 +166,7 @@ class BroadcastHub:
         s.pending_opens += 1
         leg.decoder = FrameDecoder(s.max_message_size)
         leg.tag = wire.sender_tag(s.client_id or "")
+        s.conn.set_stream_window(leg.sid, BROADCAST_WINDOW)
         member = ipc.Member(s.client_id or "", s.key, leg.sid)
         self._request(name, lambda req: ipc.Join(req, name, member),
                       lambda reply: self._joined(leg, name, member, reply))
