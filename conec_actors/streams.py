@@ -29,12 +29,16 @@ HIGH_WATER = 256 * 1024
 LOW_WATER = 128 * 1024
 #: Receive window of a stream beyond what the application consumed.
 STREAM_WINDOW = 256 * 1024
-#: Broadcast streams queue less at every hop (the member's writer, both
-#: windows, the front-end's fan-out): a broadcast runs flat out at the pace
-#: of its slowest reader, and what queues ahead of it is latency for every
-#: member. A quarter of the point-to-point buffers.
-BROADCAST_HIGH_WATER = 64 * 1024
-BROADCAST_LOW_WATER = 32 * 1024
+#: Broadcast streams queue less at every hop: a broadcast runs flat out at
+#: the pace of its slowest reader, and what queues ahead of it is latency for
+#: every member. The member's writer waits above BROADCAST_WRITE_HIGH unsent
+#: bytes; the front-end stops fanning out while a reader has more than
+#: BROADCAST_HIGH_WATER unsent; both directions' windows are at most
+#: BROADCAST_WINDOW (the front-end splits a budget among members).
+BROADCAST_WRITE_HIGH = 16 * 1024
+BROADCAST_WRITE_LOW = 8 * 1024
+BROADCAST_HIGH_WATER = 32 * 1024
+BROADCAST_LOW_WATER = 16 * 1024
 BROADCAST_WINDOW = 64 * 1024
 MAX_STREAM_NUMBER = 2**62
 #: Largest stream header frame accepted (headers carry ids, so they are small).

@@ -150,6 +150,33 @@ async def test_slowest_reader_throttles_and_closing_it_unblocks(workers: int) ->
             t.cancel()
 
 
+async def test_a_stalled_broadcast_queues_little(workers: int) -> None:
+    # What queues ahead of the slowest reader is latency for every member:
+    # broadcast streams hold ~350 KB here (~930 KB with point-to-point buffers).
+    async with coordinator(broadcast_workers=workers) as h:
+        a, slow = await h.client("alice"), await h.client("slow")
+        sa, ra = await a.new_broadcast("q")
+        _ss, rs = await slow.new_broadcast("q")
+        sent = 0
+
+        async def flood() -> None:
+            nonlocal sent
+            while True:
+                await sa.send(b"y" * 1000)
+                sent += 1000
+
+        reader = asyncio.create_task(_count_forever(ra))
+        task = asyncio.create_task(flood())
+        await asyncio.sleep(1.0)
+        stalled = sent
+        await asyncio.sleep(0.5)
+        assert sent == stalled, "the sender was not throttled by the slow reader"
+        assert sent < 700 * 1024, f"{sent} bytes queued ahead of a stalled reader"
+        task.cancel()
+        reader.cancel()
+        rs.close()
+
+
 async def _count_forever(recv: Any) -> None:
     while True:
         await recv.recv()

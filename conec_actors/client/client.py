@@ -34,9 +34,9 @@ from ..errors import (
 )
 from ..ids import is_valid_id
 from ..streams import (
-    BROADCAST_HIGH_WATER,
-    BROADCAST_LOW_WATER,
     BROADCAST_WINDOW,
+    BROADCAST_WRITE_HIGH,
+    BROADCAST_WRITE_LOW,
     STREAM_WINDOW,
     BroadcastInStream,
     IncomingStream,
@@ -325,8 +325,8 @@ class Client:
         if cmd.kind == "broadcast":
             core, opened = self._link.open_stream(cmd.peer, n, kind="broadcast",
                                                   recv_extra=wire.BROADCAST_TAG_MAX)
-            core.set_buffers(window=BROADCAST_WINDOW, high_water=BROADCAST_HIGH_WATER,
-                             low_water=BROADCAST_LOW_WATER)
+            core.set_buffers(window=BROADCAST_WINDOW, high_water=BROADCAST_WRITE_HIGH,
+                             low_water=BROADCAST_WRITE_LOW)
             return core, opened
         return self._link.open_stream(cmd.peer, n, cmd.purpose)
 

@@ -32,6 +32,11 @@ if TYPE_CHECKING:
     from .frontend import FrontEnd, Leg
 
 MAX_NAME = wire.MAX_BROADCAST_NAME
+#: What the front-end lets its members' windows hold in all, split among the
+#: members (each between MEMBER_WINDOW_MIN and BROADCAST_WINDOW): a message
+#: held here waits for the slowest reader, behind what every member sent.
+HOLD_BUDGET = 128 * 1024
+MEMBER_WINDOW_MIN = 16 * 1024
 
 
 class Broadcast:
@@ -47,6 +52,7 @@ class Broadcast:
         # (leg, data, fin) not yet fanned out, in arrival order
         self.held: deque[tuple[Leg, bytes, bool]] = deque()
         self.over = False
+        self.window = BROADCAST_WINDOW
 
     # -- data --------------------------------------------------------------------
 
@@ -112,6 +118,17 @@ class Broadcast:
     def add(self, leg: Leg) -> None:
         self.members[leg] = None
         self.receivers[leg] = None
+        self.size_windows(leg)
+
+    def size_windows(self, joined: Leg | None = None) -> None:
+        """Give each member its share of HOLD_BUDGET as its stream window
+        (all of them when the share changed, else just the one that joined)."""
+        window = min(BROADCAST_WINDOW,
+                     max(MEMBER_WINDOW_MIN, HOLD_BUDGET // max(len(self.members), 1)))
+        legs = self.members if window != self.window or joined is None else (joined,)
+        self.window = window
+        for m in legs:
+            m.session.conn.set_stream_window(m.sid, window)
 
     def drop_receiver(self, leg: Leg) -> None:
         self.receivers.pop(leg, None)
@@ -166,7 +183,6 @@ class BroadcastHub:
         s.pending_opens += 1
         leg.decoder = FrameDecoder(s.max_message_size)
         leg.tag = wire.sender_tag(s.client_id or "")
-        s.conn.set_stream_window(leg.sid, BROADCAST_WINDOW)
         member = ipc.Member(s.client_id or "", s.key, leg.sid)
         self._request(name, lambda req: ipc.Join(req, name, member),
                       lambda reply: self._joined(leg, name, member, reply))
@@ -227,6 +243,7 @@ class BroadcastHub:
         was_receiving = leg in b.receivers
         b.drop_receiver(leg)
         b.members.pop(leg, None)
+        b.size_windows()
         if was_sending or was_receiving:
             self._leave(b, leg, sending=was_sending, receiving=was_receiving)
 
