@@ -18,7 +18,7 @@ stream or its client stops counting at once.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from .. import wire
@@ -125,8 +125,11 @@ class Broadcast:
         (all of them when the share changed, else just the one that joined)."""
         window = min(BROADCAST_WINDOW,
                      max(MEMBER_WINDOW_MIN, HOLD_BUDGET // max(len(self.members), 1)))
-        legs = self.members if window != self.window or joined is None else (joined,)
-        self.window = window
+        if window != self.window:
+            self.window = window
+            legs: Iterable[Leg] = self.members
+        else:
+            legs = () if joined is None else (joined,)
         for m in legs:
             m.session.conn.set_stream_window(m.sid, window)
 
