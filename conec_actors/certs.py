@@ -98,25 +98,8 @@ def self_signed(names: list[str]) -> CertKey:
     sans = _subject_alt_names(names)
     key = _new_key()
     name = _name(names[0])
-    now = _now()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _CLOCK_SKEW)
-        .not_valid_after(now + _LEAF_LIFETIME)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(digital_signature=True), critical=True)
-        .add_extension(_server_client_eku(), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
-        )
-    )
-    cert = builder.sign(key, hashes.SHA256())
+    aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
+    cert = _leaf(_base(name, name, key, _LEAF_LIFETIME), sans, aki).sign(key, hashes.SHA256())
     return CertKey(cert_pem=_cert_pem(cert), key_pem=_key_pem(key))
 
 
@@ -135,18 +118,10 @@ def new_ca(common_name: str) -> CertKey:
         raise ValueError("new_ca() needs a non-empty common_name")
     key = _new_key()
     name = _name(common_name)
-    now = _now()
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _CLOCK_SKEW)
-        .not_valid_after(now + _CA_LIFETIME)
+        _base(name, name, key, _CA_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     cert = builder.sign(key, hashes.SHA256())
     return CertKey(cert_pem=_cert_pem(cert), key_pem=_key_pem(key))
@@ -189,24 +164,39 @@ def issue(ca: CertKey, names: list[str]) -> CertKey:
         aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
 
     key = _new_key()
+    builder = _leaf(_base(_name(names[0]), ca_cert.subject, key, _LEAF_LIFETIME), sans, aki)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    return CertKey(cert_pem=_cert_pem(cert), key_pem=_key_pem(key))
+
+
+def _base(subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey,
+          lifetime: datetime.timedelta) -> x509.CertificateBuilder:
+    """What every certificate made here has: names, key, serial, validity
+    (from `_CLOCK_SKEW` ago) and its own key identifier."""
     now = _now()
-    builder = (
+    return (
         x509.CertificateBuilder()
-        .subject_name(_name(names[0]))
-        .issuer_name(ca_cert.subject)
+        .subject_name(subject)
+        .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _CLOCK_SKEW)
-        .not_valid_after(now + _LEAF_LIFETIME)
+        .not_valid_after(now + lifetime)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+
+
+def _leaf(builder: x509.CertificateBuilder, sans: list[x509.GeneralName],
+          aki: x509.AuthorityKeyIdentifier) -> x509.CertificateBuilder:
+    """A TLS server and client leaf (not a CA) for `sans`."""
+    return (
+        builder
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(digital_signature=True), critical=True)
         .add_extension(_server_client_eku(), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(aki, critical=False)
     )
-    cert = builder.sign(ca_key, hashes.SHA256())
-    return CertKey(cert_pem=_cert_pem(cert), key_pem=_key_pem(key))
 
 
 def load_pem(value: bytes | str | os.PathLike[str]) -> bytes:
