@@ -34,6 +34,7 @@ from bench._common import (
     Procs,
     Stop,
     emit,
+    int_list,
     make_self_signed,
     median,
     start_coord,
@@ -241,6 +242,28 @@ class PySpy:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def stream_bench_parser(prog: str, doc: str | None, sizes: list[int],
+                        py_spy_help: str) -> argparse.ArgumentParser:
+    """The options bench.proxied and bench.direct share; add the baseline's own."""
+    p = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n")[0])
+    p.add_argument("--rounds", type=int, default=3, help="measured runs per implementation")
+    p.add_argument("--sizes", type=int_list, default=list(sizes), help="comma-separated bytes")
+    p.add_argument("--duration", type=float, default=2.0, help="seconds per run (about)")
+    p.add_argument("--max-datagram-size", type=int, default=1200)
+    p.add_argument("--ping-n", type=int, default=200, help="round trips per ping run (0: none)")
+    p.add_argument("--py-spy", type=Path, default=None, metavar="DIR", help=py_spy_help)
+    return p
+
+
+def parse_stream_bench(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse and check a `stream_bench_parser` command line."""
+    args = p.parse_args(argv)
+    if args.rounds < 1 or args.duration <= 0:
+        p.error("--rounds must be >= 1 and --duration > 0")
+    check_py_spy(p, args.py_spy)
+    return args
 
 
 def check_py_spy(parser: argparse.ArgumentParser, out: Path | None) -> None:

@@ -51,7 +51,6 @@ p50/p99 ratio is reported against the actors' target of <= 1.2.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import functools
@@ -71,9 +70,10 @@ from bench._clients import (
     PING_SIZE,
     PySpy,
     Target,
-    check_py_spy,
     count_for,
+    parse_stream_bench,
     run_stream_ping,
+    stream_bench_parser,
     stream_receiver_main,
     stream_sender_main,
     stream_summary,
@@ -89,7 +89,6 @@ from bench._common import (
     alternate,
     emit,
     frame,
-    int_list,
     make_self_signed,
     ping_result,
     ping_summary,
@@ -363,26 +362,15 @@ def bench_ping(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.direct", description=__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=int, default=3, help="measured runs per implementation")
-    p.add_argument("--sizes", type=int_list, default=list(SIZES), help="comma-separated bytes")
-    p.add_argument("--duration", type=float, default=2.0, help="seconds per run (about)")
-    p.add_argument("--max-datagram-size", type=int, default=1200)
+    p = stream_bench_parser("python -m bench.direct", __doc__, SIZES,
+                            "record clients A and B with py-spy (raw stacks) into DIR")
     p.add_argument(
         "--plain-socket-buffer", "--naive-socket-buffer", dest="plain_socket_buffer",
         type=int, default=CONEC_SOCKET_BUFFER, metavar="BYTES",
         help="SO_RCVBUF/SO_SNDBUF for the plain aioquic sockets (default 4 MiB, what "
         "conec-actors always uses; 0: OS default)",
     )
-    p.add_argument("--ping-n", type=int, default=200, help="round trips per ping run (0: none)")
-    p.add_argument(
-        "--py-spy", type=Path, default=None, metavar="DIR",
-        help="record clients A and B with py-spy (raw stacks) into DIR",
-    )
-    args = p.parse_args(argv)
-    if args.rounds < 1 or args.duration <= 0:
-        p.error("--rounds must be >= 1 and --duration > 0")
-    check_py_spy(p, args.py_spy)
+    args = parse_stream_bench(p, argv)
     for size in args.sizes:
         emit(
             bench_size(

@@ -37,7 +37,6 @@ p50/p99 ratio <= 1.2.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,10 +48,11 @@ from bench._clients import (
     PING_SIZE,
     PySpy,
     Target,
-    check_py_spy,
     count_for,
+    parse_stream_bench,
     run_naive,
     run_stream_ping,
+    stream_bench_parser,
     stream_receiver_main,
     stream_sender_main,
     stream_summary,
@@ -64,7 +64,6 @@ from bench._common import (
     Procs,
     alternate,
     emit,
-    int_list,
     make_self_signed,
     ping_result,
     ping_summary,
@@ -204,26 +203,15 @@ def bench_ping(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.proxied", description=__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=int, default=3, help="measured runs per implementation")
-    p.add_argument("--sizes", type=int_list, default=list(SIZES), help="comma-separated bytes")
-    p.add_argument("--duration", type=float, default=2.0, help="seconds per run (about)")
-    p.add_argument("--max-datagram-size", type=int, default=1200)
+    p = stream_bench_parser("python -m bench.proxied", __doc__, SIZES,
+                            "record the Coordinator front-end with py-spy (raw stacks) into DIR")
     p.add_argument("--routing-workers", type=int, default=1)
     p.add_argument(
         "--naive-socket-buffer", type=int, default=0, metavar="BYTES",
         help="SO_RCVBUF/SO_SNDBUF for the naive relay's sockets (0: OS default; "
         "conec-actors always uses 4 MiB)",
     )
-    p.add_argument("--ping-n", type=int, default=200, help="round trips per ping run (0: none)")
-    p.add_argument(
-        "--py-spy", type=Path, default=None, metavar="DIR",
-        help="record the Coordinator front-end with py-spy (raw stacks) into DIR",
-    )
-    args = p.parse_args(argv)
-    if args.rounds < 1 or args.duration <= 0:
-        p.error("--rounds must be >= 1 and --duration > 0")
-    check_py_spy(p, args.py_spy)
+    args = parse_stream_bench(p, argv)
     for size in args.sizes:
         emit(
             bench_size(
