@@ -88,7 +88,7 @@ class Conn:
         self.close_reason = ""
         self._loop = endpoint.loop
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer_at: float | None = None  # when `_timer` fires (None: no timer)
         self._transmit_handle: asyncio.Handle | None = None
         self._sent_this_turn = False
         self._drain: dict[int, Callable[[], None]] = {}
@@ -183,7 +183,7 @@ class Conn:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = self._timer_at = None
-        elif self._timer is None or self._timer_at is None or timer_at < self._timer_at:
+        elif self._timer_at is None or timer_at < self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = self._loop.call_at(timer_at, self._on_timer)
