@@ -121,6 +121,28 @@ async def test_no_reader_left_removes_it_and_later_sends_fail(workers: int) -> N
         assert err.value.code == Code.BROADCAST_ENDED
 
 
+class _Flood:
+    """Sends `data` on `send` in a loop, counting the bytes sent."""
+
+    def __init__(self, send: Any, data: bytes) -> None:
+        self.sent = 0
+        self.task = asyncio.create_task(self._run(send, data))
+
+    async def _run(self, send: Any, data: bytes) -> None:
+        while True:
+            await send.send(data)
+            self.sent += len(data)
+
+    async def stalled(self, quiet: float = 0.5, timeout: float = 10.0) -> int:
+        """The byte count once it has stopped moving for `quiet` seconds."""
+        async with asyncio.timeout(timeout):
+            while True:
+                before = self.sent
+                await asyncio.sleep(quiet)
+                if before and self.sent == before:
+                    return before
+
+
 async def test_slowest_reader_throttles_and_closing_it_unblocks(workers: int) -> None:
     async with coordinator(broadcast_workers=workers) as h:
         a, b, slow = await h.client("alice"), await h.client("bob"), await h.client("slow")
@@ -128,24 +150,13 @@ async def test_slowest_reader_throttles_and_closing_it_unblocks(workers: int) ->
         _sb, rb = await b.new_broadcast("bulk")
         _ss, rs = await slow.new_broadcast("bulk")
         chunk = b"x" * 65536
-        sent = 0
-
-        async def flood() -> None:
-            nonlocal sent
-            while True:
-                await sa.send(chunk)
-                sent += 1
-
         readers = [asyncio.create_task(_count_forever(r)) for r in (ra, rb)]
-        task = asyncio.create_task(flood())
-        await asyncio.sleep(1.0)
-        stalled = sent
-        await asyncio.sleep(0.5)
-        assert sent == stalled, "the senders were not throttled by the slow reader"
-        assert sent * len(chunk) < 8 * 1024 * 1024
+        flood = _Flood(sa, chunk)
+        stalled = await flood.stalled()  # throttled by the slow reader
+        assert stalled < 8 * 1024 * 1024
         rs.close()  # the slow member stops counting at once
-        await wait_for(lambda: sent > stalled + 20, timeout=10)
-        task.cancel()
+        await wait_for(lambda: flood.sent > stalled + 20 * len(chunk), timeout=10)
+        flood.task.cancel()
         for t in readers:
             t.cancel()
 
@@ -157,22 +168,11 @@ async def test_a_stalled_broadcast_queues_little(workers: int) -> None:
         a, slow = await h.client("alice"), await h.client("slow")
         sa, ra = await a.new_broadcast("q")
         _ss, rs = await slow.new_broadcast("q")
-        sent = 0
-
-        async def flood() -> None:
-            nonlocal sent
-            while True:
-                await sa.send(b"y" * 1000)
-                sent += 1000
-
         reader = asyncio.create_task(_count_forever(ra))
-        task = asyncio.create_task(flood())
-        await asyncio.sleep(1.0)
-        stalled = sent
-        await asyncio.sleep(0.5)
-        assert sent == stalled, "the sender was not throttled by the slow reader"
-        assert sent < 700 * 1024, f"{sent} bytes queued ahead of a stalled reader"
-        task.cancel()
+        flood = _Flood(sa, b"y" * 1000)
+        stalled = await flood.stalled()  # throttled by the slow reader
+        assert stalled < 700 * 1024, f"{stalled} bytes queued ahead of a stalled reader"
+        flood.task.cancel()
         reader.cancel()
         rs.close()
 
