@@ -241,3 +241,18 @@ async def test_oversize_message_resets_only_that_member(workers: int) -> None:
         assert err.value.code == Code.MESSAGE_TOO_LARGE
         await sb.send(b"b goes on")
         assert await rb.recv() == BroadcastMessage("bob", b"b goes on")
+
+
+async def test_the_control_stream_outlasts_its_window(workers: int) -> None:
+    # Control messages (here ~275 B count requests) must keep flowing long
+    # after their total passes a stream window (256 KiB): the front-end
+    # credits the control stream as it decodes it.
+    async with coordinator(broadcast_workers=workers) as h:
+        a = await h.client("alice")
+        name = "n" * 250
+        for _ in range(60):
+            got = await asyncio.gather(*(a.broadcast_count(name) for _ in range(20)),
+                                       return_exceptions=True)
+            assert all(isinstance(e, NoSuchBroadcast) for e in got), got
+        await a.new_broadcast(name)
+        assert await a.broadcast_count(name) == (1, 1)

@@ -160,6 +160,9 @@ class Session:
         except ConecError as exc:
             self.refuse(wire.Code.PROTOCOL, str(exc))
             return
+        if self.control_sid is not None and self.state != "closed":
+            # Windows grow only as data is consumed: what is decoded is.
+            self.conn.consume(self.control_sid, len(data))
         if fin and self.state != "closed":
             self.refuse(wire.Code.PROTOCOL, "the control stream was closed")
 
