@@ -206,7 +206,14 @@ class Conn:
         await self._closed_event.wait()
 
     def send(self, stream_id: int, data: bytes, end: bool = False) -> None:
-        self.quic.send_stream_data(stream_id, data, end_stream=end)
+        try:
+            self.quic.send_stream_data(stream_id, data, end_stream=end)
+        except RuntimeError as exc:
+            # The sending side is over: the peer stopped the stream (aioquic
+            # resets it while parsing STOP_SENDING, before we hear of it), or
+            # it was reset or finished. Nothing can carry these bytes.
+            log.debug("write to stream %d dropped: %s", stream_id, exc)
+            return
         if self._transmit_handle is None and not self._sent_this_turn:
             # An idle connection sends at once (no loop turn of delay for a
             # lone message); further writes in this turn are batched.

@@ -22,6 +22,7 @@ from conec_actors import (
     InvalidId,
 )
 from conec_actors.certs import issue, new_ca, self_signed
+from conec_actors.streams import BroadcastMessage
 from conec_actors.transport import Conn, Endpoint
 from conec_actors.wire import ALPN, Code
 
@@ -329,3 +330,39 @@ async def test_no_session_tickets_are_issued() -> None:
             assert tickets == []
         finally:
             ep.close()
+
+
+async def test_a_stream_stopped_before_its_reply_does_not_break_the_coordinator() -> None:
+    # A raw client joins a broadcast and stops the stream's return half before
+    # the join is answered: the Coordinator's answer then has nowhere to go
+    # (aioquic refuses writes to a stopped stream) and must be dropped.
+    from conec_actors import wire
+    from conec_actors.framing import frame
+
+    async with coordinator() as h:
+        ep = await Endpoint.bind("127.0.0.1", 0)
+        try:
+            conn = ep.connect(h.coord.address, _raw_config(h, with_cert=True), _Recorder(),
+                              65536)
+            await conn.wait_handshake()
+            conn.send(conn.new_stream_id(), frame(wire.encode(wire.Hello(
+                id="alice", version=wire.PROTOCOL_VERSION, max_message_size=1000,
+                idle_timeout=10.0, max_datagram_size=1200))))
+            await wait_for(lambda: _num_clients_is(h, 1))
+            for n in range(5):
+                sid = conn.new_stream_id()
+                conn.send(sid, frame(wire.encode(wire.StreamHeader("broadcast", "room", n))))
+                conn.stop(sid, 0)
+            # Everything still works for everyone.
+            b, c = await h.client("bob"), await h.client("carol")
+            sb, _rb = await b.new_broadcast("room")
+            _sc, rc = await c.new_broadcast("room")
+            await sb.send(b"hello")
+            assert await rc.recv() == BroadcastMessage("bob", b"hello")
+            assert (await h.coord.stats())["clients"] == 3
+        finally:
+            ep.close()
+
+
+async def _num_clients_is(h: Any, n: int) -> bool:
+    return bool(await h.coord.num_clients() == n)
