@@ -548,3 +548,22 @@ async def test_demo_tell_ask_figures() -> None:
         # b's mailbox is free again afterwards
         await a.tell("bob", "after")
         assert (await collect(b, 1))[0].body == "after"
+
+
+async def test_mailbox_iterator_ends_when_no_path_is_left() -> None:
+    # The Coordinator is gone and there is no channel: nothing more can
+    # arrive, so the reader sees what came and then the end (no hang).
+    async with coordinator() as h:
+        a, b = await pair(h, "proxied")
+        await a.tell("bob", 1)
+        seen: list[Any] = []
+
+        async def read() -> None:
+            async for env in b.mailbox:
+                seen.append(env.body)
+
+        reader = asyncio.create_task(read())
+        await wait_for(lambda: seen == [1])
+        await h.coord.close()
+        await asyncio.wait_for(reader, 10)
+        assert seen == [1]

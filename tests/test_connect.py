@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -366,3 +367,20 @@ async def test_a_stream_stopped_before_its_reply_does_not_break_the_coordinator(
 
 async def _num_clients_is(h: Any, n: int) -> bool:
     return bool(await h.coord.num_clients() == n)
+
+
+async def test_a_cancelled_open_leaves_the_client_working() -> None:
+    async with coordinator() as h:
+        a = await h.client("alice")
+        await h.client("bob")
+        for opening in (lambda: a.new_proxied_stream("bob"), lambda: a.new_channel("bob"),
+                        lambda: a.close_channel("bob")):
+            task = asyncio.create_task(opening())
+            await asyncio.sleep(0)  # queued for the client's task, not yet handled
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        send, _ = await a.new_proxied_stream("bob")
+        await send.send(b"still working")
+        await a.new_channel("bob")
+        await a.close_channel("bob")

@@ -202,6 +202,8 @@ class Client:
                 self._do_close()
                 cmd.done.set_result(None)
                 break
+            if cmd.reply.done():  # the caller gave up (cancelled) before its turn
+                continue
             try:
                 cmd.reply.set_result(self._handle(cmd))
             except ConecError as exc:
@@ -213,8 +215,6 @@ class Client:
                 left.reply.set_exception(ClientClosed("the client was closed"))
 
     def _handle(self, cmd: _Request) -> Any:
-        if cmd.reply.done():  # the caller gave up
-            return None
         if isinstance(cmd, _Open):
             return self._do_open(cmd)
         if isinstance(cmd, _OpenChannel):
@@ -245,7 +245,13 @@ class Client:
             self._close_error = err if isinstance(err, ClientClosed) else ClientClosed(
                 f"lost the Coordinator: {err}")
         if not self._channels:
-            self._incoming.end()
+            self._no_path_left()
+
+    def _no_path_left(self) -> None:
+        """Neither the Coordinator nor a channel can bring anything more: the
+        incoming streams and the mailbox end (what already arrived is kept)."""
+        self._incoming.end()
+        self._mailbox.end_inbox()
 
     def _check_open(self) -> None:
         if self._close_error is not None:
@@ -558,7 +564,7 @@ class Client:
             del self._channels[link.peer]
             ch.stop_tasks()
         if self.is_closed and not self._channels:
-            self._incoming.end()
+            self._no_path_left()
 
     def _end_channel(self, ch: _Channel, code: int, reason: str) -> None:
         if self._channels.get(ch.peer) is ch:

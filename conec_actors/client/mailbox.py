@@ -1105,6 +1105,10 @@ class Mailbox:
 
     # -- the end ----------------------------------------------------------------------------
 
+    def end_inbox(self) -> None:
+        """Nothing more can arrive: readers get what is queued, then the end."""
+        self._inbox.end()
+
     def close(self) -> None:
         """End the mailbox (called by `Client` when it closes)."""
         if self._closed:
