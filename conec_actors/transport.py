@@ -82,7 +82,6 @@ class Conn:
         self.quic = quic
         self.addr = addr
         self.handler = handler
-        self.handshake_done = False
         self.closed = False
         self.close_code: int | None = None
         self.close_reason = ""
@@ -94,7 +93,7 @@ class Conn:
         self._drain: dict[int, Callable[[], None]] = {}
         self._keepalive: asyncio.TimerHandle | None = None
         self._keepalive_interval = 0.0
-        self._closed_event = asyncio.Event()
+        self._gone = False  # terminated: nothing more is sent or scheduled
         self._handshake_waiter: asyncio.Future[None] = self._loop.create_future()
 
     # -- driving -----------------------------------------------------------
@@ -139,7 +138,6 @@ class Conn:
             if h is not None and not self.closed:
                 h.stop_sending(self, ev.stream_id, ev.error_code)
         elif isinstance(ev, events.HandshakeCompleted):
-            self.handshake_done = True
             self.quic.release_handshake_memory()
             self.endpoint._half_open.discard(self)
             if not self._handshake_waiter.done():
@@ -154,27 +152,32 @@ class Conn:
             self._terminated(ev.error_code, ev.reason_phrase)
 
     def _terminated(self, code: int, reason: str) -> None:
-        if self._closed_event.is_set():
+        if self._gone:
             return
+        self._gone = True
         if self.close_code is None:
             self.close_code = code
             self.close_reason = reason
         self.closed = True
         self.endpoint._forget(self)
-        for handle in (self._timer, self._keepalive):
+        for handle in (self._timer, self._keepalive, self._transmit_handle):
             if handle is not None:
                 handle.cancel()
+        self._timer = self._timer_at = self._transmit_handle = None
         self._drain.clear()
         if not self._handshake_waiter.done():
             self._handshake_waiter.set_exception(ConnectionError(reason or f"code {code}"))
             self._handshake_waiter.exception()  # mark retrieved
-        self._closed_event.set()
         h = self.handler
         if h is not None:
             h.terminated(self, self.close_code, self.close_reason)
 
     def transmit(self) -> None:
         self._transmit_handle = None
+        if self._gone:
+            # A terminated connection must not re-arm its timer: that would
+            # keep an aborted (junk) connection alive until its idle timeout.
+            return
         sendto = self.endpoint.sendto
         for data, addr in self.quic.datagrams_to_send(now=self._loop.time()):
             sendto(data, addr)
@@ -201,9 +204,6 @@ class Conn:
 
     async def wait_handshake(self) -> None:
         await asyncio.shield(self._handshake_waiter)
-
-    async def wait_closed(self) -> None:
-        await self._closed_event.wait()
 
     def send(self, stream_id: int, data: bytes, end: bool = False) -> None:
         try:

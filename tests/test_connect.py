@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import socket
 import time
@@ -216,6 +217,10 @@ async def test_junk_datagrams_do_not_disturb_the_coordinator() -> None:
             s.close()
         await wait_for(lambda: _junk_dropped_at_least(h, 50))
         assert (await h.coord.stats())["half_open"] == 0
+        # ...and nothing of them is kept: no dropped connection lingers (with
+        # a timer) until an idle timeout.
+        gc.collect()
+        assert [c for c in gc.get_objects() if isinstance(c, Conn) and c.closed] == []
         b = await h.client("bob")
         send, _ = await a.new_proxied_stream("bob")
         await send.send(b"fine")
