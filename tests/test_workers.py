@@ -150,3 +150,18 @@ def test_script_without_main_guard_works(tmp_path: Any) -> None:
                          timeout=40, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "me ok"
+
+
+async def test_stats_answer_while_a_worker_is_unresponsive() -> None:
+    async with coordinator(routing_workers=2) as h:
+        await h.client("alice")
+        stopped = h.coord.worker_pids("routing")[0]
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            st = await asyncio.wait_for(h.coord.stats(), 5)
+            assert st["clients"] == 1
+            assert [w["kind"] for w in st["workers"]].count("routing") == 2
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        st = await h.coord.stats()
+        assert sum(w.get("entries", 0) for w in st["workers"] if w["kind"] == "routing") == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -109,8 +108,9 @@ class Coord:
                 fut: asyncio.Future[WorkerReply] = loop.create_future()
                 futs.append(fut)
                 self._supervisor.request(slot, ipc.StatsRequest, _resolver(fut))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*futs), 2.0)
+        # asyncio.wait, not wait_for: a worker too slow to answer (stopped,
+        # restarting) must leave its figures out, not cancel the others.
+        await asyncio.wait(futs, timeout=2.0)
         for w, f in zip(workers, futs, strict=True):
             r = f.result() if f.done() else None
             if isinstance(r, ipc.StatsReply):
