@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar
@@ -36,3 +39,30 @@ class AwaitableContext(Generic[T]):
         if self._obj is not None:
             await self._obj.close()
 
+
+class Waiters:
+    """Futures to wake together; each woken waiter checks its condition again."""
+
+    __slots__ = ("_futs",)
+
+    def __init__(self) -> None:
+        self._futs: deque[asyncio.Future[None]] = deque()
+
+    async def wait(self) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._futs.append(fut)
+        try:
+            await fut
+        except BaseException:
+            # Cancelled: forget the future unless `wake` already took it. (Only
+            # here: a failed `remove` formats the future's repr, which is slow.)
+            fut.cancel()
+            with contextlib.suppress(ValueError):
+                self._futs.remove(fut)
+            raise
+
+    def wake(self) -> None:
+        while self._futs:
+            fut = self._futs.popleft()
+            if not fut.done():
+                fut.set_result(None)

@@ -55,6 +55,19 @@ async def test_async_with_client_closes() -> None:
             await a.new_proxied_stream("bob")
 
 
+async def test_every_reader_of_incoming_ends_when_the_client_closes() -> None:
+    async with coordinator() as h:
+        a = await h.client("alice")
+
+        async def drain() -> int:
+            return len([inc async for inc in a.incoming])
+
+        readers = [asyncio.create_task(drain()) for _ in range(3)]
+        await asyncio.sleep(0)  # all three wait for a stream
+        await a.close()
+        assert await asyncio.wait_for(asyncio.gather(*readers), 5) == [0, 0, 0]
+
+
 async def test_duplicate_id_then_reusable_after_leave() -> None:
     async with coordinator() as h:
         first = await h.client("alice")

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import wire
+from .._util import Waiters
 from ..errors import CertificateError, ClientClosed, ConecError, ProtocolError, StreamReset
 from ..framing import FrameDecoder, FrameTooLarge, frame
 from ..streams import IncomingStream, InStream, OutStream, StreamCore, StreamId
@@ -315,36 +316,28 @@ def connection_error(code: int, reason: str) -> ConecError:
 
 
 class UnclaimedQueue:
-    """Bounded queue of incoming streams with an end."""
+    """Bounded queue of incoming streams with an end (any number of readers)."""
 
     def __init__(self, limit: int = MAX_UNCLAIMED_STREAMS) -> None:
         self.items: deque[IncomingStream] = deque()
         self.limit = limit
         self.ended = False
-        self._waiter: asyncio.Future[None] | None = None
+        self._getters = Waiters()
 
     def offer(self, item: IncomingStream) -> bool:
         if self.ended or len(self.items) >= self.limit:
             return False
         self.items.append(item)
-        self._wake()
+        self._getters.wake()
         return True
 
     def end(self) -> None:
         self.ended = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self._getters.wake()
 
     async def get(self) -> IncomingStream | None:
         while not self.items:
             if self.ended:
                 return None
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self._getters.wait()
         return self.items.popleft()

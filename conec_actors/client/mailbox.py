@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 import msgspec
 
 from .. import framing, wire
+from .._util import Waiters
 from ..errors import (
     ClientClosed,
     ConecError,
@@ -161,34 +162,6 @@ def _copy_error(err: ConecError) -> ConecError:
 
 # --- small waiting helpers -----------------------------------------------------
 
-class _Waiters:
-    """Futures to wake together; each woken waiter checks its condition again."""
-
-    __slots__ = ("_futs",)
-
-    def __init__(self) -> None:
-        self._futs: deque[asyncio.Future[None]] = deque()
-
-    async def wait(self) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._futs.append(fut)
-        try:
-            await fut
-        except BaseException:
-            # Cancelled: forget the future unless `wake` already took it. (Only
-            # here: a failed `remove` formats the future's repr, which is slow.)
-            fut.cancel()
-            with contextlib.suppress(ValueError):
-                self._futs.remove(fut)
-            raise
-
-    def wake(self) -> None:
-        while self._futs:
-            fut = self._futs.popleft()
-            if not fut.done():
-                fut.set_result(None)
-
-
 def _write_idle(stream: OutStream, data: bytes) -> bool:
     """Write one frame now if `stream` is open and has nothing unsent (so the
     write neither waits for the high watermark nor overtakes anything);
@@ -248,7 +221,7 @@ class _Pair:
         self.unacked: deque[tuple[int, bytes]] = deque()
         self.queued_bytes = 0
         self.next_seq = 0
-        self.putters = _Waiters()
+        self.putters = Waiters()
         self.wake = asyncio.Event()
         #: Resolved when the first stream opened (the route exists).
         self.routed: asyncio.Future[None] = loop.create_future()
@@ -295,7 +268,7 @@ class _InRoute:
         self.send = inc.send
         self.recv = inc.recv
         self.back: deque[bytes] = deque()
-        self.back_putters = _Waiters()
+        self.back_putters = Waiters()
         self.back_open = True
         self.wake = asyncio.Event()
         self.ack_to: int | None = None
@@ -346,7 +319,7 @@ class _Inbox:
     def __init__(self, resume: Callable[[_InRoute], None]) -> None:
         self.items: deque[_Delivered] = deque()
         self.nbytes = 0
-        self.getters = _Waiters()
+        self.getters = Waiters()
         #: Incoming streams whose reading stopped on a full inbox, and what
         #: goes on reading one of them.
         self.wait_room: deque[_InRoute] = deque()
