@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Literal
 
 from .ids import check_id
@@ -34,6 +34,7 @@ class CoordConfig:
 
     cert: PemSource
     key: PemSource
+    _: KW_ONLY
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     client_ca: PemSource | None = None
@@ -67,6 +68,7 @@ class ClientConfig:
 
     id: str
     coord: str
+    _: KW_ONLY
     port: int = DEFAULT_PORT
     addr: tuple[str, int] | None = None
     ca: PemSource | None = None

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from conec_actors import ClientConfig, InvalidId
+from conec_actors import ClientConfig, CoordConfig, InvalidId
 from conec_actors.errors import ConecError
 from conec_actors.ids import MAX_ID_LENGTH, check_id, is_valid_id, stable_hash
 
@@ -165,3 +165,12 @@ def test_stable_hash_known_value() -> None:
     assert stable_hash("alice") == 0x4DEAEC0CCE54DA89
     assert stable_hash("") == 0xE4A6A0577479B2B4
     assert stable_hash("alice") != stable_hash("bob")
+
+
+def test_configs_take_only_their_first_two_arguments_by_position() -> None:
+    # DESIGN: CoordConfig(cert, key, *, ...) and ClientConfig(id, coord, *, ...)
+    with pytest.raises(TypeError):
+        CoordConfig(b"cert", b"key", "0.0.0.0")  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        ClientConfig("alice", "localhost", 1719)  # type: ignore[misc]
+    assert ClientConfig("alice", "localhost", port=1720).port == 1720
