@@ -203,8 +203,11 @@ def _destroy(topo: Topology) -> None:
         subprocess.run([IP, "netns", "del", name], capture_output=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def topology() -> Iterator[Topology]:
+    """Fresh namespaces for every test: NAT mappings (conntrack entries live
+    30-120 s) left by one test must not decide how the next one's ports are
+    mapped."""
     if _tool("nft") is None:
         pytest.fail("the NAT tests need nftables (the `nft` command): .ci/run must install "
                     "it (apt-get install -y nftables), as it does when run as root")
