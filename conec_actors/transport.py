@@ -94,6 +94,8 @@ class Conn:
         self._keepalive: asyncio.TimerHandle | None = None
         self._keepalive_interval = 0.0
         self._gone = False  # terminated: nothing more is sent or scheduled
+        #: The connection ids the endpoint routes to this connection.
+        self.cids: set[bytes] = set()
         self._handshake_waiter: asyncio.Future[None] = self._loop.create_future()
 
     # -- driving -----------------------------------------------------------
@@ -145,9 +147,9 @@ class Conn:
             if h is not None and not self.closed:
                 h.handshake_completed(self)
         elif isinstance(ev, events.ConnectionIdIssued):
-            self.endpoint._cids[ev.connection_id] = self
+            self.endpoint._route(ev.connection_id, self)
         elif isinstance(ev, events.ConnectionIdRetired):
-            self.endpoint._cids.pop(ev.connection_id, None)
+            self.endpoint._unroute(ev.connection_id, self)
         elif isinstance(ev, events.ConnectionTerminated):
             self._terminated(ev.error_code, ev.reason_phrase)
 
@@ -446,7 +448,7 @@ class Endpoint:
         addr = self.normalize(addr)
         conn = Conn(self, quic, addr, handler)
         self._conns.add(conn)
-        self._cids[quic.host_cid] = conn
+        self._route(quic.host_cid, conn)
         quic.connect(addr, now=self.loop.time())
         conn.transmit()
         return conn
@@ -459,7 +461,9 @@ class Endpoint:
             known = self._cids.get(data[1:1 + CONNECTION_ID_LENGTH])
             if known is not None:
                 known.receive(data, addr)
-                return
+            # Unknown: late packets of a forgotten connection, or junk. Only
+            # an Initial (a long header) can start a connection.
+            return
         pkt = parse_packet(data)
         if pkt is None:
             return
@@ -509,8 +513,8 @@ class Endpoint:
         conn = Conn(self, quic, addr, None)
         self._conns.add(conn)
         self._half_open.add(conn)
-        self._cids[pkt.dcid] = conn
-        self._cids[quic.host_cid] = conn
+        self._route(pkt.dcid, conn)
+        self._route(quic.host_cid, conn)
         # The first datagram cannot complete a handshake or carry streams, so
         # the owner only hears of the connection once it proved to be real.
         conn.receive(data, addr)
@@ -536,8 +540,19 @@ class Endpoint:
     def _forget(self, conn: Conn) -> None:
         self._conns.discard(conn)
         self._half_open.discard(conn)
-        for cid in [c for c, v in self._cids.items() if v is conn]:
+        for cid in conn.cids:
+            if self._cids.get(cid) is conn:
+                del self._cids[cid]
+        conn.cids.clear()
+
+    def _route(self, cid: bytes, conn: Conn) -> None:
+        self._cids[cid] = conn
+        conn.cids.add(cid)
+
+    def _unroute(self, cid: bytes, conn: Conn) -> None:
+        if self._cids.get(cid) is conn:
             del self._cids[cid]
+        conn.cids.discard(cid)
 
     def close(self) -> None:
         if self._closed:
