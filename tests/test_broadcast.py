@@ -256,3 +256,18 @@ async def test_the_control_stream_outlasts_its_window(workers: int) -> None:
             assert all(isinstance(e, NoSuchBroadcast) for e in got), got
         await a.new_broadcast(name)
         assert await a.broadcast_count(name) == (1, 1)
+
+
+async def test_a_member_that_finished_and_stopped_reading_is_let_go(workers: int) -> None:
+    async with coordinator(broadcast_workers=workers) as h:
+        a, b = await h.client("alice"), await h.client("bob")
+        _sa, ra = await a.new_broadcast("c")
+        sb, rb = await b.new_broadcast("c")
+        await wait_for(lambda: _counts(a, "c", (2, 2)))
+        members = h.coord._fe.hub.broadcasts["c"].members  # the front-end's own view
+        await sb.finish()
+        rb.close()
+        await wait_for(lambda: _counts(a, "c", (1, 1)))
+        await wait_for(lambda: len(members) == 1)
+        assert [leg.session.client_id for leg in members] == ["alice"]
+        ra.close()

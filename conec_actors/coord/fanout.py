@@ -226,6 +226,7 @@ class BroadcastHub:
         leg.sending = False
         leg.in_done = True
         self._leave(b, leg, sending=True, receiving=False)
+        self._departed(b, leg)
 
     def stop_receiving(self, leg: Leg) -> None:
         """The member closed its reader: stop counting it at once."""
@@ -235,6 +236,15 @@ class BroadcastHub:
         leg.out_done = True
         b.drop_receiver(leg)
         self._leave(b, leg, sending=False, receiving=True)
+        self._departed(b, leg)
+
+    @staticmethod
+    def _departed(b: Broadcast, leg: Leg) -> None:
+        """A member that neither sends nor reads any more is no member: it
+        must not hold its session alive nor take a share of the windows."""
+        if not leg.sending and leg not in b.receivers and leg in b.members:
+            del b.members[leg]
+            b.size_windows()
 
     def member_gone(self, leg: Leg) -> None:
         """The member's client left."""
