@@ -312,6 +312,12 @@ async def test_broken_hellos_are_refused_with_a_reason() -> None:
         # a data stream before the control stream
         code, _ = await _raw_session(h, b"junk", sid=4)
         assert code == Code.PROTOCOL
+        # a valid hello right behind a refused one is not acted on
+        code, _ = await _raw_session(h, cases[0][0] + frame(wire.encode(wire.Hello(**good))))
+        assert code == Code.VERSION
+        for _ in range(10):  # while the refused connection drains
+            assert await h.coord.num_clients() == 0
+            await asyncio.sleep(0.03)
         # nobody else noticed
         a, b = await h.client("alice"), await h.client("bob")
         send, _ = await a.new_proxied_stream("bob")

@@ -243,6 +243,9 @@ class Session:
             return
         log.info("closing connection from %s: %s (%s)", self.conn.peer_address,
                  reason or wire.describe(code), code)
+        # Closed for us from now on: nothing more it sent is acted on, and an
+        # admission still in flight is undone (`_admitted`).
+        self.state = "closed"
         self.conn.close(code, reason or wire.describe(code))
 
     def _hello_timeout(self) -> None:
