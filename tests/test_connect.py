@@ -408,3 +408,56 @@ async def test_a_cancelled_open_leaves_the_client_working() -> None:
         await send.send(b"still working")
         await a.new_channel("bob")
         await a.close_channel("bob")
+
+
+class _Listener(_Recorder):
+    """A raw client that keeps what arrives on its streams (and never answers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received = b""
+
+    def stream_data(self, conn: Conn, sid: int, data: bytes, fin: bool) -> None:
+        self.received += data
+
+
+async def test_offers_to_silent_targets_count_as_pending_introductions() -> None:
+    # Targets that never answer an introduction: the opener's offers stay
+    # pending until they expire, and count against its limit all that time.
+    from conec_actors import ProtocolError, wire
+    from conec_actors.coord.frontend import MAX_PENDING_CHANNELS
+    from conec_actors.framing import frame
+
+    async with coordinator() as h:
+        a = await h.client("alice")
+        ep = await Endpoint.bind("127.0.0.1", 0)
+        try:
+            names = [f"silent{i}" for i in range(MAX_PENDING_CHANNELS + 3)]
+            targets = []
+            for name in names:  # admitted, then deaf to every control message
+                rec = _Listener()
+                conn = ep.connect(h.coord.address, _raw_config(h, with_cert=True, name=name),
+                                  rec, 65536)
+                await conn.wait_handshake()
+                conn.send(conn.new_stream_id(), frame(wire.encode(wire.Hello(
+                    id=name, version=wire.PROTOCOL_VERSION, max_message_size=1000,
+                    idle_timeout=10.0, max_datagram_size=1200))))
+                targets.append(rec)
+            await wait_for(lambda: _num_clients_is(h, len(names) + 1))
+            first = names[:MAX_PENDING_CHANNELS]
+            tasks = [asyncio.create_task(a.new_channel(n)) for n in first]
+            # every offer delivered: the introductions are past the directory
+            await wait_for(lambda: all(b"choffer" in t.received
+                                       for t in targets[:MAX_PENDING_CHANNELS]))
+            late = [asyncio.create_task(a.new_channel(n)) for n in names[len(first):]]
+            # refused long before the unanswered offers expire
+            done, _ = await asyncio.wait(late, timeout=3)
+            assert len(done) == 3
+            assert all(isinstance(t.exception(), ProtocolError)
+                       and "pending" in str(t.exception()) for t in late)
+            assert not any(t.done() for t in tasks)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            ep.close()

@@ -358,17 +358,21 @@ class FrontEnd:
             answer(wire.Code.TOO_MANY_STREAMS,
                    f"more than {MAX_PENDING_CHANNELS} channel introductions pending")
             return
+        # Counted from the request until the offer is settled (answered,
+        # expired or dropped), so a client cannot pile up offers at targets
+        # that never answer.
         s.pending_channels += 1
         src, dst = s.client_id or "", msg.peer
 
         def routed(reply: WorkerReply) -> None:
-            s.pending_channels -= 1
             if s.state != "ready":
+                s.pending_channels -= 1
                 return
             entry = reply.entry if isinstance(reply, ipc.Reply) else None
             target = self.sessions.get(entry.conn) if entry is not None else None
             if entry is None or target is None or target.state != "ready" or \
                     target.client_id != dst:
+                s.pending_channels -= 1
                 answer(wire.Code.NO_SUCH_PEER, f"no client {dst!r} is connected")
                 return
             offer = self._next_offer
@@ -386,6 +390,7 @@ class FrontEnd:
             return  # late, or not this client's to answer
         del self.offers[msg.offer]
         opener, req, entry, timer = pending
+        opener.pending_channels -= 1
         timer.cancel()
         if msg.code == 0:
             opener.send_control(wire.ChannelIntro(req, 0, entry.client_id, entry.cert,
@@ -408,6 +413,7 @@ class FrontEnd:
         pending = self.offers.pop(offer, None)
         if pending is not None:
             opener, req, entry, _ = pending
+            opener.pending_channels -= 1
             opener.send_control(wire.ChannelIntro(
                 req, wire.Code.PEER_GONE, entry.client_id,
                 reason=f"{entry.client_id!r} did not answer the introduction"))
@@ -420,6 +426,7 @@ class FrontEnd:
             elif entry.conn == s.key:
                 timer.cancel()
                 del self.offers[offer]
+                opener.pending_channels -= 1
                 opener.send_control(wire.ChannelIntro(
                     req, wire.Code.NO_SUCH_PEER, entry.client_id,
                     reason=f"{entry.client_id!r} left"))
