@@ -23,12 +23,13 @@ from conec_actors import (
     DuplicateId,
     InvalidId,
 )
-from conec_actors.certs import issue, new_ca, self_signed
+from conec_actors.certs import CertKey, issue, new_ca, self_signed
 from conec_actors.streams import BroadcastMessage
 from conec_actors.transport import Conn, Endpoint
 from conec_actors.wire import ALPN, Code
 
 from .conftest import coordinator, wait_for
+from .test_certs import BAD_LEAVES, make_cert
 
 
 async def test_connect_counts_and_uncounts() -> None:
@@ -461,3 +462,43 @@ async def test_offers_to_silent_targets_count_as_pending_introductions() -> None
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             ep.close()
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_LEAVES))
+async def test_client_ca_mode_refuses_a_certificate_that_is_not_a_client_leaf(
+        kind: str) -> None:
+    ca = new_ca("test client CA")
+    kw, reason = BAD_LEAVES[kind]
+    bad = make_cert("mallory", issuer=ca, **kw)  # type: ignore[arg-type]
+    async with coordinator(client_ca=ca.cert_pem) as h:
+        with pytest.raises(CertificateError, match=reason):
+            await h.client("mallory", cert=bad.cert_pem, key=bad.key_pem)
+        good = issue(ca, ["alice"])
+        await h.client("alice", cert=good.cert_pem, key=good.key_pem)
+        assert await h.coord.num_clients() == 1
+
+
+async def test_client_ca_mode_refuses_a_leaf_of_an_intermediate_it_brings() -> None:
+    root = new_ca("test client CA")
+    inter = make_cert("intermediate", issuer=root, ca=True, digital_signature=None)
+    leaf = issue(inter, ["mallory"])
+    with_chain = CertKey(cert_pem=leaf.cert_pem + inter.cert_pem, key_pem=leaf.key_pem)
+    async with coordinator(client_ca=root.cert_pem) as h:
+        with pytest.raises(CertificateError, match="not issued directly"):
+            await h.client("mallory", cert=with_chain.cert_pem, key=with_chain.key_pem)
+        assert await h.coord.num_clients() == 0
+    # configured as the client CA, the intermediate admits its leaves
+    async with coordinator(client_ca=inter.cert_pem) as h:
+        await h.client("mallory", cert=leaf.cert_pem, key=leaf.key_pem)
+
+
+async def test_self_signed_mode_refuses_a_certificate_whose_self_signature_is_forged(
+        ) -> None:
+    # The key matches the certificate (the handshake's proof of possession
+    # passes); only the certificate's signature over itself is wrong.
+    forged = make_cert("mallory", forge_signature=True)
+    async with coordinator() as h:
+        with pytest.raises(CertificateError, match="signature does not verify"):
+            await h.client("mallory", cert=forged.cert_pem, key=forged.key_pem)
+        await h.client("alice")
+        assert await h.coord.num_clients() == 1
