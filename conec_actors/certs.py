@@ -88,16 +88,17 @@ def self_signed(names: list[str]) -> CertKey:
 
     Each name that parses as an IP address becomes an IPAddress subject
     alternative name, every other one a DNSName. The subject's common name is
-    the first name. The certificate is not a CA (``BasicConstraints
-    ca=False``) but can be trusted directly: give its ``cert_pem`` as the
-    peer's ``cadata``. It is valid from one hour ago for 825 days.
+    the first name (its first 61 characters and ``...`` when it is longer than
+    a common name may be; the alternative names carry it whole). The
+    certificate is not a CA (``BasicConstraints ca=False``) but can be trusted
+    directly: give its ``cert_pem`` as the peer's ``cadata``. It is valid from one hour ago for 825 days.
 
     Raises:
         ValueError: if ``names`` is empty or contains an empty name.
     """
     sans = _subject_alt_names(names)
     key = _new_key()
-    name = _name(names[0])
+    name = _leaf_name(names[0])
     aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
     cert = _leaf(_base(name, name, key, _LEAF_LIFETIME), sans, aki).sign(key, hashes.SHA256())
     return CertKey(cert_pem=_cert_pem(cert), key_pem=_key_pem(key))
@@ -131,7 +132,8 @@ def issue(ca: CertKey, names: list[str]) -> CertKey:
     """Make a leaf certificate for ``names``, signed by ``ca``.
 
     Subject alternative names and common name are as for
-    :func:`self_signed`. The leaf is not a CA, may be used for TLS server
+    :func:`self_signed` (a long first name is cut short in the common name
+    only). The leaf is not a CA, may be used for TLS server
     and client authentication, carries the CA's key identifier as its
     AuthorityKeyIdentifier and is valid from one hour ago for 825 days
     (though it stops verifying when the CA certificate expires).
@@ -164,7 +166,7 @@ def issue(ca: CertKey, names: list[str]) -> CertKey:
         aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
 
     key = _new_key()
-    builder = _leaf(_base(_name(names[0]), ca_cert.subject, key, _LEAF_LIFETIME), sans, aki)
+    builder = _leaf(_base(_leaf_name(names[0]), ca_cert.subject, key, _LEAF_LIFETIME), sans, aki)
     cert = builder.sign(ca_key, hashes.SHA256())
     return CertKey(cert_pem=_cert_pem(cert), key_pem=_key_pem(key))
 
@@ -267,6 +269,20 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
 def _name(common_name: str) -> x509.Name:
     """An X.509 name with just a common name."""
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+#: X.509's upper bound on a common name (RFC 5280 ub-common-name).
+_CN_MAX = 64
+
+
+def _leaf_name(name: str) -> x509.Name:
+    """The subject of a leaf for `name`: its common name is only a label (names
+    are checked against the subject alternative names), so a name longer than
+    a common name may be (a valid 253-character id) is cut short, marked
+    with ``...``."""
+    if len(name) > _CN_MAX:
+        name = name[:_CN_MAX - 3] + "..."
+    return _name(name)
 
 
 def _now() -> datetime.datetime:

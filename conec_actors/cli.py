@@ -358,17 +358,24 @@ def _cmd_coord(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 # -- certs ---------------------------------------------------------------------
 
 
-def _file_stem(name: str) -> str:
-    """A certificate name used as a file stem: no directories, no dot files."""
+#: Longest file name most file systems take (NAME_MAX on Linux).
+_NAME_MAX = 255
+
+
+def _file_stem(name: str, option: str = "--name") -> str:
+    """A certificate name used as a file stem: no directories, no dot files,
+    short enough for ``<stem>.pem`` and ``<stem>.key``."""
     if not name or "/" in name or os.sep in name or name.startswith("."):
-        raise CliError(f"--name {name!r} cannot be used as a file name")
+        raise CliError(f"{option} {name!r} cannot be used as a file name")
+    if len(os.fsencode(name)) + len(".pem") > _NAME_MAX:
+        raise CliError(f"{option} is {len(name)} characters, too long for a file name "
+                       f"(<name>.pem must fit in {_NAME_MAX}); give a shorter --file-name")
     return name
 
 
-def _write_certkey(ck: CertKey, out_dir: str, name: str, force: bool,
+def _write_certkey(ck: CertKey, out_dir: str, stem: str, force: bool,
                    out: TextIO) -> None:
     directory = Path(out_dir)
-    stem = _file_stem(name)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -387,7 +394,8 @@ def _write_certkey(ck: CertKey, out_dir: str, name: str, force: bool,
 
 def _cmd_certs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     names = [args.name, *args.san]
-    _file_stem(args.name)
+    file_name = getattr(args, "file_name", None)
+    stem = _file_stem(args.name) if file_name is None else _file_stem(file_name, "--file-name")
     try:
         if args.certs_command == "ca":
             default_cn = "conec-actors CA" + ("" if args.name == "ca" else f" {args.name}")
@@ -396,7 +404,7 @@ def _cmd_certs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             ck = self_signed(names)
         else:
             ca_dir = Path(args.ca)
-            ca_cert, ca_key = _pem_paths(ca_dir, _file_stem(args.ca_name))
+            ca_cert, ca_key = _pem_paths(ca_dir, _file_stem(args.ca_name, "--ca-name"))
             ca = _read_pair(ca_cert, ca_key, "the CA")
             try:
                 ck = issue(ca, names)
@@ -404,7 +412,7 @@ def _cmd_certs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                 raise CliError(f"cannot issue with the CA in {ca_dir}: {exc}") from None
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    _write_certkey(ck, args.out, args.name, args.force, sys.stdout)
+    _write_certkey(ck, args.out, stem, args.force, sys.stdout)
     return 0
 
 
@@ -527,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(handler=_cmd_certs, parser=c, san=[])
         if name_default is None:
             c.add_argument("--name", required=True, help="name the certificate is valid "
-                           "for (a client id or a host name); also the file name")
+                           "for (a client id or a host name); also the file name "
+                           "unless --file-name is given")
         else:
             c.add_argument("--name", default=name_default,
                            help="file name (default %(default)s)")
@@ -543,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--san", metavar="NAME", action="append", default=[],
                        help="another DNS name or IP address it is valid for "
                        "(repeatable)")
+        c.add_argument("--file-name", metavar="STEM", help="write <STEM>.pem and "
+                       "<STEM>.key (default: the name; needed for names too long "
+                       "to be file names)")
         if kind == "issue":
             c.add_argument("--ca", metavar="DIR", required=True,
                            help="directory holding the CA's <ca-name>.pem and .key")

@@ -383,3 +383,15 @@ def test_check_chain_refuses_a_self_signed_certificate_whose_signature_is_forged
     forged = make_cert("alice", forge_signature=True)
     with pytest.raises(CertificateError, match="signature does not verify"):
         check_chain(_cert(forged), [], None, "alice")
+
+
+def test_a_name_longer_than_a_common_name_is_carried_by_the_san() -> None:
+    longest = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
+    ca = new_ca("ca")
+    for ck in (self_signed([longest]), issue(ca, [longest])):
+        cert = _cert(ck)
+        assert cert_names(ck.cert_pem) == [longest]
+        cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        assert cn == longest[:61] + "..."
+    ss = self_signed([longest])
+    verify_certificate(certificate=_cert(ss), chain=[], server_name=longest, cadata=ss.cert_pem)

@@ -430,3 +430,26 @@ def test_usage_errors_exit_2_in_process(capsys: pytest.CaptureFixture[str]) -> N
     assert main([]) == 2
     assert main(["--help"]) == 0
     assert "usage" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(60)
+def test_certs_for_long_names(tmp_path: Path, env: dict[str, str]) -> None:
+    out = tmp_path / "pki"
+    # Longer than a common name may be: the subject alternative name carries it.
+    name = "n" * 63 + "." + "m" * 40
+    r = run_cli("certs", "self-signed", "--name", name, "--out", str(out), env=env)
+    assert r.returncode == 0, r.stderr
+    pem = (out / f"{name}.pem").read_bytes()
+    verify_certificate(certificate=x509.load_pem_x509_certificate(pem), chain=[],
+                       server_name=name, cadata=pem)
+    # The longest id does not fit in a file name: a clear refusal, then --file-name.
+    longest = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
+    r = run_cli("certs", "self-signed", "--name", longest, "--out", str(out), env=env)
+    assert r.returncode == 1 and "--file-name" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("certs", "self-signed", "--name", longest, "--file-name", "longest",
+                "--out", str(out), env=env)
+    assert r.returncode == 0, r.stderr
+    pem = (out / "longest.pem").read_bytes()
+    verify_certificate(certificate=x509.load_pem_x509_certificate(pem), chain=[],
+                       server_name=longest, cadata=pem)
+    assert stat.S_IMODE((out / "longest.key").stat().st_mode) == 0o600

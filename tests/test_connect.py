@@ -502,3 +502,32 @@ async def test_self_signed_mode_refuses_a_certificate_whose_self_signature_is_fo
             await h.client("mallory", cert=forged.cert_pem, key=forged.key_pem)
         await h.client("alice")
         assert await h.coord.num_clients() == 1
+
+
+#: The longest valid id: 253 characters, four labels.
+LONG_ID = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
+
+
+async def test_a_253_character_id_connects_with_the_default_certificate() -> None:
+    assert len(LONG_ID) == 253
+    async with coordinator() as h:
+        long = await h.client(LONG_ID)  # its ephemeral self-signed certificate
+        a = await h.client("alice")
+        send, recv = await a.new_proxied_stream(LONG_ID)
+        await send.send(b"hello")
+        inc = await asyncio.wait_for(long.incoming.__aiter__().__anext__(), 5)
+        assert inc.peer == "alice"
+        assert await inc.recv.recv() == b"hello"
+        await inc.send.send(b"back")
+        assert await recv.recv() == b"back"
+        await a.tell(LONG_ID, "told")
+        env = await asyncio.wait_for(long.mailbox.__aiter__().__anext__(), 5)
+        assert (env.sender, env.body) == ("alice", "told")
+        await long.tell("alice", "told back")
+        env = await asyncio.wait_for(a.mailbox.__aiter__().__anext__(), 5)
+        assert (env.sender, env.body) == (LONG_ID, "told back")
+        await a.new_channel(LONG_ID)
+        direct, _ = await a.new_direct_stream(LONG_ID)
+        await direct.send(b"direct")
+        inc = await asyncio.wait_for(long.incoming.__aiter__().__anext__(), 5)
+        assert (inc.peer, await inc.recv.recv()) == ("alice", b"direct")
