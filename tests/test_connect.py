@@ -531,3 +531,21 @@ async def test_a_253_character_id_connects_with_the_default_certificate() -> Non
         await direct.send(b"direct")
         inc = await asyncio.wait_for(long.incoming.__aiter__().__anext__(), 5)
         assert (inc.peer, await inc.recv.recv()) == ("alice", b"direct")
+
+
+async def test_a_control_message_nested_too_deep_is_a_protocol_error() -> None:
+    from conec_actors.framing import frame
+
+    from .test_wire import DEEP_HELLO
+
+    async with coordinator() as h:
+        a = await h.client("carol")
+        code, reason = await _raw_session(h, frame(DEEP_HELLO))
+        assert code == Code.PROTOCOL
+        assert "malformed control message" in reason
+        # nobody else noticed
+        b = await h.client("bob")
+        send, _ = await a.new_proxied_stream("bob")
+        await send.send(b"still here")
+        inc = await asyncio.wait_for(b.incoming.__aiter__().__anext__(), 5)
+        assert await inc.recv.recv() == b"still here"
