@@ -71,14 +71,15 @@ def check_chain(cert: x509.Certificate | None, chain: list[x509.Certificate],
         raise CertificateError("the peer presented no certificate")
     what = "issued by the required CA" if ca_pem is not None else "self-signed"
     try:
+        exts = _extensions(cert, "its")
         if ca_pem is None:
             _check_signed_by(cert, cert)
         else:
-            _check_leaf(cert)
-            _check_signed_by(cert, _direct_issuer(cert, ca_pem))
+            _check_leaf(exts)
+            _check_issued_by(cert, ca_pem)
         _check_dates(cert, "the certificate")
         if name is not None:
-            _check_name(cert, name)
+            _check_name(cert, name, exts)
     except _Refused as exc:
         raise CertificateError(
             f"certificate refused (must be {what}"
@@ -89,15 +90,36 @@ class _Refused(Exception):
     """A reason to refuse a certificate (becomes a `CertificateError`)."""
 
 
-def _check_leaf(cert: x509.Certificate) -> None:
+def _extensions(cert: x509.Certificate, whose: str) -> x509.Extensions:
+    """`cert`'s extensions, parsed (cryptography parses them lazily); a
+    critical one nobody here understands refuses the certificate, as TLS
+    libraries do."""
+    try:
+        exts = cert.extensions
+    except ValueError as exc:
+        raise _Refused(f"{whose} extensions cannot be parsed: {exc}") from None
+    for ext in exts:
+        if ext.critical and isinstance(ext.value, x509.UnrecognizedExtension):
+            raise _Refused(f"{whose} critical extension {ext.oid.dotted_string} is unknown")
+    return exts
+
+
+_E = TypeVar("_E", bound=x509.ExtensionType)
+
+
+def _extension(exts: x509.Extensions, kind: type[_E]) -> _E | None:
+    try:
+        return exts.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _check_leaf(exts: x509.Extensions) -> None:
     """A client certificate may be used for TLS client authentication and
     cannot sign certificates."""
-    try:
-        basic = _extension(cert, x509.BasicConstraints)
-        usage = _extension(cert, x509.KeyUsage)
-        eku = _extension(cert, x509.ExtendedKeyUsage)
-    except ValueError as exc:  # extensions are parsed lazily
-        raise _Refused(f"its extensions cannot be parsed: {exc}") from None
+    basic = _extension(exts, x509.BasicConstraints)
+    usage = _extension(exts, x509.KeyUsage)
+    eku = _extension(exts, x509.ExtendedKeyUsage)
     if basic is not None and basic.ca:
         raise _Refused("it is a CA certificate (basicConstraints CA:TRUE), "
                        "not a leaf")
@@ -107,29 +129,34 @@ def _check_leaf(cert: x509.Certificate) -> None:
         raise _Refused("its extendedKeyUsage does not allow clientAuth")
 
 
-_E = TypeVar("_E", bound=x509.ExtensionType)
-
-
-def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
+def _check_issued_by(cert: x509.Certificate, ca_pem: bytes) -> None:
+    """`cert` is signed by a certificate in `ca_pem` that may sign
+    certificates and is valid now."""
     try:
-        return cert.extensions.get_extension_for_class(kind).value
-    except x509.ExtensionNotFound:
-        return None
-
-
-def _direct_issuer(cert: x509.Certificate, ca_pem: bytes) -> x509.Certificate:
-    """The certificate in `ca_pem` named as `cert`'s issuer, valid now."""
-    try:
-        cas = x509.load_pem_x509_certificates(ca_pem)
+        cas = [ca for ca in x509.load_pem_x509_certificates(ca_pem)
+               if ca.subject == cert.issuer]
     except ValueError as exc:
         raise _Refused(f"the CA certificate cannot be loaded: {exc}") from None
-    for ca in cas:
-        if ca.subject == cert.issuer:
-            _check_dates(ca, "its CA's certificate")
-            return ca
-    raise _Refused(f"it is not issued directly by the CA (its issuer is "
-                   f"{cert.issuer.rfc4514_string()!r}; certificates from an "
-                   "intermediate CA are admitted only with that intermediate as the CA)")
+    if not cas:
+        raise _Refused(f"it is not issued directly by the CA (its issuer is "
+                       f"{cert.issuer.rfc4514_string()!r}; certificates from an "
+                       "intermediate CA are admitted only with that intermediate as "
+                       "the CA)")
+    for ca in cas:  # several CAs of one name: the one whose key signed it
+        try:
+            _check_signed_by(cert, ca)
+            break
+        except _Refused:
+            if ca is cas[-1]:
+                raise
+    exts = _extensions(ca, "its CA's")
+    basic = _extension(exts, x509.BasicConstraints)
+    usage = _extension(exts, x509.KeyUsage)
+    if (basic is not None and not basic.ca) or (usage is not None
+                                                and not usage.key_cert_sign):
+        raise _Refused("the configured CA certificate may not sign certificates "
+                       "(basicConstraints CA:FALSE or no keyCertSign)")
+    _check_dates(ca, "its CA's certificate")
 
 
 def _check_signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:
@@ -149,7 +176,7 @@ def _check_dates(cert: x509.Certificate, what: str) -> None:
         raise _Refused(f"{what} is no longer valid")
 
 
-def _check_name(cert: x509.Certificate, name: str) -> None:
+def _check_name(cert: x509.Certificate, name: str, exts: x509.Extensions) -> None:
     """`name` among the subject alternative names (as TLS checks a host name)."""
     try:
         try:
@@ -161,7 +188,7 @@ def _check_name(cert: x509.Certificate, name: str) -> None:
     except ValueError as exc:
         raise _Refused(f"its extensions cannot be parsed: {exc}") from None
     except (service_identity.CertificateError, service_identity.VerificationError):
-        san = _extension(cert, x509.SubjectAlternativeName)
+        san = _extension(exts, x509.SubjectAlternativeName)
         names = ", ".join(repr(str(n.value)) for n in san or [])
         raise _Refused(f"it is valid only for {names or 'no name'}") from None
 

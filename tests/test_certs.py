@@ -395,3 +395,34 @@ def test_a_name_longer_than_a_common_name_is_carried_by_the_san() -> None:
         assert cn == longest[:61] + "..."
     ss = self_signed([longest])
     verify_certificate(certificate=_cert(ss), chain=[], server_name=longest, cadata=ss.cert_pem)
+
+
+def test_check_chain_refuses_unknown_critical_extensions_and_a_ca_that_cannot_sign() -> None:
+    from conec_actors.errors import CertificateError
+    from conec_actors.tlsconf import check_chain
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alice")])
+    now = datetime.datetime.now(datetime.UTC)
+    odd = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+           .public_key(key.public_key()).serial_number(1)
+           .not_valid_before(now - datetime.timedelta(hours=1))
+           .not_valid_after(now + datetime.timedelta(days=1))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName("alice")]), critical=False)
+           .add_extension(x509.UnrecognizedExtension(
+               x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00"), critical=True)
+           .sign(key, hashes.SHA256()))
+    with pytest.raises(CertificateError, match=r"critical extension [0-9.]+ is unknown"):
+        check_chain(odd, [], None, "alice")
+    # a leaf configured as the client CA issues nothing
+    leaf_as_ca = make_cert("not-a-ca", digital_signature=True)
+    issued = _cert(make_cert("alice", issuer=leaf_as_ca))
+    with pytest.raises(CertificateError, match="may not sign certificates"):
+        check_chain(issued, [], leaf_as_ca.cert_pem, "alice")
+    # among CAs of one name, the one whose key signed it
+    twin = make_cert("twin", ca=True, digital_signature=None)
+    other_twin = make_cert("twin", ca=True, digital_signature=None)
+    issued = _cert(make_cert("alice", issuer=twin))
+    check_chain(issued, [], other_twin.cert_pem + twin.cert_pem, "alice")
+    with pytest.raises(CertificateError, match="signature does not verify"):
+        check_chain(issued, [], other_twin.cert_pem, "alice")
