@@ -360,7 +360,7 @@ class TypedInStream(Generic[R]):
     def _decode(self, data: Any, sender: str | None) -> Any:
         try:
             return self._decoder.decode(data)
-        except msgspec.DecodeError as exc:
+        except wire.DECODE_ERRORS as exc:
             origin = f" from {sender!r}" if sender is not None else ""
             raise DecodeError(
                 f"message{origin} did not decode as {_type_name(self._type)}: {exc}"

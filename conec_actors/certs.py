@@ -13,7 +13,7 @@ certificate and private key. This module makes them without calling the
 Certificates and keys are passed around as a :class:`CertKey` of PEM bytes.
 All keys are ECDSA P-256, all signatures SHA-256 and private keys are
 unencrypted PKCS#8 PEM, so keep key files private (:meth:`CertKey.write`
-creates them with mode ``0o600``).
+creates them with mode ``0o600`` and never writes through a symbolic link).
 
 :func:`load_pem` and :func:`cert_names` are small helpers for configuration
 code that takes certificates either inline or as file paths.
@@ -21,10 +21,12 @@ code that takes certificates either inline or as file paths.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import ipaddress
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +52,7 @@ _LEAF_LIFETIME = datetime.timedelta(days=825)
 _CA_LIFETIME = datetime.timedelta(days=3650)
 
 _KEY_FILE_MODE = 0o600
+_CERT_FILE_MODE = 0o644
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,17 +73,32 @@ class CertKey:
         return cert.public_bytes(serialization.Encoding.DER)
 
     def write(self, cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> None:
-        """Write the certificate to ``cert_path`` and the key to ``key_path``.
+        """Write the key to ``key_path``, then the certificate to ``cert_path``.
 
-        Existing files are overwritten. The key file is created with mode
-        ``0o600`` (never readable by others, even briefly) and is chmod-ed to
-        ``0o600`` afterwards in case it already existed with a wider mode.
+        Existing files are replaced. Each file is written under a fresh name
+        in its directory (created with ``O_EXCL | O_NOFOLLOW``, so nothing
+        planted there is followed; the key with mode ``0o600`` from the
+        start) and renamed into place, which replaces a symbolic link at the
+        final name rather than writing through it.
         """
-        Path(cert_path).write_bytes(self.cert_pem)
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _KEY_FILE_MODE)
+        _replace_with(Path(key_path), self.key_pem, _KEY_FILE_MODE)
+        _replace_with(Path(cert_path), self.cert_pem, _CERT_FILE_MODE)
+
+
+def _replace_with(path: Path, data: bytes, mode: int) -> None:
+    """Atomically make `path` a new file of `mode` holding `data`."""
+    # mkstemp opens O_CREAT | O_EXCL | O_NOFOLLOW with mode 0600 under a random name.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
         with os.fdopen(fd, "wb") as f:
-            f.write(self.key_pem)
-        os.chmod(key_path, _KEY_FILE_MODE)
+            if mode != _KEY_FILE_MODE:
+                os.fchmod(f.fileno(), mode)
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def self_signed(names: list[str]) -> CertKey:
@@ -88,16 +106,18 @@ def self_signed(names: list[str]) -> CertKey:
 
     Each name that parses as an IP address becomes an IPAddress subject
     alternative name, every other one a DNSName. The subject's common name is
-    the first name. The certificate is not a CA (``BasicConstraints
-    ca=False``) but can be trusted directly: give its ``cert_pem`` as the
-    peer's ``cadata``. It is valid from one hour ago for 825 days.
+    the first name (its first 61 characters and ``...`` when it is longer than
+    a common name may be; the alternative names carry it whole). The
+    certificate is not a CA (``BasicConstraints ca=False``) but can be trusted
+    directly: give its ``cert_pem`` as the peer's ``cadata``. It is valid from
+    one hour ago for 825 days.
 
     Raises:
         ValueError: if ``names`` is empty or contains an empty name.
     """
     sans = _subject_alt_names(names)
     key = _new_key()
-    name = _name(names[0])
+    name = _leaf_name(names[0])
     aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
     cert = _leaf(_base(name, name, key, _LEAF_LIFETIME), sans, aki).sign(key, hashes.SHA256())
     return CertKey(cert_pem=_cert_pem(cert), key_pem=_key_pem(key))
@@ -131,7 +151,8 @@ def issue(ca: CertKey, names: list[str]) -> CertKey:
     """Make a leaf certificate for ``names``, signed by ``ca``.
 
     Subject alternative names and common name are as for
-    :func:`self_signed`. The leaf is not a CA, may be used for TLS server
+    :func:`self_signed` (a long first name is cut short in the common name
+    only). The leaf is not a CA, may be used for TLS server
     and client authentication, carries the CA's key identifier as its
     AuthorityKeyIdentifier and is valid from one hour ago for 825 days
     (though it stops verifying when the CA certificate expires).
@@ -164,7 +185,7 @@ def issue(ca: CertKey, names: list[str]) -> CertKey:
         aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
 
     key = _new_key()
-    builder = _leaf(_base(_name(names[0]), ca_cert.subject, key, _LEAF_LIFETIME), sans, aki)
+    builder = _leaf(_base(_leaf_name(names[0]), ca_cert.subject, key, _LEAF_LIFETIME), sans, aki)
     cert = builder.sign(ca_key, hashes.SHA256())
     return CertKey(cert_pem=_cert_pem(cert), key_pem=_key_pem(key))
 
@@ -267,6 +288,20 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
 def _name(common_name: str) -> x509.Name:
     """An X.509 name with just a common name."""
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+#: X.509's upper bound on a common name (RFC 5280 ub-common-name).
+_CN_MAX = 64
+
+
+def _leaf_name(name: str) -> x509.Name:
+    """The subject of a leaf for `name`: its common name is only a label (names
+    are checked against the subject alternative names), so a name longer than
+    a common name may be (a valid 253-character id) is cut short, marked
+    with ``...``."""
+    if len(name) > _CN_MAX:
+        name = name[:_CN_MAX - 3] + "..."
+    return _name(name)
 
 
 def _now() -> datetime.datetime:

@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import os
 import signal
+import stat
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
@@ -105,22 +106,6 @@ def _pem_paths(directory: Path, stem: str) -> tuple[Path, Path]:
     return directory / f"{stem}.pem", directory / f"{stem}.key"
 
 
-def _write_atomically(ck: CertKey, cert_path: Path, key_path: Path) -> None:
-    """Write a certificate and key so that a reader never sees half of a pair:
-    both go to temporary names first, then the key and the certificate are
-    renamed into place (the key keeps mode 0600)."""
-    tmp_cert = cert_path.with_name(f".{cert_path.name}.{os.getpid()}.tmp")
-    tmp_key = key_path.with_name(f".{key_path.name}.{os.getpid()}.tmp")
-    try:
-        ck.write(tmp_cert, tmp_key)
-        os.replace(tmp_key, key_path)
-        os.replace(tmp_cert, cert_path)
-    finally:
-        for p in (tmp_cert, tmp_key):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-
-
 def _read_pair(cert_path: Path, key_path: Path, what: str) -> CertKey:
     try:
         return CertKey(cert_pem=load_pem(cert_path), key_pem=load_pem(key_path))
@@ -145,12 +130,36 @@ def _issued_by(leaf_pem: bytes, ca_pem: bytes) -> bool:
 def _locked(directory: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``directory/.lock`` (two coordinators started
     at once with one state dir must not make two CAs)."""
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
+
+
+def _private_dir(path: Path) -> None:
+    """Create `path` with mode 0700 if it is missing; refuse one that someone
+    else could plant files in (a CA of their own, or a link where the CA's
+    key is about to be written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    else:
+        os.chmod(path, 0o700)  # whatever the umask
+    st = path.stat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise CliError(f"state directory {path} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise CliError(f"state directory {path} is owned by uid {st.st_uid}, not by you "
+                       f"(uid {os.geteuid()}); refusing to keep a CA key there: use "
+                       "another --state-dir")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise CliError(f"state directory {path} is writable by others (mode "
+                       f"{stat.S_IMODE(st.st_mode):o}); refusing to keep a CA key there: "
+                       f"chmod go-w it or use another --state-dir")
 
 
 def dev_certificates(state_dir: Path) -> tuple[Path, Path, Path]:
@@ -159,15 +168,17 @@ def dev_certificates(state_dir: Path) -> tuple[Path, Path, Path]:
     ``(ca_pem, cert_pem, key_pem)`` paths.
 
     Files that exist are reused; the certificate is issued again when it no
-    longer verifies against the CA (expired, or the CA was replaced). Keys
-    are written with mode 0600, the directory with 0700.
+    longer verifies against the CA (expired, or the CA was replaced). The
+    directory is created with mode 0700, and refused if someone else owns it
+    or may write to it; keys are written as new files of mode 0600 that are
+    renamed into place (`CertKey.write`).
 
     Raises:
         CliError: if the directory cannot be created or the files cannot be
             read or written, or if the CA exists but is unusable.
     """
     try:
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_dir(state_dir)
         with _locked(state_dir):
             ca_cert, ca_key = _pem_paths(state_dir, DEV_CA_STEM)
             cert, key = _pem_paths(state_dir, DEV_CERT_STEM)
@@ -176,7 +187,7 @@ def dev_certificates(state_dir: Path) -> tuple[Path, Path, Path]:
                                f"({ca_cert.name}, {ca_key.name}); remove the other file "
                                "to make a new CA")
             if not ca_cert.exists():
-                _write_atomically(new_ca(DEV_CA_NAME), ca_cert, ca_key)
+                new_ca(DEV_CA_NAME).write(ca_cert, ca_key)
             ca = _read_pair(ca_cert, ca_key, "the development CA")
             leaf_ok = cert.exists() and key.exists() and _issued_by(cert.read_bytes(),
                                                                     ca.cert_pem)
@@ -187,7 +198,7 @@ def dev_certificates(state_dir: Path) -> tuple[Path, Path, Path]:
                     raise CliError(f"the development CA in {state_dir} is unusable ({exc}); "
                                    f"remove {ca_cert.name} and {ca_key.name} to make a new "
                                    "one") from None
-                _write_atomically(leaf, cert, key)
+                leaf.write(cert, key)
     except OSError as exc:
         raise CliError(f"cannot use state directory {state_dir}: "
                        f"{describe_os_error(exc)}") from None
@@ -358,17 +369,24 @@ def _cmd_coord(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 # -- certs ---------------------------------------------------------------------
 
 
-def _file_stem(name: str) -> str:
-    """A certificate name used as a file stem: no directories, no dot files."""
+#: Longest file name most file systems take (NAME_MAX on Linux).
+_NAME_MAX = 255
+
+
+def _file_stem(name: str, option: str = "--name") -> str:
+    """A certificate name used as a file stem: no directories, no dot files,
+    short enough for ``<stem>.pem`` and ``<stem>.key``."""
     if not name or "/" in name or os.sep in name or name.startswith("."):
-        raise CliError(f"--name {name!r} cannot be used as a file name")
+        raise CliError(f"{option} {name!r} cannot be used as a file name")
+    if len(os.fsencode(name)) + len(".pem") > _NAME_MAX:
+        raise CliError(f"{option} is {len(name)} characters, too long for a file name "
+                       f"(<name>.pem must fit in {_NAME_MAX}); give a shorter --file-name")
     return name
 
 
-def _write_certkey(ck: CertKey, out_dir: str, name: str, force: bool,
+def _write_certkey(ck: CertKey, out_dir: str, stem: str, force: bool,
                    out: TextIO) -> None:
     directory = Path(out_dir)
-    stem = _file_stem(name)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -387,7 +405,8 @@ def _write_certkey(ck: CertKey, out_dir: str, name: str, force: bool,
 
 def _cmd_certs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     names = [args.name, *args.san]
-    _file_stem(args.name)
+    file_name = getattr(args, "file_name", None)
+    stem = _file_stem(args.name) if file_name is None else _file_stem(file_name, "--file-name")
     try:
         if args.certs_command == "ca":
             default_cn = "conec-actors CA" + ("" if args.name == "ca" else f" {args.name}")
@@ -396,7 +415,7 @@ def _cmd_certs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             ck = self_signed(names)
         else:
             ca_dir = Path(args.ca)
-            ca_cert, ca_key = _pem_paths(ca_dir, _file_stem(args.ca_name))
+            ca_cert, ca_key = _pem_paths(ca_dir, _file_stem(args.ca_name, "--ca-name"))
             ca = _read_pair(ca_cert, ca_key, "the CA")
             try:
                 ck = issue(ca, names)
@@ -404,7 +423,7 @@ def _cmd_certs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                 raise CliError(f"cannot issue with the CA in {ca_dir}: {exc}") from None
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    _write_certkey(ck, args.out, args.name, args.force, sys.stdout)
+    _write_certkey(ck, args.out, stem, args.force, sys.stdout)
     return 0
 
 
@@ -527,7 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(handler=_cmd_certs, parser=c, san=[])
         if name_default is None:
             c.add_argument("--name", required=True, help="name the certificate is valid "
-                           "for (a client id or a host name); also the file name")
+                           "for (a client id or a host name); also the file name "
+                           "unless --file-name is given")
         else:
             c.add_argument("--name", default=name_default,
                            help="file name (default %(default)s)")
@@ -543,6 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--san", metavar="NAME", action="append", default=[],
                        help="another DNS name or IP address it is valid for "
                        "(repeatable)")
+        c.add_argument("--file-name", metavar="STEM", help="write <STEM>.pem and "
+                       "<STEM>.key (default: the name; needed for names too long "
+                       "to be file names)")
         if kind == "issue":
             c.add_argument("--ca", metavar="DIR", required=True,
                            help="directory holding the CA's <ca-name>.pem and .key")

@@ -288,9 +288,16 @@ def encode(msg: Control) -> bytes:
     return _encoder.encode(msg)
 
 
+#: What decoding peer input with msgspec can raise: its `DecodeError` (and
+#: `ValidationError`, a subclass), and `RecursionError` for a message nested
+#: deeper than the interpreter's recursion limit (even inside a field that is
+#: only skipped). Every decoder of peer input turns these into our errors.
+DECODE_ERRORS: tuple[type[Exception], ...] = (msgspec.DecodeError, RecursionError)
+
+
 def decode(data: bytes) -> Control:
     """Decode a control message; `ProtocolError` if it is not one."""
     try:
         return _decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except DECODE_ERRORS as exc:
         raise errors.ProtocolError(f"malformed control message: {exc}") from None

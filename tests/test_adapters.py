@@ -9,6 +9,7 @@ items written by hand, errors a real stream cannot produce on demand).
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections import deque
@@ -32,6 +33,7 @@ from conec_actors import (
 from conec_actors.wire import Code
 
 from .conftest import coordinator, wait_for
+from .test_wire import DEEP
 
 T = TypeVar("T")
 
@@ -582,3 +584,64 @@ async def test_unit_typed_over_nonblocking_over_broadcast() -> None:
     assert err.value.count == 5
     assert [m async for m in trecv] == [BroadcastMessage(f"p{i % 2}", {"n": i})
                                         for i in (5, 6, 7)]
+
+
+# -- messages nested deeper than the recursion limit ----------------------------------
+
+
+#: A Point whose extra field (skipped, but skipping recurses) is nested too deep.
+DEEP_POINT = b"\x83\xa1x\x01\xa1y\x02\xa3zzz" + DEEP
+
+
+@pytest.mark.parametrize(("typ", "deep", "good"), [
+    (Point, DEEP_POINT, Point(1, 2)),
+    (list[Any], DEEP, [1, [2]]),
+    (Any, DEEP, {"k": "v"}),
+], ids=["struct", "list", "any"])
+async def test_a_typed_stream_refuses_a_message_nested_too_deep(
+        typ: Any, deep: bytes, good: Any) -> None:
+    async with coordinator() as h:
+        a, b = await h.client("alice"), await h.client("bob")
+        send, _ = await a.new_proxied_stream("bob")
+        await send.send(deep)
+        await TypedOutStream(send, typ).send(good)
+        await send.finish()
+        trecv = TypedInStream((await next_incoming(b)).recv, typ)
+        with pytest.raises(DecodeError, match="recursion"):
+            await trecv.recv()
+        assert await trecv.recv() == good  # the stream stays usable
+        with pytest.raises(StreamClosed):
+            await trecv.recv()
+
+
+async def test_a_typed_broadcast_reader_refuses_a_message_nested_too_deep() -> None:
+    async with coordinator() as h:
+        a, b = await h.client("alice"), await h.client("bob")
+        asend, arecv = await a.new_broadcast("news")
+        _bsend, brecv = await b.new_broadcast("news")
+        arecv.close()
+        await asend.send(DEEP_POINT)
+        await TypedOutStream(asend, Point).send(Point(3, 4))
+        trecv = TypedInStream(brecv, Point)
+        with pytest.raises(DecodeError, match="from 'alice' did not decode as Point"):
+            await trecv.recv()
+        assert await trecv.recv() == BroadcastMessage("alice", Point(3, 4))
+
+
+async def test_a_tell_nested_too_deep_breaks_nothing_at_the_receiver(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The mailbox's frames are a protocol: that message is a protocol error
+    # on its stream (a warning, not a crash), and the receiver goes on.
+    async with coordinator() as h:
+        a, b, c = await h.client("alice"), await h.client("bob"), await h.client("carol")
+        with caplog.at_level(logging.WARNING, logger="conec_actors"):
+            await a.tell("bob", msgspec.Raw(DEEP))
+            await c.tell("bob", "from carol")
+            env = await asyncio.wait_for(anext(b.mailbox.typed(str)), 5)
+            assert (env.sender, env.body) == ("carol", "from carol")
+            await wait_for(lambda: any("recursion" in r.getMessage()
+                                       for r in caplog.records))
+        assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+        await c.tell("bob", "again")
+        env = await asyncio.wait_for(anext(b.mailbox.typed(str)), 5)
+        assert (env.sender, env.body) == ("carol", "again")

@@ -287,3 +287,142 @@ def test_load_pem_missing_file(tmp_path: Path) -> None:
     assert exc_info.value.filename == str(missing)
     with pytest.raises(FileNotFoundError, match=r"nope\.pem"):
         load_pem(str(missing))
+
+
+# --- certificates that break one rule (shared with the connection tests) ------
+
+
+def make_cert(name: str, *, issuer: CertKey | None = None, ca: bool | None = False,
+              digital_signature: bool | None = True,
+              eku: list[x509.ObjectIdentifier] | None = None,
+              forge_signature: bool = False, chain: tuple[CertKey, ...] = ()) -> CertKey:
+    """A certificate for `name` built by hand: issued by `issuer` (self-signed
+    without), with basicConstraints CA:`ca` (absent for None), a keyUsage with
+    digitalSignature as given (absent for None), the extendedKeyUsage `eku`
+    (absent for None). `forge_signature` signs with a key other than the
+    issuer's (for a self-signed certificate: its own key still matches the
+    certificate, only the self-signature is wrong). `chain` certificates are
+    appended to the PEM, as a peer presents intermediates."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name[:64])])
+    if issuer is None:
+        issuer_name, sign_key = subject, key
+    else:
+        issuer_cert = _cert(issuer)
+        issuer_name = issuer_cert.subject
+        sign_key = serialization.load_pem_private_key(issuer.key_pem, password=None)
+    if forge_signature:
+        sign_key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name)
+         .public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(now - datetime.timedelta(hours=1))
+         .not_valid_after(now + datetime.timedelta(days=1))
+         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False))
+    if ca is not None:
+        b = b.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    if digital_signature is not None:
+        b = b.add_extension(x509.KeyUsage(
+            digital_signature=digital_signature, content_commitment=False,
+            key_encipherment=not digital_signature, data_encipherment=False,
+            key_agreement=False, key_cert_sign=bool(ca), crl_sign=False,
+            encipher_only=False, decipher_only=False), critical=True)
+    if eku is not None:
+        b = b.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+    cert = b.sign(sign_key, hashes.SHA256())  # type: ignore[arg-type]
+    pem = cert.public_bytes(serialization.Encoding.PEM) + b"".join(c.cert_pem for c in chain)
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return CertKey(cert_pem=pem, key_pem=key_pem)
+
+
+#: Certificates a client_ca-mode check refuses, each for one reason:
+#: (make_cert arguments, words of the reason).
+BAD_LEAVES: dict[str, tuple[dict[str, object], str]] = {
+    "ca": ({"ca": True}, "CA:TRUE"),
+    "no-digital-signature": ({"digital_signature": False}, "digitalSignature"),
+    "eku-without-client-auth": ({"eku": [ExtendedKeyUsageOID.SERVER_AUTH]}, "clientAuth"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_LEAVES))
+def test_check_chain_refuses_what_is_not_a_client_leaf(kind: str) -> None:
+    from conec_actors.errors import CertificateError
+    from conec_actors.tlsconf import check_chain
+
+    ca = new_ca("client CA")
+    kw, reason = BAD_LEAVES[kind]
+    bad = make_cert("alice", issuer=ca, **kw)  # type: ignore[arg-type]
+    with pytest.raises(CertificateError, match=reason):
+        check_chain(_cert(bad), [], ca.cert_pem, "alice")
+    # the same shape, but a proper leaf, is admitted; so are ours
+    check_chain(_cert(make_cert("alice", issuer=ca, eku=[ExtendedKeyUsageOID.CLIENT_AUTH])),
+                [], ca.cert_pem, "alice")
+    check_chain(_cert(make_cert("alice", issuer=ca, ca=None, digital_signature=None)),
+                [], ca.cert_pem, "alice")
+    check_chain(_cert(issue(ca, ["alice"])), [], ca.cert_pem, "alice")
+    check_chain(_cert(self_signed(["alice"])), [], None, "alice")
+
+
+def test_check_chain_admits_the_leaves_of_an_intermediate_configured_as_the_ca() -> None:
+    from conec_actors.errors import CertificateError
+    from conec_actors.tlsconf import check_chain
+
+    root = new_ca("root")
+    inter = make_cert("intermediate", issuer=root, ca=True, digital_signature=None)
+    leaf = _cert(issue(inter, ["alice"]))
+    with pytest.raises(CertificateError, match="not issued directly"):
+        check_chain(leaf, [_cert(inter)], root.cert_pem, "alice")
+    check_chain(leaf, [], inter.cert_pem, "alice")
+
+
+def test_check_chain_refuses_a_self_signed_certificate_whose_signature_is_forged() -> None:
+    from conec_actors.errors import CertificateError
+    from conec_actors.tlsconf import check_chain
+
+    forged = make_cert("alice", forge_signature=True)
+    with pytest.raises(CertificateError, match="signature does not verify"):
+        check_chain(_cert(forged), [], None, "alice")
+
+
+def test_a_name_longer_than_a_common_name_is_carried_by_the_san() -> None:
+    longest = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
+    ca = new_ca("ca")
+    for ck in (self_signed([longest]), issue(ca, [longest])):
+        cert = _cert(ck)
+        assert cert_names(ck.cert_pem) == [longest]
+        cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        assert cn == longest[:61] + "..."
+    ss = self_signed([longest])
+    verify_certificate(certificate=_cert(ss), chain=[], server_name=longest, cadata=ss.cert_pem)
+
+
+def test_check_chain_refuses_unknown_critical_extensions_and_a_ca_that_cannot_sign() -> None:
+    from conec_actors.errors import CertificateError
+    from conec_actors.tlsconf import check_chain
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alice")])
+    now = datetime.datetime.now(datetime.UTC)
+    odd = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+           .public_key(key.public_key()).serial_number(1)
+           .not_valid_before(now - datetime.timedelta(hours=1))
+           .not_valid_after(now + datetime.timedelta(days=1))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName("alice")]), critical=False)
+           .add_extension(x509.UnrecognizedExtension(
+               x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00"), critical=True)
+           .sign(key, hashes.SHA256()))
+    with pytest.raises(CertificateError, match=r"critical extension [0-9.]+ is unknown"):
+        check_chain(odd, [], None, "alice")
+    # a leaf configured as the client CA issues nothing
+    leaf_as_ca = make_cert("not-a-ca", digital_signature=True)
+    issued = _cert(make_cert("alice", issuer=leaf_as_ca))
+    with pytest.raises(CertificateError, match="may not sign certificates"):
+        check_chain(issued, [], leaf_as_ca.cert_pem, "alice")
+    # among CAs of one name, the one whose key signed it
+    twin = make_cert("twin", ca=True, digital_signature=None)
+    other_twin = make_cert("twin", ca=True, digital_signature=None)
+    issued = _cert(make_cert("alice", issuer=twin))
+    check_chain(issued, [], other_twin.cert_pem + twin.cert_pem, "alice")
+    with pytest.raises(CertificateError, match="signature does not verify"):
+        check_chain(issued, [], other_twin.cert_pem, "alice")

@@ -25,6 +25,7 @@ from conec_actors.certs import issue, new_ca, self_signed
 from conec_actors.wire import Code
 
 from .conftest import coordinator, wait_for
+from .test_certs import BAD_LEAVES, make_cert
 
 
 async def next_incoming(client: Any) -> Any:
@@ -311,3 +312,34 @@ async def test_too_many_pending_introductions_is_a_named_refusal() -> None:
         assert len(refused) == 3
         assert all(isinstance(r, ProtocolError) and "pending" in str(r) for r in refused)
         assert len(a.channels()) == MAX_PENDING_CHANNELS
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_LEAVES))
+async def test_a_client_ca_refuses_a_peer_that_is_not_a_client_leaf(kind: str) -> None:
+    # The Coordinator (self-signed mode) admits bob's self-signed certificate;
+    # alice, whose own client_ca is that very certificate, must still refuse
+    # it as a peer: it breaks the leaf rule, whichever side opens.
+    kw, reason = BAD_LEAVES[kind]
+    bk = make_cert("bob", **kw)  # type: ignore[arg-type]
+    async with coordinator() as h:
+        a = await h.client("alice", client_ca=bk.cert_pem)
+        c = await h.client("carol", client_ca=bk.cert_pem)
+        b = await h.client("bob", cert=bk.cert_pem, key=bk.key_pem)
+        with pytest.raises(CertificateError, match=reason):
+            await a.new_channel("bob")
+        with pytest.raises(CertificateError):
+            await b.new_channel("carol")
+        assert a.channels() == [] and c.channels() == []
+
+
+async def test_a_client_ca_refuses_a_peer_issued_by_an_intermediate() -> None:
+    root = new_ca("root")
+    inter = make_cert("intermediate", issuer=root, ca=True, digital_signature=None)
+    ak, bk = issue(inter, ["alice"]), issue(inter, ["bob"])
+    async with coordinator(client_ca=inter.cert_pem) as h:
+        a = await h.client("alice", cert=ak.cert_pem, key=ak.key_pem, client_ca=root.cert_pem)
+        await h.client("bob", cert=bk.cert_pem + inter.cert_pem, key=bk.key_pem,
+                     client_ca=inter.cert_pem)
+        with pytest.raises(CertificateError, match="not issued directly"):
+            await a.new_channel("bob")
+        assert a.channels() == []

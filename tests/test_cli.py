@@ -430,3 +430,116 @@ def test_usage_errors_exit_2_in_process(capsys: pytest.CaptureFixture[str]) -> N
     assert main([]) == 2
     assert main(["--help"]) == 0
     assert "usage" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(60)
+def test_certs_for_long_names(tmp_path: Path, env: dict[str, str]) -> None:
+    out = tmp_path / "pki"
+    # Longer than a common name may be: the subject alternative name carries it.
+    name = "n" * 63 + "." + "m" * 40
+    r = run_cli("certs", "self-signed", "--name", name, "--out", str(out), env=env)
+    assert r.returncode == 0, r.stderr
+    pem = (out / f"{name}.pem").read_bytes()
+    verify_certificate(certificate=x509.load_pem_x509_certificate(pem), chain=[],
+                       server_name=name, cadata=pem)
+    # The longest id does not fit in a file name: a clear refusal, then --file-name.
+    longest = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
+    r = run_cli("certs", "self-signed", "--name", longest, "--out", str(out), env=env)
+    assert r.returncode == 1 and "--file-name" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("certs", "self-signed", "--name", longest, "--file-name", "longest",
+                "--out", str(out), env=env)
+    assert r.returncode == 0, r.stderr
+    pem = (out / "longest.pem").read_bytes()
+    verify_certificate(certificate=x509.load_pem_x509_certificate(pem), chain=[],
+                       server_name=longest, cadata=pem)
+    assert stat.S_IMODE((out / "longest.key").stat().st_mode) == 0o600
+
+
+# -- the state directory ---------------------------------------------------------------
+
+
+def _coord_refused(env: dict[str, str], state: Path) -> str:
+    """Run ``coord --state-dir state``, expecting a refusal: its stderr."""
+    cli = Cli("coord", "--port", "0", "--state-dir", str(state), env=env)
+    try:
+        try:
+            rc = cli.wait(STARTUP)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the coordinator started: {cli.stdout}") from None
+        assert rc == 1, (cli.stdout, cli.stderr)
+        assert "Traceback" not in cli.stderr, cli.stderr
+        assert "listening" not in cli.stdout
+        return cli.stderr
+    finally:
+        cli.kill()
+
+
+def _planted_ca(state: Path) -> bytes:
+    """An attacker's CA planted in `state`; the bytes of its key."""
+    from conec_actors.certs import new_ca
+
+    new_ca("attacker").write(state / "ca.pem", state / "ca.key")
+    return (state / "ca.key").read_bytes()
+
+
+@pytest.mark.timeout(60)
+def test_coord_refuses_a_state_dir_others_can_write(tmp_path: Path,
+                                                    env: dict[str, str]) -> None:
+    state = tmp_path / "shared"
+    state.mkdir()
+    planted = _planted_ca(state)
+    os.chmod(state, 0o777)
+    err = _coord_refused(env, state)
+    assert str(state) in err and "writable by others" in err
+    assert (state / "ca.key").read_bytes() == planted
+    assert not (state / "localhost.pem").exists(), "the planted CA was used"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory away")
+def test_coord_refuses_a_state_dir_owned_by_someone_else(tmp_path: Path,
+                                                         env: dict[str, str]) -> None:
+    state = tmp_path / "theirs"
+    state.mkdir(mode=0o700)
+    planted = _planted_ca(state)
+    os.chown(state, 65534, 65534)
+    err = _coord_refused(env, state)
+    assert "owned by uid 65534" in err
+    assert (state / "ca.key").read_bytes() == planted
+    assert not (state / "localhost.pem").exists(), "the planted CA was used"
+
+
+@pytest.mark.timeout(60)
+def test_dev_certificates_write_through_no_planted_link(tmp_path: Path) -> None:
+    # In-process, so that the names derived from the process id are known:
+    # links planted at every name the writer might use are left alone.
+    from conec_actors.cli import dev_certificates
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"the attacker's file\n")
+    for name in ("ca.pem", "ca.key", "localhost.pem", "localhost.key"):
+        (state / f".{name}.{os.getpid()}.tmp").symlink_to(victim)
+    dev_certificates(state)
+    assert victim.read_bytes() == b"the attacker's file\n"
+    key = state / "ca.key"
+    assert not key.is_symlink() and key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+def test_certs_replace_a_link_at_the_key_name_instead_of_following_it(tmp_path: Path
+                                                                       ) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    os.chmod(victim, 0o644)
+    out = tmp_path / "pki"
+    out.mkdir()
+    (out / "alice.key").symlink_to(victim)
+    r = run_cli("certs", "self-signed", "--name", "alice", "--out", str(out), "--force")
+    assert r.returncode == 0, r.stderr
+    assert victim.read_bytes() == b"precious\n"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644
+    key = out / "alice.key"
+    assert not key.is_symlink() and stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY")

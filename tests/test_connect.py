@@ -23,12 +23,13 @@ from conec_actors import (
     DuplicateId,
     InvalidId,
 )
-from conec_actors.certs import issue, new_ca, self_signed
+from conec_actors.certs import CertKey, issue, new_ca, self_signed
 from conec_actors.streams import BroadcastMessage
 from conec_actors.transport import Conn, Endpoint
 from conec_actors.wire import ALPN, Code
 
 from .conftest import coordinator, wait_for
+from .test_certs import BAD_LEAVES, make_cert
 
 
 async def test_connect_counts_and_uncounts() -> None:
@@ -461,3 +462,90 @@ async def test_offers_to_silent_targets_count_as_pending_introductions() -> None
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             ep.close()
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_LEAVES))
+async def test_client_ca_mode_refuses_a_certificate_that_is_not_a_client_leaf(
+        kind: str) -> None:
+    ca = new_ca("test client CA")
+    kw, reason = BAD_LEAVES[kind]
+    bad = make_cert("mallory", issuer=ca, **kw)  # type: ignore[arg-type]
+    async with coordinator(client_ca=ca.cert_pem) as h:
+        with pytest.raises(CertificateError, match=reason):
+            await h.client("mallory", cert=bad.cert_pem, key=bad.key_pem)
+        good = issue(ca, ["alice"])
+        await h.client("alice", cert=good.cert_pem, key=good.key_pem)
+        assert await h.coord.num_clients() == 1
+
+
+async def test_client_ca_mode_refuses_a_leaf_of_an_intermediate_it_brings() -> None:
+    root = new_ca("test client CA")
+    inter = make_cert("intermediate", issuer=root, ca=True, digital_signature=None)
+    leaf = issue(inter, ["mallory"])
+    with_chain = CertKey(cert_pem=leaf.cert_pem + inter.cert_pem, key_pem=leaf.key_pem)
+    async with coordinator(client_ca=root.cert_pem) as h:
+        with pytest.raises(CertificateError, match="not issued directly"):
+            await h.client("mallory", cert=with_chain.cert_pem, key=with_chain.key_pem)
+        assert await h.coord.num_clients() == 0
+    # configured as the client CA, the intermediate admits its leaves
+    async with coordinator(client_ca=inter.cert_pem) as h:
+        await h.client("mallory", cert=leaf.cert_pem, key=leaf.key_pem)
+
+
+async def test_self_signed_mode_refuses_a_certificate_whose_self_signature_is_forged(
+        ) -> None:
+    # The key matches the certificate (the handshake's proof of possession
+    # passes); only the certificate's signature over itself is wrong.
+    forged = make_cert("mallory", forge_signature=True)
+    async with coordinator() as h:
+        with pytest.raises(CertificateError, match="signature does not verify"):
+            await h.client("mallory", cert=forged.cert_pem, key=forged.key_pem)
+        await h.client("alice")
+        assert await h.coord.num_clients() == 1
+
+
+#: The longest valid id: 253 characters, four labels.
+LONG_ID = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
+
+
+async def test_a_253_character_id_connects_with_the_default_certificate() -> None:
+    assert len(LONG_ID) == 253
+    async with coordinator() as h:
+        long = await h.client(LONG_ID)  # its ephemeral self-signed certificate
+        a = await h.client("alice")
+        send, recv = await a.new_proxied_stream(LONG_ID)
+        await send.send(b"hello")
+        inc = await asyncio.wait_for(long.incoming.__aiter__().__anext__(), 5)
+        assert inc.peer == "alice"
+        assert await inc.recv.recv() == b"hello"
+        await inc.send.send(b"back")
+        assert await recv.recv() == b"back"
+        await a.tell(LONG_ID, "told")
+        env = await asyncio.wait_for(long.mailbox.__aiter__().__anext__(), 5)
+        assert (env.sender, env.body) == ("alice", "told")
+        await long.tell("alice", "told back")
+        env = await asyncio.wait_for(a.mailbox.__aiter__().__anext__(), 5)
+        assert (env.sender, env.body) == (LONG_ID, "told back")
+        await a.new_channel(LONG_ID)
+        direct, _ = await a.new_direct_stream(LONG_ID)
+        await direct.send(b"direct")
+        inc = await asyncio.wait_for(long.incoming.__aiter__().__anext__(), 5)
+        assert (inc.peer, await inc.recv.recv()) == ("alice", b"direct")
+
+
+async def test_a_control_message_nested_too_deep_is_a_protocol_error() -> None:
+    from conec_actors.framing import frame
+
+    from .test_wire import DEEP_HELLO
+
+    async with coordinator() as h:
+        a = await h.client("carol")
+        code, reason = await _raw_session(h, frame(DEEP_HELLO))
+        assert code == Code.PROTOCOL
+        assert "malformed control message" in reason
+        # nobody else noticed
+        b = await h.client("bob")
+        send, _ = await a.new_proxied_stream("bob")
+        await send.send(b"still here")
+        inc = await asyncio.wait_for(b.incoming.__aiter__().__anext__(), 5)
+        assert await inc.recv.recv() == b"still here"

@@ -77,7 +77,15 @@ def test_alpn_and_version() -> None:
 
 _enc = msgspec.msgpack.Encoder()
 
+#: A msgpack value nested far deeper than the recursion limit (one-element
+#: arrays around a nil), small enough for any message size limit.
+DEEP = b"\x91" * 10_000 + b"\xc0"
+#: A hello whose extra field (skipped, but skipping recurses) is `DEEP`.
+DEEP_HELLO = b"\x82\xa4type\xa5hello\xa3zzz" + DEEP
+
 MALFORMED: list[bytes] = [
+    DEEP,
+    DEEP_HELLO,
     b"",  # nothing
     b"\xc1",  # a byte msgpack never uses
     b"\x93\x01",  # truncated array

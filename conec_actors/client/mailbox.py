@@ -511,7 +511,7 @@ class Mailbox:
                 timer.cancel()
         try:
             return _decoder_for(reply_type).decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except wire.DECODE_ERRORS as exc:
             raise DecodeError(f"the answer from {peer!r} does not decode as "
                               f"{reply_type!r}: {exc}") from None
 
@@ -1015,7 +1015,7 @@ class Mailbox:
                 return None
             try:
                 body = decoder.decode(d.body)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except wire.DECODE_ERRORS as exc:
                 what = getattr(typ, "__name__", repr(typ))
                 log.warning("mailbox: skipped a message from %r that does not decode as "
                             "%s: %s", d.sender, what, exc)

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from ..errors import ProtocolError
+from ..wire import DECODE_ERRORS
 
 #: Version of the mailbox wire format (the second field of every `Batch`).
 MAILBOX_VERSION = 1
@@ -110,7 +111,7 @@ def encode_batch(session: int, seq: int, items: list[bytes]) -> bytes:
 def decode_batch(frame: bytes) -> Batch:
     try:
         batch = batch_decoder.decode(frame)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except DECODE_ERRORS as exc:
         raise ProtocolError(f"malformed mailbox frame: {exc}") from None
     if batch.v != MAILBOX_VERSION:
         raise ProtocolError(f"mailbox format version {batch.v} is not {MAILBOX_VERSION}")
