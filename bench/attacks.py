@@ -49,7 +49,6 @@ from bench._common import (
     make_self_signed,
     rss_kib,
     start_coord,
-    tree_rss_kib,
     wait_event,
 )
 

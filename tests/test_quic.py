@@ -16,8 +16,7 @@ from collections.abc import Callable
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import QuicErrorCode
-from aioquic.quic.packet import pull_quic_header
+from aioquic.quic.packet import QuicErrorCode, pull_quic_header
 
 from conec_actors._quic import CONNECTION_ID_LENGTH, MAX_STREAMS_BIDI, ConecQuicConnection
 from conec_actors.streams import STREAM_WINDOW
