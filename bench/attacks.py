@@ -21,8 +21,11 @@ figure is ``(peak - baseline) / connections`` in MiB. Patterns:
   client; figures per Initial, and the half-open counts seen);
 * ``streams``: many proxied streams held open to one target.
 
-One JSON line: MiB per attacking connection for each pattern (target <= 8), with the
-command. ``python -m bench.attacks [--patterns gaps,initials,...] [--conns 4]``
+One JSON line: MiB per attacking connection for each pattern (target <= 8; the
+targets that never read, one per attacker in ``unread`` and ``streams``, count as
+attacking connections too), with the command.
+
+``python -m bench.attacks [--patterns gaps,initials,...] [--conns 4] [--streams 100]``
 
 ``python -m bench.attacks flood HOST PORT COUNT SECONDS`` only sends the Initials (the
 flooder the tests run in a subprocess).
@@ -37,6 +40,7 @@ import socket
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench._common import (
@@ -60,6 +64,8 @@ SAMPLE_S = 0.25
 MIB = 1024 * 1024
 #: How long the parent keeps sampling once the attackers report they are done.
 HOLD_S = 2.0
+#: Proxied streams each ``partial`` attacker opens to the victim.
+PARTIAL_PROXIED = 24
 
 
 # --------------------------------------------------------------------------- raw peers
@@ -82,7 +88,8 @@ class RawPeer:
 
     @property
     def closed(self) -> tuple[int, str] | None:
-        return self.protocol.close_info
+        info: tuple[int, str] | None = self.protocol.close_info
+        return info
 
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):
@@ -90,13 +97,13 @@ class RawPeer:
 
 
 def _protocol_class() -> Any:
-    from aioquic.asyncio import QuicConnectionProtocol
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
     from aioquic.quic import events
 
     from conec_actors import wire
     from conec_actors.framing import FrameDecoder
 
-    class Protocol(QuicConnectionProtocol):  # type: ignore[misc]
+    class Protocol(QuicConnectionProtocol):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.welcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -125,10 +132,11 @@ def _protocol_class() -> Any:
 
 
 async def raw_session(port: int, client_id: str, *, host: str = HOST,
-                      timeout: float = 10.0) -> RawPeer:
+                      timeout: float = 10.0, withhold_credit: bool = False) -> RawPeer:
     """Connect with raw aioquic (a self-signed certificate for `client_id`), send
-    the hello and wait for the welcome."""
-    from aioquic.asyncio import connect
+    the hello and wait for the welcome. With `withhold_credit` the peer never
+    grants flow-control credit beyond its initial windows (it reads nothing)."""
+    from aioquic.asyncio.client import connect
     from aioquic.quic.configuration import QuicConfiguration
 
     from conec_actors import wire
@@ -143,7 +151,7 @@ async def raw_session(port: int, client_id: str, *, host: str = HOST,
     cfg.certificate, cfg.certificate_chain, cfg.private_key = load_cert_key(cert_pem, key_pem)
     stack = contextlib.AsyncExitStack()
     try:
-        protocol = await asyncio.wait_for(stack.enter_async_context(
+        protocol: Any = await asyncio.wait_for(stack.enter_async_context(
             connect(host, port, configuration=cfg, create_protocol=_protocol_class())),
             timeout)
         hello = wire.Hello(id=client_id, version=wire.PROTOCOL_VERSION,
@@ -152,6 +160,10 @@ async def raw_session(port: int, client_id: str, *, host: str = HOST,
         protocol._quic.send_stream_data(0, frame(wire.encode(hello)))
         protocol.transmit()
         await asyncio.wait_for(protocol.welcome, timeout)
+        if withhold_credit:
+            # aioquic grants credit as data arrives; this peer grants none.
+            for name in ("_write_stream_limits", "_write_connection_limits"):
+                setattr(protocol._quic, name, lambda **kw: None)
     except BaseException:
         await stack.aclose()
         raise
@@ -223,6 +235,109 @@ async def gap_attacker_main(port: int, conns: int, *, ctl: Ctl, stop: Stop) -> N
             await p.aclose()
 
 
+def open_raw_stream(peer: RawPeer, kind: str, target: str, n: int) -> int:
+    """Open a data stream with its header (to a client, or a broadcast)."""
+    from conec_actors import wire
+    from conec_actors.framing import frame
+
+    sid = int(peer.quic.get_next_available_stream_id())
+    peer.quic.send_stream_data(sid, frame(wire.encode(wire.StreamHeader(
+        kind, target, n))))  # type: ignore[arg-type]
+    return sid
+
+
+async def pattern_attacker_main(pattern: str, port: int, conns: int, streams: int, *,
+                                ctl: Ctl, stop: Stop) -> None:
+    """The attackers of one pattern (and the sink some of them need)."""
+    from conec_actors import wire
+    from conec_actors.framing import frame
+
+    peers: list[RawPeer] = []
+    try:
+        attackers = [await raw_session(port, f"{pattern}{i}",
+                                       withhold_credit=pattern == "control")
+                     for i in range(conns)]
+        peers += attackers
+        if pattern in ("unread", "streams"):
+            # Each attacker's target never reads (no credit beyond its initial
+            # windows); one target each keeps within its 128 streams.
+            peers += [await raw_session(port, f"sink{i}", withhold_credit=True)
+                      for i in range(conns)]
+        ctl.put(("connected", len(peers)))
+        chunk = bytes(64 * 1024)
+        if pattern == "partial":
+            # A 16 MiB message announced, then a trickle that never ends it.
+            prefix = (16 * MIB).to_bytes(4, "big")
+            for i, p in enumerate(attackers):
+                for k in range(streams):
+                    # A client takes 128 streams in all: the rest are broadcasts.
+                    kind, target = ("proxied", "victim") if k < PARTIAL_PROXIED \
+                        else ("broadcast", f"b{i}.{k}")
+                    sid = open_raw_stream(p, kind, target, k)
+                    p.quic.send_stream_data(sid, prefix)
+                p.transmit()
+            for _ in range(int(HOLD_S / 0.05)):
+                for p in attackers:
+                    for sid in list(p.quic._streams):
+                        if sid % 4 == 0 and sid != 0:
+                            p.quic.send_stream_data(sid, bytes(4096))
+                    p.transmit()
+                await asyncio.sleep(0.05)
+        elif pattern in ("unread", "streams"):
+            for i, p in enumerate(attackers):
+                for k in range(streams):
+                    sid = open_raw_stream(p, "proxied", f"sink{i}", k)
+                    if pattern == "unread":
+                        for _ in range(16):  # 1 MiB each: far more than any window
+                            p.quic.send_stream_data(sid, chunk)
+                p.transmit()
+        elif pattern == "control":
+            request = b"".join(frame(wire.encode(wire.BroadcastCount(i, "none")))
+                               for i in range(1000))
+            end = time.monotonic() + HOLD_S
+            while time.monotonic() < end:
+                for p in attackers:
+                    if p.quic._streams[0].sender.buffer_is_empty:
+                        p.quic.send_stream_data(0, request * 8)
+                    p.transmit()
+                await asyncio.sleep(0.02)
+        ctl.put(("attacking", {"connections": len(peers)}))
+        await wait_event(stop)
+    finally:
+        for p in peers:
+            await p.aclose()
+
+
+async def victim_main(port: int, ca: bytes, *, ctl: Ctl, stop: Stop) -> None:
+    """A well-behaved client that reads every stream it is offered."""
+    from conec_actors import Client, ClientConfig
+
+    client = await Client.connect(ClientConfig("victim", COORD_NAME, addr=(HOST, port),
+                                               ca=ca))
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def read(incoming: Any) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                await incoming.recv.recv()
+
+    async def accept() -> None:
+        async for incoming in client.incoming:
+            task = asyncio.ensure_future(read(incoming))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    acceptor = asyncio.ensure_future(accept())
+    try:
+        ctl.put(("victim", None))
+        await wait_event(stop)
+    finally:
+        acceptor.cancel()
+        for t in list(tasks):
+            t.cancel()
+        await client.close()
+
+
 async def listening_client_main(port: int, ca: bytes, *, ctl: Ctl, stop: Stop) -> None:
     """A well-behaved listening client that reports its address and the most
     half-open handshakes its endpoint held."""
@@ -238,16 +353,18 @@ async def listening_client_main(port: int, ca: bytes, *, ctl: Ctl, stop: Stop) -
             most = max(most, ep.half_open)
             ctl.put(("half_open", {"now": ep.half_open, "most": most,
                                    "retries_sent": ep.retries_sent,
-                                   "expired": ep.handshakes_expired}))
+                                   "expired": getattr(ep, "handshakes_expired", None)}))
             await asyncio.sleep(SAMPLE_S)
     finally:
         await client.close()
 
 
-def _sample(pid_rss: Any, until: Any, interval: float = SAMPLE_S) -> int:
+def _sample(rss: Callable[[], int], until: Callable[[], bool],
+            interval: float = SAMPLE_S) -> int:
+    """The highest `rss()` seen, sampling until `until()`."""
     peak = 0
     while True:
-        peak = max(peak, pid_rss())
+        peak = max(peak, rss())
         if until():
             return peak
         time.sleep(interval)
@@ -274,6 +391,27 @@ def run_gaps(conns: int) -> dict[str, Any]:
             "mib_per_connection": (peak - baseline) / 1024 / conns}
 
 
+def run_pattern(pattern: str, conns: int, streams: int) -> dict[str, Any]:
+    cert, key = make_self_signed(COORD_NAME)
+    with Procs(f"attacks-{pattern}") as procs:
+        coord = start_coord(procs, cert, key)
+        if pattern == "partial":
+            procs.start("victim", victim_main, coord.port, cert)
+            procs.expect("victim")
+        time.sleep(0.5)
+        baseline = coord.rss_kib()
+        procs.start("attacker", pattern_attacker_main, pattern, coord.port, conns, streams)
+        n = procs.expect("connected")
+        procs.expect("attacking", timeout=STARTUP_TIMEOUT_S + HOLD_S)
+        end = time.monotonic() + HOLD_S
+        peak = _sample(coord.rss_kib, lambda: time.monotonic() > end)
+        stats = coord.stats()
+    return {"connections": n, "streams_per_connection": streams,
+            "coord_streams": stats.get("streams"),
+            "growth_mib": (peak - baseline) / 1024,
+            "mib_per_connection": (peak - baseline) / 1024 / n}
+
+
 def run_initials(count: int, seconds: float) -> dict[str, Any]:
     cert, key = make_self_signed(COORD_NAME)
     out: dict[str, Any] = {"initials": count, "seconds": seconds}
@@ -282,14 +420,12 @@ def run_initials(count: int, seconds: float) -> dict[str, Any]:
         time.sleep(0.5)
         baseline = coord.rss_kib()
         most = 0
-        box: dict[str, Any] = {}
         flooder = MP.Process(target=_flood_entry, args=(HOST, coord.port, count, seconds))
         flooder.start()
         try:
             def done() -> bool:
                 nonlocal most
                 most = max(most, coord.stats()["half_open"])
-                box.setdefault("t", None)
                 return not flooder.is_alive()
             peak = _sample(coord.rss_kib, done)
         finally:
@@ -343,6 +479,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--patterns", default=",".join(PATTERNS),
                    help=f"comma-separated, among {','.join(PATTERNS)}")
     p.add_argument("--conns", type=int, default=4, help="attacking connections per pattern")
+    p.add_argument("--streams", type=int, default=100,
+                   help="streams per attacking connection (partial, unread, streams)")
     p.add_argument("--initials", type=int, default=1500, help="Initials per flood")
     p.add_argument("--flood-seconds", type=float, default=4.0)
     args = p.parse_args(argv)
@@ -356,13 +494,13 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python -m bench.attacks " + " ".join(argv),
         "target_mib_per_connection": f"<= {TARGET_MIB}",
     }
-    runs = {
-        "gaps": lambda: run_gaps(args.conns),
-        "initials": lambda: run_initials(args.initials, args.flood_seconds),
-    }
     for name in patterns:
-        if name in runs:
-            result[name] = runs[name]()
+        if name == "gaps":
+            result[name] = run_gaps(args.conns)
+        elif name == "initials":
+            result[name] = run_initials(args.initials, args.flood_seconds)
+        else:
+            result[name] = run_pattern(name, args.conns, args.streams)
     emit(result)
 
 
