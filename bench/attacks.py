@@ -4,8 +4,9 @@ Processes: the Coordinator (spawned, plus its workers), attacker processes speak
 raw aioquic (a self-signed certificate valid for their id and a proper hello, so they
 are admitted), and for the patterns that need them, well-behaved clients. The parent
 reads the resident memory of the Coordinator (front-end plus workers, ``/proc``
-``VmRSS``) before the attackers connect and then every 0.25 s while they attack; the
-figure is ``(peak - baseline) / connections`` in MiB. Patterns:
+``VmRSS``) before the attackers connect and then every 0.25 s while they attack, until
+it stops growing (``--hold`` seconds at most); the figure is
+``(peak - baseline) / connections`` in MiB. Patterns:
 
 * ``gaps``: one byte at the end of each stream window, on every stream id the
   Coordinator allows (bidirectional and unidirectional), as far as QUIC flow control
@@ -62,8 +63,10 @@ PATTERNS = ("gaps", "partial", "unread", "control", "initials", "streams")
 TARGET_MIB = 8.0
 SAMPLE_S = 0.25
 MIB = 1024 * 1024
-#: How long the parent keeps sampling once the attackers report they are done.
-HOLD_S = 2.0
+#: The parent samples until the Coordinator's RSS has not reached a new peak
+#: (by more than PLATEAU_KIB) for QUIET_S, or for at most --hold seconds.
+QUIET_S = 1.5
+PLATEAU_KIB = 256
 #: Proxied streams each ``partial`` attacker opens to the victim.
 PARTIAL_PROXIED = 24
 
@@ -276,7 +279,8 @@ async def pattern_attacker_main(pattern: str, port: int, conns: int, streams: in
                     sid = open_raw_stream(p, kind, target, k)
                     p.quic.send_stream_data(sid, prefix)
                 p.transmit()
-            for _ in range(int(HOLD_S / 0.05)):
+            ctl.put(("attacking", {"connections": len(peers)}))
+            while not stop.is_set():
                 for p in attackers:
                     for sid in list(p.quic._streams):
                         if sid % 4 == 0 and sid != 0:
@@ -291,17 +295,17 @@ async def pattern_attacker_main(pattern: str, port: int, conns: int, streams: in
                         for _ in range(16):  # 1 MiB each: far more than any window
                             p.quic.send_stream_data(sid, chunk)
                 p.transmit()
+            ctl.put(("attacking", {"connections": len(peers)}))
         elif pattern == "control":
             request = b"".join(frame(wire.encode(wire.BroadcastCount(i, "none")))
                                for i in range(1000))
-            end = time.monotonic() + HOLD_S
-            while time.monotonic() < end:
+            ctl.put(("attacking", {"connections": len(peers)}))
+            while not stop.is_set():
                 for p in attackers:
                     if p.quic._streams[0].sender.buffer_is_empty:
                         p.quic.send_stream_data(0, request * 8)
                     p.transmit()
                 await asyncio.sleep(0.02)
-        ctl.put(("attacking", {"connections": len(peers)}))
         await wait_event(stop)
     finally:
         for p in peers:
@@ -373,7 +377,7 @@ def _sample(rss: Callable[[], int], until: Callable[[], bool],
 # --------------------------------------------------------------------------- patterns
 
 
-def run_gaps(conns: int) -> dict[str, Any]:
+def run_gaps(conns: int, hold: float) -> dict[str, Any]:
     cert, key = make_self_signed(COORD_NAME)
     with Procs("attacks-gaps") as procs:
         coord = start_coord(procs, cert, key)
@@ -381,17 +385,17 @@ def run_gaps(conns: int) -> dict[str, Any]:
         baseline = coord.rss_kib()
         procs.start("attacker", gap_attacker_main, coord.port, conns)
         info = procs.expect("attacking")
-        end = time.monotonic() + HOLD_S
-        peak = _sample(coord.rss_kib, lambda: time.monotonic() > end)
+        peak, seconds = _until_plateau(coord.rss_kib, hold)
         procs.stop("attacker")
         refused = procs.expect("refused")
     return {"connections": conns, "streams_per_connection": info["streams"],
+            "seconds": seconds,
             "closed_by_coordinator": [r for r in refused if r is not None],
             "growth_mib": (peak - baseline) / 1024,
             "mib_per_connection": (peak - baseline) / 1024 / conns}
 
 
-def run_pattern(pattern: str, conns: int, streams: int) -> dict[str, Any]:
+def run_pattern(pattern: str, conns: int, streams: int, hold: float) -> dict[str, Any]:
     cert, key = make_self_signed(COORD_NAME)
     with Procs(f"attacks-{pattern}") as procs:
         coord = start_coord(procs, cert, key)
@@ -402,14 +406,26 @@ def run_pattern(pattern: str, conns: int, streams: int) -> dict[str, Any]:
         baseline = coord.rss_kib()
         procs.start("attacker", pattern_attacker_main, pattern, coord.port, conns, streams)
         n = procs.expect("connected")
-        procs.expect("attacking", timeout=STARTUP_TIMEOUT_S + HOLD_S)
-        end = time.monotonic() + HOLD_S
-        peak = _sample(coord.rss_kib, lambda: time.monotonic() > end)
+        procs.expect("attacking")
+        peak, seconds = _until_plateau(coord.rss_kib, hold)
         stats = coord.stats()
-    return {"connections": n, "streams_per_connection": streams,
+    return {"connections": n, "streams_per_connection": streams, "seconds": seconds,
             "coord_streams": stats.get("streams"),
             "growth_mib": (peak - baseline) / 1024,
             "mib_per_connection": (peak - baseline) / 1024 / n}
+
+
+def _until_plateau(rss: Callable[[], int], hold: float) -> tuple[int, float]:
+    """(peak RSS, seconds sampled): until no new peak for QUIET_S, at most `hold` s."""
+    t0 = time.monotonic()
+    peak, peak_at = rss(), t0
+    while (now := time.monotonic()) - t0 < hold and now - peak_at < QUIET_S:
+        time.sleep(SAMPLE_S)
+        kib = rss()
+        if kib > peak + PLATEAU_KIB:
+            peak_at = time.monotonic()
+        peak = max(peak, kib)
+    return peak, round(time.monotonic() - t0, 2)
 
 
 def run_initials(count: int, seconds: float) -> dict[str, Any]:
@@ -481,6 +497,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--conns", type=int, default=4, help="attacking connections per pattern")
     p.add_argument("--streams", type=int, default=100,
                    help="streams per attacking connection (partial, unread, streams)")
+    p.add_argument("--hold", type=float, default=10.0,
+                   help="longest a pattern is sampled (seconds; it stops at a plateau)")
     p.add_argument("--initials", type=int, default=1500, help="Initials per flood")
     p.add_argument("--flood-seconds", type=float, default=4.0)
     args = p.parse_args(argv)
@@ -496,11 +514,11 @@ def main(argv: list[str] | None = None) -> None:
     }
     for name in patterns:
         if name == "gaps":
-            result[name] = run_gaps(args.conns)
+            result[name] = run_gaps(args.conns, args.hold)
         elif name == "initials":
             result[name] = run_initials(args.initials, args.flood_seconds)
         else:
-            result[name] = run_pattern(name, args.conns, args.streams)
+            result[name] = run_pattern(name, args.conns, args.streams, args.hold)
     emit(result)
 
 
