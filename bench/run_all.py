@@ -6,7 +6,8 @@
 * ``bench.direct --rounds 1 --duration 1 --ping-n 100``;
 * ``bench.broadcast --members 2,8 --rounds 1 --no-nats``;
 * ``bench.idle_clients --clients 200 --procs 2 --workers-list 1,2 --idle 1``;
-* ``bench.stall --seconds 5``.
+* ``bench.stall --seconds 5``;
+* ``bench.attacks`` (every attack pattern, defaults).
 
 Each prints its own JSON lines. For figures worth comparing, run the modules
 themselves with their defaults (several alternating rounds, 1,000 clients, ...).
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench import broadcast, direct, idle_clients, proxied, stall
+from bench import attacks, broadcast, direct, idle_clients, proxied, stall
 
 QUICK: dict[str, list[str]] = {
     "proxied": ["--rounds", "1", "--duration", "1", "--ping-n", "100"],
@@ -24,6 +25,7 @@ QUICK: dict[str, list[str]] = {
     "broadcast": ["--members", "2,8", "--rounds", "1", "--no-nats"],
     "idle_clients": ["--clients", "200", "--procs", "2", "--workers-list", "1,2", "--idle", "1"],
     "stall": ["--seconds", "5"],
+    "attacks": [],
 }
 
 
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="run only this benchmark (repeatable)")
     args = p.parse_args(argv)
     runs = {"proxied": proxied.main, "direct": direct.main, "broadcast": broadcast.main,
-            "idle_clients": idle_clients.main, "stall": stall.main}
+            "idle_clients": idle_clients.main, "stall": stall.main, "attacks": attacks.main}
     for name in args.only or list(QUICK):
         runs[name](QUICK[name])
 

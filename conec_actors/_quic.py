@@ -1,7 +1,8 @@
 """The one module that touches aioquic internals (aioquic is pinned to 1.7.2).
 
-- `ConecQuicConnection` grows a stream's receive window as the application
-  *consumes* data (aioquic doubles it on arrival), requests client
+- `ConecQuicConnection` grows a stream's receive window, and the
+  connection's, as the application *consumes* data (aioquic doubles them on
+  arrival), grants no unidirectional streams, requests client
   certificates on the server side, exposes a stream's unsent bytes for
   writers' watermarks, can drop handshake-only buffers, and writes the
   steady state's packets (ACK + flow control + stream data) in one pass.
@@ -20,6 +21,7 @@ from aioquic.asyncio.server import _encode_invalid_token_close
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import (
+    CONNECTION_LIMIT_FRAME_CAPACITY,
     MAX_STREAM_DATA_FRAME_CAPACITY,
     QuicConnection,
     QuicConnectionState,
@@ -47,16 +49,28 @@ __all__ = [
 ]
 
 CONNECTION_ID_LENGTH = 8
+#: Bidirectional streams a peer may have open at once (aioquic lets it open
+#: one more as each closes). What bounds memory is the connection window
+#: (`QuicConfiguration.max_data`, see `tlsconf.CONNECTION_WINDOW`): bytes a
+#: peer sends, in order or with gaps, on any number of streams, count against
+#: it until the application consumes them. The stream count only bounds the
+#: per-stream bookkeeping (a few KiB each).
+MAX_STREAMS_BIDI = 128
 _ONE_RTT = Epoch.ONE_RTT
 
 
 class ConecQuicConnection(QuicConnection):
-    """`QuicConnection` with consumption-driven stream flow control.
+    """`QuicConnection` with consumption-driven flow control.
 
     A stream's window is `consumed + stream_window`, never lowered, updated
     once a quarter of the window has been consumed (batching credit keeps
-    MAX_STREAM_DATA frames rare). Connection-level MAX_DATA keeps aioquic's own
-    growth so a stalled stream never stalls its neighbours.
+    MAX_STREAM_DATA frames rare). The connection's MAX_DATA likewise follows
+    consumption: what arrived, minus what the streams still hold (received or
+    announced by a gap, not consumed), plus the connection window
+    (`configuration.max_data`). So whatever a peer sends, the bytes this side
+    holds for it stay below that window. Unidirectional streams are not
+    granted (the protocol uses none): a peer opening one gets a
+    STREAM_LIMIT_ERROR close.
     """
 
     def __init__(self, *, configuration: QuicConfiguration, stream_window: int,
@@ -67,6 +81,17 @@ class ConecQuicConnection(QuicConnection):
         self._consumed: dict[int, int] = {}
         self._windows: dict[int, int] = {}  # streams with a window of their own
         self._request_client_certificate = request_client_certificate
+        # Streams the application is done with while aioquic still has them
+        # (what they hold is only what aioquic buffers).
+        self._released: set[int] = set()
+        self._connection_window = configuration.max_data
+        self._connection_step = max(configuration.max_data // 4, 1)
+        self._uncredited = 0  # consumed since the last connection update was due
+        # Announced in the transport parameters (built later, in `_initialize`
+        # or `connect`). aioquic 1.7.2 hard-codes 128 of each.
+        for limit, value in ((self._local_max_streams_uni, 0),
+                             (self._local_max_streams_bidi, MAX_STREAMS_BIDI)):
+            limit.value = limit.sent = value
 
     # -- aioquic overrides ---------------------------------------------------
 
@@ -93,6 +118,44 @@ class ConecQuicConnection(QuicConnection):
             buf.push_uint_var(sid)
             buf.push_uint_var(local)
             stream.max_stream_data_local_sent = local
+
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: Any) -> None:
+        # aioquic doubles MAX_DATA once half of it has *arrived*, so a peer
+        # leaving one byte at the end of every stream window made this side
+        # allocate every gap. Here it is raised as data is consumed (or as
+        # streams end), in steps of a quarter window.
+        max_data = self._local_max_data
+        target = max_data.used - self._held() + self._connection_window
+        if target - max_data.value >= self._connection_step:
+            max_data.value = target
+        for limit in (max_data, self._local_max_streams_bidi):
+            if limit is not max_data and limit.sent - limit.used >= limit.value - limit.sent:
+                continue  # aioquic's batching of MAX_STREAMS
+            if limit.value != limit.sent:
+                buf = builder.start_frame(
+                    limit.frame_type,
+                    capacity=CONNECTION_LIMIT_FRAME_CAPACITY,
+                    handler=self._on_connection_limit_delivery,
+                    handler_args=(limit,),
+                )
+                buf.push_uint_var(limit.value)
+                limit.sent = limit.value
+
+    def _held(self) -> int:
+        """Bytes counted against MAX_DATA that the connection still holds:
+        received (or skipped over by a gap) and not yet consumed."""
+        held = 0
+        consumed = self._consumed
+        released = self._released
+        for sid, stream in self._streams.items():
+            if stream.is_finished:
+                continue  # about to be discarded, with its buffers
+            receiver = stream.receiver
+            if sid in released:
+                held += receiver.highest_offset - receiver._buffer_start
+            else:
+                held += receiver.highest_offset - consumed.get(sid, 0)
+        return held
 
     def _write_application(self, builder: QuicPacketBuilder, network_path: Any,
                            now: float) -> None:
@@ -186,12 +249,19 @@ class ConecQuicConnection(QuicConnection):
     def consume_to(self, stream_id: int, offset: int) -> bool:
         """The application consumed a stream's data up to `offset` in total.
         True if a window update is now due (the caller should transmit)."""
-        if offset <= self._consumed.get(stream_id, 0):
+        before = self._consumed.get(stream_id, 0)
+        if offset <= before:
             return False
-        self._consumed[stream_id] = offset
         stream = self._streams.get(stream_id)
-        if stream is None or not stream.max_stream_data_local:
-            return False
+        if stream is None or stream_id in self._released:
+            return False  # over: aioquic or `forget_stream` credited it all
+        self._consumed[stream_id] = offset
+        self._uncredited += offset - before
+        connection_due = self._uncredited >= self._connection_step
+        if connection_due:
+            self._uncredited = 0
+        if not stream.max_stream_data_local:
+            return connection_due
         window = self._windows.get(stream_id)
         if window is None:
             window, step = self._stream_window, self._credit_step
@@ -199,7 +269,7 @@ class ConecQuicConnection(QuicConnection):
             step = max(window // 4, 1)
         target = offset + window
         if target - stream.max_stream_data_local < step:
-            return False
+            return connection_due
         # Raised now, announced by the next packet (`_write_stream_limits`).
         stream.max_stream_data_local = target
         return True
@@ -210,10 +280,24 @@ class ConecQuicConnection(QuicConnection):
         allowance of the transport parameters is used up."""
         self._windows[stream_id] = window
 
-    def forget_stream(self, stream_id: int) -> None:
-        """Drop our bookkeeping for a stream that is over."""
-        self._consumed.pop(stream_id, None)
+    def forget_stream(self, stream_id: int) -> bool:
+        """Drop our bookkeeping for a stream the application is done with:
+        what it delivered counts as consumed. True if a connection window
+        update is now due (the caller should transmit)."""
+        consumed = self._consumed.pop(stream_id, 0)
         self._windows.pop(stream_id, None)
+        released = self._released
+        if released and len(released) > len(self._streams):
+            released.intersection_update(self._streams)  # aioquic discarded them
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.is_finished:
+            return False
+        released.add(stream_id)
+        self._uncredited += stream.receiver._buffer_start - consumed
+        if self._uncredited < self._connection_step:
+            return False
+        self._uncredited = 0
+        return True
 
     def unsent(self, stream_id: int) -> int:
         """Bytes written to a stream that have not been sent yet."""

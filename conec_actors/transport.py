@@ -41,6 +41,10 @@ RetryMode = bool | Literal["auto"]
 #: it stops again.
 RETRY_ON = 256
 RETRY_OFF = 128
+#: Seconds an accepted connection has to complete its handshake before it is
+#: dropped: a peer that sends Initials and never finishes holds no state
+#: longer than this.
+HANDSHAKE_TIMEOUT = 5.0
 SOCKET_BUFFER = 4 * 1024 * 1024
 #: Datagrams read per wake-up of the socket, under load.
 READ_BATCH = 32
@@ -93,6 +97,7 @@ class Conn:
         self._drain: dict[int, Callable[[], None]] = {}
         self._keepalive: asyncio.TimerHandle | None = None
         self._keepalive_interval = 0.0
+        self._handshake_deadline: asyncio.TimerHandle | None = None
         self._gone = False  # terminated: nothing more is sent or scheduled
         #: The connection ids the endpoint routes to this connection.
         self.cids: set[bytes] = set()
@@ -142,6 +147,9 @@ class Conn:
         elif isinstance(ev, events.HandshakeCompleted):
             self.quic.release_handshake_memory()
             self.endpoint._half_open.discard(self)
+            if self._handshake_deadline is not None:
+                self._handshake_deadline.cancel()
+                self._handshake_deadline = None
             if not self._handshake_waiter.done():
                 self._handshake_waiter.set_result(None)
             if h is not None and not self.closed:
@@ -162,10 +170,12 @@ class Conn:
             self.close_reason = reason
         self.closed = True
         self.endpoint._forget(self)
-        for handle in (self._timer, self._keepalive, self._transmit_handle):
+        for handle in (self._timer, self._keepalive, self._transmit_handle,
+                       self._handshake_deadline):
             if handle is not None:
                 handle.cancel()
         self._timer = self._timer_at = self._transmit_handle = None
+        self._handshake_deadline = None
         self._drain.clear()
         if not self._handshake_waiter.done():
             self._handshake_waiter.set_exception(ConnectionError(reason or f"code {code}"))
@@ -210,10 +220,13 @@ class Conn:
     def send(self, stream_id: int, data: bytes, end: bool = False) -> None:
         try:
             self.quic.send_stream_data(stream_id, data, end_stream=end)
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError) as exc:
             # The sending side is over: the peer stopped the stream (aioquic
             # resets it while parsing STOP_SENDING, before we hear of it), or
-            # it was reset or finished. Nothing can carry these bytes.
+            # it was reset or finished (RuntimeError), or it is not ours to
+            # write (ValueError: a peer's unidirectional stream, which
+            # aioquic refuses anyway since none are granted). Nothing can
+            # carry these bytes.
             log.debug("write to stream %d dropped: %s", stream_id, exc)
             return
         if self._transmit_handle is None and not self._sent_this_turn:
@@ -262,7 +275,8 @@ class Conn:
 
     def forget_stream(self, stream_id: int) -> None:
         self._drain.pop(stream_id, None)
-        self.quic.forget_stream(stream_id)
+        if self.quic.forget_stream(stream_id):
+            self.transmit_soon()
 
     def watch_drain(self, stream_id: int, cb: Callable[[], None]) -> None:
         """Call `cb` after every datagram or timer while watched (ACKs drain
@@ -348,6 +362,7 @@ class Endpoint:
         self._closed = False
         self.retries_sent = 0
         self.junk_dropped = 0
+        self.handshakes_expired = 0
         self.send_dropped = 0
         self.loop.add_reader(sock.fileno(), self._on_readable)
 
@@ -524,6 +539,14 @@ class Endpoint:
             conn.abort()
             return
         conn.handler = server.accept(conn)
+        conn._handshake_deadline = self.loop.call_later(
+            HANDSHAKE_TIMEOUT, self._handshake_expired, conn)
+
+    def _handshake_expired(self, conn: Conn) -> None:
+        conn._handshake_deadline = None
+        if conn in self._half_open:
+            self.handshakes_expired += 1
+            conn.abort()
 
     def _retry_needed(self) -> bool:
         n = len(self._half_open)

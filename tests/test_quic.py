@@ -5,7 +5,8 @@ These check what the subclass changes in aioquic: the one-pass packet writer
 (every byte still arrives, in order, under loss, across many streams and
 message sizes; resets and ends still go out), and the window that grows only
 as the application consumes (the sender stops at the window; a lost window
-update is sent again)."""
+update is sent again), and the connection-level bounds (no unidirectional
+streams; bytes held, gaps included, never above the connection window)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from collections.abc import Callable
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import pull_quic_header
+from aioquic.quic.packet import QuicErrorCode, pull_quic_header
 
-from conec_actors._quic import CONNECTION_ID_LENGTH, ConecQuicConnection
-from conec_actors.tlsconf import quic_configuration
+from conec_actors._quic import CONNECTION_ID_LENGTH, MAX_STREAMS_BIDI, ConecQuicConnection
+from conec_actors.streams import STREAM_WINDOW
+from conec_actors.tlsconf import CONNECTION_WINDOW, quic_configuration
 
 from .conftest import coord_cert
 
@@ -33,23 +35,27 @@ class Pair:
     """A client and a server connection and the datagrams between them."""
 
     def __init__(self, drop: Drop | None = None,
-                 cls: type[ConecQuicConnection] = ConecQuicConnection) -> None:
+                 cls: type[ConecQuicConnection] = ConecQuicConnection,
+                 window: int = WINDOW, max_data: int | None = None) -> None:
         cert = coord_cert()
         common = dict(cert_pem=cert.cert_pem, key_pem=cert.key_pem, idle_timeout=60.0,
-                      max_datagram_size=1200, stream_window=WINDOW)
+                      max_datagram_size=1200, stream_window=window)
         self.now = 1000.0
         self.drop = drop or (lambda data: False)
         self.sent = {"client": 0, "server": 0}
-        self.client = cls(
-            configuration=quic_configuration(is_client=True, server_name="localhost",
-                                             cadata=cert.cert_pem, **common),
-            stream_window=WINDOW)
+        configs = [quic_configuration(is_client=True, server_name="localhost",
+                                      cadata=cert.cert_pem, **common),
+                   quic_configuration(is_client=False, **common)]
+        if max_data is not None:
+            for cfg in configs:
+                cfg.max_data = max_data
+        self.client = cls(configuration=configs[0], stream_window=window)
         self.client.connect(SERVER_ADDR, now=self.now)
         first = self.client.datagrams_to_send(now=self.now)
         hdr = pull_quic_header(Buffer(data=first[0][0]), host_cid_length=CONNECTION_ID_LENGTH)
         self.server = cls(
-            configuration=quic_configuration(is_client=False, **common),
-            stream_window=WINDOW, original_destination_connection_id=hdr.destination_cid)
+            configuration=configs[1],
+            stream_window=window, original_destination_connection_id=hdr.destination_cid)
         for data, _ in first:
             self.server.receive_datagram(data, CLIENT_ADDR, now=self.now)
         self.last_sizes: list[int] = []
@@ -220,3 +226,75 @@ def test_a_reset_still_reaches_the_peer() -> None:
     pair.settle()
     assert pair.resets["server"] == {sid: 0x42}
     assert pair.received["server"][sid] == b"x" * 100
+
+
+def _gap(conn: ConecQuicConnection, sid: int, window: int) -> None:
+    """What an attacker does: write a window's worth and send only its last
+    byte, leaving the receiver a gap to hold."""
+    conn.send_stream_data(sid, bytes(window))
+    conn._streams[sid].sender._pending.subtract(0, window - 1)
+
+
+def _held(conn: ConecQuicConnection) -> int:
+    """Bytes the receiving connection allocated for its streams' buffers."""
+    return sum(len(st.receiver._buffer) for st in conn._streams.values())
+
+
+def test_gaps_on_every_stream_cost_at_most_the_connection_window() -> None:
+    pair = Pair(window=STREAM_WINDOW)
+    client, server = pair.client, pair.server
+    assert client._remote_max_streams_uni == 0
+    assert client._remote_max_streams_bidi == MAX_STREAMS_BIDI
+    for sid in range(0, 4 * MAX_STREAMS_BIDI, 4):
+        _gap(client, sid, STREAM_WINDOW)
+    pair.settle()
+    # Legal QUIC: the attacker stopped at the connection's credit, unrefused.
+    assert not server.is_closed and not client.is_closed
+    assert server._local_max_data.value == CONNECTION_WINDOW
+    assert _held(server) <= CONNECTION_WINDOW
+    assert len(server._streams) >= CONNECTION_WINDOW // STREAM_WINDOW
+
+
+def test_consumed_bytes_are_credited_and_a_stalled_stream_does_not_stall_others() -> None:
+    conn_window = 4 * WINDOW
+    pair = Pair(max_data=conn_window)
+    stalled = pair.client.get_next_available_stream_id()
+    pair.client.send_stream_data(stalled, bytes(2 * WINDOW))
+    flowing = stalled + 4
+    total = 6 * conn_window  # many times the connection window
+    pair.client.send_stream_data(flowing, bytes(total))
+    for _ in range(200):
+        pair.settle()
+        got = len(pair.received["server"].get(flowing, b""))
+        if got == total:
+            break
+        pair.server.consume_to(flowing, got)  # the application reads this one
+    assert len(pair.received["server"][flowing]) == total
+    # The stalled stream holds its window, never more, and nothing of it was consumed.
+    assert len(pair.received["server"][stalled]) == WINDOW
+    assert pair.server._local_max_data.value <= total + WINDOW + conn_window
+
+
+def test_a_stream_the_application_forgot_gives_its_credit_back() -> None:
+    pair = Pair(max_data=2 * WINDOW)
+    a = pair.client.get_next_available_stream_id()
+    b, c = a + 4, a + 8
+    for sid in (a, b, c):
+        pair.client.send_stream_data(sid, bytes(WINDOW))
+        pair.settle()
+    # Nothing consumed: the first two fill the connection's window.
+    assert len(pair.received["server"].get(c, b"")) == 0
+    # The application drops `a` unread (say it reset it): its bytes are freed.
+    assert pair.server.forget_stream(a)
+    pair.settle()
+    assert len(pair.received["server"][c]) == WINDOW
+
+
+def test_a_unidirectional_stream_closes_the_connection_with_stream_limit_error() -> None:
+    pair = Pair()
+    pair.client._remote_max_streams_uni = 1  # a peer that ignores the limit
+    pair.client.send_stream_data(2, b"uni")
+    pair.settle()
+    assert pair.server._close_event is not None
+    assert pair.server._close_event.error_code == QuicErrorCode.STREAM_LIMIT_ERROR
+    assert pair.received["server"] == {}

@@ -2,15 +2,34 @@
 
 Light traffic is read one datagram per wake-up (no read of an empty socket);
 a burst is still read completely, and in batches once the endpoint notices
-it."""
+it. A write no stream can carry is dropped; a handshake that does not
+complete is dropped after its bound."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable
+from typing import Any
 
-from conec_actors.transport import DRAIN_EVERY, READ_BATCH, Addr, Endpoint
+import pytest
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
+from conec_actors import transport
+from conec_actors.streams import STREAM_WINDOW
+from conec_actors.tlsconf import quic_configuration
+from conec_actors.transport import (
+    DRAIN_EVERY,
+    READ_BATCH,
+    Addr,
+    Conn,
+    Endpoint,
+    ServerSettings,
+)
+
+from .conftest import coord_cert
 
 
 class Recorder(Endpoint):
@@ -95,3 +114,80 @@ async def test_light_traffic_is_read_one_datagram_per_wakeup() -> None:
     finally:
         out.close()
         ep.close()
+
+
+# -- connections ---------------------------------------------------------------------
+
+
+class _Handler:
+    """Records what a connection tells its owner."""
+
+    def __init__(self) -> None:
+        self.data: dict[int, bytearray] = {}
+        self.ended: tuple[int, str] | None = None
+
+    def handshake_completed(self, conn: Conn) -> None: ...
+
+    def stream_data(self, conn: Conn, stream_id: int, data: bytes, fin: bool) -> None:
+        self.data.setdefault(stream_id, bytearray()).extend(data)
+
+    def stream_reset(self, conn: Conn, stream_id: int, code: int) -> None: ...
+    def stop_sending(self, conn: Conn, stream_id: int, code: int) -> None: ...
+
+    def terminated(self, conn: Conn, code: int, reason: str) -> None:
+        self.ended = (code, reason)
+
+
+def _configs() -> tuple[QuicConfiguration, QuicConfiguration]:
+    cert = coord_cert()
+    common: dict[str, Any] = dict(cert_pem=cert.cert_pem, key_pem=cert.key_pem,
+                                  idle_timeout=30.0, max_datagram_size=1200,
+                                  stream_window=STREAM_WINDOW)
+    return (quic_configuration(is_client=False, **common),
+            quic_configuration(is_client=True, server_name="localhost",
+                               cadata=cert.cert_pem, **common))
+
+
+async def test_a_write_no_stream_can_carry_is_dropped_not_raised() -> None:
+    server_cfg, client_cfg = _configs()
+    accepted = _Handler()
+    server = await Endpoint.bind("127.0.0.1", 0, ServerSettings(
+        server_cfg, STREAM_WINDOW, accept=lambda conn: accepted,
+        request_client_certificate=False))
+    client = await Endpoint.bind("127.0.0.1", 0)
+    try:
+        mine = _Handler()
+        conn = client.connect(server.local_address, client_cfg, mine, STREAM_WINDOW)
+        await conn.wait_handshake()
+        # Stream 3 would be the server's unidirectional stream: aioquic raises
+        # ValueError for a write to it (as for a write to a discarded stream).
+        conn.send(3, b"nowhere")
+        conn.send(0, b"still here")
+        await _until(lambda: bytes(accepted.data.get(0, b"")) == b"still here")
+        assert not conn.closed and mine.ended is None
+    finally:
+        client.close()
+        server.close()
+
+
+async def test_a_handshake_that_does_not_complete_is_dropped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transport, "HANDSHAKE_TIMEOUT", 0.3)
+    server_cfg, client_cfg = _configs()
+    server = await Endpoint.bind("127.0.0.1", 0, ServerSettings(
+        server_cfg, STREAM_WINDOW, accept=lambda conn: _Handler()))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        # A real Initial whose sender never answers.
+        quic = QuicConnection(configuration=client_cfg)
+        now = time.monotonic()
+        quic.connect(server.local_address, now=now)
+        for data, addr in quic.datagrams_to_send(now=now):
+            sock.sendto(data, addr)
+        await _until(lambda: server.half_open == 1)
+        await _until(lambda: server.half_open == 0)
+        assert server.handshakes_expired == 1
+        assert not server.connections
+    finally:
+        sock.close()
+        server.close()

@@ -134,7 +134,7 @@ class Client:
         if cfg.listen:
             endpoint.server = ServerSettings(
                 configuration=self._quic_config(is_client=False),
-                stream_window=STREAM_WINDOW, accept=self._accept_channel, retry=False)
+                stream_window=STREAM_WINDOW, accept=self._accept_channel)
         link.on_offer = self._on_offer
         link.on_dialing = self._on_peer_dialing
         for offer in link.early_offers:
