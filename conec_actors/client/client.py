@@ -59,6 +59,8 @@ COMMAND_QUEUE = 256
 ATTEMPT_STAGGER = 0.25
 #: A channel that has not completed its handshake and hello by then fails.
 CHANNEL_TIMEOUT = 5.0
+#: `close` delivers the tells already accepted for at most this long.
+CLOSE_DRAIN = 5.0
 #: How long `new_stream` waits for a channel before falling back to proxied.
 NEW_STREAM_CHANNEL_WAIT = 2.0
 #: After a failed automatic channel attempt, `new_stream` goes proxied without
@@ -124,6 +126,7 @@ class Client:
         self._introductions: dict[bytes, str] = {}  # expected cert DER -> peer
         self._channel_failed_at: dict[str, float] = {}
         self._closed = False
+        self._closer: asyncio.Task[None] | None = None
         self._close_error: ConecError | None = None
         self._loop = asyncio.get_running_loop()
         # The client is an actor: this task alone changes its state, in the
@@ -188,31 +191,77 @@ class Client:
 
     async def close(self) -> None:
         """Close the client, its channels and its streams (which end with
-        `StreamReset` at the other ends)."""
+        `StreamReset` at the other ends). Tells that `tell` had accepted are
+        delivered first (within CLOSE_DRAIN seconds, however slowly the
+        receivers read); new tells meanwhile raise `ClientClosed`."""
+        if self._closer is None:
+            self._closer = self._loop.create_task(self._close())
+        await asyncio.shield(self._closer)
+
+    async def _close(self) -> None:
+        if not self._closed:
+            await self._mailbox.drain(CLOSE_DRAIN)
         if not self._closed:
             self._closed = True
             done: asyncio.Future[None] = self._loop.create_future()
             await self._commands.put(_Close(done))
-        await asyncio.shield(self._task)
+        await self._task
 
     async def _run(self) -> None:
-        while True:
-            cmd = await self._commands.get()
+        cmd: _Command | None = None
+        try:
+            while True:
+                cmd = await self._commands.get()
+                if isinstance(cmd, _Close):
+                    self._do_close()
+                    cmd.done.set_result(None)
+                    break
+                if cmd.reply.done():  # the caller gave up (cancelled) before its turn
+                    continue
+                try:
+                    cmd.reply.set_result(self._handle(cmd))
+                except ConecError as exc:
+                    cmd.reply.set_exception(exc)
+        except Exception as exc:
+            # A bug: fail closed rather than leave every later call waiting for
+            # a task that is gone. Logged here, once; callers get the cause.
+            log.error("client %r: the command task failed; closing the client", self.id,
+                      exc_info=exc)
+            self._fail(exc)
             if isinstance(cmd, _Close):
-                self._do_close()
-                cmd.done.set_result(None)
-                break
-            if cmd.reply.done():  # the caller gave up (cancelled) before its turn
-                continue
-            try:
-                cmd.reply.set_result(self._handle(cmd))
-            except ConecError as exc:
-                cmd.reply.set_exception(exc)
+                if not cmd.done.done():
+                    cmd.done.set_result(None)
+            elif cmd is not None and not cmd.reply.done():
+                cmd.reply.set_exception(self._closed_error())
         # Fail whatever was queued behind the close.
         while not self._commands.empty():
             left = self._commands.get_nowait()
             if not isinstance(left, _Close) and not left.reply.done():
-                left.reply.set_exception(ClientClosed("the client was closed"))
+                left.reply.set_exception(self._closed_error())
+
+    def _fail(self, exc: Exception) -> None:
+        """Close the client because of an unexpected error `exc` in its own
+        code: every pending and later call raises `ClientClosed` from it."""
+        self._closed = True
+        err = ClientClosed(f"the client failed: {type(exc).__name__}: {exc}")
+        err.__cause__ = exc
+        self._close_error = err
+        try:
+            self._do_close()
+        except Exception:  # already failing: close what can be closed
+            log.debug("client %r: error while closing after a failure", self.id,
+                      exc_info=True)
+            self._endpoint.close()
+
+    def _closed_error(self) -> ClientClosed:
+        """A fresh `ClientClosed` (raising one instance many times grows its
+        traceback) with the reason and cause of the close."""
+        err = self._close_error
+        if not isinstance(err, ClientClosed):
+            return ClientClosed("the client was closed")
+        fresh = ClientClosed(str(err))
+        fresh.__cause__ = err.__cause__
+        return fresh
 
     def _handle(self, cmd: _Request) -> Any:
         if isinstance(cmd, _Open):
@@ -255,11 +304,11 @@ class Client:
 
     def _check_open(self) -> None:
         if self._close_error is not None:
-            raise self._close_error
+            raise self._closed_error()
 
     def _check_not_closed(self) -> None:
         if self._closed:
-            raise ClientClosed("the client was closed")
+            raise self._closed_error()
 
     # -- properties -------------------------------------------------------------
 
@@ -364,6 +413,9 @@ class Client:
     async def _ask(self, cmd: _Request) -> Any:
         self._check_not_closed()
         await self._commands.put(cmd)
+        if self._task.done() and not cmd.reply.done():
+            # Queued after the task ended (a put that waited for room).
+            cmd.reply.set_exception(self._closed_error())
         try:
             return await cmd.reply
         except asyncio.CancelledError:
