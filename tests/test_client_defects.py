@@ -114,14 +114,18 @@ async def test_a_receiver_that_does_not_read_bounds_the_drain(path: str) -> None
 
 # --- simultaneous new_channel ----------------------------------------------------------
 
-@pytest.mark.timeout(90)
-async def test_simultaneous_new_channel_exactly_one_wins() -> None:
-    async with coordinator() as h:
-        for k in range(5):
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("routing_workers", [1, 3])
+async def test_simultaneous_new_channel_exactly_one_wins(routing_workers: int) -> None:
+    async with coordinator(routing_workers=routing_workers) as h:
+        for k in range(6):
             a = await h.client(f"a{k}")
             b = await h.client(f"b{k}")
-            results = await asyncio.wait_for(asyncio.gather(
-                a.new_channel(b.id), b.new_channel(a.id), return_exceptions=True), 20)
+            calls = [a.new_channel(b.id), b.new_channel(a.id)]
+            if k % 2:  # the higher id starts first
+                calls.reverse()
+            results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True),
+                                             20)
             winners = [r for r in results if r is None]
             losers = [r for r in results if isinstance(r, ChannelExists)]
             assert len(winners) == 1 and len(losers) == 1, results

@@ -66,6 +66,10 @@ NEW_STREAM_CHANNEL_WAIT = 2.0
 #: After a failed automatic channel attempt, `new_stream` goes proxied without
 #: trying again for this long.
 CHANNEL_RETRY_AFTER = 30.0
+#: How long an opener whose attempt the peer refused as a duplicate waits for
+#: the peer's own simultaneous offer (which wins the tie if the peer's id is
+#: lower) before raising `ChannelExists`.
+TIE_WAIT = 2.0
 #: A target forgets an introduction nobody dialled within this time.
 INTRODUCTION_TTL = 10.0
 #: Knocks toward an opener's address: a small datagram that no QUIC
@@ -94,6 +98,11 @@ class _Channel:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     expire: asyncio.TimerHandle | None = None
     knock_addr: tuple[str, int] | None = None
+    #: The Coordinator introduced the opener: the peer accepted our attempt.
+    introduced: bool = False
+    #: The opener's attempt gave way to the peer's simultaneous one; its
+    #: `ready` follows the peer's channel.
+    superseded: bool = False
 
     def stop_tasks(self) -> None:
         for t in self.tasks:
@@ -489,8 +498,14 @@ class Client:
         conn: Conn | None = None
         try:
             req, intro = await self._link.request_channel(ch.peer, self._cfg.holepunch)
+            if intro.code == wire.Code.CHANNEL_EXISTS and ch.peer < self.id:
+                # The peer may be opening toward us at this very moment, and
+                # the lower id wins: its offer may still be on its way (then
+                # `_on_offer` supersedes this attempt and cancels this wait).
+                await asyncio.sleep(TIE_WAIT)
             if intro.code:
                 raise _intro_error(intro)
+            ch.introduced = True
             link = ChannelLink(self, self._router, self._cfg.max_message_size,
                                peer=ch.peer, expected_cert=intro.cert, opener=True)
             cfg = self._quic_config(is_client=True, server_name=ch.peer,
@@ -510,7 +525,7 @@ class Client:
                 conn.close(wire.Code.CHANNEL_CLOSED, "channel attempt abandoned")
             if self._channels.get(ch.peer) is ch:
                 del self._channels[ch.peer]
-            if not ch.ready.done():
+            if not ch.ready.done() and not ch.superseded:
                 if isinstance(exc, asyncio.CancelledError):
                     ch.ready.set_exception(NoChannel(f"the channel to {ch.peer!r} was "
                                                      "closed while opening"))
@@ -539,10 +554,13 @@ class Client:
         if not self._cfg.listen or self._closed:
             answer(wire.Code.PEER_NOT_LISTENING)
             return
-        if offer.peer in self._channels:
+        existing = self._channels.get(offer.peer)
+        if existing is not None and not self._gives_way(existing):
             answer(wire.Code.CHANNEL_EXISTS)
             return
         ch = _Channel(offer.peer, False, self._loop.create_future(), expected_cert=offer.cert)
+        if existing is not None:
+            self._supersede(existing, ch)
         ch.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._channels[offer.peer] = ch
         self._introductions[offer.cert] = offer.peer
@@ -552,6 +570,35 @@ class Client:
                 self._knock(offer.addr, EARLY_KNOCKS, EARLY_KNOCK_TTL)))
         ch.expire = self._loop.call_later(INTRODUCTION_TTL, self._introduction_expired, ch)
         answer(0)
+
+    def _gives_way(self, ch: _Channel) -> bool:
+        """Both ends called `new_channel` at once (each sees the other's offer
+        while its own attempt is not yet introduced): exactly one attempt must
+        win, the one of the lower id. True if `ch`, ours, is the loser."""
+        return (ch.opener and ch.link is None and not ch.introduced and not ch.superseded
+                and ch.peer < self.id)
+
+    def _supersede(self, ours: _Channel, theirs: _Channel) -> None:
+        """Drop our attempt for the peer's channel: our `new_channel` raises
+        `ChannelExists` once that one is registered at both ends (or its
+        error if it fails)."""
+        ours.superseded = True
+        ours.stop_tasks()
+
+        def settle(fut: asyncio.Future[ChannelLink]) -> None:
+            if ours.ready.done():
+                return
+            if fut.cancelled():
+                ours.ready.set_exception(NoChannel(f"the channel to {ours.peer!r} was "
+                                                   "closed while opening"))
+            elif (exc := fut.exception()) is not None:
+                ours.ready.set_exception(exc)
+            else:
+                ours.ready.set_exception(ChannelExists(
+                    f"{ours.peer!r} opened a channel to {self.id!r} at the same time; "
+                    "that one is open"))
+
+        theirs.ready.add_done_callback(settle)
 
     async def _knock(self, addr: tuple[str, int], schedule: tuple[float, ...],
                      ttl: int | None) -> None:
