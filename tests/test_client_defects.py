@@ -272,11 +272,15 @@ async def test_a_bug_in_the_command_task_fails_every_call_with_client_closed(
 
 # --- limits of the path ----------------------------------------------------------------------
 
-async def test_a_reply_over_the_channel_limit_fails_the_ask_and_the_path_survives() -> None:
+@pytest.mark.parametrize("path", PATHS)
+async def test_a_reply_over_the_pair_limit_fails_the_ask_and_the_path_survives(
+        path: str) -> None:
+    # alice (the asker) allows 4 KiB, bob 16 MiB: bob's answers must fit 4 KiB.
     async with coordinator() as h:
         a = await h.client("alice", max_message_size=4096)
         b = await h.client("bob")
-        await a.new_channel("bob")
+        if path == "direct":
+            await a.new_channel("bob")
         errors: list[BaseException] = []
 
         async def serve() -> None:
