@@ -310,7 +310,8 @@ class OutStream(Writer):
     async def send(self, data: bytes | bytearray | memoryview) -> None:
         """Send one message. Waits while the path is full (back-pressure);
         raises `MessageTooLarge` (stream still usable) or `StreamReset` if the
-        reader went away. Cancelled while waiting, it sends nothing."""
+        reader went away. Cancelled while waiting, it sends nothing. Several
+        tasks may send at once: each message goes whole."""
         await self._core.send(data)
 
     async def finish(self) -> None:
@@ -375,7 +376,8 @@ class InStream(Reader[bytes]):
 
     async def recv(self) -> bytes:
         """The next message. Raises `StreamClosed` at a clean end, `StreamReset`
-        (with `.code` and `.reason`) if the writer or the path failed."""
+        (with `.code` and `.reason`) if the writer or the path failed. Several
+        tasks may wait at once: each message goes to one of them."""
         return await self._core.recv()
 
     def close(self) -> None:

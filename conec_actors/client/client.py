@@ -201,7 +201,7 @@ class Client:
     async def close(self) -> None:
         """Close the client, its channels and its streams (which end with
         `StreamReset` at the other ends). Tells that `tell` had accepted are
-        delivered first (within CLOSE_DRAIN seconds, however slowly the
+        delivered first (within `CLOSE_DRAIN`, 5 s, however slowly the
         receivers read); new tells meanwhile raise `ClientClosed`."""
         if self._closer is None:
             self._closer = self._loop.create_task(self._close())

@@ -27,6 +27,20 @@ connected. When the peer is gone the reopen fails: the route is dead,
 queued and in-flight tells are lost, pending asks fail, and the next tell
 raises ``NoSuchPeer``.
 
+Limits. A pair's size limit is the Coordinator's at first, then the
+smallest of every path the pair has opened (the stream's `max_message_size`:
+a channel's is the smaller of both ends', a proxied stream's the smallest of
+both clients' and the Coordinator's), so the first tell to a peer is checked
+once its route has opened and `tell`/`ask` raise ``MessageTooLarge`` rather
+than a path dropping the message later. A reply is checked against the return
+half it will take; one too large fails that ask alone
+(``RemoteError("MessageTooLarge", ...)`` at the asker).
+
+Closing. `Client.close` first drains: new tells and asks raise
+``ClientClosed``, and each pair's writer sends what is queued, then fences its
+stream (finish, wait for ``Drained``), within `client.CLOSE_DRAIN` (5 s) however
+the receivers read.
+
 Receiving. Every incoming mailbox stream is read as its frames arrive, from
 the stream's wake-up callback (no reader task in between), into one bounded
 inbox (`Client.mailbox`): a receiver that does not read leaves frames unread
