@@ -413,8 +413,10 @@ class Envelope(Generic[T]):
         """Answer an ask with `value` (bytes or any msgspec-encodable value);
         a no-op for a tell or an ask already answered.
 
-        Raises `MessageTooLarge` if the encoded answer exceeds the message
-        size limit (the asker then gets `RemoteError("MessageTooLarge", ...)`)
+        Raises `MessageTooLarge` if the encoded answer exceeds the size limit
+        of the path back to the asker (the smallest of both clients' and, when
+        proxied, the Coordinator's); the asker then gets
+        `RemoteError("MessageTooLarge", ...)` at once and the path stays usable.
         and `TypeError` if `value` cannot be encoded (nothing is sent: answer
         again or let the asker time out).
         """
@@ -507,7 +509,8 @@ class Mailbox:
         `peer` is full, and for the first tell to a peer until its mailbox
         stream has opened. Raises `NoSuchPeer` if `peer` is not connected (or
         its route was found dead), `MessageTooLarge` if the encoded message
-        exceeds the message size limit, `ClientClosed` after close.
+        exceeds the pair's size limit (the smallest of both clients' and, when
+        proxied, the Coordinator's), `ClientClosed` once the client closes.
         """
         item = encoder.encode(TellOut(msg))
         pair = self._pair_for(peer, item)
@@ -706,8 +709,8 @@ class Mailbox:
             route.broken = True  # the items stay unacknowledged: resent on reopen
             return
         except MessageTooLarge as exc:
-            # Only a single message over a smaller limit of this path (a
-            # channel whose peer set a lower max_message_size) gets here.
+            # Only a message accepted before the pair learnt a smaller limit
+            # gets here (`_put` checks the first ones once the route is open).
             log.warning("mailbox: dropped a message to %r: %s", pair.peer, exc)
             with contextlib.suppress(ValueError):
                 pair.unacked.remove((seq0, items[0]))
