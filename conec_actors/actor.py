@@ -115,7 +115,8 @@ class Actor:
         return task
 
     async def stop(self) -> None:
-        """Stop serving, run `on_stop`, then close the client. Idempotent;
+        """Stop serving, run `on_stop`, then close the client (which first
+        delivers the tells the actor made, see `Client.close`). Idempotent;
         may be called from `receive` (the current message then ends there)."""
         if self._client is None:
             return

@@ -10,7 +10,6 @@ two halves the user holds.
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Generic, NamedTuple, Self, TypeVar
 
 from . import wire
+from ._util import Waiters
 from .errors import MessageTooLarge, StreamClosed, StreamReset
 from .framing import HEADER_SIZE, FrameDecoder, FrameTooLarge
 
@@ -75,7 +75,7 @@ class StreamCore:
     """One framed bidirectional stream on a connection (client side)."""
 
     __slots__ = (
-        "_drained", "_queued_bytes", "_received", "_waiter", "conn", "decoder",
+        "_queued_bytes", "_readers", "_received", "_writers", "conn", "decoder",
         "high_water", "low_water", "max_message_size", "on_wake", "queue", "recv_error",
         "recv_extra", "recv_fin", "send_error", "send_finished", "sid", "stream_id",
     )
@@ -93,8 +93,10 @@ class StreamCore:
         self.queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._received = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._drained: asyncio.Event | None = None
+        # Every waiting reader and writer (several tasks may share a half):
+        # all are woken, each checks its condition again.
+        self._readers = Waiters()
+        self._writers = Waiters()
         self.recv_fin = False
         self.recv_error: StreamReset | None = None
         self.send_error: StreamReset | None = None
@@ -186,9 +188,7 @@ class StreamCore:
         self.conn.consume_to(self.sid, self._received - self._queued_bytes)
 
     def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        self._readers.wake()
         if self.on_wake is not None:
             self.on_wake()
 
@@ -203,11 +203,7 @@ class StreamCore:
                 raise self.recv_error
             if self.recv_fin:
                 raise StreamClosed("the writer finished the stream")
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self._readers.wait()
 
     def recv_nowait(self) -> bytes | None:
         if self.queue:
@@ -230,9 +226,7 @@ class StreamCore:
     # -- writing --------------------------------------------------------------
 
     def _wake_writer(self) -> None:
-        ev = self._drained
-        if ev is not None:
-            ev.set()
+        self._writers.wake()
 
     def _on_drain(self) -> None:
         if self.conn.unsent(self.sid) <= self.low_water or self.send_error is not None:
@@ -253,12 +247,8 @@ class StreamCore:
         self._check_send()
         conn = self.conn
         while conn.unsent(self.sid) > self.high_water:
-            ev = self._drained = asyncio.Event()
             conn.watch_drain(self.sid, self._on_drain)
-            try:
-                await ev.wait()
-            finally:
-                self._drained = None
+            await self._writers.wait()
             self._check_send()
         conn.send(self.sid, n.to_bytes(HEADER_SIZE, "big") + bytes(data))
 
@@ -320,7 +310,8 @@ class OutStream(Writer):
     async def send(self, data: bytes | bytearray | memoryview) -> None:
         """Send one message. Waits while the path is full (back-pressure);
         raises `MessageTooLarge` (stream still usable) or `StreamReset` if the
-        reader went away. Cancelled while waiting, it sends nothing."""
+        reader went away. Cancelled while waiting, it sends nothing. Several
+        tasks may send at once: each message goes whole."""
         await self._core.send(data)
 
     async def finish(self) -> None:
@@ -385,7 +376,8 @@ class InStream(Reader[bytes]):
 
     async def recv(self) -> bytes:
         """The next message. Raises `StreamClosed` at a clean end, `StreamReset`
-        (with `.code` and `.reason`) if the writer or the path failed."""
+        (with `.code` and `.reason`) if the writer or the path failed. Several
+        tasks may wait at once: each message goes to one of them."""
         return await self._core.recv()
 
     def close(self) -> None:

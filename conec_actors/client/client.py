@@ -59,11 +59,17 @@ COMMAND_QUEUE = 256
 ATTEMPT_STAGGER = 0.25
 #: A channel that has not completed its handshake and hello by then fails.
 CHANNEL_TIMEOUT = 5.0
+#: `close` delivers the tells already accepted for at most this long.
+CLOSE_DRAIN = 5.0
 #: How long `new_stream` waits for a channel before falling back to proxied.
 NEW_STREAM_CHANNEL_WAIT = 2.0
 #: After a failed automatic channel attempt, `new_stream` goes proxied without
 #: trying again for this long.
 CHANNEL_RETRY_AFTER = 30.0
+#: How long an opener whose attempt the peer refused as a duplicate waits for
+#: the peer's own simultaneous offer (which wins the tie if the peer's id is
+#: lower) before raising `ChannelExists`.
+TIE_WAIT = 2.0
 #: A target forgets an introduction nobody dialled within this time.
 INTRODUCTION_TTL = 10.0
 #: Knocks toward an opener's address: a small datagram that no QUIC
@@ -92,6 +98,11 @@ class _Channel:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     expire: asyncio.TimerHandle | None = None
     knock_addr: tuple[str, int] | None = None
+    #: The Coordinator introduced the opener: the peer accepted our attempt.
+    introduced: bool = False
+    #: The opener's attempt gave way to the peer's simultaneous one; its
+    #: `ready` follows the peer's channel.
+    superseded: bool = False
 
     def stop_tasks(self) -> None:
         for t in self.tasks:
@@ -124,6 +135,7 @@ class Client:
         self._introductions: dict[bytes, str] = {}  # expected cert DER -> peer
         self._channel_failed_at: dict[str, float] = {}
         self._closed = False
+        self._closer: asyncio.Task[None] | None = None
         self._close_error: ConecError | None = None
         self._loop = asyncio.get_running_loop()
         # The client is an actor: this task alone changes its state, in the
@@ -188,31 +200,77 @@ class Client:
 
     async def close(self) -> None:
         """Close the client, its channels and its streams (which end with
-        `StreamReset` at the other ends)."""
+        `StreamReset` at the other ends). Tells that `tell` had accepted are
+        delivered first (within `CLOSE_DRAIN`, 5 s, however slowly the
+        receivers read); new tells meanwhile raise `ClientClosed`."""
+        if self._closer is None:
+            self._closer = self._loop.create_task(self._close())
+        await asyncio.shield(self._closer)
+
+    async def _close(self) -> None:
+        if not self._closed:
+            await self._mailbox.drain(CLOSE_DRAIN)
         if not self._closed:
             self._closed = True
             done: asyncio.Future[None] = self._loop.create_future()
             await self._commands.put(_Close(done))
-        await asyncio.shield(self._task)
+        await self._task
 
     async def _run(self) -> None:
-        while True:
-            cmd = await self._commands.get()
+        cmd: _Command | None = None
+        try:
+            while True:
+                cmd = await self._commands.get()
+                if isinstance(cmd, _Close):
+                    self._do_close()
+                    cmd.done.set_result(None)
+                    break
+                if cmd.reply.done():  # the caller gave up (cancelled) before its turn
+                    continue
+                try:
+                    cmd.reply.set_result(self._handle(cmd))
+                except ConecError as exc:
+                    cmd.reply.set_exception(exc)
+        except Exception as exc:
+            # A bug: fail closed rather than leave every later call waiting for
+            # a task that is gone. Logged here, once; callers get the cause.
+            log.error("client %r: the command task failed; closing the client", self.id,
+                      exc_info=exc)
+            self._fail(exc)
             if isinstance(cmd, _Close):
-                self._do_close()
-                cmd.done.set_result(None)
-                break
-            if cmd.reply.done():  # the caller gave up (cancelled) before its turn
-                continue
-            try:
-                cmd.reply.set_result(self._handle(cmd))
-            except ConecError as exc:
-                cmd.reply.set_exception(exc)
+                if not cmd.done.done():
+                    cmd.done.set_result(None)
+            elif cmd is not None and not cmd.reply.done():
+                cmd.reply.set_exception(self._closed_error())
         # Fail whatever was queued behind the close.
         while not self._commands.empty():
             left = self._commands.get_nowait()
             if not isinstance(left, _Close) and not left.reply.done():
-                left.reply.set_exception(ClientClosed("the client was closed"))
+                left.reply.set_exception(self._closed_error())
+
+    def _fail(self, exc: Exception) -> None:
+        """Close the client because of an unexpected error `exc` in its own
+        code: every pending and later call raises `ClientClosed` from it."""
+        self._closed = True
+        err = ClientClosed(f"the client failed: {type(exc).__name__}: {exc}")
+        err.__cause__ = exc
+        self._close_error = err
+        try:
+            self._do_close()
+        except Exception:  # already failing: close what can be closed
+            log.debug("client %r: error while closing after a failure", self.id,
+                      exc_info=True)
+            self._endpoint.close()
+
+    def _closed_error(self) -> ClientClosed:
+        """A fresh `ClientClosed` (raising one instance many times grows its
+        traceback) with the reason and cause of the close."""
+        err = self._close_error
+        if not isinstance(err, ClientClosed):
+            return ClientClosed("the client was closed")
+        fresh = ClientClosed(str(err))
+        fresh.__cause__ = err.__cause__
+        return fresh
 
     def _handle(self, cmd: _Request) -> Any:
         if isinstance(cmd, _Open):
@@ -255,11 +313,11 @@ class Client:
 
     def _check_open(self) -> None:
         if self._close_error is not None:
-            raise self._close_error
+            raise self._closed_error()
 
     def _check_not_closed(self) -> None:
         if self._closed:
-            raise ClientClosed("the client was closed")
+            raise self._closed_error()
 
     # -- properties -------------------------------------------------------------
 
@@ -364,6 +422,9 @@ class Client:
     async def _ask(self, cmd: _Request) -> Any:
         self._check_not_closed()
         await self._commands.put(cmd)
+        if self._task.done() and not cmd.reply.done():
+            # Queued after the task ended (a put that waited for room).
+            cmd.reply.set_exception(self._closed_error())
         try:
             return await cmd.reply
         except asyncio.CancelledError:
@@ -437,8 +498,14 @@ class Client:
         conn: Conn | None = None
         try:
             req, intro = await self._link.request_channel(ch.peer, self._cfg.holepunch)
+            if intro.code == wire.Code.CHANNEL_EXISTS and ch.peer < self.id:
+                # The peer may be opening toward us at this very moment, and
+                # the lower id wins: its offer may still be on its way (then
+                # `_on_offer` supersedes this attempt and cancels this wait).
+                await asyncio.sleep(TIE_WAIT)
             if intro.code:
                 raise _intro_error(intro)
+            ch.introduced = True
             link = ChannelLink(self, self._router, self._cfg.max_message_size,
                                peer=ch.peer, expected_cert=intro.cert, opener=True)
             cfg = self._quic_config(is_client=True, server_name=ch.peer,
@@ -458,7 +525,7 @@ class Client:
                 conn.close(wire.Code.CHANNEL_CLOSED, "channel attempt abandoned")
             if self._channels.get(ch.peer) is ch:
                 del self._channels[ch.peer]
-            if not ch.ready.done():
+            if not ch.ready.done() and not ch.superseded:
                 if isinstance(exc, asyncio.CancelledError):
                     ch.ready.set_exception(NoChannel(f"the channel to {ch.peer!r} was "
                                                      "closed while opening"))
@@ -487,10 +554,13 @@ class Client:
         if not self._cfg.listen or self._closed:
             answer(wire.Code.PEER_NOT_LISTENING)
             return
-        if offer.peer in self._channels:
+        existing = self._channels.get(offer.peer)
+        if existing is not None and not self._gives_way(existing):
             answer(wire.Code.CHANNEL_EXISTS)
             return
         ch = _Channel(offer.peer, False, self._loop.create_future(), expected_cert=offer.cert)
+        if existing is not None:
+            self._supersede(existing, ch)
         ch.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._channels[offer.peer] = ch
         self._introductions[offer.cert] = offer.peer
@@ -500,6 +570,35 @@ class Client:
                 self._knock(offer.addr, EARLY_KNOCKS, EARLY_KNOCK_TTL)))
         ch.expire = self._loop.call_later(INTRODUCTION_TTL, self._introduction_expired, ch)
         answer(0)
+
+    def _gives_way(self, ch: _Channel) -> bool:
+        """Both ends called `new_channel` at once (each sees the other's offer
+        while its own attempt is not yet introduced): exactly one attempt must
+        win, the one of the lower id. True if `ch`, ours, is the loser."""
+        return (ch.opener and ch.link is None and not ch.introduced and not ch.superseded
+                and ch.peer < self.id)
+
+    def _supersede(self, ours: _Channel, theirs: _Channel) -> None:
+        """Drop our attempt for the peer's channel: our `new_channel` raises
+        `ChannelExists` once that one is registered at both ends (or its
+        error if it fails)."""
+        ours.superseded = True
+        ours.stop_tasks()
+
+        def settle(fut: asyncio.Future[ChannelLink]) -> None:
+            if ours.ready.done():
+                return
+            if fut.cancelled():
+                ours.ready.set_exception(NoChannel(f"the channel to {ours.peer!r} was "
+                                                   "closed while opening"))
+            elif (exc := fut.exception()) is not None:
+                ours.ready.set_exception(exc)
+            else:
+                ours.ready.set_exception(ChannelExists(
+                    f"{ours.peer!r} opened a channel to {self.id!r} at the same time; "
+                    "that one is open"))
+
+        theirs.ready.add_done_callback(settle)
 
     async def _knock(self, addr: tuple[str, int], schedule: tuple[float, ...],
                      ttl: int | None) -> None:

@@ -27,6 +27,20 @@ connected. When the peer is gone the reopen fails: the route is dead,
 queued and in-flight tells are lost, pending asks fail, and the next tell
 raises ``NoSuchPeer``.
 
+Limits. A pair's size limit is the Coordinator's at first, then the
+smallest of every path the pair has opened (the stream's `max_message_size`:
+a channel's is the smaller of both ends', a proxied stream's the smallest of
+both clients' and the Coordinator's), so the first tell to a peer is checked
+once its route has opened and `tell`/`ask` raise ``MessageTooLarge`` rather
+than a path dropping the message later. A reply is checked against the return
+half it will take; one too large fails that ask alone
+(``RemoteError("MessageTooLarge", ...)`` at the asker).
+
+Closing. `Client.close` first drains: new tells and asks raise
+``ClientClosed``, and each pair's writer sends what is queued, then fences its
+stream (finish, wait for ``Drained``), within `client.CLOSE_DRAIN` (5 s) however
+the receivers read.
+
 Receiving. Every incoming mailbox stream is read as its frames arrive, from
 the stream's wake-up callback (no reader task in between), into one bounded
 inbox (`Client.mailbox`): a receiver that does not read leaves frames unread
@@ -155,9 +169,9 @@ def _decoder_for(typ: Any) -> msgspec.msgpack.Decoder[Any]:
 def _copy_error(err: ConecError) -> ConecError:
     """A fresh instance to raise (one instance raised many times grows its
     traceback)."""
-    if isinstance(err, ClientClosed):
-        return ClientClosed(str(err))
-    return NoSuchPeer(str(err))
+    fresh = ClientClosed(str(err)) if isinstance(err, ClientClosed) else NoSuchPeer(str(err))
+    fresh.__cause__ = err.__cause__
+    return fresh
 
 
 # --- small waiting helpers -----------------------------------------------------
@@ -173,6 +187,16 @@ def _write_idle(stream: OutStream, data: bytes) -> bool:
         return False
     core.write_raw(framing.frame(data))
     return True
+
+
+def _check_size(peer: str, item: bytes, max_message_size: int) -> None:
+    """`MessageTooLarge` if `item` does not fit one frame of `max_message_size`."""
+    limit = max_message_size - BATCH_OVERHEAD
+    if len(item) > limit:
+        raise MessageTooLarge(
+            f"message of {len(item)} encoded bytes exceeds the message size limit toward "
+            f"{peer!r} ({limit} bytes for a tell or ask, max_message_size "
+            f"{max_message_size})")
 
 
 def _log_failure(exc: Exception, where: str) -> None:
@@ -209,12 +233,17 @@ class _Route:
 class _Pair:
     """This client's sending state toward one peer."""
 
-    __slots__ = ("dead", "failures", "frames", "idle", "messages", "next_seq", "peer",
-                 "putters", "queue", "queued_bytes", "routed", "stream", "unacked", "wake",
-                 "writer")
+    __slots__ = ("dead", "draining", "failures", "frames", "idle", "limit", "messages",
+                 "next_seq", "peer", "putters", "queue", "queued_bytes", "routed", "stream",
+                 "unacked", "wake", "writer")
 
-    def __init__(self, peer: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, peer: str, loop: asyncio.AbstractEventLoop, limit: int) -> None:
         self.peer = peer
+        #: The pair's message size limit (max_message_size of a frame): the
+        #: Coordinator's, then the smallest of every path opened to the peer.
+        self.limit = limit
+        #: The client is closing: deliver what is queued, fence, and end.
+        self.draining = False
         #: (seq, encoded item) waiting for the writer, then sent but not yet
         #: acknowledged by the receiver (resent if the stream breaks).
         self.queue: deque[tuple[int, bytes]] = deque()
@@ -384,18 +413,24 @@ class Envelope(Generic[T]):
         """Answer an ask with `value` (bytes or any msgspec-encodable value);
         a no-op for a tell or an ask already answered.
 
-        Raises `MessageTooLarge` if the encoded answer exceeds the message
-        size limit (the asker then gets `RemoteError("MessageTooLarge", ...)`)
+        Raises `MessageTooLarge` if the encoded answer exceeds the size limit
+        of the path back to the asker (the smallest of both clients' and, when
+        proxied, the Coordinator's); the asker then gets
+        `RemoteError("MessageTooLarge", ...)` at once and the path stays usable.
         and `TypeError` if `value` cannot be encoded (nothing is sent: answer
         again or let the asker time out).
         """
         if self._ask_id is None or self._replied:
             return
         item = encoder.encode(ReplyOut(self._ask_id, value))
-        limit = self._mailbox._client.max_message_size - BATCH_OVERHEAD
+        # The limit of the path back to the asker (a channel's is the smaller
+        # of both ends'), checked here so an answer too large for it fails
+        # this ask alone instead of the return half.
+        limit = self._mailbox._back_limit(self.sender, self._route)
         if len(item) > limit:
             err = MessageTooLarge(f"the reply of {len(item)} bytes exceeds the message "
-                                  f"size limit ({limit} bytes for a reply)")
+                                  f"size limit toward {self.sender!r} ({limit} bytes for "
+                                  "a reply)")
             await self._fail("MessageTooLarge", str(err))
             raise err
         await self._send(item)
@@ -404,7 +439,10 @@ class Envelope(Generic[T]):
         """Answer an ask with a failure (raised as `RemoteError` by the asker)."""
         if self._ask_id is None or self._replied:
             return
-        await self._send(encoder.encode(Fail(self._ask_id, type_name, message[:4096])))
+        # Cut the message so that the failure itself fits the path back.
+        room = min(4096, self._mailbox._back_limit(self.sender, self._route) - 64)
+        message = message.encode()[:max(0, room)].decode(errors="ignore")
+        await self._send(encoder.encode(Fail(self._ask_id, type_name, message)))
 
     async def _send(self, item: bytes) -> None:
         self._replied = True
@@ -458,6 +496,8 @@ class Mailbox:
         self._senders: dict[str, _Sender] = {}
         self._in_routes: set[_InRoute] = set()
         self._closed = False
+        #: close() is delivering what tell() accepted: no new tells.
+        self._draining = False
         client._router.handlers[PURPOSE] = self._on_stream
 
     # -- sending ------------------------------------------------------------------
@@ -469,7 +509,8 @@ class Mailbox:
         `peer` is full, and for the first tell to a peer until its mailbox
         stream has opened. Raises `NoSuchPeer` if `peer` is not connected (or
         its route was found dead), `MessageTooLarge` if the encoded message
-        exceeds the message size limit, `ClientClosed` after close.
+        exceeds the pair's size limit (the smallest of both clients' and, when
+        proxied, the Coordinator's), `ClientClosed` once the client closes.
         """
         item = encoder.encode(TellOut(msg))
         pair = self._pair_for(peer, item)
@@ -519,13 +560,8 @@ class Mailbox:
         """Check a message to `peer`; the pair toward it, created (with its
         writer) on first use."""
         self._check_open()
-        limit = self._client.max_message_size - BATCH_OVERHEAD
-        if len(item) > limit:
-            raise MessageTooLarge(
-                f"message of {len(item)} encoded bytes exceeds the message size limit "
-                f"({limit} bytes for a tell, max_message_size "
-                f"{self._client.max_message_size})")
         pair = self._pairs.get(peer)
+        _check_size(peer, item, self._client.max_message_size if pair is None else pair.limit)
         if pair is not None and pair.dead is not None:
             # The route is known dead: say so once, then start afresh.
             del self._pairs[peer]
@@ -533,7 +569,7 @@ class Mailbox:
         if pair is None:
             if not is_valid_id(peer):
                 raise NoSuchPeer(f"no client {peer!r} is connected (not a valid id)")
-            pair = _Pair(peer, self._loop)
+            pair = _Pair(peer, self._loop, self._client.max_message_size)
             self._pairs[peer] = pair
             pair.writer = self._loop.create_task(self._write(pair))
         return pair
@@ -550,18 +586,23 @@ class Mailbox:
         return True
 
     async def _put(self, pair: _Pair, item: bytes) -> None:
-        """Queue `item`, waiting while the queue is full, then (for the first
-        messages to a peer) until the route has opened."""
-        while pair.full():
-            await pair.putters.wait()
-            if pair.dead is not None:
-                raise _copy_error(pair.dead)
-        self._queue(pair, item)
+        """Queue `item`: for the first messages to a peer, once the route has
+        opened (which tells the pair's size limit); while the queue is full,
+        once there is room."""
         if not pair.routed.done():
             try:
                 await asyncio.shield(pair.routed)
             except ConecError as exc:
                 raise _copy_error(exc) from None
+            _check_size(pair.peer, item, pair.limit)
+        while pair.full():
+            await pair.putters.wait()
+            if pair.dead is not None:
+                raise _copy_error(pair.dead)
+        self._check_open()
+        if pair.dead is not None:
+            raise _copy_error(pair.dead)
+        self._queue(pair, item)
 
     @staticmethod
     def _queue(pair: _Pair, item: bytes) -> None:
@@ -591,8 +632,8 @@ class Mailbox:
         return True
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise ClientClosed("the client was closed")
+        if self._closed or self._draining:
+            raise self._client._closed_error()
 
     def _has_channel(self, peer: str) -> bool:
         ch = self._client._channels.get(peer)
@@ -605,8 +646,11 @@ class Mailbox:
         could drop a stream the client has just opened for it)."""
         try:
             while pair.dead is None:
-                while pair.dead is None and not pair.queue and not (
-                        pair.stream is not None and pair.stream.broken):
+                # (A new pair opens its route at once: the first tells wait
+                # for it, and learn the pair's size limit from it.)
+                while pair.dead is None and pair.routed.done() and not pair.queue \
+                        and not pair.draining \
+                        and not (pair.stream is not None and pair.stream.broken):
                     pair.wake.clear()
                     pair.idle = True
                     try:
@@ -615,9 +659,19 @@ class Mailbox:
                         pair.idle = False
                 if pair.dead is not None:
                     return
+                if pair.draining and not pair.queue and not pair.unacked and (
+                        pair.stream is None or pair.stream.broken):
+                    return  # closing, and nothing is left to deliver
                 route = await self._ensure_route(pair)
                 if pair.queue and not route.broken:
                     await self._send_batch(pair, route, from_queue=True)
+                elif pair.draining and not pair.queue and not route.broken:
+                    # Closing: everything is sent; finish the stream and wait
+                    # until the receiver consumed it (a break reopens and
+                    # resends, then fences again).
+                    await self._fence(route)
+                    if not route.broken:
+                        return
         except ConecError as exc:
             if pair.dead is None:
                 self._kill(pair, exc)
@@ -655,8 +709,8 @@ class Mailbox:
             route.broken = True  # the items stay unacknowledged: resent on reopen
             return
         except MessageTooLarge as exc:
-            # Only a single message over a smaller limit of this path (a
-            # channel whose peer set a lower max_message_size) gets here.
+            # Only a message accepted before the pair learnt a smaller limit
+            # gets here (`_put` checks the first ones once the route is open).
             log.warning("mailbox: dropped a message to %r: %s", pair.peer, exc)
             with contextlib.suppress(ValueError):
                 pair.unacked.remove((seq0, items[0]))
@@ -701,6 +755,7 @@ class Mailbox:
             route = await self._open(pair, want_direct)
             if pair.dead is not None:  # closed meanwhile
                 raise pair.dead
+            pair.limit = min(pair.limit, route.send._core.max_message_size)
             pair.stream = route
             if not pair.routed.done():
                 pair.routed.set_result(None)
@@ -936,17 +991,24 @@ class Mailbox:
                         await r.wake.wait()
                     finally:
                         r.idle = False
+                # Within the return half's limit (a channel's may be smaller
+                # than this client's); what does not fit goes in the next frame.
+                hard = r.send._core.max_message_size
+                soft = min(BATCH_BYTES, hard)
                 items: list[bytes] = []
                 size = BATCH_OVERHEAD
-                while r.back and (not items or size + len(r.back[0]) <= BATCH_BYTES):
+                while r.back and (not items or size + len(r.back[0]) <= soft):
                     item = r.back.popleft()
                     items.append(item)
                     size += len(item)
                 r.back_putters.wake()
                 if r.ack_to is not None:
-                    items.append(encoder.encode(Ack(r.ack_to)))
-                    r.ack_to = None
-                if r.drained:
+                    ack = encoder.encode(Ack(r.ack_to))
+                    if not items or size + len(ack) <= hard:
+                        items.append(ack)
+                        size += len(ack)
+                        r.ack_to = None
+                if r.drained and (not items or size + len(DRAINED) <= hard):
                     items.append(DRAINED)
                     r.drained = False
                 if items:
@@ -984,17 +1046,33 @@ class Mailbox:
         if self._senders.get(peer) is sender and not sender.routes:
             del self._senders[peer]
 
+    def _route_back(self, peer: str, route: _InRoute) -> _InRoute | None:
+        """The ask's stream if its return half is open, else the newest open
+        stream from the same peer, else None."""
+        if route.back_open:
+            return route
+        sender = self._senders.get(peer)
+        open_routes = [r for r in sender.routes if r.back_open] if sender else []
+        return open_routes[-1] if open_routes else None
+
+    def _back_limit(self, peer: str, route: _InRoute | None) -> int:
+        """Room for one reply item toward `peer` on the path back."""
+        back = self._route_back(peer, route) if route is not None else None
+        limit = self._client.max_message_size
+        if back is not None:
+            limit = min(limit, back.send._core.max_message_size)
+        return limit - BATCH_OVERHEAD
+
     async def _send_back(self, peer: str, route: _InRoute, item: bytes) -> None:
         """Queue a reply on the ask's stream, or on the newest open stream from
         the same peer if that one has closed; dropped if there is none."""
-        self._check_open()
-        if not route.back_open:
-            sender = self._senders.get(peer)
-            open_routes = [r for r in sender.routes if r.back_open] if sender else []
-            if not open_routes:
-                log.debug("mailbox: no stream back to %r; reply dropped", peer)
-                return
-            route = open_routes[-1]
+        if self._closed:
+            raise self._client._closed_error()
+        back = self._route_back(peer, route)
+        if back is None:
+            log.debug("mailbox: no stream back to %r; reply dropped", peer)
+            return
+        route = back
         # The fast path of an idle return half (see `_write_now`): nothing
         # queued or pending for its writer, nothing unsent: write at once.
         if (route.idle and not route.back and route.ack_to is None and not route.drained
@@ -1078,6 +1156,22 @@ class Mailbox:
 
     # -- the end ----------------------------------------------------------------------------
 
+    async def drain(self, timeout: float) -> None:
+        """Deliver every tell and ask already accepted, then return (within
+        `timeout` seconds whatever the receivers do); refuse new ones with
+        `ClientClosed`. Called by `Client.close` before it closes."""
+        if self._closed or self._draining:
+            return
+        self._draining = True
+        writers: list[asyncio.Task[None]] = []
+        for pair in self._pairs.values():
+            if pair.dead is None and pair.writer is not None and not pair.writer.done():
+                pair.draining = True
+                pair.wake.set()
+                writers.append(pair.writer)
+        if writers:
+            await asyncio.wait(writers, timeout=timeout)
+
     def end_inbox(self) -> None:
         """Nothing more can arrive: readers get what is queued, then the end."""
         self._inbox.end()
@@ -1089,12 +1183,12 @@ class Mailbox:
         self._closed = True
         self._client._router.handlers.pop(PURPOSE, None)
         self._inbox.end()
-        err = ClientClosed("the client was closed")
+        err = self._client._closed_error()
         for pair in list(self._pairs.values()):
             self._kill(pair, err)
         for _, fut in self._pending.values():
             if not fut.done():
-                fut.set_exception(ClientClosed("the client was closed"))
+                fut.set_exception(self._client._closed_error())
                 fut.exception()
         for r in list(self._in_routes):
             r.reading = False
