@@ -195,6 +195,8 @@ class Supervisor:
 
     def _flush(self) -> None:
         self._flush_handle = None
+        if self._sock.closed:
+            return
         for slot in self._slots.values():
             self._send(slot)
         # Sending can consume the edge of the FD; drain in case input came in.
@@ -224,7 +226,7 @@ class Supervisor:
         # Its connection is gone (EHOSTUNREACH): the worker died, or cannot
         # be reached and so must be restarted. What it had is in flight and
         # is replayed to its successor.
-        log.warning("%s worker %d unreachable (%s); restarting it",
+        log.warning("cannot reach %s worker %d (%s); it is restarted",
                     slot.kind, slot.index, exc)
         slot.ready = False
         slot.held, slot.outbox = None, []
