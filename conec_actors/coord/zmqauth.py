@@ -15,6 +15,7 @@ pyzmq at run time, to keep their start-up light.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import IO, TYPE_CHECKING
@@ -75,8 +76,7 @@ class ZapHandler:
                  loop: asyncio.AbstractEventLoop) -> None:
         self.allowed: dict[bytes, bytes] = {}
         self.refused = 0
-        self._warned_at = -WARN_EVERY
-        self._unwarned = 0
+        self._warned_at: float | None = None
         self._loop = loop
         self._sock = ctx.socket(zmq.REP)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -102,14 +102,13 @@ class ZapHandler:
 
     def _warn(self, address: bytes, mechanism: bytes) -> None:
         now = time.monotonic()
-        if now - self._warned_at < WARN_EVERY:
-            self._unwarned += 1
+        if self._warned_at is not None and now - self._warned_at < WARN_EVERY:
             return
+        self._warned_at = now
+        # For ipc, libzmq gives the address as "localhost:uid:gid:pid".
         log.warning("refused a ZeroMQ peer at %s (%s): not a process this Coordinator "
-                    "started (%d more refused since the last warning)",
-                    address.decode(errors="replace"), mechanism.decode(errors="replace"),
-                    self._unwarned)
-        self._warned_at, self._unwarned = now, 0
+                    "started (%d refused so far)", address.decode(errors="replace"),
+                    mechanism.decode(errors="replace"), self.refused)
 
     def _on_readable(self) -> None:
         sock = self._sock
@@ -122,5 +121,6 @@ class ZapHandler:
             sock.send_multipart(self.reply(request), zmq.NOBLOCK)
 
     def close(self) -> None:
-        self._loop.remove_reader(self._fd)
+        with contextlib.suppress(Exception):  # the loop may be closing too
+            self._loop.remove_reader(self._fd)
         self._sock.close(0)
