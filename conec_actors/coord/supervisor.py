@@ -94,7 +94,7 @@ class Supervisor:
                 self._slots[s.identity] = s
         self._ctx = zmq.Context()
         # The ZAP handler first: a CURVE socket with none would admit any key.
-        self._zap = zmqauth.ZapHandler(self._ctx, self._loop)
+        self._zap = zmqauth.ZapHandler(self._ctx, self._loop, log)
         self._public, secret = zmq.curve_keypair()
         self._sock = self._ctx.socket(zmq.ROUTER)
         zmqauth.curve_server(self._sock, self._public, secret)

@@ -10,13 +10,12 @@ as the connection's ZAP User-Id, which ZeroMQ attaches to every message that
 arrives on it: that, not a routing id a peer picks, says which worker spoke.
 
 This module is imported by the worker processes too: it imports nothing but
-pyzmq at run time, to keep their start-up light.
+pyzmq (not even logging) at run time, to keep their start-up light.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from typing import IO, TYPE_CHECKING
 
@@ -25,8 +24,7 @@ from zmq.utils import z85
 
 if TYPE_CHECKING:
     import asyncio
-
-log = logging.getLogger(__name__)
+    import logging
 
 #: Where libzmq sends its authentication requests, per context (RFC 27).
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
@@ -69,12 +67,14 @@ def read_keys(stream: IO[bytes]) -> tuple[bytes, bytes, bytes]:
 
 class ZapHandler:
     """Admits exactly the client keys in `allowed` (Z85 public key -> user
-    id), on `ctx`, driven by the event loop. Bind it before any CURVE socket
-    of `ctx` binds: with no handler there, libzmq would admit every key."""
+    id), on `ctx`, driven by the event loop; refusals are warned about on
+    `log`. Bind it before any CURVE socket of `ctx` binds: with no handler
+    there, libzmq would admit every key."""
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]],
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, log: logging.Logger) -> None:
         self.allowed: dict[bytes, bytes] = {}
+        self._log = log
         self.refused = 0
         self._warned_at: float | None = None
         self._loop = loop
@@ -106,9 +106,9 @@ class ZapHandler:
             return
         self._warned_at = now
         # For ipc, libzmq gives the address as "localhost:uid:gid:pid".
-        log.warning("refused a ZeroMQ peer at %s (%s): not a process this Coordinator "
-                    "started (%d refused so far)", address.decode(errors="replace"),
-                    mechanism.decode(errors="replace"), self.refused)
+        self._log.warning("refused a ZeroMQ peer at %s (%s): not a process this Coordinator "
+                          "started (%d refused so far)", address.decode(errors="replace"),
+                          mechanism.decode(errors="replace"), self.refused)
 
     def _on_readable(self) -> None:
         sock = self._sock
