@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conec_actors import ClientClosed, CoordinatorFailed, StreamReset
+from conec_actors import ClientClosed, CoordinatorFailed, NoSuchBroadcast, StreamReset
 
 from .conftest import coord_cert, coordinator, wait_for
 
@@ -165,3 +165,34 @@ async def test_stats_answer_while_a_worker_is_unresponsive() -> None:
             os.kill(stopped, signal.SIGCONT)
         st = await h.coord.stats()
         assert sum(w.get("entries", 0) for w in st["workers"] if w["kind"] == "routing") == 1
+
+
+async def test_requests_to_a_stopped_worker_are_all_answered() -> None:
+    """A worker that stops reading fills its ZeroMQ pipe; what the pipe cannot
+    take waits in the front-end and is answered once the worker goes on."""
+    calls_per_client, n_clients = 500, 8
+    async with coordinator() as h:
+        clients = [await h.client(f"c{i}") for i in range(n_clients)]
+        (stopped,) = h.coord.worker_pids("broadcast")
+        os.kill(stopped, signal.SIGSTOP)
+        calls: list[asyncio.Future[Any]] = []
+        try:
+            # One call per loop turn, so each becomes a batch of its own and
+            # thousands of batches queue up for the stopped worker.
+            for i in range(calls_per_client * n_clients):
+                calls.append(asyncio.ensure_future(
+                    clients[i % n_clients].broadcast_count(f"b{i}")))
+                await asyncio.sleep(0)
+
+            async def all_in_flight() -> bool:
+                st = await h.coord.stats()
+                return sum(w["inflight"] for w in st["workers"]
+                           if w["kind"] == "broadcast") >= len(calls)
+            await wait_for(all_in_flight, timeout=30)
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        done, pending = await asyncio.wait(calls, timeout=20)
+        for c in pending:
+            c.cancel()
+        assert not pending, f"{len(pending)} of {len(calls)} calls were never answered"
+        assert all(isinstance(c.exception(), NoSuchBroadcast) for c in done)

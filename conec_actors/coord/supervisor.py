@@ -3,9 +3,16 @@
 Workers are `python -m conec_actors.coord.worker` subprocesses (so a user's
 script without a `__main__` guard is never re-imported) reached over one
 ZeroMQ ROUTER socket on an abstract-namespace `ipc://@...` address (no
-socket file to leave behind). Requests are batched per worker and per loop
-turn. Every request carries an id; requests in flight to a worker that dies
-are replayed, after a `Rebuild` of its shard, to its successor.
+socket file to leave behind). Anyone on the host can see and dial that
+address, so the ROUTER is a CURVE server that admits exactly the keys of the
+workers started here (`zmqauth`), and a message counts as a worker's only by
+the key it arrived under, never by a routing id the peer chose.
+
+Requests are batched per worker and per loop turn. Every request carries an
+id; requests in flight to a worker that dies are replayed, after a `Rebuild`
+of its shard, to its successor. A batch the socket cannot take now (the
+worker is slow or stopped and its pipe is full) is kept and sent again, never
+dropped.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from ..errors import CoordinatorFailed
-from . import ipc
+from . import ipc, zmqauth
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +38,12 @@ log = logging.getLogger(__name__)
 CRASH_LIMIT = 3
 CRASH_WINDOW = 10.0
 STOP_GRACE = 2.0
+#: How soon a batch the worker's pipe could not take is offered again.
+RETRY_DELAY = 0.01
+#: Batches queued in ZeroMQ per worker, each way. Reaching it is
+#: back-pressure (the ROUTER is mandatory: a full pipe says EAGAIN and the
+#: batch waits in the outbox, merged with later requests), never loss.
+PIPE_HWM = 1000
 
 WorkerReply = ipc.Reply | ipc.StatsReply | ipc.BroadcastReply
 ReplyCallback = Callable[[WorkerReply], None]
@@ -43,6 +56,13 @@ class _Slot:
     index: int
     proc: asyncio.subprocess.Process | None = None
     ready: bool = False
+    #: the ZeroMQ routing id of the current worker's connection, learnt from
+    #: its Ready (which arrived under this slot's key)
+    route: bytes = b""
+    #: this worker start's CURVE public key (Z85), admitted by the ZAP handler
+    key: bytes = b""
+    #: an encoded batch the pipe would not take yet; sent before the outbox
+    held: bytes | None = None
     generation: int = 0
     restarts: int = 0
     crashes: list[float] = field(default_factory=list)
@@ -73,15 +93,24 @@ class Supervisor:
             for s in slots:
                 self._slots[s.identity] = s
         self._ctx = zmq.Context()
+        # The ZAP handler first: a CURVE socket with none would admit any key.
+        self._zap = zmqauth.ZapHandler(self._ctx, self._loop, log)
+        self._public, secret = zmq.curve_keypair()
         self._sock = self._ctx.socket(zmq.ROUTER)
-        self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        zmqauth.curve_server(self._sock, self._public, secret)
+        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._sock.setsockopt(zmq.SNDHWM, PIPE_HWM)
+        self._sock.setsockopt(zmq.RCVHWM, PIPE_HWM)
         self._sock.setsockopt(zmq.LINGER, 0)
+        # Not a secret (it is in /proc/net/unix and the workers' argv): the
+        # keys are the protection.
         self.endpoint = f"ipc://@conec-actors-{os.getpid()}-{os.urandom(6).hex()}"
         self._sock.bind(self.endpoint)
         self._fd: int = int(self._sock.getsockopt(zmq.FD))
         self._loop.add_reader(self._fd, self._on_readable)
         self._next_req = 1
         self._flush_handle: asyncio.Handle | None = None
+        self._retry_handle: asyncio.TimerHandle | None = None
         self._closing = False
         self.failed: asyncio.Future[None] = self._loop.create_future()
 
@@ -99,11 +128,21 @@ class Supervisor:
         slot.ready = False
         slot.ready_event.clear()
         slot.generation += 1
+        # A fresh key per start; the previous worker's key stops working.
+        self._zap.allowed.pop(slot.key, None)
+        public, secret = zmq.curve_keypair()
+        slot.key = public
+        self._zap.allowed[public] = slot.identity
         slot.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "conec_actors.coord.worker",
             "--kind", slot.kind, "--slot", str(slot.index), "--endpoint", self.endpoint,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE,
         )
+        # The keys go through the pipe, never argv or the environment, which
+        # other users can read.
+        assert slot.proc.stdin is not None
+        slot.proc.stdin.write(zmqauth.encode_keys(self._public, public, secret))
+        slot.proc.stdin.close()
         slot.watcher = self._loop.create_task(self._watch(slot, slot.proc))
 
     async def _watch(self, slot: _Slot, proc: asyncio.subprocess.Process) -> None:
@@ -156,17 +195,44 @@ class Supervisor:
 
     def _flush(self) -> None:
         self._flush_handle = None
+        if self._sock.closed:
+            return
         for slot in self._slots.values():
-            if slot.outbox and slot.ready:
-                batch, slot.outbox = slot.outbox, []
-                try:
-                    self._sock.send_multipart([slot.identity, ipc.encode_batch(batch)],
-                                              zmq.NOBLOCK)
-                except zmq.ZMQError as exc:
-                    # The batch stays in flight and is replayed on restart.
-                    log.debug("send to %s failed: %s", slot.identity, exc)
+            self._send(slot)
         # Sending can consume the edge of the FD; drain in case input came in.
         self._on_readable()
+
+    def _send(self, slot: _Slot) -> None:
+        while slot.ready and (slot.held is not None or slot.outbox):
+            if slot.held is None:
+                slot.held, slot.outbox = ipc.encode_batch(slot.outbox), []
+            try:
+                self._sock.send_multipart([slot.route, slot.held], zmq.NOBLOCK)
+            except zmq.Again:
+                # The worker's pipe is full: keep the batch, offer it again soon.
+                if self._retry_handle is None:
+                    self._retry_handle = self._loop.call_later(RETRY_DELAY, self._retry)
+                return
+            except zmq.ZMQError as exc:
+                self._unreachable(slot, exc)
+                return
+            slot.held = None
+
+    def _retry(self) -> None:
+        self._retry_handle = None
+        self._flush()
+
+    def _unreachable(self, slot: _Slot, exc: zmq.ZMQError) -> None:
+        # Its connection is gone (EHOSTUNREACH): the worker died, or cannot
+        # be reached and so must be restarted. What it had is in flight and
+        # is replayed to its successor.
+        log.warning("cannot reach %s worker %d (%s); it is restarted",
+                    slot.kind, slot.index, exc)
+        slot.ready = False
+        slot.held, slot.outbox = None, []
+        if slot.proc is not None and slot.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                slot.proc.kill()
 
     def _on_readable(self) -> None:
         sock = self._sock
@@ -174,20 +240,26 @@ class Supervisor:
             return
         while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             try:
-                ident, data = sock.recv_multipart(zmq.NOBLOCK)
+                route, frame = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            slot = self._slots.get(ident)
+            # Which worker spoke is the key it authenticated with (the ZAP
+            # User-Id), whatever routing id it claims.
+            try:
+                slot = self._slots.get(str(frame.get("User-Id")).encode())
+            except zmq.ZMQError:  # no User-Id: not authenticated by our handler
+                slot = None
             if slot is None:
                 continue
             try:
-                msgs = ipc.decode_from_worker(data)
+                msgs = ipc.decode_from_worker(frame.bytes)
             except Exception:  # a broken worker must not break the front-end
-                log.exception("undecodable batch from %r", ident)
+                log.exception("undecodable batch from %s worker %d", slot.kind,
+                              slot.index)
                 continue
             for msg in msgs:
                 if isinstance(msg, ipc.Ready):
-                    self._on_ready(slot)
+                    self._on_ready(slot, route.bytes)
                 else:
                     pending = slot.inflight.pop(msg.req, None)
                     if pending is not None and pending[1] is not None:
@@ -196,10 +268,12 @@ class Supervisor:
                         except Exception:
                             log.exception("error handling worker reply")
 
-    def _on_ready(self, slot: _Slot) -> None:
+    def _on_ready(self, slot: _Slot, route: bytes) -> None:
         # Rebuild first, then replay what was in flight, in order.
         rebuild_req = self._next_req
         self._next_req += 1
+        slot.route = route
+        slot.held = None
         slot.outbox = [self._rebuild(slot.kind, slot.index, rebuild_req)]
         slot.outbox.extend(msg for msg, _ in slot.inflight.values())
         slot.ready = True
@@ -226,9 +300,12 @@ class Supervisor:
         for slot in self._slots.values():
             if slot.watcher is not None:
                 slot.watcher.cancel()
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self._fd)
         self._sock.close(0)
+        self._zap.close()
         self._ctx.term()
 
     def figures(self) -> list[dict[str, object]]:

@@ -1,11 +1,12 @@
 """Worker process: `python -m conec_actors.coord.worker --kind routing
---slot N --endpoint ipc://@...`.
+--slot N --endpoint ipc://@...`, its CURVE keys on stdin.
 
 Started by the Coordinator's supervisor as a plain subprocess (never by
 multiprocessing, so a user's script without a `__main__` guard is not
-re-imported). It connects a DEALER socket to the front-end's ROUTER, says
-`Ready`, then answers batches of requests until told to shut down or until
-its parent disappears.
+re-imported). It reads the front-end's public key and its own keypair from
+stdin (one line, `zmqauth.encode_keys`), connects a CURVE DEALER socket to
+the front-end's ROUTER, says `Ready`, then answers batches of requests until
+told to shut down or until its parent disappears.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 
 import zmq
 
-from . import ipc
+from . import ipc, zmqauth
 from .broadcasts import BroadcastBook
 from .directory import Directory
 
@@ -34,7 +35,8 @@ def _die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
-def serve(kind: str, slot: int, endpoint: str) -> int:
+def serve(kind: str, slot: int, endpoint: str,
+          keys: tuple[bytes, bytes, bytes]) -> int:
     parent = os.getppid()
     _die_with_parent()
     handler: Directory | BroadcastBook
@@ -47,7 +49,8 @@ def serve(kind: str, slot: int, endpoint: str) -> int:
         return 2
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.IDENTITY, f"{kind[0]}{slot}".encode())
+    # No routing id of our own: the front-end knows us by our key.
+    zmqauth.curve_client(sock, *keys)
     sock.setsockopt(zmq.LINGER, 1000)
     sock.connect(endpoint)
     sock.send(ipc.encode_batch([ipc.Ready(kind, slot, os.getpid())]))
@@ -87,11 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slot", type=int, required=True)
     p.add_argument("--endpoint", required=True)
     args = p.parse_args(argv)
+    try:
+        keys = zmqauth.read_keys(sys.stdin.buffer)
+    except ValueError as exc:
+        print(f"conec-actors worker: {exc}", file=sys.stderr)
+        return 2
     # The front-end stops us (Shutdown, then SIGKILL after a grace period); a
     # signal sent to the whole process group must not look like a crash.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    return serve(args.kind, args.slot, args.endpoint)
+    return serve(args.kind, args.slot, args.endpoint, keys)
 
 
 if __name__ == "__main__":
