@@ -3,8 +3,10 @@
 `StreamCore` is the state of one framed QUIC stream at a client: it reassembles
 incoming frames into a bounded queue of messages, credits the QUIC receive
 window as the application takes messages (so a reader that stops reading
-stalls its writer), and blocks writers above a high watermark of unsent bytes
-until ACKs drain them below a low one. `OutStream` and `InStream` are the
+stalls its writer; the bytes of a message still arriving are credited only
+while a reader waits for it, so a stream nobody reads holds at most its
+window), and blocks writers above a high watermark of unsent bytes until
+ACKs drain them below a low one. `OutStream` and `InStream` are the
 two halves the user holds.
 """
 
@@ -106,6 +108,14 @@ class StreamCore:
         #: consumes with `recv_nowait` from the connection's callbacks.
         self.on_wake: Callable[[], None] | None = None
 
+    def limit_to(self, limit: int) -> None:
+        """Apply the stream's effective message size limit, as the other end
+        or the Coordinator announced it (0: unknown, keep ours): `send`
+        refuses larger messages with `MessageTooLarge`."""
+        if 0 < limit < self.max_message_size:
+            self.max_message_size = limit
+            self.decoder.max_size = limit + self.recv_extra
+
     def set_buffers(self, *, window: int, high_water: int, low_water: int) -> None:
         """Queue less than point-to-point streams do (broadcast streams)."""
         self.high_water = high_water
@@ -183,7 +193,14 @@ class StreamCore:
     # -- reading --------------------------------------------------------------
 
     def _credit(self) -> None:
-        self.conn.consume_to(self.sid, self._received - self._queued_bytes)
+        # Whole messages are credited as the application takes them; the
+        # bytes of a partial one only while a reader waits with nothing else
+        # to take (else a message larger than the window could never
+        # complete, and a stream nobody reads could hold a whole one).
+        held = self._queued_bytes
+        if self.queue or (self._waiter is None and self.on_wake is None):
+            held += self.decoder.buffered
+        self.conn.consume_to(self.sid, self._received - held)
 
     def _wake(self) -> None:
         w = self._waiter
@@ -204,6 +221,8 @@ class StreamCore:
             if self.recv_fin:
                 raise StreamClosed("the writer finished the stream")
             self._waiter = asyncio.get_running_loop().create_future()
+            if self.decoder.buffered:
+                self._credit()  # a reader waits: let a partial message complete
             try:
                 await self._waiter
             finally:

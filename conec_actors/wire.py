@@ -54,6 +54,7 @@ class Code(IntEnum):
     NO_SUCH_BROADCAST = 0x10015
     BROADCAST_ENDED = 0x10016
     BROADCAST_FULL = 0x10017
+    UNCLAIMED = 0x10018
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,8 @@ CODES: dict[int, CodeInfo] = {
                  "the broadcast ended: no member reads it any more"),
         CodeInfo(Code.BROADCAST_FULL, errors.ProtocolError,
                  "the broadcast has reached its member limit"),
+        CodeInfo(Code.UNCLAIMED, errors.StreamReset,
+                 "no task at the receiver took the stream within its idle timeout"),
     )
 }
 
@@ -136,6 +139,26 @@ def stream_reset(code: int, reason: str = "") -> errors.StreamReset:
     if not reason and code < USER_CODE_LIMIT:
         reason = f"the other end reset the stream with code {code}"
     return errors.StreamReset(code, reason or describe(code))
+
+
+#: Characters of peer input a reason quotes at most.
+QUOTE_MAX = 256
+
+
+def quote(value: object) -> str:
+    """`repr` of a value a peer sent, for error reasons: at most QUOTE_MAX
+    characters of it, so a reason never grows with what the peer sent."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= QUOTE_MAX:
+        return repr(text)
+    return f"{text[:QUOTE_MAX]!r}... ({len(text)} characters)"
+
+
+def clip(reason: str) -> str:
+    """An error reason that may carry peer input (an exception's text), cut
+    to a bounded length the same way `quote` cuts a value."""
+    limit = 2 * QUOTE_MAX
+    return reason if len(reason) <= limit else f"{reason[:limit]}... (cut)"
 
 
 #: Longest broadcast name.
@@ -190,10 +213,18 @@ class StreamHeader(msgspec.Struct, tag="stream", frozen=True):
     #: "" for application streams (delivered on `client.incoming`); other
     #: values name an internal use, such as "mailbox" for tell/ask.
     purpose: str = ""
+    #: From the Coordinator to the destination: the stream's effective
+    #: message size limit (the smallest of both ends' and the
+    #: Coordinator's); 0 means unknown (use your own).
+    max_message_size: int = 0
 
 
 class StreamAccepted(msgspec.Struct, tag="accepted", frozen=True):
     """First frame back to an opener: the stream reached its destination."""
+
+    #: The stream's effective message size limit (the smallest of both
+    #: ends' and the Coordinator's); 0 means unknown (use your own).
+    max_message_size: int = 0
 
 
 class ChannelRequest(msgspec.Struct, tag="chreq", frozen=True):
