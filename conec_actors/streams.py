@@ -430,10 +430,14 @@ class BroadcastInStream(Reader[BroadcastMessage[bytes]]):
     """Receiving half of a broadcast stream: every member's messages, its own
     included, in the one order all members share."""
 
-    __slots__ = ("_core",)
+    __slots__ = ("_core", "_parts", "_parts_size")
 
     def __init__(self, core: StreamCore) -> None:
         self._core = core
+        # Pieces of a large message (the Coordinator forwards those as they
+        # arrive); kept here so a cancelled recv() loses nothing.
+        self._parts: list[bytes] = []
+        self._parts_size = 0
 
     @property
     def stream_id(self) -> StreamId:
@@ -442,19 +446,52 @@ class BroadcastInStream(Reader[BroadcastMessage[bytes]]):
     async def recv(self) -> BroadcastMessage[bytes]:
         """The next message with its sender. Raises `StreamClosed` once every
         member has finished sending, `StreamReset` if the broadcast or the
-        path failed."""
-        try:
-            raw = await self._core.recv()
-        except StreamClosed:
-            raise StreamClosed("the broadcast ended: every member finished sending") from None
-        n = raw[0] if raw else 0
-        try:
-            if len(raw) < 1 + n:
-                raise ValueError("short")
-            sender = raw[1:1 + n].decode()
-        except ValueError:
-            raise StreamReset(wire.Code.PROTOCOL, "malformed broadcast delivery") from None
-        return BroadcastMessage(sender, raw[1 + n:])
+        path failed, `MessageTooLarge` for a message above this client's
+        limit (skipped; the stream goes on)."""
+        while True:
+            try:
+                raw = await self._core.recv()
+            except StreamClosed:
+                raise StreamClosed("the broadcast ended: every member finished sending"
+                                   ) from None
+            if raw[:1] == b"\x00":
+                self._notice(raw)
+                continue
+            n = raw[0] if raw else 0
+            try:
+                if len(raw) < 1 + n:
+                    raise ValueError("short")
+                sender = raw[1:1 + n].decode()
+            except ValueError:
+                raise StreamReset(wire.Code.PROTOCOL, "malformed broadcast delivery") from None
+            data = raw[1 + n:]
+            if self._parts:
+                self._parts.append(data)
+                data = b"".join(self._parts)
+                self._parts = []
+                self._parts_size = 0
+            return BroadcastMessage(sender, data)
+
+    def _notice(self, raw: bytes) -> None:
+        kind = raw[:2]
+        if kind == wire.BROADCAST_PART:
+            self._parts_size += len(raw) - 2
+            if self._parts_size > self._core.max_message_size:
+                raise StreamReset(wire.Code.MESSAGE_TOO_LARGE,
+                                  "a broadcast message grew beyond max_message_size")
+            self._parts.append(raw[2:])
+            return
+        self._parts = []
+        self._parts_size = 0
+        if kind == wire.BROADCAST_DROPPED:
+            return  # its sender went away in the middle of it
+        if kind == wire.BROADCAST_TOO_LARGE and len(raw) >= 11:
+            size = int.from_bytes(raw[2:10], "big")
+            sender = raw[11:11 + raw[10]].decode(errors="replace")
+            raise MessageTooLarge(
+                f"a broadcast message of {size} bytes from {sender!r} was skipped: it "
+                f"exceeds this client's max_message_size {self._core.max_message_size}")
+        raise StreamReset(wire.Code.PROTOCOL, "malformed broadcast delivery")
 
     def close(self) -> None:
         """Stop reading: this member no longer counts as a receiver."""

@@ -174,6 +174,23 @@ def sender_tag(client_id: str) -> bytes:
     return bytes([len(raw)]) + raw
 
 
+# A delivery whose first byte is 0 (no sender id is empty) is a notice, by
+# its second byte: a piece of a large message whose last piece comes as an
+# ordinary tagged delivery; the message in pieces was dropped (its sender
+# went away); a message skipped because it exceeds the reader's limit
+# (8-byte size, then the sender tag).
+BROADCAST_PART = b"\x00\x00"
+BROADCAST_DROPPED = b"\x00\x01"
+BROADCAST_TOO_LARGE = b"\x00\x02"
+#: What a broadcast delivery adds to a message at most (tag or notice).
+BROADCAST_OVERHEAD = len(BROADCAST_TOO_LARGE) + 8 + BROADCAST_TAG_MAX
+
+
+def too_large_notice(size: int, tag: bytes) -> bytes:
+    """The notice a reader gets instead of a message above its limit."""
+    return BROADCAST_TOO_LARGE + size.to_bytes(8, "big") + tag
+
+
 # --- control messages --------------------------------------------------------
 
 StreamKind = Literal["proxied", "direct", "broadcast"]

@@ -330,7 +330,7 @@ class Client:
         n = self._pick_number(self._used_proxied, cmd.n, "proxied")
         if cmd.kind == "broadcast":
             core, opened = self._link.open_stream(cmd.peer, n, kind="broadcast",
-                                                  recv_extra=wire.BROADCAST_TAG_MAX)
+                                                  recv_extra=wire.BROADCAST_OVERHEAD)
             core.set_buffers(window=BROADCAST_WINDOW, high_water=BROADCAST_WRITE_HIGH,
                              low_water=BROADCAST_WRITE_LOW)
             return core, opened

@@ -25,7 +25,7 @@ from ..tlsconf import check_chain, der
 from ..transport import Conn, Endpoint
 from ..used_numbers import UsedNumbers
 from . import ipc
-from .fanout import Broadcast, BroadcastHub
+from .fanout import Broadcast, BroadcastHub, MemberIn
 from .supervisor import MakeRequest, ReplyCallback, Supervisor, WorkerReply
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ ROOM_WATCH = -1
 class Leg:
     """One end of a proxied stream, on one client's connection."""
 
-    __slots__ = ("base", "bcast", "consumed", "decoder", "head", "in_done", "n", "other",
+    __slots__ = ("base", "bcast", "consumed", "head", "in_done", "member", "n", "other",
                  "out_done", "pending", "pending_fin", "purpose", "scanner", "sending",
                  "session", "sid", "slot_of", "tag", "target", "written")
 
@@ -79,7 +79,7 @@ class Leg:
         self.slot_of: Session | None = None
         # broadcast members only
         self.bcast: Broadcast | None = None
-        self.decoder: FrameDecoder | None = None
+        self.member: MemberIn | None = None
         self.tag = b""
         self.sending = False
         self.consumed = 0
