@@ -12,9 +12,7 @@ from typing import Any
 import pytest
 
 from conec_actors import MessageTooLarge, NoSuchPeer, StreamIdInUse, StreamReset, wire
-from conec_actors.coord.frontend import CONTROL_REPLY_HIGH, MAX_STREAMS_PER_PAIR
 from conec_actors.streams import STREAM_WINDOW, BroadcastMessage
-from conec_actors.used_numbers import MAX_OUT_OF_ORDER, UsedNumbers
 from conec_actors.wire import Code
 
 from .conftest import coordinator
@@ -35,6 +33,8 @@ def unsent(client: Any, send: Any) -> int:
 
 
 def test_used_numbers_is_a_floor_plus_the_few_out_of_order() -> None:
+    from conec_actors.used_numbers import MAX_OUT_OF_ORDER, UsedNumbers
+
     used = UsedNumbers()
     assert used.next_free() == 0
     assert used.add(0) and used.add(1)
@@ -165,6 +165,7 @@ async def test_a_broadcast_reader_with_a_smaller_limit_is_told_not_reset() -> No
 
 @pytest.mark.timeout(60)
 async def test_control_requests_stop_being_read_while_their_replies_are_unread() -> None:
+    CONTROL_REPLY_HIGH = 64 * 1024
     async with coordinator() as h:
         a = await h.client("alice")
         link = a._link
@@ -190,6 +191,7 @@ async def test_control_requests_stop_being_read_while_their_replies_are_unread()
 
 @pytest.mark.timeout(60)
 async def test_one_opener_holds_at_most_32_streams_to_a_target() -> None:
+    MAX_STREAMS_PER_PAIR = 32
     async with coordinator() as h:
         a, b, c = await h.client("alice"), await h.client("bob"), await h.client("carol")
         opened = [await a.new_proxied_stream("bob") for _ in range(MAX_STREAMS_PER_PAIR)]
