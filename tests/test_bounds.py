@@ -169,21 +169,28 @@ async def test_control_requests_stop_being_read_while_their_replies_are_unread()
     async with coordinator() as h:
         a = await h.client("alice")
         link = a._link
-        # the reason quotes at most 256 characters of what the peer sent
-        _, intro = await link.request_channel("Q" * 16_000, True)
-        assert intro.code == Code.NO_SUCH_PEER
-        assert len(intro.reason) < 400 and "16000 characters" in intro.reason
         session = h.coord._fe.by_id["alice"]
         link._control_data = lambda *args: None  # from now on alice reads no reply
-        for i in range(600):  # ~9.6 MB of requests
-            link.send_control(wire.ChannelRequest(10_000 + i, "Q" * 16_000))
-            if i % 50 == 0:
+        # replies (~600 B: a reason and the name, each cut to 256 characters)
+        # outweigh these requests (~320 B): without a bound, they pile up
+        for i in range(8000):
+            link.send_control(wire.ChannelRequest(10_000 + i, "Q" * 300))
+            if i % 500 == 0:
                 await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)
         backlog = session.conn.unsent(session.control_sid)
         assert backlog < CONTROL_REPLY_HIGH + 4096, backlog
-        assert a._conn.unsent(0) > 4 * MiB  # the front-end stopped taking requests
+        assert a._conn.unsent(0) > MiB  # the front-end stopped taking requests
         assert a.id == "alice" and not a.is_closed
+
+
+async def test_a_reason_quotes_at_most_256_characters_of_peer_input() -> None:
+    async with coordinator() as h:
+        a = await h.client("alice")
+        _, intro = await a._link.request_channel("Q" * 16_000, True)
+        assert intro.code == Code.NO_SUCH_PEER
+        assert len(intro.reason) < 400 and "16000 characters" in intro.reason
+        assert "Q" * 256 in intro.reason and "Q" * 257 not in intro.reason
 
 
 # -- stream slots --------------------------------------------------------------------

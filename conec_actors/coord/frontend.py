@@ -443,7 +443,9 @@ class FrontEnd:
 
     def channel_request(self, s: Session, msg: wire.ChannelRequest) -> None:
         def answer(code: int, reason: str = "") -> None:
-            s.send_control(wire.ChannelIntro(msg.req, code, msg.peer, reason=reason))
+            # The peer named is echoed only as far as an id can go.
+            s.send_control(wire.ChannelIntro(msg.req, code, msg.peer[:wire.QUOTE_MAX],
+                                             reason=reason))
 
         if msg.peer == s.client_id:
             answer(wire.Code.CHANNEL_TO_SELF)
