@@ -257,3 +257,35 @@ async def test_a_proxied_stream_takes_the_smaller_limit_of_its_two_ends() -> Non
         assert await recv.recv() == b"z" * 100
         with pytest.raises(MessageTooLarge):
             await inc.send.send(b"z" * 101)
+
+
+@pytest.mark.timeout(90)
+async def test_no_stream_is_opened_beyond_the_targets_quic_stream_limit() -> None:
+    """Openers that together fill the target's QUIC stream limit: a further
+    open waits at the Coordinator (it is not accepted into a stream QUIC
+    would hold back) and proceeds once the target has room again."""
+    async with coordinator() as h:
+        b = await h.client("bob")
+        target = h.coord._fe.by_id["bob"].conn.quic
+        held: list[Any] = []
+        opened: list[Any] = []
+        k = 0
+        while target.can_open_stream():
+            opener = await h.client(f"o{k}")
+            k += 1
+            for _ in range(32):
+                if not target.can_open_stream():
+                    break
+                opened.append(await opener.new_proxied_stream("bob"))
+                held.append(await next_incoming(b))
+        late = await h.client("late")
+        extra = asyncio.create_task(late.new_proxied_stream("bob"))
+        await asyncio.sleep(0.5)
+        assert not extra.done()  # not accepted into a stream QUIC holds back
+        send0, recv0 = opened[0]
+        send0.reset(0)
+        recv0.close()
+        send_x, _ = await asyncio.wait_for(extra, 10)
+        await send_x.send(b"room again")
+        inc = await next_incoming(b)
+        assert inc.peer == "late" and await inc.recv.recv() == b"room again"
