@@ -57,6 +57,7 @@ class StreamLink:
         loop = asyncio.get_running_loop()
         self.conn: Conn | None = None
         self.control = FrameDecoder(CONTROL_MAX)
+        self._control_in = 0  # bytes of the control stream that arrived
         self.streams: dict[int, StreamCore] = {}
         self.opening: dict[int, asyncio.Future[None]] = {}
         self.awaiting_header: set[int] = set()
@@ -186,13 +187,15 @@ class StreamLink:
     # -- control stream -----------------------------------------------------------
 
     def _control_data(self, conn: Conn, data: bytes, fin: bool) -> None:
+        self._control_in += len(data)
         try:
             for raw in self.control.feed(data):
                 self.control_msg(conn, wire.decode(raw))
         except (FrameTooLarge, ProtocolError) as exc:
-            conn.close(wire.Code.PROTOCOL, str(exc))
+            conn.close(wire.Code.PROTOCOL, wire.clip(str(exc)))
             return
-        conn.consume(CONTROL_SID, len(data))
+        # Credit what was acted on, not a partial message.
+        conn.consume_to(CONTROL_SID, self._control_in - self.control.buffered)
         if fin and not conn.closed:
             conn.close(wire.Code.PROTOCOL, "the control stream was closed")
 

@@ -8,6 +8,13 @@ decisions (admission, where a peer is) go to routing workers through the
 to the other as they come, with frame boundaries tracked (not copied) to
 enforce the message size limit, and the source leg is credited only as the
 destination drains, so back-pressure reaches the writer through here.
+
+Bounds (DESIGN 3.1): a stream's limit is the smaller of both ends' (each
+already no larger than ours), and both ends are told it; one client has at
+most MAX_STREAMS_PER_PAIR streams open to one target, further opens wait
+here (as pending opens) and the target sees nothing of them, nor of an open
+its QUIC stream limit would hold back; a client's control stream is not read
+while the replies to it back up.
 """
 
 from __future__ import annotations
