@@ -361,6 +361,9 @@ class UnclaimedQueue:
 
     def end(self) -> None:
         self.ended = True
+        if self._timer is not None:  # no path left: nothing holds a slot
+            self._timer.cancel()
+            self._timer = None
         self._getters.wake()
 
     async def get(self) -> IncomingStream | None:
