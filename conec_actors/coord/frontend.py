@@ -280,9 +280,8 @@ class Session:
 
     def _hello(self, hello: wire.Hello) -> None:
         if hello.version != wire.PROTOCOL_VERSION:
-            self.refuse(wire.Code.VERSION, f"protocol version {wire.quote(hello.version)} "
-                        f"is not supported (this Coordinator speaks "
-                        f"{wire.PROTOCOL_VERSION})")
+            self.refuse(wire.Code.VERSION, f"protocol version {hello.version} is not "
+                        f"supported (this Coordinator speaks {wire.PROTOCOL_VERSION})")
             return
         try:
             check_id(hello.id)
