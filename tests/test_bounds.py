@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from conec_actors import MessageTooLarge, NoSuchPeer, StreamIdInUse, StreamReset, wire
+from conec_actors import (
+    MessageTooLarge,
+    NonblockingInStream,
+    NoSuchPeer,
+    StreamIdInUse,
+    StreamReset,
+    wire,
+)
 from conec_actors.streams import STREAM_WINDOW, BroadcastMessage
 from conec_actors.wire import Code
 
@@ -158,6 +165,14 @@ async def test_a_broadcast_reader_with_a_smaller_limit_is_told_not_reset() -> No
         await sa.send(b"small")
         assert await rb.recv() == BroadcastMessage("alice", b"small")
         assert await ra.recv() == BroadcastMessage("alice", b"small")
+        # behind a NonblockingInStream the notice is one item, not the end
+        nb = NonblockingInStream(rb, 8)
+        for data in (b"S" * 500, b"ok"):
+            await sa.send(data)
+            assert await ra.recv() == BroadcastMessage("alice", data)
+        with pytest.raises(MessageTooLarge):
+            await nb.recv()
+        assert await nb.recv() == BroadcastMessage("alice", b"ok")
 
 
 # -- control replies -----------------------------------------------------------------
