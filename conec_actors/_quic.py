@@ -316,6 +316,11 @@ class ConecQuicConnection(QuicConnection):
         return not stream.sender.is_finished and not stream.sender.reset_pending \
             and stream.sender._reset_error_code is None
 
+    def can_open_stream(self) -> bool:
+        """True if a new bidirectional stream opened now would not be held
+        back by the peer's stream limit (MAX_STREAMS)."""
+        return bool(self._local_next_stream_id_bidi // 4 < self._remote_max_streams_bidi)
+
     def next_stream_id(self) -> int:
         """The id of the next bidirectional stream this side would open."""
         return int(self.get_next_available_stream_id())

@@ -23,7 +23,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast, overload
 import msgspec
 
 from . import wire
-from .errors import DecodeError, Lagged, StreamClosed
+from .errors import DecodeError, Lagged, MessageTooLarge, StreamClosed
 from .streams import (
     BroadcastMessage,  # re-exported: the items of a BroadcastInStream
     Writer,
@@ -78,7 +78,8 @@ class MessageSink(Protocol):
 
 class _Failed:
     """A per-message error kept in a `NonblockingInStream`'s ring, delivered in
-    its place (a `DecodeError` from a typed source)."""
+    its place (a `DecodeError` from a typed source, a `MessageTooLarge` notice
+    from a broadcast reader)."""
 
     __slots__ = ("exc",)
 
@@ -179,7 +180,7 @@ class NonblockingInStream(Generic[M]):
             while True:
                 try:
                     item: M | _Failed = await source.recv()
-                except DecodeError as exc:
+                except (DecodeError, MessageTooLarge) as exc:  # the stream goes on
                     item = _Failed(exc)
                 self._received += 1
                 if len(ring) == capacity:

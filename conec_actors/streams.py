@@ -3,8 +3,10 @@
 `StreamCore` is the state of one framed QUIC stream at a client: it reassembles
 incoming frames into a bounded queue of messages, credits the QUIC receive
 window as the application takes messages (so a reader that stops reading
-stalls its writer), and blocks writers above a high watermark of unsent bytes
-until ACKs drain them below a low one. `OutStream` and `InStream` are the
+stalls its writer; the bytes of a message still arriving are credited only
+while a reader waits for it, so a stream nobody reads holds at most its
+window), and blocks writers above a high watermark of unsent bytes until
+ACKs drain them below a low one. `OutStream` and `InStream` are the
 two halves the user holds.
 """
 
@@ -75,7 +77,7 @@ class StreamCore:
     """One framed bidirectional stream on a connection (client side)."""
 
     __slots__ = (
-        "_queued_bytes", "_readers", "_received", "_writers", "conn", "decoder",
+        "_queued_bytes", "_readers", "_received", "_waiting", "_writers", "conn", "decoder",
         "high_water", "low_water", "max_message_size", "on_wake", "queue", "recv_error",
         "recv_extra", "recv_fin", "send_error", "send_finished", "sid", "stream_id",
     )
@@ -97,6 +99,7 @@ class StreamCore:
         # all are woken, each checks its condition again.
         self._readers = Waiters()
         self._writers = Waiters()
+        self._waiting = 0  # readers inside `recv`, waiting for a message
         self.recv_fin = False
         self.recv_error: StreamReset | None = None
         self.send_error: StreamReset | None = None
@@ -107,6 +110,14 @@ class StreamCore:
         #: (messages queued, the stream ended or failed): for a reader that
         #: consumes with `recv_nowait` from the connection's callbacks.
         self.on_wake: Callable[[], None] | None = None
+
+    def limit_to(self, limit: int) -> None:
+        """Apply the stream's effective message size limit, as the other end
+        or the Coordinator announced it (0: unknown, keep ours): `send`
+        refuses larger messages with `MessageTooLarge`."""
+        if 0 < limit < self.max_message_size:
+            self.max_message_size = limit
+            self.decoder.max_size = limit + self.recv_extra
 
     def set_buffers(self, *, window: int, high_water: int, low_water: int) -> None:
         """Queue less than point-to-point streams do (broadcast streams)."""
@@ -185,7 +196,14 @@ class StreamCore:
     # -- reading --------------------------------------------------------------
 
     def _credit(self) -> None:
-        self.conn.consume_to(self.sid, self._received - self._queued_bytes)
+        # Whole messages are credited as the application takes them; the
+        # bytes of a partial one only while a reader waits with nothing else
+        # to take (else a message larger than the window could never
+        # complete, and a stream nobody reads could hold a whole one).
+        held = self._queued_bytes
+        if self.queue or (not self._waiting and self.on_wake is None):
+            held += self.decoder.buffered
+        self.conn.consume_to(self.sid, self._received - held)
 
     def _wake(self) -> None:
         self._readers.wake()
@@ -203,7 +221,13 @@ class StreamCore:
                 raise self.recv_error
             if self.recv_fin:
                 raise StreamClosed("the writer finished the stream")
-            await self._readers.wait()
+            self._waiting += 1
+            try:
+                if self.decoder.buffered:
+                    self._credit()  # a reader waits: let a partial message complete
+                await self._readers.wait()
+            finally:
+                self._waiting -= 1
 
     def recv_nowait(self) -> bytes | None:
         if self.queue:
@@ -403,10 +427,14 @@ class BroadcastInStream(Reader[BroadcastMessage[bytes]]):
     """Receiving half of a broadcast stream: every member's messages, its own
     included, in the one order all members share."""
 
-    __slots__ = ("_core",)
+    __slots__ = ("_core", "_parts", "_parts_size")
 
     def __init__(self, core: StreamCore) -> None:
         self._core = core
+        # Pieces of a large message (the Coordinator forwards those as they
+        # arrive); kept here so a cancelled recv() loses nothing.
+        self._parts: list[bytes] = []
+        self._parts_size = 0
 
     @property
     def stream_id(self) -> StreamId:
@@ -415,19 +443,52 @@ class BroadcastInStream(Reader[BroadcastMessage[bytes]]):
     async def recv(self) -> BroadcastMessage[bytes]:
         """The next message with its sender. Raises `StreamClosed` once every
         member has finished sending, `StreamReset` if the broadcast or the
-        path failed."""
-        try:
-            raw = await self._core.recv()
-        except StreamClosed:
-            raise StreamClosed("the broadcast ended: every member finished sending") from None
-        n = raw[0] if raw else 0
-        try:
-            if len(raw) < 1 + n:
-                raise ValueError("short")
-            sender = raw[1:1 + n].decode()
-        except ValueError:
-            raise StreamReset(wire.Code.PROTOCOL, "malformed broadcast delivery") from None
-        return BroadcastMessage(sender, raw[1 + n:])
+        path failed, `MessageTooLarge` for a message above this client's
+        limit (skipped; the stream goes on)."""
+        while True:
+            try:
+                raw = await self._core.recv()
+            except StreamClosed:
+                raise StreamClosed("the broadcast ended: every member finished sending"
+                                   ) from None
+            if raw[:1] == b"\x00":
+                self._notice(raw)
+                continue
+            n = raw[0] if raw else 0
+            try:
+                if len(raw) < 1 + n:
+                    raise ValueError("short")
+                sender = raw[1:1 + n].decode()
+            except ValueError:
+                raise StreamReset(wire.Code.PROTOCOL, "malformed broadcast delivery") from None
+            data = raw[1 + n:]
+            if self._parts:
+                self._parts.append(data)
+                data = b"".join(self._parts)
+                self._parts = []
+                self._parts_size = 0
+            return BroadcastMessage(sender, data)
+
+    def _notice(self, raw: bytes) -> None:
+        kind = raw[:2]
+        if kind == wire.BROADCAST_PART:
+            self._parts_size += len(raw) - 2
+            if self._parts_size > self._core.max_message_size:
+                raise StreamReset(wire.Code.MESSAGE_TOO_LARGE,
+                                  "a broadcast message grew beyond max_message_size")
+            self._parts.append(raw[2:])
+            return
+        self._parts = []
+        self._parts_size = 0
+        if kind == wire.BROADCAST_DROPPED:
+            return  # its sender went away in the middle of it
+        if kind == wire.BROADCAST_TOO_LARGE and len(raw) >= 11:
+            size = int.from_bytes(raw[2:10], "big")
+            sender = raw[11:11 + raw[10]].decode(errors="replace")
+            raise MessageTooLarge(
+                f"a broadcast message of {size} bytes from {sender!r} was skipped: it "
+                f"exceeds this client's max_message_size {self._core.max_message_size}")
+        raise StreamReset(wire.Code.PROTOCOL, "malformed broadcast delivery")
 
     def close(self) -> None:
         """Stop reading: this member no longer counts as a receiver."""

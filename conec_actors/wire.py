@@ -54,6 +54,7 @@ class Code(IntEnum):
     NO_SUCH_BROADCAST = 0x10015
     BROADCAST_ENDED = 0x10016
     BROADCAST_FULL = 0x10017
+    UNCLAIMED = 0x10018
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,8 @@ CODES: dict[int, CodeInfo] = {
                  "the broadcast ended: no member reads it any more"),
         CodeInfo(Code.BROADCAST_FULL, errors.ProtocolError,
                  "the broadcast has reached its member limit"),
+        CodeInfo(Code.UNCLAIMED, errors.StreamReset,
+                 "no task at the receiver took the stream within its idle timeout"),
     )
 }
 
@@ -138,6 +141,26 @@ def stream_reset(code: int, reason: str = "") -> errors.StreamReset:
     return errors.StreamReset(code, reason or describe(code))
 
 
+#: Characters of peer input a reason quotes at most.
+QUOTE_MAX = 256
+
+
+def quote(value: object) -> str:
+    """`repr` of a value a peer sent, for error reasons: at most QUOTE_MAX
+    characters of it, so a reason never grows with what the peer sent."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= QUOTE_MAX:
+        return repr(text)
+    return f"{text[:QUOTE_MAX]!r}... ({len(text)} characters)"
+
+
+def clip(reason: str) -> str:
+    """An error reason that may carry peer input (an exception's text), cut
+    to a bounded length the same way `quote` cuts a value."""
+    limit = 2 * QUOTE_MAX
+    return reason if len(reason) <= limit else f"{reason[:limit]}... (cut)"
+
+
 #: Longest broadcast name.
 MAX_BROADCAST_NAME = 255
 #: Room for the sender tag the Coordinator puts in front of every message it
@@ -149,6 +172,23 @@ def sender_tag(client_id: str) -> bytes:
     """The prefix of every delivered broadcast message."""
     raw = client_id.encode()
     return bytes([len(raw)]) + raw
+
+
+# A delivery whose first byte is 0 (no sender id is empty) is a notice, by
+# its second byte: a piece of a large message whose last piece comes as an
+# ordinary tagged delivery; the message in pieces was dropped (its sender
+# went away); a message skipped because it exceeds the reader's limit
+# (8-byte size, then the sender tag).
+BROADCAST_PART = b"\x00\x00"
+BROADCAST_DROPPED = b"\x00\x01"
+BROADCAST_TOO_LARGE = b"\x00\x02"
+#: What a broadcast delivery adds to a message at most (tag or notice).
+BROADCAST_OVERHEAD = len(BROADCAST_TOO_LARGE) + 8 + BROADCAST_TAG_MAX
+
+
+def too_large_notice(size: int, tag: bytes) -> bytes:
+    """The notice a reader gets instead of a message above its limit."""
+    return BROADCAST_TOO_LARGE + size.to_bytes(8, "big") + tag
 
 
 # --- control messages --------------------------------------------------------
@@ -190,10 +230,18 @@ class StreamHeader(msgspec.Struct, tag="stream", frozen=True):
     #: "" for application streams (delivered on `client.incoming`); other
     #: values name an internal use, such as "mailbox" for tell/ask.
     purpose: str = ""
+    #: From the Coordinator to the destination: the stream's effective
+    #: message size limit (the smallest of both ends' and the
+    #: Coordinator's); 0 means unknown (use your own).
+    max_message_size: int = 0
 
 
 class StreamAccepted(msgspec.Struct, tag="accepted", frozen=True):
     """First frame back to an opener: the stream reached its destination."""
+
+    #: The stream's effective message size limit (the smallest of both
+    #: ends' and the Coordinator's); 0 means unknown (use your own).
+    max_message_size: int = 0
 
 
 class ChannelRequest(msgspec.Struct, tag="chreq", frozen=True):

@@ -271,3 +271,30 @@ async def test_a_member_that_finished_and_stopped_reading_is_let_go(workers: int
         await wait_for(lambda: len(members) == 1)
         assert [leg.session.client_id for leg in members] == ["alice"]
         ra.close()
+
+
+async def test_large_and_small_messages_from_many_members_keep_one_order(workers: int) -> None:
+    # Messages above what the front-end keeps until whole go out in pieces;
+    # other members' messages wait for them and never interleave.
+    async with coordinator(broadcast_workers=workers) as h:
+        names = ["alice", "bob", "carol"]
+        clients = [await h.client(n) for n in names]
+        members = [await c.new_broadcast("mixed") for c in clients]
+        sizes = [0, 10, 5000, 12_300, 40_000, 1, 200_000, 700, 16_000, 3]
+
+        def body(i: int, k: int) -> bytes:
+            return bytes([65 + i]) * 8 + (b"%d:" % k) + bytes([k % 251]) * sizes[k]
+
+        async def talk(i: int) -> None:
+            send = members[i][0]
+            for k in range(len(sizes)):
+                await send.send(body(i, k))
+
+        total = len(sizes) * len(names)
+        readers = [asyncio.create_task(drain(r, total, timeout=30)) for _, r in members]
+        await asyncio.gather(*(talk(i) for i in range(len(names))))
+        seen = [await r for r in readers]
+        assert seen[0] == seen[1] == seen[2]
+        for i, name in enumerate(names):
+            mine = [m.data for m in seen[0] if m.sender == name]
+            assert mine == [body(i, k) for k in range(len(sizes))]

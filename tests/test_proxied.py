@@ -295,18 +295,20 @@ async def test_cancelled_send_sends_nothing() -> None:
 
 
 async def test_many_concurrent_streams() -> None:
+    from conec_actors.coord.frontend import MAX_STREAMS_PER_PAIR
+
     async with coordinator() as h:
         a, b = await h.client("alice"), await h.client("bob")
-        pairs = [await a.new_proxied_stream("bob") for _ in range(40)]
-        incs = [await next_incoming(b) for _ in range(40)]
+        pairs = [await a.new_proxied_stream("bob") for _ in range(MAX_STREAMS_PER_PAIR)]
+        incs = [await next_incoming(b) for _ in range(MAX_STREAMS_PER_PAIR)]
         by_n = {i.stream_id.n: i for i in incs}
         for send, _ in pairs:
             await send.send(b"n=%d" % send.stream_id.n)
         for send, _ in pairs:
             assert await by_n[send.stream_id.n].recv.recv() == b"n=%d" % send.stream_id.n
         st = await h.coord.stats()
-        assert st["streams"] >= 40
-        assert st["messages_forwarded"] >= 40
+        assert st["streams"] >= MAX_STREAMS_PER_PAIR
+        assert st["messages_forwarded"] >= MAX_STREAMS_PER_PAIR
 
 
 async def test_peer_leaving_resets_its_streams() -> None:

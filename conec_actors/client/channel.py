@@ -20,6 +20,7 @@ from ..framing import frame
 from ..streams import StreamCore
 from ..tlsconf import check_chain, der
 from ..transport import Conn
+from ..used_numbers import UsedNumbers
 from .link import IncomingCallback, StreamLink
 
 
@@ -49,7 +50,7 @@ class ChannelLink(StreamLink):
         self.opener = opener
         self.verified = False
         #: Stream numbers the peer used on this channel (it may not reuse one).
-        self.peer_numbers: set[int] = set()
+        self.peer_numbers = UsedNumbers()
         self.welcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- handshake and hello --------------------------------------------------------
@@ -115,11 +116,10 @@ class ChannelLink(StreamLink):
         if hdr.peer != self.peer:
             core.fail_local(wire.Code.PROTOCOL, "direct stream header names another client")
             return None
-        if hdr.n in self.peer_numbers:
+        if not self.peer_numbers.add(hdr.n):
             core.fail_local(wire.Code.STREAM_ID_IN_USE,
                             f"direct stream number {hdr.n} was already used on this channel")
             return None
-        self.peer_numbers.add(hdr.n)
         core.write_raw(frame(wire.encode(wire.StreamAccepted())))
         return hdr.peer
 

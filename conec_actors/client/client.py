@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -47,6 +46,7 @@ from ..streams import (
 )
 from ..tlsconf import quic_configuration
 from ..transport import Conn, Endpoint, ServerSettings
+from ..used_numbers import UsedNumbers
 from .channel import ChannelLink
 from .link import CoordLink, IncomingRouter, connection_error
 from .mailbox import Mailbox
@@ -125,12 +125,12 @@ class Client:
         self._welcome = welcome
         self._router = router
         self._incoming = router.user
+        self._incoming.timeout = welcome.idle_timeout
         self._cert_pem = cert_pem
         self._key_pem = key_pem
         self._peer_ca = load_pem(cfg.client_ca) if cfg.client_ca is not None else None
-        self._used_proxied: set[int] = set()
-        self._next_proxied = itertools.count()
-        self._used_direct: dict[str, set[int]] = {}
+        self._used_proxied = UsedNumbers()
+        self._used_direct: dict[str, UsedNumbers] = {}
         self._channels: dict[str, _Channel] = {}
         self._introductions: dict[bytes, str] = {}  # expected cert DER -> peer
         self._channel_failed_at: dict[str, float] = {}
@@ -385,27 +385,20 @@ class Client:
 
     def _do_open(self, cmd: _Open) -> tuple[StreamCore, asyncio.Future[None]]:
         self._check_open()
-        n = self._pick_number(self._used_proxied, self._next_proxied, cmd.n, "proxied")
+        n = self._pick_number(self._used_proxied, cmd.n, "proxied")
         if cmd.kind == "broadcast":
             core, opened = self._link.open_stream(cmd.peer, n, kind="broadcast",
-                                                  recv_extra=wire.BROADCAST_TAG_MAX)
+                                                  recv_extra=wire.BROADCAST_OVERHEAD)
             core.set_buffers(window=BROADCAST_WINDOW, high_water=BROADCAST_WRITE_HIGH,
                              low_water=BROADCAST_WRITE_LOW)
             return core, opened
         return self._link.open_stream(cmd.peer, n, cmd.purpose)
 
     @staticmethod
-    def _pick_number(used: set[int], counter: itertools.count[int], wanted: int | None,
-                     kind: str) -> int:
-        if wanted is None:
-            n = next(counter)
-            while n in used:
-                n = next(counter)
-        else:
-            n = wanted
-            if n in used:
-                raise StreamIdInUse(f"{kind} stream number {n} was already used")
-        used.add(n)
+    def _pick_number(used: UsedNumbers, wanted: int | None, kind: str) -> int:
+        n = used.next_free() if wanted is None else wanted
+        if not used.add(n):
+            raise StreamIdInUse(f"{kind} stream number {n} was already used")
         return n
 
     async def _opened(self, core: StreamCore, fut: asyncio.Future[None], peer: str
@@ -709,9 +702,8 @@ class Client:
             raise NoChannel(f"the channel to {peer!r} did not open: {exc}") from None
         if link.closed.done():
             raise NoChannel(f"the channel to {peer!r} is closed")
-        used = self._used_direct.setdefault(peer, set())
-        core, fut = link.open_stream(self.id, self._pick_number(
-            used, itertools.count(), n, "direct"), purpose)
+        used = self._used_direct.setdefault(peer, UsedNumbers())
+        core, fut = link.open_stream(self.id, self._pick_number(used, n, "direct"), purpose)
         try:
             return await self._opened(core, fut, peer)
         except StreamReset as exc:

@@ -57,6 +57,7 @@ class StreamLink:
         loop = asyncio.get_running_loop()
         self.conn: Conn | None = None
         self.control = FrameDecoder(CONTROL_MAX)
+        self._control_in = 0  # bytes of the control stream that arrived
         self.streams: dict[int, StreamCore] = {}
         self.opening: dict[int, asyncio.Future[None]] = {}
         self.awaiting_header: set[int] = set()
@@ -121,6 +122,7 @@ class StreamLink:
             core.fail_local(wire.Code.PROTOCOL, str(exc))
             return
         core.stream_id = StreamId(hdr.kind, hdr.n)
+        core.limit_to(hdr.max_message_size)
         peer = self.accept_header(core, hdr)
         if peer is None:
             return
@@ -143,6 +145,9 @@ class StreamLink:
             if not fut.done():
                 fut.set_exception(exc)
             return
+        # The stream's limit (both ends' and the Coordinator's), known before
+        # the opener's call returns.
+        core.limit_to(msg.max_message_size)
         if not fut.done():
             fut.set_result(None)
 
@@ -182,13 +187,15 @@ class StreamLink:
     # -- control stream -----------------------------------------------------------
 
     def _control_data(self, conn: Conn, data: bytes, fin: bool) -> None:
+        self._control_in += len(data)
         try:
             for raw in self.control.feed(data):
                 self.control_msg(conn, wire.decode(raw))
         except (FrameTooLarge, ProtocolError) as exc:
-            conn.close(wire.Code.PROTOCOL, str(exc))
+            conn.close(wire.Code.PROTOCOL, wire.clip(str(exc)))
             return
-        conn.consume(CONTROL_SID, len(data))
+        # Credit what was acted on, not a partial message.
+        conn.consume_to(CONTROL_SID, self._control_in - self.control.buffered)
         if fin and not conn.closed:
             conn.close(wire.Code.PROTOCOL, "the control stream was closed")
 
@@ -316,23 +323,47 @@ def connection_error(code: int, reason: str) -> ConecError:
 
 
 class UnclaimedQueue:
-    """Bounded queue of incoming streams with an end (any number of readers)."""
+    """Bounded queue of incoming streams with an end (any number of readers).
 
-    def __init__(self, limit: int = MAX_UNCLAIMED_STREAMS) -> None:
-        self.items: deque[IncomingStream] = deque()
+    A stream that no task takes within `timeout` seconds (the idle timeout)
+    is reset with `Code.UNCLAIMED`: it would otherwise hold one of the
+    opener's stream slots, and its window, for as long as the client runs.
+    """
+
+    def __init__(self, limit: int = MAX_UNCLAIMED_STREAMS, timeout: float = 10.0) -> None:
+        self.items: deque[tuple[float, IncomingStream]] = deque()
         self.limit = limit
+        self.timeout = timeout
         self.ended = False
         self._getters = Waiters()
+        self._timer: asyncio.TimerHandle | None = None
 
     def offer(self, item: IncomingStream) -> bool:
         if self.ended or len(self.items) >= self.limit:
             return False
-        self.items.append(item)
+        loop = asyncio.get_running_loop()
+        self.items.append((loop.time() + self.timeout, item))
+        if self._timer is None:
+            self._timer = loop.call_at(self.items[0][0], self._expire)
         self._getters.wake()
         return True
 
+    def _expire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        items = self.items
+        while items and items[0][0] <= now:
+            _, item = items.popleft()
+            item.recv._core.fail_local(wire.Code.UNCLAIMED, wire.describe(wire.Code.UNCLAIMED))
+        if items:
+            self._timer = loop.call_at(items[0][0], self._expire)
+
     def end(self) -> None:
         self.ended = True
+        if self._timer is not None:  # no path left: nothing holds a slot
+            self._timer.cancel()
+            self._timer = None
         self._getters.wake()
 
     async def get(self) -> IncomingStream | None:
@@ -340,4 +371,8 @@ class UnclaimedQueue:
             if self.ended:
                 return None
             await self._getters.wait()
-        return self.items.popleft()
+        item = self.items.popleft()[1]
+        if not self.items and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return item

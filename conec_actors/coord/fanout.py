@@ -13,6 +13,24 @@ incoming data is held, uncredited, so the senders' QUIC windows (the
 broadcast window) stop them. A reader that
 stops reading throttles everyone (nothing is lost); one that closes its
 stream or its client stops counting at once.
+
+Partial messages: credit is granted only for bytes fanned out. A small
+message (one that fits in three quarters of the smallest member window) is
+kept here, uncredited, until it is whole, then fanned out. A larger one is
+fanned out as it arrives: its pieces go to the readers as `PART` deliveries
+and its last piece as an ordinary tagged message, which the reader joins
+(`BroadcastInStream`); meanwhile no other member's message is fanned out
+(the pieces of one message must not interleave with others), and after it
+the members waiting take their turn. A member that goes away in the middle
+of such a message leaves a `DROPPED` delivery, and the readers discard the
+pieces. So a member costs the front-end at most its window, whatever it
+announces.
+
+Limits: a member's messages are checked against its own limit (the smaller
+of its client's and the Coordinator's). A reader whose limit is smaller than
+a message gets a `TOO_LARGE` notice instead (its `recv()` raises
+`MessageTooLarge`, and the stream goes on): a legal message never resets
+another member.
 """
 
 from __future__ import annotations
@@ -22,7 +40,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from .. import wire
-from ..framing import FrameDecoder, FrameTooLarge, frame
+from ..framing import HEADER_SIZE, FrameTooLarge, frame
 from ..ids import stable_hash
 from ..streams import BROADCAST_HIGH_WATER, BROADCAST_LOW_WATER, BROADCAST_WINDOW
 from . import ipc
@@ -37,6 +55,39 @@ MAX_NAME = wire.MAX_BROADCAST_NAME
 #: held here waits for the slowest reader, behind what every member sent.
 HOLD_BUDGET = 128 * 1024
 MEMBER_WINDOW_MIN = 16 * 1024
+#: Largest message kept here until whole. A window is raised once a quarter
+#: of it was consumed, so 3/4 of the smallest window always has room for it
+#: without any credit for the partial message.
+BUFFER_MAX = MEMBER_WINDOW_MIN * 3 // 4 - HEADER_SIZE
+_PART = wire.BROADCAST_PART
+_DROPPED = frame(wire.BROADCAST_DROPPED)
+
+
+class MemberIn:
+    """What a member has sent that was not fanned out yet."""
+
+    __slots__ = ("buf", "head", "held", "limit", "need", "queued", "streaming")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.head = b""  # a length prefix not complete yet
+        self.need = -1  # payload bytes still to come of the current message
+        self.buf = bytearray()  # a small message's payload so far
+        self.streaming = False  # the current message is fanned out as it comes
+        #: chunks received and not processed (uncredited), in order
+        self.held: deque[tuple[bytes, bool]] = deque()
+        self.queued = False  # in its broadcast's `turns`
+
+    @property
+    def parked(self) -> int:
+        """Bytes processed but not fanned out (not credited)."""
+        if self.need < 0:
+            return len(self.head)
+        return 0 if self.streaming else HEADER_SIZE + len(self.buf)
+
+    @property
+    def at_boundary(self) -> bool:
+        return self.need < 0 and not self.head
 
 
 class Broadcast:
@@ -49,50 +100,195 @@ class Broadcast:
         self.members: dict[Leg, None] = {}  # insertion-ordered set
         self.receivers: dict[Leg, None] = {}
         self.blocked_on: set[Leg] = set()
-        # (leg, data, fin) not yet fanned out, in arrival order
-        self.held: deque[tuple[Leg, bytes, bool]] = deque()
+        #: members with held data, each once, served one chunk at a time
+        self.turns: deque[Leg] = deque()
+        #: the member whose large message is being fanned out piece by piece,
+        #: and the readers it goes to (those present, and able, at its start)
+        self.current: Leg | None = None
+        self.cur_receivers: dict[Leg, None] = {}
+        self.min_limit = 0  # the smallest message size limit among readers
         self.over = False
         self.window = BROADCAST_WINDOW
 
     # -- data --------------------------------------------------------------------
 
     def data(self, leg: Leg, data: bytes, fin: bool) -> None:
-        if self.held or self.blocked_on:
-            self.held.append((leg, data, fin))
-            return
-        self._process(leg, data, fin)
+        m = leg.member
+        assert m is not None
+        m.held.append((data, fin))
+        if not m.queued and self.current is not leg:
+            m.queued = True
+            self.turns.append(leg)
+        if not self.blocked_on:
+            self.flush()
+
+    def flush(self) -> None:
+        """Fan out held data while no reader is blocked: the member in the
+        middle of a large message first, else members in turn, one chunk
+        each."""
+        while not self.blocked_on and not self.over:
+            leg = self.current
+            if leg is not None:
+                m = leg.member
+                assert m is not None
+                if not m.held:
+                    return  # waiting for the rest of its message
+            else:
+                if not self.turns:
+                    return
+                leg = self.turns.popleft()
+                m = leg.member
+                assert m is not None
+                m.queued = False
+                if not m.held or leg.bcast is not self:
+                    continue
+            data, fin = m.held.popleft()
+            self._process(leg, data, fin)
+            if m.held and self.current is not leg and not m.queued and leg.bcast is self:
+                m.queued = True
+                self.turns.append(leg)
 
     def _process(self, leg: Leg, data: bytes, fin: bool) -> None:
+        m = leg.member
+        assert m is not None
         if not leg.sending:
             return
         fe = self.hub.fe
-        if data:
-            assert leg.decoder is not None
-            try:
-                msgs = leg.decoder.feed(data)
-            except FrameTooLarge as exc:
-                self.hub.abort_member(leg, wire.Code.MESSAGE_TOO_LARGE, str(exc))
-                return
-            leg.consumed += len(data)
-            leg.session.conn.consume_to(leg.sid, leg.base + leg.consumed)
-            if msgs:
-                # One write per receiver per chunk: each stream write costs
-                # aioquic far more than joining the frames does.
-                tag = leg.tag
-                out = b"".join([frame(tag + m) for m in msgs])
-                receivers = self.receivers
-                for r in receivers:
-                    r.session.conn.send(r.sid, out)
-                fe.messages_forwarded += len(msgs)
-                fe.bytes_forwarded += sum(map(len, msgs))
-                self.hub.deliveries += len(msgs) * len(receivers)
-                self._check_blocked()
+        tag = leg.tag
+        out: list[bytes] = []  # whole deliveries for every reader, in order
+        msgs = 0
+        nbytes = 0
+        pos = 0
+        n = len(data)
+        while pos < n or m.need == 0:  # (an empty message needs no byte)
+            need = m.need
+            if need < 0:
+                if not m.head and n - pos >= HEADER_SIZE:
+                    size = int.from_bytes(data[pos:pos + HEADER_SIZE], "big")
+                    pos += HEADER_SIZE
+                else:
+                    take = min(HEADER_SIZE - len(m.head), n - pos)
+                    m.head += data[pos:pos + take]
+                    pos += take
+                    if len(m.head) < HEADER_SIZE:
+                        break
+                    size = int.from_bytes(m.head, "big")
+                    m.head = b""
+                if size > m.limit:
+                    self.hub.abort_member(leg, wire.Code.MESSAGE_TOO_LARGE,
+                                          str(FrameTooLarge(size, m.limit)))
+                    return
+                m.need = size
+                if size > BUFFER_MAX:
+                    self._send_all(out)
+                    out = []
+                    self._begin(leg, size)
+                continue
+            if m.streaming:
+                take = min(need, n - pos)
+                piece = data[pos:pos + take]
+                pos += take
+                m.need = need = need - take
+                nbytes += take
+                if need:
+                    self._send_to(self.cur_receivers, frame(_PART + piece))
+                    continue
+                self._send_to(self.cur_receivers, frame(tag + piece))
+                msgs += 1
+                m.need = -1
+                m.streaming = False
+                self.current = None
+                self.cur_receivers = {}
+                if pos < n and self.turns:
+                    # Others waited for this message: the rest is a new turn.
+                    m.held.appendleft((data[pos:], fin))
+                    fin = False
+                    break
+                continue
+            if not m.buf and n - pos >= need:
+                whole = data[pos:pos + need]
+                pos += need
+            else:
+                take = min(need - len(m.buf), n - pos)
+                m.buf += data[pos:pos + take]
+                pos += take
+                if len(m.buf) < need:
+                    break
+                whole = bytes(m.buf)
+                m.buf = bytearray()
+            m.need = -1
+            msgs += 1
+            nbytes += len(whole)
+            if len(whole) <= self.min_limit:
+                out.append(frame(tag + whole))
+            else:
+                self._send_all(out)
+                out = []
+                self._send_sized(leg, whole)
+        self._send_all(out)
+        leg.consumed += pos
+        leg.session.conn.consume_to(leg.sid, leg.base + leg.consumed - m.parked)
+        if msgs:
+            fe.messages_forwarded += msgs
+            self.hub.deliveries += msgs * len(self.receivers)
+        fe.bytes_forwarded += nbytes
+        self._check_blocked()
         if fin:
-            assert leg.decoder is not None
-            if not leg.decoder.at_boundary:
+            if not m.at_boundary:
                 self.hub.abort_member(leg, wire.Code.PROTOCOL, "stream ended inside a message")
                 return
             self.hub.stop_sending(leg)
+
+    def _send_all(self, out: list[bytes]) -> None:
+        # One write per reader per batch: each stream write costs aioquic far
+        # more than joining the frames does.
+        if out:
+            joined = out[0] if len(out) == 1 else b"".join(out)
+            for r in self.receivers:
+                r.session.conn.send(r.sid, joined)
+
+    @staticmethod
+    def _send_to(readers: Iterable[Leg], delivery: bytes) -> None:
+        for r in readers:
+            r.session.conn.send(r.sid, delivery)
+
+    def _send_sized(self, leg: Leg, whole: bytes) -> None:
+        """A message some reader's limit is too small for: they get a notice."""
+        delivery = frame(leg.tag + whole)
+        notice = frame(wire.too_large_notice(len(whole), leg.tag))
+        for r in self.receivers:
+            fits = len(whole) <= r.session.max_message_size
+            r.session.conn.send(r.sid, delivery if fits else notice)
+
+    def _begin(self, leg: Leg, size: int) -> None:
+        """Start fanning out a large message piece by piece."""
+        m = leg.member
+        assert m is not None
+        m.streaming = True
+        self.current = leg
+        self.cur_receivers = {}
+        notice = b""
+        for r in self.receivers:
+            if size <= r.session.max_message_size:
+                self.cur_receivers[r] = None
+            else:
+                notice = notice or frame(wire.too_large_notice(size, leg.tag))
+                r.session.conn.send(r.sid, notice)
+
+    def abandon(self, leg: Leg) -> None:
+        """`leg` sends no more: readers drop the pieces of its message in
+        progress, and what it had held is discarded."""
+        m = leg.member
+        if m is None:
+            return
+        m.held.clear()
+        if self.current is leg:
+            self._send_to(self.cur_receivers, _DROPPED)
+            self.current = None
+            self.cur_receivers = {}
+            m.streaming = False
+            m.need = -1
+            self.flush()
 
     def _check_blocked(self) -> None:
         for r in self.receivers:
@@ -108,17 +304,17 @@ class Broadcast:
             conn.unwatch_drain(r.sid)
             self.flush()
 
-    def flush(self) -> None:
-        while self.held and not self.blocked_on and not self.over:
-            leg, data, fin = self.held.popleft()
-            self._process(leg, data, fin)
-
     # -- membership ------------------------------------------------------------
 
     def add(self, leg: Leg) -> None:
         self.members[leg] = None
         self.receivers[leg] = None
+        self._limits_changed()
         self.size_windows(leg)
+
+    def _limits_changed(self) -> None:
+        self.min_limit = min((r.session.max_message_size for r in self.receivers),
+                             default=0)
 
     def size_windows(self, joined: Leg | None = None) -> None:
         """Give each member its share of HOLD_BUDGET as its stream window
@@ -134,7 +330,9 @@ class Broadcast:
             m.session.conn.set_stream_window(m.sid, window)
 
     def drop_receiver(self, leg: Leg) -> None:
-        self.receivers.pop(leg, None)
+        if self.receivers.pop(leg, None) is not None:
+            self._limits_changed()
+        self.cur_receivers.pop(leg, None)
         if leg in self.blocked_on:
             self.blocked_on.discard(leg)
             leg.session.conn.unwatch_drain(leg.sid)
@@ -184,7 +382,7 @@ class BroadcastHub:
                           f"a broadcast name is 1-{MAX_NAME} characters")
             return
         s.pending_opens += 1
-        leg.decoder = FrameDecoder(s.max_message_size)
+        leg.member = MemberIn(s.max_message_size)
         leg.tag = wire.sender_tag(s.client_id or "")
         member = ipc.Member(s.client_id or "", s.key, leg.sid)
         self._request(name, lambda req: ipc.Join(req, name, member),
@@ -225,6 +423,7 @@ class BroadcastHub:
             return
         leg.sending = False
         leg.in_done = True
+        b.abandon(leg)
         self._leave(b, leg, sending=True, receiving=False)
         self._departed(b, leg)
 
@@ -253,6 +452,7 @@ class BroadcastHub:
             return
         was_sending = leg.sending
         leg.sending = False
+        b.abandon(leg)
         was_receiving = leg in b.receivers
         b.drop_receiver(leg)
         b.members.pop(leg, None)
@@ -300,7 +500,9 @@ class BroadcastHub:
             leg.bcast = None
         b.members.clear()
         b.receivers.clear()
-        b.held.clear()
+        b.turns.clear()
+        b.current = None
+        b.cur_receivers = {}
 
     # -- counts ---------------------------------------------------------------------
 

@@ -8,12 +8,20 @@ decisions (admission, where a peer is) go to routing workers through the
 to the other as they come, with frame boundaries tracked (not copied) to
 enforce the message size limit, and the source leg is credited only as the
 destination drains, so back-pressure reaches the writer through here.
+
+Bounds (DESIGN 3.1): a stream's limit is the smaller of both ends' (each
+already no larger than ours), and both ends are told it; one client has at
+most MAX_STREAMS_PER_PAIR streams open to one target, further opens wait
+here (as pending opens) and the target sees nothing of them, nor of an open
+its QUIC stream limit would hold back; a client's control stream is not read
+while the replies to it back up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 
 from .. import wire
 from ..errors import CertificateError, ConecError, InvalidId, ProtocolError
@@ -22,8 +30,9 @@ from ..ids import check_id, is_valid_id, stable_hash
 from ..streams import HEADER_FRAME_MAX, MAX_STREAM_NUMBER
 from ..tlsconf import check_chain, der
 from ..transport import Conn, Endpoint
+from ..used_numbers import UsedNumbers
 from . import ipc
-from .fanout import Broadcast, BroadcastHub
+from .fanout import Broadcast, BroadcastHub, MemberIn
 from .supervisor import MakeRequest, ReplyCallback, Supervisor, WorkerReply
 
 log = logging.getLogger(__name__)
@@ -34,14 +43,28 @@ CONTROL_MAX = 64 * 1024  # control messages are small
 MAX_PENDING_OPENS = 64  # streams of one client waiting for their route
 MAX_PENDING_CHANNELS = 16  # channel introductions of one client in progress
 OFFER_TIMEOUT = 5.0  # how long a channel target has to answer
+#: The control stream of a client is not read while more than this many
+#: bytes of replies to it are unsent (it does not read them), and read again
+#: below CONTROL_REPLY_LOW.
+CONTROL_REPLY_HIGH = 64 * 1024
+CONTROL_REPLY_LOW = 32 * 1024
+#: Control requests of one client waiting for a worker's answer; more are
+#: not read until some are answered.
+MAX_PENDING_REQUESTS = 64
+#: Proxied streams open at once from one client to one target; further
+#: opens wait (and count as pending opens) until one of them ends.
+MAX_STREAMS_PER_PAIR = 32
+#: `watch_drain` key that is no stream: called after each datagram of a
+#: target while opens wait for its QUIC stream limit to grow.
+ROOM_WATCH = -1
 
 
 class Leg:
     """One end of a proxied stream, on one client's connection."""
 
-    __slots__ = ("base", "bcast", "consumed", "decoder", "head", "in_done", "n", "other",
+    __slots__ = ("base", "bcast", "consumed", "head", "in_done", "member", "n", "other",
                  "out_done", "pending", "pending_fin", "purpose", "scanner", "sending",
-                 "session", "sid", "tag", "written")
+                 "session", "sid", "slot_of", "tag", "target", "written")
 
     def __init__(self, session: Session, sid: int, max_message_size: int) -> None:
         self.session = session
@@ -57,9 +80,13 @@ class Leg:
         self.out_done = False  # nothing more will be written to this leg
         self.n = -1
         self.purpose = ""
+        #: opener legs waiting for a stream slot: the target session
+        self.target: Session | None = None
+        #: target legs: the opener whose per-pair slot this stream holds
+        self.slot_of: Session | None = None
         # broadcast members only
         self.bcast: Broadcast | None = None
-        self.decoder: FrameDecoder | None = None
+        self.member: MemberIn | None = None
         self.tag = b""
         self.sending = False
         self.consumed = 0
@@ -84,9 +111,20 @@ class Session:
         self.state = "handshake"  # -> hello -> admitting -> ready -> closed
         self.control_sid: int | None = None
         self.control = FrameDecoder(CONTROL_MAX)
+        self._control_in = 0  # bytes of the control stream that arrived
+        #: decoded control messages not acted on yet (replies are backing up)
+        self._control_parked: deque[bytes] = deque()
+        self._control_parked_bytes = 0
+        self._control_fin = False
+        self._control_blocked = False
+        self.requests_pending = 0  # control requests waiting for a worker
         self.legs: dict[int, Leg] = {}
-        self.used_numbers: set[int] = set()
+        self.used_numbers = UsedNumbers()
         self.pending_opens = 0
+        #: proxied streams open from this client, by target session key
+        self.open_to: dict[int, int] = {}
+        #: opens toward this client waiting for a slot, by opener session key
+        self.waiting: dict[int, deque[Leg]] = {}
         self.pending_channels = 0
         self.cert_der = b""
         self.max_message_size = fe.cfg_max_message_size
@@ -150,21 +188,65 @@ class Session:
     # -- control stream ----------------------------------------------------------
 
     def _control_data(self, data: bytes, fin: bool) -> None:
+        self._control_in += len(data)
         try:
-            msgs = self.control.feed(data)
-            for raw in msgs:
-                self._control_msg(wire.decode(raw))
+            for raw in self.control.feed(data):
+                self._control_parked.append(raw)
+                self._control_parked_bytes += HEADER_SIZE + len(raw)
         except FrameTooLarge:
             self.refuse(wire.Code.PROTOCOL, "control message too large")
             return
-        except ConecError as exc:
-            self.refuse(wire.Code.PROTOCOL, str(exc))
+        self._control_fin = self._control_fin or fin
+        self.control_run()
+
+    def control_run(self) -> None:
+        """Act on parked control messages while the client reads its replies.
+
+        The stream's window grows only by what was acted on: a client that
+        sends requests and does not read the replies stops being read once
+        CONTROL_REPLY_HIGH bytes of replies are unsent, so neither its
+        requests nor the replies pile up here.
+        """
+        parked = self._control_parked
+        sid = self.control_sid
+        if sid is None:
             return
-        if self.control_sid is not None and self.state != "closed":
-            # Windows grow only as data is consumed: what is decoded is.
-            self.conn.consume(self.control_sid, len(data))
-        if fin and self.state != "closed":
+        try:
+            while parked and self.state != "closed":
+                if self._replies_backed_up():
+                    if not self._control_blocked:
+                        self._control_blocked = True
+                        self.conn.watch_drain(sid, self.control_run)
+                    break
+                raw = parked.popleft()
+                self._control_parked_bytes -= HEADER_SIZE + len(raw)
+                self._control_msg(wire.decode(raw))
+        except ConecError as exc:
+            self.refuse(wire.Code.PROTOCOL, wire.clip(str(exc)))
+            return
+        if self.state == "closed":
+            return
+        if not parked and self._control_blocked:
+            self._control_blocked = False
+            self.conn.unwatch_drain(sid)
+        # Credit what was acted on; a partial message or parked ones are not.
+        self.conn.consume_to(sid, self._control_in - self.control.buffered
+                             - self._control_parked_bytes)
+        if self._control_fin and not parked:
             self.refuse(wire.Code.PROTOCOL, "the control stream was closed")
+
+    def _replies_backed_up(self) -> bool:
+        if self.requests_pending >= MAX_PENDING_REQUESTS:
+            return True
+        assert self.control_sid is not None
+        unsent = self.conn.unsent(self.control_sid)
+        return unsent > (CONTROL_REPLY_LOW if self._control_blocked else CONTROL_REPLY_HIGH)
+
+    def request_done(self) -> None:
+        """A control request's answer came back from a worker."""
+        self.requests_pending -= 1
+        if self._control_blocked and self.state != "closed":
+            self.control_run()
 
     def _control_msg(self, msg: wire.Control) -> None:
         if self.state == "closed":
@@ -181,8 +263,14 @@ class Session:
             self.fe.channel_dialing(self, msg)
         elif isinstance(msg, wire.BroadcastCount) and self.state == "ready":
             req = msg.req
-            self.fe.hub.count(msg.name, lambda r: self.send_control(
-                wire.BroadcastCountReply(req, r.code, r.senders, r.receivers)))
+            self.requests_pending += 1
+
+            def counted(r: ipc.BroadcastReply) -> None:
+                self.send_control(wire.BroadcastCountReply(req, r.code, r.senders,
+                                                            r.receivers))
+                self.request_done()
+
+            self.fe.hub.count(msg.name, counted)
         else:
             raise ProtocolError(f"unexpected control message {type(msg).__name__}")
 
@@ -198,13 +286,13 @@ class Session:
         try:
             check_id(hello.id)
         except InvalidId as exc:
-            self.refuse(wire.Code.INVALID_ID, str(exc))
+            self.refuse(wire.Code.INVALID_ID, wire.clip(str(exc)))
             return
         try:
             check_chain(self.conn.quic.peer_certificate(), self.conn.quic.peer_chain(),
                         self.fe.client_ca, hello.id)
         except CertificateError as exc:
-            self.refuse(wire.Code.CERTIFICATE, str(exc))
+            self.refuse(wire.Code.CERTIFICATE, wire.clip(str(exc)))
             return
         self.client_id = hello.id
         self.state = "admitting"
@@ -225,7 +313,7 @@ class Session:
             self.fe.unregister(self)  # left while being admitted
             return
         if reply.code != 0:
-            self.refuse(reply.code, f"a client with id {self.client_id!r} is already "
+            self.refuse(reply.code, f"a client with id {wire.quote(self.client_id)} is already "
                         "connected" if reply.code == wire.Code.DUPLICATE_ID else "")
             return
         self._hello_timer.cancel()
@@ -247,6 +335,10 @@ class Session:
         # admission still in flight is undone (`_admitted`).
         self.state = "closed"
         self.conn.close(code, reason or wire.describe(code))
+
+    def start_waiting(self) -> None:
+        """Room may have appeared for opens waiting toward this client."""
+        self.fe.start_waiting(self)
 
     def _hello_timeout(self) -> None:
         if self.state in ("handshake", "hello", "admitting"):
@@ -336,23 +428,36 @@ class FrontEnd:
         for leg in list(s.legs.values()):
             if leg.bcast is not None:
                 self.hub.member_gone(leg)
+            self._release_slot(leg)
             other = leg.other
             if other is not None:
                 self._end_out(other, wire.Code.PEER_GONE)
                 self._end_in(other, wire.Code.PEER_GONE)
+            elif leg.target is not None:
+                self.start_waiting(leg.target)  # drops it, lets others go
         s.legs.clear()
+        # Opens that waited for a slot toward this client fail.
+        waiting, s.waiting = s.waiting, {}
+        for queue in waiting.values():
+            for leg in queue:
+                leg.session.pending_opens -= 1
+                leg.target = None
+                self._abort(leg, wire.Code.NO_SUCH_PEER,
+                            f"no client {wire.quote(s.client_id)} is connected")
 
     # -- channel introductions -------------------------------------------------------
 
     def channel_request(self, s: Session, msg: wire.ChannelRequest) -> None:
         def answer(code: int, reason: str = "") -> None:
-            s.send_control(wire.ChannelIntro(msg.req, code, msg.peer, reason=reason))
+            # The peer named is echoed only as far as an id can go.
+            s.send_control(wire.ChannelIntro(msg.req, code, msg.peer[:wire.QUOTE_MAX],
+                                             reason=reason))
 
         if msg.peer == s.client_id:
             answer(wire.Code.CHANNEL_TO_SELF)
             return
         if not is_valid_id(msg.peer):
-            answer(wire.Code.NO_SUCH_PEER, f"no client {msg.peer!r} is connected")
+            answer(wire.Code.NO_SUCH_PEER, f"no client {wire.quote(msg.peer)} is connected")
             return
         if s.pending_channels >= MAX_PENDING_CHANNELS:
             answer(wire.Code.TOO_MANY_STREAMS,
@@ -373,7 +478,7 @@ class FrontEnd:
             if entry is None or target is None or target.state != "ready" or \
                     target.client_id != dst:
                 s.pending_channels -= 1
-                answer(wire.Code.NO_SUCH_PEER, f"no client {dst!r} is connected")
+                answer(wire.Code.NO_SUCH_PEER, f"no client {wire.quote(dst)} is connected")
                 return
             offer = self._next_offer
             self._next_offer += 1
@@ -416,7 +521,7 @@ class FrontEnd:
             opener.pending_channels -= 1
             opener.send_control(wire.ChannelIntro(
                 req, wire.Code.PEER_GONE, entry.client_id,
-                reason=f"{entry.client_id!r} did not answer the introduction"))
+                reason=f"{wire.quote(entry.client_id)} did not answer the introduction"))
 
     def _drop_offers(self, s: Session) -> None:
         for offer, (opener, req, entry, timer) in list(self.offers.items()):
@@ -429,7 +534,7 @@ class FrontEnd:
                 opener.pending_channels -= 1
                 opener.send_control(wire.ChannelIntro(
                     req, wire.Code.NO_SUCH_PEER, entry.client_id,
-                    reason=f"{entry.client_id!r} left"))
+                    reason=f"{wire.quote(entry.client_id)} left"))
 
     # -- proxied streams -----------------------------------------------------------
 
@@ -526,11 +631,10 @@ class FrontEnd:
         if not 0 <= hdr.n < MAX_STREAM_NUMBER:
             self._abort(leg, wire.Code.PROTOCOL, "stream number out of range")
             return
-        if hdr.n in s.used_numbers:
+        if not s.used_numbers.add(hdr.n):
             self._abort(leg, wire.Code.STREAM_ID_IN_USE,
                         f"proxied stream number {hdr.n} was already used by this client")
             return
-        s.used_numbers.add(hdr.n)
         leg.n = hdr.n
         leg.purpose = hdr.purpose
         if hdr.kind == "broadcast":
@@ -543,7 +647,8 @@ class FrontEnd:
         try:
             check_id(hdr.peer)
         except InvalidId:
-            self._abort(leg, wire.Code.NO_SUCH_PEER, f"no client {hdr.peer!r} is connected")
+            self._abort(leg, wire.Code.NO_SUCH_PEER,
+                        f"no client {wire.quote(hdr.peer)} is connected")
             return
         if s.pending_opens >= MAX_PENDING_OPENS:
             self._abort(leg, wire.Code.TOO_MANY_STREAMS,
@@ -556,27 +661,103 @@ class FrontEnd:
 
     def _routed(self, leg: Leg, dst: str, reply: WorkerReply) -> None:
         s = leg.session
-        s.pending_opens -= 1
         if leg.in_done or s.state == "closed":
+            s.pending_opens -= 1
             return
         assert isinstance(reply, ipc.Reply)
         target = None
         if reply.code == 0 and reply.entry is not None:
             target = self.sessions.get(reply.entry.conn)
         if target is None or target.state != "ready" or target.client_id != dst:
+            s.pending_opens -= 1
             code = reply.code or wire.Code.NO_SUCH_PEER
-            self._abort(leg, code, f"no client {dst!r} is connected"
+            self._abort(leg, code, f"no client {wire.quote(dst)} is connected"
                         if code == wire.Code.NO_SUCH_PEER else "")
             return
+        queue = target.waiting.get(s.key)
+        if queue or not self._has_slot(s, target):
+            # Wait (still a pending open) until a stream of this pair ends or
+            # the target's QUIC stream limit grows; the target sees nothing.
+            leg.target = target
+            if queue is None:
+                queue = target.waiting[s.key] = deque()
+            queue.append(leg)
+            if not target.conn.quic.can_open_stream():
+                target.conn.watch_drain(ROOM_WATCH, target.start_waiting)
+            return
+        s.pending_opens -= 1
+        self._splice(leg, target)
+
+    @staticmethod
+    def _has_slot(s: Session, target: Session) -> bool:
+        return s.open_to.get(target.key, 0) < MAX_STREAMS_PER_PAIR and \
+            target.conn.quic.can_open_stream()
+
+    def start_waiting(self, target: Session) -> None:
+        """Open what waits toward `target` while slots and its QUIC stream
+        limit allow, each opener's in order."""
+        blocked_on_quic = False
+        for key, queue in list(target.waiting.items()):
+            while queue:
+                leg = queue[0]
+                s = leg.session
+                if leg.in_done or leg.out_done or s.state == "closed":
+                    queue.popleft()
+                    s.pending_opens -= 1
+                    continue
+                if not target.conn.quic.can_open_stream():
+                    blocked_on_quic = True
+                    break
+                if s.open_to.get(target.key, 0) >= MAX_STREAMS_PER_PAIR:
+                    break
+                queue.popleft()
+                s.pending_opens -= 1
+                leg.target = None
+                self._splice(leg, target)
+            if not queue:
+                del target.waiting[key]
+            if blocked_on_quic:
+                break
+        if blocked_on_quic:
+            target.conn.watch_drain(ROOM_WATCH, target.start_waiting)
+        else:
+            target.conn.unwatch_drain(ROOM_WATCH)
+
+    def _release_slot(self, leg: Leg) -> None:
+        """A target leg is over: its opener may open another stream to it."""
+        opener = leg.slot_of
+        if opener is None:
+            return
+        leg.slot_of = None
+        target = leg.session
+        n = opener.open_to.get(target.key, 0) - 1
+        if n > 0:
+            opener.open_to[target.key] = n
+        else:
+            opener.open_to.pop(target.key, None)
+        if target.waiting and target.state != "closed":
+            self.start_waiting(target)
+
+    def _splice(self, leg: Leg, target: Session) -> None:
+        """Open the target's leg of a proxied stream and start relaying."""
+        s = leg.session
         tconn = target.conn
         sid = tconn.new_stream_id()
-        other = Leg(target, sid, target.max_message_size)
+        # The stream's limit is the smaller of both ends' (each already the
+        # smaller of its own and ours): both ends learn it, so a sender
+        # refuses what the receiver could not take, and both legs enforce it.
+        limit = min(s.max_message_size, target.max_message_size)
+        other = Leg(target, sid, limit)
+        leg.scanner.max_size = limit
         target.legs[sid] = other
         other.other, leg.other = leg, other
         other.n = leg.n
+        other.slot_of = s
+        s.open_to[target.key] = s.open_to.get(target.key, 0) + 1
         tconn.send(sid, frame(wire.encode(wire.StreamHeader(
-            "proxied", s.client_id or "", leg.n, purpose=leg.purpose))))
-        s.conn.send(leg.sid, frame(wire.encode(wire.StreamAccepted())))
+            "proxied", s.client_id or "", leg.n, purpose=leg.purpose,
+            max_message_size=limit))))
+        s.conn.send(leg.sid, frame(wire.encode(wire.StreamAccepted(limit))))
         self.streams_opened += 1
         # The header written to `other` does not count as forwarded data.
         pending, leg.pending = leg.pending, []
@@ -594,6 +775,8 @@ class FrontEnd:
         other = leg.other
         if other is not None:
             self._end_out(other, code)
+        elif leg.target is not None:
+            self.start_waiting(leg.target)  # no longer waits for a slot
         self._maybe_forget(leg)
 
     def leg_stopped(self, leg: Leg, code: int) -> None:
@@ -607,6 +790,8 @@ class FrontEnd:
         other = leg.other
         if other is not None:
             self._end_in(other, code)
+        elif leg.target is not None:
+            self.start_waiting(leg.target)  # no longer waits for a slot
         self._maybe_forget(leg)
 
     def _end_out(self, leg: Leg, code: int) -> None:
@@ -652,6 +837,7 @@ class FrontEnd:
             s = leg.session
             if s.legs.pop(leg.sid, None) is not None:
                 s.conn.forget_stream(leg.sid)
+            self._release_slot(leg)
 
     # -- figures -------------------------------------------------------------------
 
