@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from conec_actors import ClientClosed, CoordinatorFailed, NoSuchBroadcast, StreamReset
+from conec_actors.coord.frontend import MAX_PENDING_REQUESTS
 
 from .conftest import coord_cert, coordinator, wait_for
 
@@ -170,7 +171,11 @@ async def test_stats_answer_while_a_worker_is_unresponsive() -> None:
 async def test_requests_to_a_stopped_worker_are_all_answered() -> None:
     """A worker that stops reading fills its ZeroMQ pipe; what the pipe cannot
     take waits in the front-end and is answered once the worker goes on."""
-    calls_per_client, n_clients = 500, 8
+    # A client has at most MAX_PENDING_REQUESTS control requests at a worker
+    # at once (the rest wait unread on its control stream): enough clients
+    # that what is in flight still overflows the pipe's high-water mark.
+    calls_per_client, n_clients = MAX_PENDING_REQUESTS, 56
+    in_flight = min(calls_per_client, MAX_PENDING_REQUESTS) * n_clients
     async with coordinator() as h:
         clients = [await h.client(f"c{i}") for i in range(n_clients)]
         (stopped,) = h.coord.worker_pids("broadcast")
@@ -187,7 +192,7 @@ async def test_requests_to_a_stopped_worker_are_all_answered() -> None:
             async def all_in_flight() -> bool:
                 st = await h.coord.stats()
                 return sum(w["inflight"] for w in st["workers"]
-                           if w["kind"] == "broadcast") >= len(calls)
+                           if w["kind"] == "broadcast") >= in_flight
             await wait_for(all_in_flight, timeout=30)
         finally:
             os.kill(stopped, signal.SIGCONT)
