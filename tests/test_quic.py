@@ -15,7 +15,6 @@ import random
 from collections.abc import Callable
 
 import pytest
-
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
@@ -306,6 +305,15 @@ def test_a_unidirectional_stream_closes_the_connection_with_stream_limit_error()
     assert pair.received["server"] == {}
 
 
+def _credit_covers_streams(conn: ConecQuicConnection) -> None:
+    """The connection's credit outlasts its streams': however much the peer
+    writes on streams that are not read, the others are not starved."""
+    max_data = conn._local_max_data
+    streams = sum(max(0, st.max_stream_data_local - st.receiver.highest_offset)
+                  for st in conn._streams.values())
+    assert max_data.value - max_data.used >= streams
+
+
 def _stall_and_flow(pair: Pair, stalled: list[int], writer: ConecQuicConnection,
                     reader_name: str, read_once: bool) -> None:
     """Fill `stalled` (the reader reads them once, or never), then check that
@@ -318,6 +326,7 @@ def _stall_and_flow(pair: Pair, stalled: list[int], writer: ConecQuicConnection,
         for sid in stalled:
             reader.consume_to(sid, len(pair.received[reader_name][sid]))
         pair.settle(max_steps=100_000)
+    _credit_covers_streams(reader)
     flowing = writer.get_next_available_stream_id()
     total = CONNECTION_WINDOW + STREAM_WINDOW  # more than the connection's first credit
     writer.send_stream_data(flowing, bytes(total))
@@ -333,6 +342,7 @@ def _stall_and_flow(pair: Pair, stalled: list[int], writer: ConecQuicConnection,
         if got == total:
             break
     assert got == total, f"the flowing stream stalled at {got} of {total} bytes"
+    _credit_covers_streams(reader)
     assert bytes(pair.received[reader_name][0]) == b"".join(b"ping%d" % i for i in control)
     # The stalled streams were stopped by their own windows, not the connection's.
     for sid in stalled:
@@ -393,3 +403,15 @@ def test_stalled_streams_resume_and_give_their_credit_back() -> None:
     server.consume_to(sid, len(pair.received["server"][sid]))
     pair.settle()
     assert len(pair.received["server"][sid]) >= STREAM_WINDOW
+
+
+def test_gaps_on_every_stream_at_the_initial_windows_leave_credit_to_spare() -> None:
+    pair = Pair(window=STREAM_WINDOW, max_data=CONNECTION_WINDOW, real_initial=True)
+    client, server = pair.client, pair.server
+    initial = server._initial_window
+    for sid in range(0, 4 * MAX_STREAMS_BIDI, 4):
+        _gap(client, sid, initial)
+    pair.settle()
+    assert not server.is_closed and not client.is_closed
+    assert _held(server) <= MAX_STREAMS_BIDI * initial <= CONNECTION_WINDOW // 4
+    _credit_covers_streams(server)
