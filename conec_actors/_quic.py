@@ -59,6 +59,13 @@ MAX_STREAMS_BIDI = 128
 _ONE_RTT = Epoch.ONE_RTT
 
 
+def initial_stream_window(connection_window: int, stream_window: int) -> int:
+    """The window every new stream starts with (`max_stream_data`): small
+    enough that fresh streams, MAX_STREAMS_BIDI opened by each side, can
+    fill only half of the connection window between them."""
+    return max(1, min(stream_window, connection_window // (4 * MAX_STREAMS_BIDI)))
+
+
 class ConecQuicConnection(QuicConnection):
     """`QuicConnection` with consumption-driven flow control.
 
@@ -71,22 +78,42 @@ class ConecQuicConnection(QuicConnection):
     holds for it stay below that window. Unidirectional streams are not
     granted (the protocol uses none): a peer opening one gets a
     STREAM_LIMIT_ERROR close.
+
+    Streams that stop being read must not use up the connection's credit and
+    stall their neighbours (the control stream among them). So a stream
+    starts with a small window (`configuration.max_stream_data`, see
+    `initial_stream_window`), and grows towards its full window only out of
+    a budget its connection's streams share: the credit they hold beyond
+    their initial windows ("extra", granted and not yet consumed) adds up to
+    at most `max_data` - 2 x MAX_STREAMS_BIDI initial windows - one MAX_DATA
+    step. A stream asking for more than is left gets what is left; it
+    always keeps its initial window. So the connection's credit covers every
+    stream's at all times, whatever number of them stall, and a stalled
+    stream's share comes back as it is read, forgotten or ends.
     """
 
     def __init__(self, *, configuration: QuicConfiguration, stream_window: int,
                  request_client_certificate: bool = False, **kwargs: Any) -> None:
         super().__init__(configuration=configuration, **kwargs)
         self._stream_window = stream_window
-        self._credit_step = max(stream_window // 4, 1)
         self._consumed: dict[int, int] = {}
         self._windows: dict[int, int] = {}  # streams with a window of their own
         self._request_client_certificate = request_client_certificate
         # Streams the application is done with while aioquic still has them
         # (what they hold is only what aioquic buffers).
         self._released: set[int] = set()
-        self._connection_window = configuration.max_data
-        self._connection_step = max(configuration.max_data // 4, 1)
-        self._uncredited = 0  # consumed since the last connection update was due
+        self._connection_window = window = configuration.max_data
+        # An eighth, not a quarter: what the peer has not been told yet comes
+        # off the budget below (one MAX_DATA frame per 768 KiB read is rare).
+        self._connection_step = max(window // 8, 1)
+        # MAX_DATA's target minus its value when last written, plus what was
+        # credited since: an update is due once this reaches a step.
+        self._credit_gap = 0
+        self._initial_window = initial = configuration.max_stream_data
+        self._budget = max(0, window - 2 * MAX_STREAMS_BIDI * initial
+                           - self._connection_step)
+        self._extra: dict[int, int] = {}  # per stream, beyond `initial`
+        self._extra_total = 0
         # Announced in the transport parameters (built later, in `_initialize`
         # or `connect`). aioquic 1.7.2 hard-codes 128 of each.
         for limit, value in ((self._local_max_streams_uni, 0),
@@ -126,8 +153,11 @@ class ConecQuicConnection(QuicConnection):
         # streams end), in steps of a quarter window.
         max_data = self._local_max_data
         target = max_data.used - self._held() + self._connection_window
-        if target - max_data.value >= self._connection_step:
+        gap = target - max_data.value
+        if gap >= self._connection_step:
             max_data.value = target
+            gap = 0
+        self._credit_gap = gap
         for limit in (max_data, self._local_max_streams_bidi):
             if limit is not max_data and limit.sent - limit.used >= limit.value - limit.sent:
                 continue  # aioquic's batching of MAX_STREAMS
@@ -254,38 +284,55 @@ class ConecQuicConnection(QuicConnection):
             return False
         stream = self._streams.get(stream_id)
         if stream is None or stream_id in self._released:
+            self._drop_extra(stream_id)
             return False  # over: aioquic or `forget_stream` credited it all
         self._consumed[stream_id] = offset
-        self._uncredited += offset - before
-        connection_due = self._uncredited >= self._connection_step
-        if connection_due:
-            self._uncredited = 0
-        if not stream.max_stream_data_local:
+        gap = self._credit_gap + offset - before
+        self._credit_gap = gap
+        connection_due = gap >= self._connection_step
+        local = stream.max_stream_data_local
+        if not local:
             return connection_due
-        window = self._windows.get(stream_id)
-        if window is None:
-            window, step = self._stream_window, self._credit_step
-        else:
-            step = max(window // 4, 1)
+        initial = self._initial_window
+        window = self._windows.get(stream_id, self._stream_window)
+        extra = self._extra.get(stream_id, 0)
+        # What the budget leaves this stream (its own share included).
+        share = self._budget - self._extra_total + extra
+        if window > initial + share:
+            window = initial + share
         target = offset + window
-        if target - stream.max_stream_data_local < step:
-            return connection_due
-        # Raised now, announced by the next packet (`_write_stream_limits`).
-        stream.max_stream_data_local = target
-        return True
+        if target - local >= (window >> 2 or 1):
+            # Raised now, announced by the next packet (`_write_stream_limits`).
+            stream.max_stream_data_local = local = target
+            due = True
+        else:
+            due = connection_due
+        now = local - offset - initial  # the stream's extra credit now
+        if now < 0:
+            now = 0
+        if now != extra:
+            self._extra_total += now - extra
+            self._extra[stream_id] = now
+        return due
+
+    def _drop_extra(self, stream_id: int) -> None:
+        extra = self._extra.pop(stream_id, 0)
+        self._extra_total -= extra
 
     def set_stream_window(self, stream_id: int, window: int) -> None:
         """Give one stream its own receive window (beyond what was consumed).
-        A window smaller than the connection's applies once the initial
-        allowance of the transport parameters is used up."""
+        A window smaller than the initial one (the transport parameters')
+        applies once that is used up."""
         self._windows[stream_id] = window
 
     def forget_stream(self, stream_id: int) -> bool:
         """Drop our bookkeeping for a stream the application is done with:
-        what it delivered counts as consumed. True if a connection window
-        update is now due (the caller should transmit)."""
+        what it delivered counts as consumed, its share of the budget comes
+        back. True if a connection window update is now due (the caller
+        should transmit)."""
         consumed = self._consumed.pop(stream_id, 0)
         self._windows.pop(stream_id, None)
+        self._drop_extra(stream_id)
         released = self._released
         if released and len(released) > len(self._streams):
             released.intersection_update(self._streams)  # aioquic discarded them
@@ -293,11 +340,9 @@ class ConecQuicConnection(QuicConnection):
         if stream is None or stream.is_finished:
             return False
         released.add(stream_id)
-        self._uncredited += stream.receiver._buffer_start - consumed
-        if self._uncredited < self._connection_step:
-            return False
-        self._uncredited = 0
-        return True
+        gap = self._credit_gap + stream.receiver._buffer_start - consumed
+        self._credit_gap = gap
+        return gap >= self._connection_step
 
     def unsent(self, stream_id: int) -> int:
         """Bytes written to a stream that have not been sent yet."""

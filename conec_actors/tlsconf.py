@@ -14,17 +14,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from . import wire
-from ._quic import CONNECTION_ID_LENGTH
+from ._quic import CONNECTION_ID_LENGTH, initial_stream_window
 from .errors import CertificateError
 
 #: Bytes of a peer's that one connection holds at most, unconsumed: received
 #: out of order or in order, parked or announced by a gap, on any of its
 #: streams (`_quic.ConecQuicConnection` grants MAX_DATA as data is consumed).
 #: Together with ~100 KiB of QUIC state and a few KiB per stream it keeps a
-#: connection under the 8 MiB budget (DESIGN 3.1). A stalled stream holds at
-#: most its window (`streams.STREAM_WINDOW`, 256 KiB), so 23 streams may stall
-#: with full windows while a neighbour still gets a full window of its own;
-#: covering all 128 streams (32 MiB) would break the budget.
+#: connection under the 8 MiB budget (DESIGN 3.1). Full windows for all 128
+#: streams (`streams.STREAM_WINDOW`, 256 KiB: 32 MiB) would break the budget,
+#: so streams start with 12 KiB (`_quic.initial_stream_window`) and grow out
+#: of a budget they share (`_quic.ConecQuicConnection`): however many stall,
+#: the connection's credit outlasts theirs and its other streams keep flowing.
 CONNECTION_WINDOW = 6 * 1024 * 1024
 
 
@@ -52,7 +53,7 @@ def quic_configuration(*, is_client: bool, cert_pem: bytes, key_pem: bytes,
         connection_id_length=CONNECTION_ID_LENGTH,
         idle_timeout=idle_timeout,
         max_datagram_size=max_datagram_size,
-        max_stream_data=stream_window,
+        max_stream_data=initial_stream_window(CONNECTION_WINDOW, stream_window),
         max_data=CONNECTION_WINDOW,
         server_name=server_name,
         cadata=cadata,

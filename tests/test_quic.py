@@ -6,13 +6,15 @@ These check what the subclass changes in aioquic: the one-pass packet writer
 message sizes; resets and ends still go out), and the window that grows only
 as the application consumes (the sender stops at the window; a lost window
 update is sent again), and the connection-level bounds (no unidirectional
-streams; bytes held, gaps included, never above the connection window)."""
+streams; bytes held, gaps included, never above the connection window;
+streams that stop being read never use up the connection's credit)."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
 
+import pytest
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
@@ -36,7 +38,8 @@ class Pair:
 
     def __init__(self, drop: Drop | None = None,
                  cls: type[ConecQuicConnection] = ConecQuicConnection,
-                 window: int = WINDOW, max_data: int | None = None) -> None:
+                 window: int = WINDOW, max_data: int | None = None,
+                 real_initial: bool = False) -> None:
         cert = coord_cert()
         common = dict(cert_pem=cert.cert_pem, key_pem=cert.key_pem, idle_timeout=60.0,
                       max_datagram_size=1200, stream_window=window)
@@ -46,9 +49,11 @@ class Pair:
         configs = [quic_configuration(is_client=True, server_name="localhost",
                                       cadata=cert.cert_pem, **common),
                    quic_configuration(is_client=False, **common)]
-        if max_data is not None:
-            for cfg in configs:
+        for cfg in configs:
+            if max_data is not None:
                 cfg.max_data = max_data
+            if not real_initial:  # else the small initial window of real connections
+                cfg.max_stream_data = window
         self.client = cls(configuration=configs[0], stream_window=window)
         self.client.connect(SERVER_ADDR, now=self.now)
         first = self.client.datagrams_to_send(now=self.now)
@@ -298,3 +303,115 @@ def test_a_unidirectional_stream_closes_the_connection_with_stream_limit_error()
     assert pair.server._close_event is not None
     assert pair.server._close_event.error_code == QuicErrorCode.STREAM_LIMIT_ERROR
     assert pair.received["server"] == {}
+
+
+def _credit_covers_streams(conn: ConecQuicConnection) -> None:
+    """The connection's credit outlasts its streams': however much the peer
+    writes on streams that are not read, the others are not starved."""
+    max_data = conn._local_max_data
+    streams = sum(max(0, st.max_stream_data_local - st.receiver.highest_offset)
+                  for st in conn._streams.values())
+    assert max_data.value - max_data.used >= streams
+
+
+def _stall_and_flow(pair: Pair, stalled: list[int], writer: ConecQuicConnection,
+                    reader_name: str, read_once: bool) -> None:
+    """Fill `stalled` (the reader reads them once, or never), then check that
+    a stream to that same reader, and stream 0, still carry many windows."""
+    reader = pair.server if reader_name == "server" else pair.client
+    for sid in stalled:
+        writer.send_stream_data(sid, bytes(3 * STREAM_WINDOW))
+    pair.settle(max_steps=100_000)
+    if read_once:  # read what came, so the windows grow, then stop reading
+        for sid in stalled:
+            reader.consume_to(sid, len(pair.received[reader_name][sid]))
+        pair.settle(max_steps=100_000)
+    _credit_covers_streams(reader)
+    flowing = writer.get_next_available_stream_id()
+    total = CONNECTION_WINDOW + STREAM_WINDOW  # more than the connection's first credit
+    writer.send_stream_data(flowing, bytes(total))
+    control: list[int] = []
+    got = 0
+    for i in range(1000):  # a window per round trip at the least
+        writer.send_stream_data(0, b"ping%d" % i)
+        control.append(i)
+        pair.settle()
+        got = len(pair.received[reader_name].get(flowing, b""))
+        reader.consume_to(flowing, got)
+        reader.consume_to(0, len(pair.received[reader_name].get(0, b"")))
+        if got == total:
+            break
+    assert got == total, f"the flowing stream stalled at {got} of {total} bytes"
+    _credit_covers_streams(reader)
+    assert bytes(pair.received[reader_name][0]) == b"".join(b"ping%d" % i for i in control)
+    # The stalled streams were stopped by their own windows, not the connection's.
+    for sid in stalled:
+        assert writer.unsent(sid) > 0
+    assert _held(reader) <= CONNECTION_WINDOW
+    assert not pair.client.is_closed and not pair.server.is_closed
+
+
+@pytest.mark.parametrize("read_once", [False, True])
+def test_forty_stalled_streams_do_not_stall_the_connection(read_once: bool) -> None:
+    pair = Pair(window=STREAM_WINDOW, max_data=CONNECTION_WINDOW, real_initial=True)
+    pair.client.send_stream_data(0, b"")
+    stalled = list(range(4, 4 * 41, 4))
+    _stall_and_flow(pair, stalled, pair.client, "server", read_once)
+
+
+@pytest.mark.parametrize("read_once", [False, True])
+def test_forty_stalled_streams_the_reader_opened_do_not_stall_the_connection(
+        read_once: bool) -> None:
+    # The streams' opener is the side that stops reading (a Coordinator's
+    # legs towards a client; a client's own streams).
+    pair = Pair(window=STREAM_WINDOW, max_data=CONNECTION_WINDOW, real_initial=True)
+    pair.client.send_stream_data(0, b"")
+    stalled = list(range(1, 4 * 40, 4))  # server-initiated bidirectional ids
+    for sid in stalled:
+        pair.server.send_stream_data(sid, b"open")
+    pair.settle()
+    _stall_and_flow(pair, stalled, pair.client, "server", read_once)
+
+
+def test_stalled_streams_resume_and_give_their_credit_back() -> None:
+    pair = Pair(window=STREAM_WINDOW, max_data=CONNECTION_WINDOW, real_initial=True)
+    server = pair.server
+    stalled = list(range(0, 4 * 40, 4))
+    size = 2 * STREAM_WINDOW
+    for sid in stalled:
+        pair.client.send_stream_data(sid, bytes(size), end_stream=True)
+    pair.settle()
+    for sid in stalled:  # read once: every window asks for a full window
+        server.consume_to(sid, len(pair.received["server"][sid]))
+    pair.settle()
+    assert server._extra_total <= server._budget
+    # The reader comes back: everything arrives, and the budget is whole again.
+    for _ in range(100):
+        pair.consume_all("server")
+        pair.settle()
+        if all(sid in pair.ended["server"] for sid in stalled):
+            break
+    assert all(len(pair.received["server"][sid]) == size for sid in stalled)
+    pair.consume_all("server")
+    for sid in stalled:
+        server.forget_stream(sid)
+    assert server._extra_total == 0 and not server._extra
+    # A new stream gets its full window again.
+    sid = stalled[-1] + 4
+    pair.client.send_stream_data(sid, bytes(4 * STREAM_WINDOW))
+    pair.settle()
+    server.consume_to(sid, len(pair.received["server"][sid]))
+    pair.settle()
+    assert len(pair.received["server"][sid]) >= STREAM_WINDOW
+
+
+def test_gaps_on_every_stream_at_the_initial_windows_leave_credit_to_spare() -> None:
+    pair = Pair(window=STREAM_WINDOW, max_data=CONNECTION_WINDOW, real_initial=True)
+    client, server = pair.client, pair.server
+    initial = server._initial_window
+    for sid in range(0, 4 * MAX_STREAMS_BIDI, 4):
+        _gap(client, sid, initial)
+    pair.settle()
+    assert not server.is_closed and not client.is_closed
+    assert _held(server) <= MAX_STREAMS_BIDI * initial <= CONNECTION_WINDOW // 4
+    _credit_covers_streams(server)
