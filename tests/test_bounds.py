@@ -19,7 +19,7 @@ from conec_actors import (
     StreamReset,
     wire,
 )
-from conec_actors.streams import STREAM_WINDOW, BroadcastMessage
+from conec_actors.streams import STREAM_WINDOW, BroadcastInStream, BroadcastMessage
 from conec_actors.wire import Code
 
 from .conftest import coordinator
@@ -137,9 +137,11 @@ async def test_a_broadcast_member_trickling_a_big_message_costs_the_front_end_li
 async def test_a_member_leaving_inside_a_big_message_harms_nobody() -> None:
     async with coordinator() as h:
         a, b, c = await h.client("alice"), await h.client("bob"), await h.client("carol")
-        sa, _ra = await a.new_broadcast("room")
+        sa, ra = await a.new_broadcast("room")
         _sb, rb = await b.new_broadcast("room")
-        sc, _rc = await c.new_broadcast("room")
+        sc, rc = await c.new_broadcast("room")
+        # The others read too (the slowest reader throttles the broadcast).
+        drains = [asyncio.create_task(_read_all(r)) for r in (ra, rc)]
         await sc.send(b"before")
         assert await rb.recv() == BroadcastMessage("carol", b"before")
         # alice's big message is fanned out piece by piece, then she resets
@@ -149,6 +151,14 @@ async def test_a_member_leaving_inside_a_big_message_harms_nobody() -> None:
         sa.reset(3)
         await sc.send(b"after")  # waited behind alice's message, then goes out
         assert await asyncio.wait_for(reading, 10) == BroadcastMessage("carol", b"after")
+        for d in drains:
+            d.cancel()
+        await asyncio.gather(*drains, return_exceptions=True)
+
+
+async def _read_all(r: BroadcastInStream) -> None:
+    async for _ in r:
+        pass
 
 
 async def test_a_broadcast_reader_with_a_smaller_limit_is_told_not_reset() -> None:

@@ -83,13 +83,20 @@ async def test_forty_unread_proxied_streams_stall_only_themselves() -> None:
     async with coordinator() as h:
         a, b = await h.client("alice"), await h.client("bob")
         c, d = await h.client("carol"), await h.client("dave")
+        e, f = await h.client("erin"), await h.client("frank")
         servers = [asyncio.create_task(serve_asks(x)) for x in (c, d)]
         incoming = b.incoming.__aiter__()
+        incoming_e = e.incoming.__aiter__()
         sends, unread = [], []
-        for _ in range(STALLED):
-            send, _ = await a.new_proxied_stream("bob")
-            sends.append(send)
-            unread.append(await asyncio.wait_for(anext(incoming), 5))  # never read
+        # One opener may hold at most 32 streams to one target (DESIGN 3.1),
+        # so 40 stall on alice's connection (to bob and to erin) and 40 on
+        # bob's (from alice and from frank).
+        for opener, target, at in ((a, "bob", incoming), (a, "erin", incoming_e),
+                                   (f, "bob", incoming)):
+            for _ in range(STALLED // 2):
+                send, _ = await opener.new_proxied_stream(target)
+                sends.append(send)
+                unread.append(await asyncio.wait_for(anext(at), 5))  # never read
         writers: list[asyncio.Task[None]] = []
         try:
             writers, counts = await fill(sends)
