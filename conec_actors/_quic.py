@@ -109,6 +109,7 @@ class ConecQuicConnection(QuicConnection):
         # MAX_DATA's target minus its value when last written, plus what was
         # credited since: an update is due once this reaches a step.
         self._credit_gap = 0
+        self._limits_calls = 0  # packets that asked for connection limits
         self._initial_window = initial = configuration.max_stream_data
         self._budget = max(0, window - 2 * MAX_STREAMS_BIDI * initial
                            - self._connection_step)
@@ -152,12 +153,18 @@ class ConecQuicConnection(QuicConnection):
         # allocate every gap. Here it is raised as data is consumed (or as
         # streams end), in steps of a quarter window.
         max_data = self._local_max_data
-        target = max_data.used - self._held() + self._connection_window
-        gap = target - max_data.value
-        if gap >= self._connection_step:
-            max_data.value = target
-            gap = 0
-        self._credit_gap = gap
+        # This runs for every packet: look at the streams (`_held`) only once
+        # consumption has made an update due (`consume_to`/`forget_stream`
+        # count it in `_credit_gap`), or every 16th packet for what the
+        # count does not see (streams aioquic finished and dropped).
+        self._limits_calls += 1
+        if self._credit_gap >= self._connection_step or not self._limits_calls & 15:
+            target = max_data.used - self._held() + self._connection_window
+            gap = target - max_data.value
+            if gap >= self._connection_step:
+                max_data.value = target
+                gap = 0
+            self._credit_gap = gap
         for limit in (max_data, self._local_max_streams_bidi):
             if limit is not max_data and limit.sent - limit.used >= limit.value - limit.sent:
                 continue  # aioquic's batching of MAX_STREAMS
