@@ -61,6 +61,10 @@ class Waiters:
                 self._futs.remove(fut)
             raise
 
+    def __len__(self) -> int:
+        """How many are waiting (not yet woken)."""
+        return len(self._futs)
+
     def wake(self) -> None:
         while self._futs:
             fut = self._futs.popleft()

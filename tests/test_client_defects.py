@@ -164,7 +164,7 @@ async def test_concurrent_senders_each_message_whole_and_once() -> None:
                 await send.send(bytes([tag]) + i.to_bytes(4, "big") + bytes([tag]) * size)
 
         senders = asyncio.gather(sender(1), sender(2))
-        await asyncio.sleep(0.3)  # let both block on back-pressure
+        await wait_for(lambda: len(send._core._writers) == 2)  # both wait on back-pressure
         got: list[tuple[int, int]] = []
         while len(got) < 2 * n:
             m = await asyncio.wait_for(inc.recv.recv(), 10)
@@ -188,7 +188,7 @@ async def test_concurrent_receivers_each_message_to_exactly_one() -> None:
             return out
 
         readers = asyncio.gather(receiver(), receiver())
-        await asyncio.sleep(0.1)  # both are waiting
+        await wait_for(lambda: len(inc.recv._core._readers) == 2)  # both are waiting
         for i in range(500):
             await send.send(str(i).encode())
             if i % 50 == 0:
@@ -210,7 +210,7 @@ async def test_concurrent_receivers_both_see_the_reset() -> None:
             raise AssertionError("got a message")
 
         readers = asyncio.gather(receiver(), receiver())
-        await asyncio.sleep(0.1)
+        await wait_for(lambda: len(inc.recv._core._readers) == 2)
         send.reset(7)
         r1, r2 = await asyncio.wait_for(readers, 10)
         assert isinstance(r1, StreamReset) and isinstance(r2, StreamReset)
@@ -229,7 +229,7 @@ async def test_concurrent_blocked_senders_both_end_when_the_reader_closes() -> N
                 return exc
 
         senders = asyncio.gather(sender(), sender())
-        await asyncio.sleep(0.5)  # both block: nobody reads
+        await wait_for(lambda: len(send._core._writers) == 2)  # both block: nobody reads
         inc.recv.close()
         r1, r2 = await asyncio.wait_for(senders, 10)
         assert isinstance(r1, StreamReset) and isinstance(r2, StreamReset)
@@ -240,7 +240,7 @@ async def test_concurrent_blocked_senders_both_end_when_the_reader_closes() -> N
 async def test_a_bug_in_the_command_task_fails_every_call_with_client_closed(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     async with coordinator() as h:
-        a, b = await h.client("alice"), await h.client("bob")
+        a, _b = await h.client("alice"), await h.client("bob")
         pending_ask = asyncio.create_task(a.ask("bob", "never answered", timeout=None))
         await wait_for(lambda: a.mailbox.pending_asks == 1)
 
