@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Generic, TypeVar, cast, overload
 
@@ -14,6 +15,7 @@ from .host import MailboxHost
 from .limits import FAIL_MESSAGE_MAX, PURPOSE
 from .receiver import InRoute, Receiver
 from .sender import Outbox
+from .state import PairEvent, SendState
 from .wire import Fail, ReplyOut, any_decoder, decoder_for, encoder
 
 log = logging.getLogger(__name__)
@@ -175,7 +177,50 @@ class Mailbox(Outbox):
         answered with ``RemoteError("DecodeError", ...)``."""
         return TypedMailbox(self, typ)
 
+    # -- figures ------------------------------------------------------------------------
+
+    def frames_sent(self, peer: str) -> int:
+        """Mailbox frames sent to `peer` so far (each carries one or more messages)."""
+        pair = self._pairs.get(peer)
+        return pair.frames if pair is not None else 0
+
+    def messages_sent(self, peer: str) -> int:
+        """Tells and asks sent to `peer` so far, as they went on the wire
+        (a message resent after a broken path counts again)."""
+        pair = self._pairs.get(peer)
+        return pair.messages if pair is not None else 0
+
+    def route(self, peer: str) -> str | None:
+        """The path of the mailbox stream to `peer`: ``"direct"``,
+        ``"proxied"``, or None while there is none (never told, or between
+        paths)."""
+        pair = self._pairs.get(peer)
+        if pair is None or pair.stream is None or pair.stream.state is SendState.BROKEN:
+            return None
+        return pair.stream.kind
+
+    @property
+    def pending_asks(self) -> int:
+        """Asks waiting for their answer."""
+        return len(self._pending)
+
     # -- the end ----------------------------------------------------------------------------
+
+    async def drain(self, timeout: float) -> None:
+        """Deliver every tell and ask already accepted, then return (within
+        `timeout` seconds whatever the receivers do); refuse new ones with
+        `ClientClosed`. Called by `Client.close` before it closes."""
+        if self._closed or self._draining:
+            return
+        self._draining = True
+        writers: list[asyncio.Task[None]] = []
+        for pair in self._pairs.values():
+            if pair.dead is None and pair.writer is not None and not pair.writer.done():
+                pair.handle(PairEvent.DRAIN)
+                pair.wake.set()
+                writers.append(pair.writer)
+        if writers:
+            await asyncio.wait(writers, timeout=timeout)
 
     def end_inbox(self) -> None:
         """Nothing more can arrive: readers get what is queued, then the end."""

@@ -447,51 +447,6 @@ class Outbox:
                 fut.set_exception(copy_error(exc))
                 fut.exception()  # the ask may already be raising another error
 
-    # -- figures ------------------------------------------------------------------------
-
-    def frames_sent(self, peer: str) -> int:
-        """Mailbox frames sent to `peer` so far (each carries one or more messages)."""
-        pair = self._pairs.get(peer)
-        return pair.frames if pair is not None else 0
-
-    def messages_sent(self, peer: str) -> int:
-        """Tells and asks sent to `peer` so far, as they went on the wire
-        (a message resent after a broken path counts again)."""
-        pair = self._pairs.get(peer)
-        return pair.messages if pair is not None else 0
-
-    def route(self, peer: str) -> str | None:
-        """The path of the mailbox stream to `peer`: ``"direct"``,
-        ``"proxied"``, or None while there is none (never told, or between
-        paths)."""
-        pair = self._pairs.get(peer)
-        if pair is None or pair.stream is None or pair.stream.state is _BROKEN:
-            return None
-        return pair.stream.kind
-
-    @property
-    def pending_asks(self) -> int:
-        """Asks waiting for their answer."""
-        return len(self._pending)
-
-    # -- the end -------------------------------------------------------------------------
-
-    async def drain(self, timeout: float) -> None:
-        """Deliver every tell and ask already accepted, then return (within
-        `timeout` seconds whatever the receivers do); refuse new ones with
-        `ClientClosed`. Called by `Client.close` before it closes."""
-        if self._closed or self._draining:
-            return
-        self._draining = True
-        writers: list[asyncio.Task[None]] = []
-        for pair in self._pairs.values():
-            if pair.dead is None and pair.writer is not None and not pair.writer.done():
-                pair.handle(PairEvent.DRAIN)
-                pair.wake.set()
-                writers.append(pair.writer)
-        if writers:
-            await asyncio.wait(writers, timeout=timeout)
-
     def _close_sending(self) -> None:
         """Fail every pair and pending ask; cancel the writers (`_wait_writers`
         awaits them)."""
