@@ -14,10 +14,16 @@ from conec_actors.client.mailbox.limits import (
     REOPEN_BACKOFF,
     ROUTE_SETTLED,
 )
-from conec_actors.client.mailbox.outbound import OutboundLog, check_size, copy_error
+from conec_actors.client.mailbox.outbound import (
+    OutboundLog,
+    ask_id_of,
+    check_size,
+    copy_error,
+)
 from conec_actors.client.mailbox.state import PairState
 from conec_actors.client.mailbox.wire import (
     BATCH_OVERHEAD,
+    AskOut,
     Tell,
     TellOut,
     decode_batch,
@@ -202,3 +208,9 @@ def test_copy_error_is_fresh_of_the_same_kind() -> None:
     assert isinstance(fresh, ClientClosed) and fresh is not closed
     assert fresh.__cause__ is cause and str(fresh) == "closed"
     assert type(copy_error(NoSuchPeer("gone"))) is NoSuchPeer
+
+
+def test_ask_id_of_finds_asks_only() -> None:
+    assert ask_id_of(encoder.encode(AskOut(42, 1.5, {"q": 1}))) == 42
+    assert ask_id_of(tell(20)) is None
+    assert ask_id_of(b"\xc1") is None  # not msgpack

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections import deque
 
+import msgspec
+
 from ...errors import ClientClosed, ConecError, MessageTooLarge, NoSuchPeer
 from .limits import (
     BATCH_BYTES,
@@ -34,7 +36,7 @@ from .state import (
     move,
     receive_move,
 )
-from .wire import BATCH_OVERHEAD
+from .wire import BATCH_OVERHEAD, Ask
 
 
 def check_size(peer: str, item: bytes, max_message_size: int) -> None:
@@ -45,6 +47,18 @@ def check_size(peer: str, item: bytes, max_message_size: int) -> None:
             f"message of {len(item)} encoded bytes exceeds the message size limit toward "
             f"{peer!r} ({limit} bytes for a tell or ask, max_message_size "
             f"{max_message_size})")
+
+
+def ask_id_of(item: bytes) -> int | None:
+    """The id of an encoded `Ask` item; None for a tell (or anything else)."""
+    try:
+        decoded = msgspec.msgpack.decode(item)
+    except msgspec.DecodeError:
+        return None
+    if (isinstance(decoded, list) and len(decoded) > 1
+            and decoded[0] == Ask.__struct_config__.tag and isinstance(decoded[1], int)):
+        return decoded[1]
+    return None
 
 
 def copy_error(err: ConecError) -> ConecError:

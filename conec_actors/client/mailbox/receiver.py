@@ -66,7 +66,7 @@ class InRoute(InboundLog):
         self.idle = False
 
 
-class _Sender(KnownSender):
+class _SenderRecord(KnownSender):
     """A `KnownSender` with its open streams and the timer that forgets it."""
 
     __slots__ = ("expiry", "routes")
@@ -141,7 +141,7 @@ class Receiver:
         self._loop = loop
         self._session = session
         self.inbox = Inbox(self._resume_reading)
-        self._senders: dict[str, _Sender] = {}
+        self._senders: dict[str, _SenderRecord] = {}
         self._in_routes: set[InRoute] = set()
         #: The return halves' writers (including those of routes already gone).
         self._writers: set[asyncio.Task[None]] = set()
@@ -155,7 +155,7 @@ class Receiver:
         self._in_routes.add(r)
         sender = self._senders.get(inc.peer)
         if sender is None:
-            sender = self._senders[inc.peer] = _Sender()
+            sender = self._senders[inc.peer] = _SenderRecord()
         if sender.expiry is not None:
             sender.expiry.cancel()
             sender.expiry = None
@@ -167,7 +167,7 @@ class Receiver:
         self._read_in(sender, r)  # what came with the header
         return True
 
-    def _read_in(self, sender: _Sender, r: InRoute) -> None:
+    def _read_in(self, sender: _SenderRecord, r: InRoute) -> None:
         """Move a stream's envelopes into the inbox, dropping resent ones.
 
         The stream's `on_wake`: it runs as frames arrive, so an envelope
@@ -242,7 +242,7 @@ class Receiver:
         r.give_up_asks()
         r.wake.set()
 
-    async def _write_back(self, sender: _Sender, r: InRoute) -> None:
+    async def _write_back(self, sender: _SenderRecord, r: InRoute) -> None:
         """Send replies, acks and the fence answer on a stream's return half;
         finish it once the forward half ended and its asks are answered."""
         try:
@@ -273,7 +273,7 @@ class Receiver:
                 r.hold.cancel()
             self._route_gone(sender, r)
 
-    def _route_gone(self, sender: _Sender, r: InRoute) -> None:
+    def _route_gone(self, sender: _SenderRecord, r: InRoute) -> None:
         """`r` is closed: stop reading it, end its writer, and forget the
         sender `SENDER_TTL` after its last stream."""
         r.recv._core.on_wake = None
@@ -290,7 +290,7 @@ class Receiver:
                 sender.expiry = self._loop.call_later(SENDER_TTL, self._forget_sender,
                                                       r.peer, sender)
 
-    def _forget_sender(self, peer: str, sender: _Sender) -> None:
+    def _forget_sender(self, peer: str, sender: _SenderRecord) -> None:
         if self._senders.get(peer) is sender and not sender.routes:
             del self._senders[peer]
 

@@ -3,7 +3,7 @@
 Each (sender, receiver) pair is a `_Pair`: its `OutboundLog` (numbers, queue,
 unacknowledged items, size limit) plus the asyncio parts (the writer task, the
 event that wakes it, the tellers waiting for room). The writer opens the
-pair's stream (`_Route`, a `SendRoute`), packs the queue into batches, fences
+pair's stream (`_OutRoute`, a `SendRoute`), packs the queue into batches, fences
 the old stream when the path changes or the client closes, and reopens and
 resends when a stream breaks. Answers on a stream's return half are read from
 its wake-up callback.
@@ -39,7 +39,7 @@ from ...streams import InStream, OutStream
 from ...wire import DECODE_ERRORS, Code
 from .host import MailboxHost
 from .limits import PURPOSE
-from .outbound import OutboundLog, SendRoute, check_size, copy_error
+from .outbound import OutboundLog, SendRoute, ask_id_of, check_size, copy_error
 from .state import PairEvent, PairState, SendEvent, SendState
 from .streamio import log_failure, write_idle
 from .wire import (
@@ -66,7 +66,7 @@ def _time_out(fut: asyncio.Future[Any]) -> None:
         fut.set_exception(TimeoutError())
 
 
-class _Route(SendRoute):
+class _OutRoute(SendRoute):
     """One outgoing mailbox stream (the current or a fenced one)."""
 
     __slots__ = ("drained", "recv", "send")
@@ -90,7 +90,7 @@ class _Pair(OutboundLog):
         self.wake = asyncio.Event()
         #: Resolved when the first stream opened (the route exists).
         self.routed: asyncio.Future[None] = loop.create_future()
-        self.stream: _Route | None = None
+        self.stream: _OutRoute | None = None
         self.writer: asyncio.Task[None] | None = None
         #: True while the writer waits with nothing to do (no batch in flight,
         #: no fence or resend under way).
@@ -289,7 +289,7 @@ class Outbox:
                 self._kill(pair, NoSuchPeer(f"the mailbox route to {pair.peer!r} failed: "
                                             f"{exc}"))
 
-    async def _send_batch(self, pair: _Pair, route: _Route,
+    async def _send_batch(self, pair: _Pair, route: _OutRoute,
                           resend: deque[tuple[int, bytes]] | None = None) -> None:
         """Send one batch of the queue (or of `resend`) within the size limits."""
         hard = min(self._host.max_message_size, route.send._core.max_message_size)
@@ -314,16 +314,12 @@ class Outbox:
         pair.sent(len(items))
 
     def _fail_ask_item(self, item: bytes, exc: ConecError) -> None:
-        try:
-            decoded = msgspec.msgpack.decode(item)
-            if isinstance(decoded, list) and decoded and decoded[0] == 1:  # an Ask
-                entry = self._pending.get(int(decoded[1]))
-                if entry is not None and not entry[1].done():
-                    entry[1].set_exception(MessageTooLarge(str(exc)))
-        except Exception:  # not an ask after all: nobody waits for it
-            pass
+        ask_id = ask_id_of(item)
+        entry = self._pending.get(ask_id) if ask_id is not None else None
+        if entry is not None and not entry[1].done():
+            entry[1].set_exception(MessageTooLarge(str(exc)))
 
-    async def _ensure_route(self, pair: _Pair) -> _Route:
+    async def _ensure_route(self, pair: _Pair) -> _OutRoute:
         """The current route, fenced, reopened or resent as the path requires."""
         while True:
             if pair.dead is not None:
@@ -356,7 +352,7 @@ class Outbox:
             while resend and route.state is not _BROKEN:
                 await self._send_batch(pair, route, resend)
 
-    async def _open(self, pair: _Pair, direct: bool) -> _Route:
+    async def _open(self, pair: _Pair, direct: bool) -> _OutRoute:
         while True:
             if pair.dead is not None:
                 raise pair.dead
@@ -370,13 +366,13 @@ class Outbox:
                     continue
                 await asyncio.sleep(pair.open_failed(exc))
                 continue
-            route = _Route("direct" if direct else "proxied", send, recv, self._loop.time())
+            route = _OutRoute("direct" if direct else "proxied", send, recv, self._loop.time())
             recv._core.on_wake = functools.partial(self._read_replies, pair, route)
             self._read_replies(pair, route)
             return route
 
     @staticmethod
-    async def _fence(route: _Route) -> None:
+    async def _fence(route: _OutRoute) -> None:
         """Finish `route` and wait until the receiver consumed all of it."""
         route.handle(SendEvent.FINISH)
         try:
@@ -386,7 +382,7 @@ class Outbox:
             return
         await route.drained.wait()
 
-    def _read_replies(self, pair: _Pair, route: _Route) -> None:
+    def _read_replies(self, pair: _Pair, route: _OutRoute) -> None:
         """Read the return half of an outgoing stream: the stream's `on_wake`,
         so answers reach their asks without a reader task in between."""
         core = route.recv._core
