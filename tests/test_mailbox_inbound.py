@@ -25,7 +25,9 @@ from conec_actors.client.mailbox.wire import (
 def consume(sender: KnownSender, session: int, seq: int, count: int) -> list[int]:
     """The sequence numbers of a batch that are delivered (not duplicates)."""
     sender.begin_batch(session, seq)
-    return [s for s in range(seq, seq + count) if sender.fresh(s)]
+    first = sender.fresh_from(seq)
+    sender.consumed(seq + count - 1)
+    return [seq + i for i in range(count) if i >= first]
 
 
 def reply(n: int) -> bytes:
@@ -51,6 +53,19 @@ def test_a_new_session_starts_afresh() -> None:
     # The peer restarted: a new client instance numbers from 0 again.
     assert consume(sender, 8, 0, 2) == [0, 1]
     assert sender.session == 8
+
+
+def test_a_batch_consumed_in_parts() -> None:
+    sender = KnownSender()
+    sender.begin_batch(5, 100)
+    assert sender.fresh_from(100) == 0
+    sender.consumed(109)  # the first 10 items of 20, then the inbox was full
+    # Meanwhile the same items arrived again on a new stream, and more:
+    assert consume(sender, 5, 105, 10) == list(range(110, 115))
+    # The paused batch resumes at its 11th item: all of it is old now.
+    assert sender.fresh_from(100) == 15
+    sender.consumed(99)  # nothing new: no step back
+    assert sender.last == 114
 
 
 def test_first_batch_of_a_session_need_not_start_at_zero() -> None:

@@ -37,13 +37,16 @@ class KnownSender:
             self.session = session
             self.last = seq - 1
 
-    def fresh(self, seq: int) -> bool:
-        """Consume item `seq`: True if it is new, False for a duplicate (sent
-        again after a broken stream) to drop."""
+    def fresh_from(self, seq: int) -> int:
+        """In a batch whose first item is `seq`, the index of the first item
+        not consumed yet: those before it are duplicates (sent again after a
+        broken stream) to drop."""
+        return self.last - seq + 1
+
+    def consumed(self, seq: int) -> None:
+        """Every item up to `seq` was consumed (or dropped as a duplicate)."""
         if seq > self.last:
             self.last = seq
-            return True
-        return False
 
 
 class InboundLog:

@@ -191,24 +191,32 @@ class Receiver:
                     r.next_item = 0
                     sender.begin_batch(batch.session, batch.seq)
                 items = batch.items
-                while r.next_item < len(items):
-                    if inbox.ended:
-                        return
-                    if inbox.full():
-                        if not r.wait_room:
-                            r.wait_room = True
-                            inbox.wait_room.append(r)
-                        return
-                    item = items[r.next_item]
-                    if not isinstance(item, _FORWARD):
-                        raise ProtocolError(f"{type(item).__name__} on a forward half")
-                    if sender.fresh(batch.seq + r.next_item):
-                        if isinstance(item, Ask):
-                            r.asked(item.timeout, self._loop.time())
-                            inbox.put(Delivered(r.peer, item.body, item.id, r))
-                        else:
-                            inbox.put(Delivered(r.peer, item.body, None, r))
-                    r.next_item += 1
+                i = r.next_item
+                # Items before this index were consumed already (resent after
+                # a broken stream): dropped.
+                fresh_from = sender.fresh_from(batch.seq)
+                try:
+                    while i < len(items):
+                        if inbox.ended:
+                            return
+                        if inbox.full():
+                            if not r.wait_room:
+                                r.wait_room = True
+                                inbox.wait_room.append(r)
+                            return
+                        item = items[i]
+                        if not isinstance(item, _FORWARD):
+                            raise ProtocolError(f"{type(item).__name__} on a forward half")
+                        if i >= fresh_from:
+                            if isinstance(item, Ask):
+                                r.asked(item.timeout, self._loop.time())
+                                inbox.put(Delivered(r.peer, item.body, item.id, r))
+                            else:
+                                inbox.put(Delivered(r.peer, item.body, None, r))
+                        i += 1
+                finally:
+                    r.next_item = i
+                    sender.consumed(batch.seq + i - 1)
                 if r.batch_done(len(items), sender):
                     r.wake.set()  # an Ack is due
             if core.recv_error is not None:
