@@ -127,6 +127,9 @@ class Mailbox(Outbox):
     on the client itself.
     """
 
+    # The sending half is the base class (not a member) so that `tell` and
+    # `ask` cost no forwarding call; the receiving half is a member.
+
     def __init__(self, host: MailboxHost) -> None:
         super().__init__(host)
         self._receiver = Receiver(host, self._loop, self._session)
