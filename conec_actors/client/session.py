@@ -117,8 +117,11 @@ class CoordSession:
         """Nobody waits for `req`'s reply any more: it will be dropped."""
         self._pending.pop(req, None)
 
-    def answer(self, offer: int, code: int) -> wire.ChannelAnswer:
-        """Our answer to `ChannelOffer` `offer`: 0 (dial me) or a refusal `Code`."""
+    def answer(self, offer: int, code: int) -> wire.ChannelAnswer | None:
+        """Our answer to `ChannelOffer` `offer`: 0 (dial me) or a refusal
+        `Code`; None once the session is closed (nobody left to tell)."""
+        if self.state is SessionState.CLOSED:
+            return None
         self._move(_E.SEND)
         return wire.ChannelAnswer(offer, code)
 
