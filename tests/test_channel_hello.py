@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conec_actors import ProtocolError, wire
+from conec_actors import CertificateError, ConnectFailed, ProtocolError, wire
 from conec_actors.client.hello import (
     TRANSITIONS,
     ChannelHandshake,
@@ -183,7 +183,7 @@ def test_checks_happen_in_order() -> None:
 
 def test_a_closed_handshake_takes_nothing_more() -> None:
     hs = opener_hello_sent()
-    hs.close()
+    hs.close(wire.Code.CHANNEL_CLOSED, "")
     assert hs.state is HelloState.CLOSED and not hs.verified
     with pytest.raises(ProtocolError):
         hs.receive(wire.ChannelWelcome("bob", 1000))
@@ -191,7 +191,17 @@ def test_a_closed_handshake_takes_nothing_more() -> None:
         hs.certificate(BOB_CERT)
     with pytest.raises(IllegalTransition):
         hs.chain_checked(None)
-    hs.close()  # closing again is harmless
+    hs.close(wire.Code.CHANNEL_CLOSED, "")  # closing again is harmless
+
+
+def test_the_end_names_the_peer_once_known() -> None:
+    err = opener_hello_sent().close(wire.Code.CHANNEL_CLOSED, "bob closed it")
+    assert isinstance(err, ConnectFailed)
+    assert str(err) == "the channel to 'bob' ended: bob closed it"
+    err = opener().close(0x12A, "bad certificate")
+    assert isinstance(err, CertificateError) and "with 'bob'" in str(err)
+    err = target().close(wire.Code.NO_ERROR, "")
+    assert isinstance(err, ConnectFailed) and "the channel to the peer ended" in str(err)
 
 
 @pytest.mark.parametrize("state", list(HelloState))

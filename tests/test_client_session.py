@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conec_actors import ProtocolError, wire
+from conec_actors import ClientClosed, DuplicateId, ProtocolError, wire
 from conec_actors.client.session import TRANSITIONS, CoordSession, SessionEvent, SessionState
 from conec_actors.client.transitions import IllegalTransition
 
@@ -27,7 +27,7 @@ def ready() -> CoordSession:
 
 def closed() -> CoordSession:
     s = ready()
-    s.close()
+    s.close(wire.Code.CLIENT_CLOSED, "client closed")
     return s
 
 
@@ -134,9 +134,10 @@ def test_requests_need_a_welcome() -> None:
 def test_closing_fails_the_waiting_requests_and_ends_everything() -> None:
     s = ready()
     reqs = [s.request_channel("bob", False).req, s.request_count("room").req]
-    assert sorted(s.close()) == sorted(reqs)
+    ended = s.close(wire.Code.COORD_SHUTDOWN, "bye")
+    assert sorted(ended.waiting) == sorted(reqs)
     assert s.state is SessionState.CLOSED and s.waiting == 0
-    assert s.close() == []  # again: nothing more
+    assert s.close(wire.Code.COORD_SHUTDOWN, "bye").waiting == []  # again: nothing more
 
 
 def test_a_closed_session_sends_no_request_and_takes_no_message() -> None:
@@ -171,5 +172,15 @@ def test_close_is_legal_from_every_state(state: SessionState) -> None:
 
 def test_closing_before_the_welcome() -> None:
     for s in (CoordSession("alice"), hello_sent()):
-        assert s.close() == []
+        assert s.close(0, "").waiting == []
         assert s.state is SessionState.CLOSED
+
+
+def test_a_refused_hello_gives_the_refusal() -> None:
+    ended = hello_sent().close(wire.Code.DUPLICATE_ID, "'alice' is taken")
+    assert isinstance(ended.error, DuplicateId) and str(ended.error) == "'alice' is taken"
+
+
+def test_a_lost_coordinator_closes_the_client() -> None:
+    ended = ready().close(wire.Code.NO_ERROR, "")
+    assert isinstance(ended.error, ClientClosed)

@@ -7,6 +7,8 @@ certificate the Coordinator vouched for and says `ChannelHello`; the side
 that accepted (the target) matches the presented certificate against the
 introductions it expects, checks it the same way, and answers
 `ChannelWelcome`. Only then are direct streams accepted, in both directions.
+Those decisions are `hello.ChannelHandshake`'s (sans-I/O); this module does
+the I/O: it reads the certificate, checks its chain, sends and closes.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ import asyncio
 from typing import Protocol
 
 from .. import wire
-from ..closing import connection_error
-from ..errors import CertificateError, ConecError
+from ..errors import CertificateError
 from ..framing import frame
 from ..streams import StreamCore
 from ..tlsconf import check_chain, der
@@ -111,14 +112,10 @@ class ChannelLink(StreamLink):
 
     # -- the end ------------------------------------------------------------------------
 
-    def describe_end(self, code: int, reason: str) -> ConecError:
-        return connection_error(code, reason,
-                                channel=repr(self.peer) if self.peer else "the peer")
-
     def terminated(self, conn: Conn, code: int, reason: str) -> None:
+        err = self.hello.close(code, reason)
         if not self.welcome.done():
-            self.welcome.set_exception(self.describe_end(code, reason))
+            self.welcome.set_exception(err)
             self.welcome.exception()
-        self.hello.close()
-        super().terminated(conn, code, reason)
+        self.end_streams(err, code)
         self.owner._channel_ended(self)

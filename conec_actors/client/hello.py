@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from enum import Enum, auto
 
 from .. import wire
-from ..errors import ProtocolError
+from ..closing import connection_error
+from ..errors import ConecError, ProtocolError
 from .transitions import move
 
 
@@ -180,6 +181,8 @@ class ChannelHandshake:
         self._move(_E.OTHER, detail)
         raise AssertionError("unreachable: OTHER has no transition")
 
-    def close(self) -> None:
-        """The connection ended."""
+    def close(self, code: int, reason: str) -> ConecError:
+        """The connection ended with `code` and `reason`: what that means."""
         self._move(_E.CLOSE)
+        return connection_error(code, reason,
+                                channel=repr(self.peer) if self.peer else "the peer")

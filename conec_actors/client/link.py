@@ -4,8 +4,9 @@
 the `StreamCore` of each data stream, turns the first frame of a stream into
 an `IncomingStream` (or the answer to an open), and fails everything with
 the right error when the connection ends. Stream 0 is the control stream,
-opened by whichever side dialled. `CoordLink` adds the Coordinator's control
-messages; `ChannelLink` (in `channel.py`) those of a direct channel.
+opened by whichever side dialled. `CoordLink` drives the sans-I/O
+`session.CoordSession` (the Coordinator's control messages and the client's
+requests); `ChannelLink` (in `channel.py`) drives `hello.ChannelHandshake`.
 """
 
 from __future__ import annotations
@@ -77,9 +78,6 @@ class StreamLink:
         """Check an incoming stream's header; return the peer id to report,
         or None after resetting the stream."""
         return hdr.peer
-
-    def describe_end(self, code: int, reason: str) -> ConecError:
-        return connection_error(code, reason)
 
     # -- ConnHandler ------------------------------------------------------------
 
@@ -173,7 +171,10 @@ class StreamLink:
         self._maybe_forget(core)
 
     def terminated(self, conn: Conn, code: int, reason: str) -> None:
-        err = self.describe_end(code, reason)
+        self.end_streams(connection_error(code, reason), code)
+
+    def end_streams(self, err: ConecError, code: int) -> None:
+        """The connection ended (`err`, `code`): fail every stream and opening."""
         for sid in list(self.opening):
             self._opening_failed(sid, wire.Code.PEER_GONE, f"connection lost: {err}")
         scode = code if code in wire.CODES else wire.Code.PATH_FAILED
@@ -266,15 +267,15 @@ class CoordLink(StreamLink):
             self.welcome.set_result(got)
 
     def terminated(self, conn: Conn, code: int, reason: str) -> None:
-        err = self.describe_end(code, reason)
+        ended = self.session.close(code, reason)
         if not self.welcome.done():
-            self.welcome.set_exception(err)
+            self.welcome.set_exception(ended.error)
             self.welcome.exception()
-        for req in self.session.close():
+        for req in ended.waiting:
             fut = self.requests.pop(req, None)
             if fut is not None and not fut.done():
-                fut.set_exception(ClientClosed(f"lost the Coordinator: {err}"))
-        super().terminated(conn, code, reason)
+                fut.set_exception(ClientClosed(f"lost the Coordinator: {ended.error}"))
+        self.end_streams(ended.error, code)
 
     def send_hello(self, conn: Conn, max_message_size: int, idle_timeout: float,
                    max_datagram_size: int) -> None:

@@ -14,10 +14,12 @@ request, once. `link.CoordLink` drives it over a QUIC connection.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from enum import Enum, auto
 
 from .. import wire
-from ..errors import ProtocolError
+from ..closing import connection_error
+from ..errors import ConecError, ProtocolError
 from .transitions import move
 
 
@@ -67,6 +69,16 @@ _RECEIVED: dict[type, SessionEvent] = {
     wire.ChannelOffer: _E.OFFER,
     wire.PeerDialing: _E.PEER_DIALING,
 }
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """What the end of the connection means to the client."""
+
+    #: The error for whoever waited (`ClientClosed`, or the refusal's own).
+    error: ConecError
+    #: Requests that were waiting for a reply: they fail.
+    waiting: list[int]
+
 
 Reply = wire.ChannelIntro | wire.BroadcastCountReply
 #: What `receive` hands the driver: the message to act on, or None (a reply
@@ -161,9 +173,11 @@ class CoordSession:
         assert isinstance(msg, wire.ChannelOffer | wire.PeerDialing)
         return msg
 
-    def close(self) -> list[int]:
-        """The connection ended: the requests still waiting (they fail)."""
+    def close(self, code: int, reason: str) -> Ended:
+        """The connection ended with `code` and `reason` (a refusal of the
+        hello, the Coordinator going away, our own close): what that means,
+        and the requests still waiting, which fail with it."""
         self._move(_E.CLOSE)
         waiting = list(self._pending)
         self._pending.clear()
-        return waiting
+        return Ended(connection_error(code, reason), waiting)
