@@ -50,6 +50,8 @@ class HelloState(Enum):
 
 
 class HelloEvent(Enum):
+    """What moves the exchange: the checks' results, the peer's messages, the end."""
+
     CERTIFICATE = auto()
     CHAIN_OK_OPENER = auto()
     CHAIN_OK_TARGET = auto()
@@ -120,6 +122,7 @@ class ChannelHandshake:
 
     @property
     def ready(self) -> bool:
+        """Both ends registered the channel."""
         return self.state is _S.READY
 
     def certificate(self, presented: bytes | None, introduced: str | None = None
