@@ -70,6 +70,7 @@ _RECEIVED: dict[type, SessionEvent] = {
     wire.PeerDialing: _E.PEER_DIALING,
 }
 
+
 @dataclass(frozen=True, slots=True)
 class Ended:
     """What the end of the connection means to the client."""
