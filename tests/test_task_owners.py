@@ -106,6 +106,9 @@ async def test_no_task_outlives_a_stopped_actor() -> None:
         dsend, drecv = await caller.client.new_direct_stream("echo")
         await dsend.send(b"pong")
         assert await drecv.recv() == b"pong"
+        bsend, brecv = await caller.client.new_broadcast("room")
+        await bsend.send(b"all")
+        assert (await brecv.recv()).data == b"all"
         assert alive_since(before)
         await caller.stop()
         await echo.stop()
