@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import math
 import random
-import signal
 import struct
 import sys
 import zlib
@@ -29,6 +28,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from ._oserror import describe_os_error
+from ._run import on_stop_signals, run, running_loop_name
 from .certs import self_signed
 from .client import Client
 from .config import ClientConfig, CoordConfig
@@ -266,30 +267,7 @@ def _table(rows: list[list[str]], right: set[int], indent: str = "  ") -> list[s
     return out
 
 
-def _loop_kind() -> str:
-    loop = asyncio.get_running_loop()
-    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
-
-
 # -- the demo -----------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _on_signals(callback: Callable[[], None]) -> Iterator[None]:
-    """Call `callback` on SIGINT/SIGTERM while inside (main thread only)."""
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, callback)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass
-    try:
-        yield
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
 
 
 async def _connect_all(cfgs: list[ClientConfig]) -> list[Client]:
@@ -326,9 +304,9 @@ async def demo(duration: float = 5.0, clients: int = 3, out: TextIO | None = Non
 
     names = client_names(clients)
     say(f"conec-actors demo: a Coordinator and {clients} client{'s' * (clients != 1)} "
-        f"in this process, for {duration:g} s on {_loop_kind()} (Ctrl-C stops early)")
+        f"in this process, for {duration:g} s on {running_loop_name()} (Ctrl-C stops early)")
     ck = self_signed(["localhost"])
-    with _on_signals(interrupt):
+    with on_stop_signals(interrupt):
         async with Coord.start(CoordConfig(ck.cert_pem, ck.key_pem, host="127.0.0.1",
                                            port=0)) as coord:
             host, port = coord.address
@@ -559,8 +537,6 @@ def run_demo(duration: float = 5.0, clients: int = 3) -> int:
     """Run the demo in a new event loop (uvloop if installed) and return the
     exit status: 0 if every check passed, 1 if one failed or the demo could
     not start, 130 if interrupted."""
-    from .cli import describe_os_error, run
-
     try:
         return run(demo(duration, clients))
     except OSError as exc:
