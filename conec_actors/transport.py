@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -31,31 +30,32 @@ from ._quic import (
     parse_packet,
     version_negotiation,
 )
+from .endpoint_rules import (
+    RETRY_OFF,
+    RETRY_ON,
+    Addr,
+    RetryDemand,
+    RetryMode,
+    normalize_address,
+    unmap_address,
+)
+from .udp import DEFAULT_TTL, make_socket
+
+__all__ = [  # the names other modules import from here
+    "DRAIN_EVERY", "HANDSHAKE_TIMEOUT", "READ_BATCH", "RETRY_OFF", "RETRY_ON",
+    "Addr", "Conn", "ConnHandler", "Endpoint", "RetryMode", "ServerSettings", "unmap_address",
+]
 
 log = logging.getLogger(__name__)
 
-Addr = tuple[Any, ...]
-RetryMode = bool | Literal["auto"]
-
-#: Half-open handshakes above which "auto" demands a Retry, and below which
-#: it stops again.
-RETRY_ON = 256
-RETRY_OFF = 128
 #: Seconds an accepted connection has to complete its handshake before it is
 #: dropped: a peer that sends Initials and never finishes holds no state
 #: longer than this.
 HANDSHAKE_TIMEOUT = 5.0
-SOCKET_BUFFER = 4 * 1024 * 1024
 #: Datagrams read per wake-up of the socket, under load.
 READ_BATCH = 32
 #: While traffic is light, one wake-up in this many still drains the socket.
 DRAIN_EVERY = 8
-_DEFAULT_TTL = 64
-try:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as _probe:
-        _DEFAULT_TTL = _probe.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
-except OSError:
-    pass
 
 
 class ConnHandler(Protocol):
@@ -66,15 +66,6 @@ class ConnHandler(Protocol):
     def stream_reset(self, conn: Conn, stream_id: int, code: int) -> None: ...
     def stop_sending(self, conn: Conn, stream_id: int, code: int) -> None: ...
     def terminated(self, conn: Conn, code: int, reason: str) -> None: ...
-
-
-def unmap_address(addr: Addr) -> tuple[str, int]:
-    """(host, port) with an IPv4-mapped IPv6 host turned back into IPv4."""
-    host = str(addr[0])
-    if host.startswith("::ffff:"):
-        with contextlib.suppress(ValueError):
-            return (str(ipaddress.IPv6Address(host).ipv4_mapped or host), int(addr[1]))
-    return (host, int(addr[1]))
 
 
 class Conn:
@@ -356,7 +347,7 @@ class Endpoint:
         self._conns: set[Conn] = set()
         self._half_open: set[Conn] = set()
         self._retry_gate = RetryGate()
-        self._demand_retry = False
+        self._retry_demand = RetryDemand()
         self._light = True
         self._light_wakeups = 0
         self._closed = False
@@ -371,7 +362,7 @@ class Endpoint:
                    server: ServerSettings | None = None) -> Endpoint:
         """Bind a UDP socket. `host=None` binds dual-stack (or IPv4 only where
         IPv6 is unavailable)."""
-        return cls(_make_socket(host, port), server)
+        return cls(make_socket(host, port), server)
 
     @property
     def local_address(self) -> tuple[str, int]:
@@ -383,13 +374,7 @@ class Endpoint:
 
     def normalize(self, addr: Addr) -> Addr:
         """Address as this socket reports peers (mapped IPv4 on dual stack)."""
-        host, port = str(addr[0]), int(addr[1])
-        if self.family == socket.AF_INET6:
-            ip = ipaddress.ip_address(host)
-            if ip.version == 4:
-                return (f"::ffff:{host}", port, 0, 0)
-            return (host, port, 0, 0)
-        return (host, port)
+        return normalize_address(addr, self.family == socket.AF_INET6)
 
     def sendto(self, data: bytes, addr: Addr) -> None:
         if self._closed:
@@ -421,7 +406,7 @@ class Endpoint:
                 with contextlib.suppress(OSError):
                     # -1 restores the default hop limit; IP_TTL needs a value
                     self.sock.setsockopt(level, opt, -1 if opt != socket.IP_TTL
-                                         else _DEFAULT_TTL)
+                                         else DEFAULT_TTL)
 
     def _on_readable(self) -> None:
         limit = READ_BATCH
@@ -513,7 +498,7 @@ class Endpoint:
                 return
             retry_scid = pkt.dcid
         else:
-            if server.retry is True or (server.retry == "auto" and self._retry_needed()):
+            if self._retry_demand.needed(server.retry, len(self._half_open)):
                 self.retries_sent += 1
                 self.sendto(self._retry_gate.retry_packet(pkt, addr, now), addr)
                 return
@@ -548,14 +533,6 @@ class Endpoint:
             self.handshakes_expired += 1
             conn.abort()
 
-    def _retry_needed(self) -> bool:
-        n = len(self._half_open)
-        if n > RETRY_ON:
-            self._demand_retry = True
-        elif n < RETRY_OFF:
-            self._demand_retry = False
-        return self._demand_retry
-
     @property
     def half_open(self) -> int:
         return len(self._half_open)
@@ -586,46 +563,3 @@ class Endpoint:
         with contextlib.suppress(Exception):
             self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
-
-
-def _make_socket(host: str | None, port: int) -> socket.socket:
-    if host is None:
-        try:
-            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-            try:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                sock.bind(("::", port))
-            except OSError:
-                sock.close()
-                raise
-        except OSError:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            _bind_or_close(sock, ("0.0.0.0", port))
-    else:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        family, _, _, _, sockaddr = infos[0]
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        if family == socket.AF_INET6:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
-                                0 if host in ("::", "") else 1)
-        _bind_or_close(sock, sockaddr)
-    for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
-                         (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
-        try:
-            if force is None:
-                raise OSError
-            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
-        except OSError:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
-    sock.setblocking(False)
-    return sock
-
-
-def _bind_or_close(sock: socket.socket, addr: Any) -> None:
-    try:
-        sock.bind(addr)
-    except OSError:
-        sock.close()
-        raise
