@@ -33,7 +33,7 @@ async def next_incoming(client: Any, timeout: float = 5.0) -> Any:
 
 def unsent(client: Any, send: Any) -> int:
     core = client._core_for_tests(send)
-    return int(core.conn.unsent(core.sid))
+    return int(core.conn.unsent(core.quic_id))
 
 
 # -- stream numbers ------------------------------------------------------------------
