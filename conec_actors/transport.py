@@ -62,14 +62,16 @@ class ConnHandler(Protocol):
     """What a `Conn` tells its owner. Every method runs in the event loop."""
 
     def handshake_completed(self, conn: Conn) -> None: ...
-    def stream_data(self, conn: Conn, stream_id: int, data: bytes, fin: bool) -> None: ...
-    def stream_reset(self, conn: Conn, stream_id: int, code: int) -> None: ...
-    def stop_sending(self, conn: Conn, stream_id: int, code: int) -> None: ...
+    def stream_data(self, conn: Conn, quic_id: int, data: bytes, fin: bool) -> None: ...
+    def stream_reset(self, conn: Conn, quic_id: int, code: int) -> None: ...
+    def stop_sending(self, conn: Conn, quic_id: int, code: int) -> None: ...
     def terminated(self, conn: Conn, code: int, reason: str) -> None: ...
 
 
 class Conn:
-    """One QUIC connection on an endpoint."""
+    """One QUIC connection on an endpoint. A `quic_id` is a stream's id on
+    this connection (aioquic's `stream_id`), not the `StreamId` both ends
+    give a stream."""
 
     def __init__(self, endpoint: Endpoint, quic: ConecQuicConnection, addr: Addr,
                  handler: ConnHandler | None) -> None:
@@ -208,9 +210,9 @@ class Conn:
     async def wait_handshake(self) -> None:
         await asyncio.shield(self._handshake_waiter)
 
-    def send(self, stream_id: int, data: bytes, end: bool = False) -> None:
+    def send(self, quic_id: int, data: bytes, end: bool = False) -> None:
         try:
-            self.quic.send_stream_data(stream_id, data, end_stream=end)
+            self.quic.send_stream_data(quic_id, data, end_stream=end)
         except (RuntimeError, ValueError) as exc:
             # The sending side is over: the peer stopped the stream (aioquic
             # resets it while parsing STOP_SENDING, before we hear of it), or
@@ -218,7 +220,7 @@ class Conn:
             # write (ValueError: a peer's unidirectional stream, which
             # aioquic refuses anyway since none are granted). Nothing can
             # carry these bytes.
-            log.debug("write to stream %d dropped: %s", stream_id, exc)
+            log.debug("write to stream %d dropped: %s", quic_id, exc)
             return
         if self._transmit_handle is None and not self._sent_this_turn:
             # An idle connection sends at once (no loop turn of delay for a
@@ -232,50 +234,50 @@ class Conn:
     def _new_turn(self) -> None:
         self._sent_this_turn = False
 
-    def reset(self, stream_id: int, code: int) -> None:
+    def reset(self, quic_id: int, code: int) -> None:
         """Abort the sending side of a stream (no-op if it is over)."""
         with contextlib.suppress(ValueError, AssertionError, KeyError):
-            if self.quic.can_send(stream_id):
-                self.quic.reset_stream(stream_id, code)
+            if self.quic.can_send(quic_id):
+                self.quic.reset_stream(quic_id, code)
                 self.transmit_soon()
 
-    def stop(self, stream_id: int, code: int) -> None:
+    def stop(self, quic_id: int, code: int) -> None:
         """Ask the peer to stop sending on a stream (no-op if it is over)."""
         with contextlib.suppress(ValueError, AssertionError, KeyError):
-            self.quic.stop_stream(stream_id, code)
+            self.quic.stop_stream(quic_id, code)
             self.transmit_soon()
 
-    def consume(self, stream_id: int, nbytes: int) -> None:
-        if self.quic.consume(stream_id, nbytes):
+    def consume(self, quic_id: int, nbytes: int) -> None:
+        if self.quic.consume(quic_id, nbytes):
             self.transmit_soon()
 
-    def consume_to(self, stream_id: int, offset: int) -> None:
+    def consume_to(self, quic_id: int, offset: int) -> None:
         # Transmit only when a window update is due: reading a message must
         # not schedule a send ahead of the reader's own reply.
-        if self.quic.consume_to(stream_id, offset):
+        if self.quic.consume_to(quic_id, offset):
             self.transmit_soon()
 
-    def unsent(self, stream_id: int) -> int:
-        return self.quic.unsent(stream_id)
+    def unsent(self, quic_id: int) -> int:
+        return self.quic.unsent(quic_id)
 
-    def set_stream_window(self, stream_id: int, window: int) -> None:
-        self.quic.set_stream_window(stream_id, window)
+    def set_stream_window(self, quic_id: int, window: int) -> None:
+        self.quic.set_stream_window(quic_id, window)
 
     def new_stream_id(self) -> int:
         return self.quic.next_stream_id()
 
-    def forget_stream(self, stream_id: int) -> None:
-        self._drain.pop(stream_id, None)
-        if self.quic.forget_stream(stream_id):
+    def forget_stream(self, quic_id: int) -> None:
+        self._drain.pop(quic_id, None)
+        if self.quic.forget_stream(quic_id):
             self.transmit_soon()
 
-    def watch_drain(self, stream_id: int, cb: Callable[[], None]) -> None:
+    def watch_drain(self, quic_id: int, cb: Callable[[], None]) -> None:
         """Call `cb` after every datagram or timer while watched (ACKs drain
         unsent data)."""
-        self._drain[stream_id] = cb
+        self._drain[quic_id] = cb
 
-    def unwatch_drain(self, stream_id: int) -> None:
-        self._drain.pop(stream_id, None)
+    def unwatch_drain(self, quic_id: int) -> None:
+        self._drain.pop(quic_id, None)
 
     def close(self, code: int = 0, reason: str = "") -> None:
         if self.closed:
