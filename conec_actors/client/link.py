@@ -18,13 +18,12 @@ from typing import Any
 
 from .. import wire
 from .._util import Waiters
+from ..control import CONTROL_STREAM, ControlReader
 from ..errors import CertificateError, ClientClosed, ConecError, ProtocolError, StreamReset
-from ..framing import FrameDecoder, FrameTooLarge, frame
+from ..framing import frame
 from ..streams import IncomingStream, InStream, OutStream, StreamCore, StreamId
 from ..transport import Conn
 
-CONTROL_MAX = 64 * 1024
-CONTROL_SID = 0
 #: Streams opened to us that the application has not taken from `incoming`.
 MAX_UNCLAIMED_STREAMS = 1024
 
@@ -56,8 +55,7 @@ class StreamLink:
                  max_message_size: int) -> None:
         loop = asyncio.get_running_loop()
         self.conn: Conn | None = None
-        self.control = FrameDecoder(CONTROL_MAX)
-        self._control_in = 0  # bytes of the control stream that arrived
+        self.control = ControlReader()
         self.streams: dict[int, StreamCore] = {}
         self.opening: dict[int, asyncio.Future[None]] = {}
         self.awaiting_header: set[int] = set()
@@ -87,7 +85,7 @@ class StreamLink:
         pass
 
     def stream_data(self, conn: Conn, sid: int, data: bytes, fin: bool) -> None:
-        if sid == CONTROL_SID:
+        if sid == CONTROL_STREAM:
             self._control_data(conn, data, fin)
             return
         core = self.streams.get(sid)
@@ -187,21 +185,22 @@ class StreamLink:
     # -- control stream -----------------------------------------------------------
 
     def _control_data(self, conn: Conn, data: bytes, fin: bool) -> None:
-        self._control_in += len(data)
+        control = self.control
         try:
-            for raw in self.control.feed(data):
-                self.control_msg(conn, wire.decode(raw))
-        except (FrameTooLarge, ProtocolError) as exc:
+            control.feed(data, fin)
+            while control:
+                self.control_msg(conn, control.next())
+        except ProtocolError as exc:
             conn.close(wire.Code.PROTOCOL, wire.clip(str(exc)))
             return
         # Credit what was acted on, not a partial message.
-        conn.consume_to(CONTROL_SID, self._control_in - self.control.buffered)
-        if fin and not conn.closed:
+        conn.consume_to(CONTROL_STREAM, control.acted_on)
+        if control.ended and not conn.closed:
             conn.close(wire.Code.PROTOCOL, "the control stream was closed")
 
     def send_control(self, msg: wire.Control) -> None:
         assert self.conn is not None
-        self.conn.send(CONTROL_SID, frame(wire.encode(msg)))
+        self.conn.send(CONTROL_STREAM, frame(wire.encode(msg)))
 
     # -- streams ------------------------------------------------------------------
 
