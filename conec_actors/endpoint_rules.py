@@ -1,12 +1,15 @@
 """Rules of a UDP endpoint that need no socket: the forms of a peer's
-address, and when to demand a Retry from new connections (address
-validation) under a flood of half-open handshakes."""
+address, and the admission of new connections (which datagrams may start
+one, version negotiation, and when to demand a Retry, i.e. address
+validation, under a flood of half-open handshakes)."""
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
+
+from ._quic import SMALLEST_MAX_DATAGRAM_SIZE, PacketInfo, RetryGate, version_negotiation
 
 Addr = tuple[Any, ...]
 """A socket address as the socket module gives it: (host, port) for IPv4,
@@ -65,3 +68,59 @@ class RetryDemand:
         elif half_open < self.off:
             self._demanding = False
         return self._demanding
+
+
+class Reply(NamedTuple):
+    """Answer the datagram's sender with `data`, keeping no state."""
+
+    data: bytes
+    #: The answer is a Retry (counted by the endpoint).
+    is_retry: bool = False
+
+
+class Accept(NamedTuple):
+    """Start a server connection for the datagram."""
+
+    #: The destination connection id of the client's first Initial.
+    original_dcid: bytes
+    #: When the client came back from a Retry: the Retry's source id.
+    retry_scid: bytes | None
+
+
+class Admission:
+    """What a server endpoint does with a datagram that belongs to no
+    connection it knows: ignore it (None), answer without keeping state
+    (`Reply`: version negotiation, a Retry, or a close for a token that is not
+    valid), or start a connection (`Accept`). Only a full-size Initial may
+    start one, so knocks and junk cost no state."""
+
+    __slots__ = ("_demand", "_gate")
+
+    def __init__(self, gate: RetryGate | None = None) -> None:
+        self._gate = gate or RetryGate()
+        self._demand = RetryDemand()
+
+    def consider(self, pkt: PacketInfo, size: int, addr: Addr, now: float, *,
+                 versions: list[int], retry: RetryMode, half_open: int
+                 ) -> Reply | Accept | None:
+        """The verdict on a datagram of `size` bytes whose first header is
+        `pkt`, from `addr`, for a server speaking `versions` in Retry mode
+        `retry` with `half_open` handshakes under way."""
+        if pkt.is_version_negotiation:
+            return None
+        if pkt.version is not None and pkt.version not in versions:
+            if size >= SMALLEST_MAX_DATAGRAM_SIZE:
+                return Reply(version_negotiation(pkt, versions))
+            return None
+        if not pkt.is_initial or size < SMALLEST_MAX_DATAGRAM_SIZE:
+            return None
+        if pkt.token:
+            # Always honour a token that comes back, whatever the current mode:
+            # a client that met a Retry must not meet a server ignoring it.
+            odcid = self._gate.validate(pkt, addr, now)
+            if odcid is None:
+                return Reply(self._gate.invalid_token_close(pkt))
+            return Accept(odcid, pkt.dcid)
+        if self._demand.needed(retry, half_open):
+            return Reply(self._gate.retry_packet(pkt, addr, now), is_retry=True)
+        return Accept(pkt.dcid, None)

@@ -22,19 +22,13 @@ from typing import Any, Protocol
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 
-from ._quic import (
-    CONNECTION_ID_LENGTH,
-    SMALLEST_MAX_DATAGRAM_SIZE,
-    ConecQuicConnection,
-    RetryGate,
-    parse_packet,
-    version_negotiation,
-)
+from ._quic import CONNECTION_ID_LENGTH, ConecQuicConnection, PacketInfo, parse_packet
 from .endpoint_rules import (
     RETRY_OFF,
     RETRY_ON,
+    Accept,
     Addr,
-    RetryDemand,
+    Admission,
     RetryMode,
     normalize_address,
     unmap_address,
@@ -348,8 +342,7 @@ class Endpoint:
         self._cids: dict[bytes, Conn] = {}
         self._conns: set[Conn] = set()
         self._half_open: set[Conn] = set()
-        self._retry_gate = RetryGate()
-        self._retry_demand = RetryDemand()
+        self._admission = Admission()
         self._light = True
         self._light_wakeups = 0
         self._closed = False
@@ -474,43 +467,27 @@ class Endpoint:
             conn.receive(data, addr)
             return
         server = self.server
-        if server is None or pkt.is_version_negotiation:
+        if server is None:
             return
-        if pkt.version is not None and pkt.version not in \
-                server.configuration.supported_versions:
-            if len(data) >= SMALLEST_MAX_DATAGRAM_SIZE:
-                self.sendto(version_negotiation(pkt, server.configuration.supported_versions),
-                            addr)
-            return
-        # A new connection only from a full-size Initial: knocks and junk are
-        # ignored without state.
-        if not pkt.is_initial or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
-            return
-        self._accept(pkt, data, addr, server)
-
-    def _accept(self, pkt: Any, data: bytes, addr: Addr, server: ServerSettings) -> None:
-        now = self.loop.time()
-        retry_scid: bytes | None = None
-        if pkt.token:
-            # Always honour a token that comes back, whatever the current mode:
-            # a client that met a Retry must not meet a server ignoring it.
-            odcid = self._retry_gate.validate(pkt, addr, now)
-            if odcid is None:
-                self.sendto(self._retry_gate.invalid_token_close(pkt), addr)
-                return
-            retry_scid = pkt.dcid
-        else:
-            if self._retry_demand.needed(server.retry, len(self._half_open)):
+        verdict = self._admission.consider(
+            pkt, len(data), addr, self.loop.time(),
+            versions=server.configuration.supported_versions, retry=server.retry,
+            half_open=len(self._half_open))
+        if isinstance(verdict, Accept):
+            self._accept(pkt, data, addr, server, verdict)
+        elif verdict is not None:
+            if verdict.is_retry:
                 self.retries_sent += 1
-                self.sendto(self._retry_gate.retry_packet(pkt, addr, now), addr)
-                return
-            odcid = pkt.dcid
+            self.sendto(verdict.data, addr)
+
+    def _accept(self, pkt: PacketInfo, data: bytes, addr: Addr, server: ServerSettings,
+                verdict: Accept) -> None:
         quic = ConecQuicConnection(
             configuration=server.configuration,
             stream_window=server.stream_window,
             request_client_certificate=server.request_client_certificate,
-            original_destination_connection_id=odcid,
-            retry_source_connection_id=retry_scid,
+            original_destination_connection_id=verdict.original_dcid,
+            retry_source_connection_id=verdict.retry_scid,
         )
         conn = Conn(self, quic, addr, None)
         self._conns.add(conn)
