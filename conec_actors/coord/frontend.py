@@ -24,8 +24,9 @@ import logging
 from collections import deque
 
 from .. import wire
+from ..control import CONTROL_STREAM, ControlReader
 from ..errors import CertificateError, ConecError, InvalidId, ProtocolError
-from ..framing import HEADER_SIZE, FrameDecoder, FrameScanner, FrameTooLarge, frame
+from ..framing import HEADER_SIZE, FrameScanner, FrameTooLarge, frame
 from ..ids import check_id, is_valid_id, stable_hash
 from ..streams import HEADER_FRAME_MAX, MAX_STREAM_NUMBER
 from ..tlsconf import check_chain, der
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 
 FRONTEND_NAME = "fe0"
 HELLO_TIMEOUT = 5.0
-CONTROL_MAX = 64 * 1024  # control messages are small
 MAX_PENDING_OPENS = 64  # streams of one client waiting for their route
 MAX_PENDING_CHANNELS = 16  # channel introductions of one client in progress
 OFFER_TIMEOUT = 5.0  # how long a channel target has to answer
@@ -110,12 +110,8 @@ class Session:
         self.client_id: str | None = None
         self.state = "handshake"  # -> hello -> admitting -> ready -> closed
         self.control_sid: int | None = None
-        self.control = FrameDecoder(CONTROL_MAX)
-        self._control_in = 0  # bytes of the control stream that arrived
-        #: decoded control messages not acted on yet (replies are backing up)
-        self._control_parked: deque[bytes] = deque()
-        self._control_parked_bytes = 0
-        self._control_fin = False
+        #: holds control messages not acted on yet (while replies back up)
+        self.control = ControlReader()
         self._control_blocked = False
         self.requests_pending = 0  # control requests waiting for a worker
         self.legs: dict[int, Leg] = {}
@@ -150,7 +146,7 @@ class Session:
         if self.state in ("closed", "handshake"):
             return
         if self.control_sid is None:
-            if sid != 0:
+            if sid != CONTROL_STREAM:
                 self.refuse(wire.Code.PROTOCOL, "the control stream must be opened first")
                 return
             self.control_sid = sid
@@ -188,15 +184,11 @@ class Session:
     # -- control stream ----------------------------------------------------------
 
     def _control_data(self, data: bytes, fin: bool) -> None:
-        self._control_in += len(data)
         try:
-            for raw in self.control.feed(data):
-                self._control_parked.append(raw)
-                self._control_parked_bytes += HEADER_SIZE + len(raw)
-        except FrameTooLarge:
-            self.refuse(wire.Code.PROTOCOL, "control message too large")
+            self.control.feed(data, fin)
+        except ProtocolError as exc:
+            self.refuse(wire.Code.PROTOCOL, wire.clip(str(exc)))
             return
-        self._control_fin = self._control_fin or fin
         self.control_run()
 
     def control_run(self) -> None:
@@ -207,32 +199,29 @@ class Session:
         CONTROL_REPLY_HIGH bytes of replies are unsent, so neither its
         requests nor the replies pile up here.
         """
-        parked = self._control_parked
+        control = self.control
         sid = self.control_sid
         if sid is None:
             return
         try:
-            while parked and self.state != "closed":
+            while control and self.state != "closed":
                 if self._replies_backed_up():
                     if not self._control_blocked:
                         self._control_blocked = True
                         self.conn.watch_drain(sid, self.control_run)
                     break
-                raw = parked.popleft()
-                self._control_parked_bytes -= HEADER_SIZE + len(raw)
-                self._control_msg(wire.decode(raw))
+                self._control_msg(control.next())
         except ConecError as exc:
             self.refuse(wire.Code.PROTOCOL, wire.clip(str(exc)))
             return
         if self.state == "closed":
             return
-        if not parked and self._control_blocked:
+        if not control and self._control_blocked:
             self._control_blocked = False
             self.conn.unwatch_drain(sid)
         # Credit what was acted on; a partial message or parked ones are not.
-        self.conn.consume_to(sid, self._control_in - self.control.buffered
-                             - self._control_parked_bytes)
-        if self._control_fin and not parked:
+        self.conn.consume_to(sid, control.acted_on)
+        if control.ended:
             self.refuse(wire.Code.PROTOCOL, "the control stream was closed")
 
     def _replies_backed_up(self) -> bool:
