@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 
 from .. import wire
@@ -105,6 +105,7 @@ class Client:
             done: asyncio.Future[None] = self._loop.create_future()
             await self._commands.put(_Close(done))
         await self._task
+        await self._mailbox.wait_closed()
         await self._chans.aclose()
 
     async def _run(self) -> None:
@@ -436,6 +437,35 @@ class Client:
         `Envelope`, ending when the client closes; `mailbox.typed(T)`
         decodes bodies as `T`."""
         return self._mailbox
+
+    # -- what the mailbox uses (`mailbox.MailboxHost`; internal) ------------------------
+
+    def closed_error(self) -> ClientClosed:
+        """Internal (`MailboxHost`): a fresh `ClientClosed` saying why the
+        client closed."""
+        return self._closed_error()
+
+    def has_channel(self, peer: str) -> bool:
+        """Internal (`MailboxHost`): a direct channel to `peer` is open."""
+        ch = self._channels.get(peer)
+        return ch is not None and ch.link is not None and not ch.link.closed.done()
+
+    async def open_route(self, peer: str, purpose: str, *, direct: bool
+                         ) -> tuple[OutStream, InStream]:
+        """Internal (`MailboxHost`): open a stream to `peer` whose header says
+        `purpose`, over the channel (`NoChannel` if none) or proxied."""
+        if direct:
+            return await self._open_direct(peer, None, purpose)
+        return await self._open_proxied(peer, None, purpose)
+
+    def handle_purpose(self, purpose: str,
+                       handler: Callable[[IncomingStream], bool] | None) -> None:
+        """Internal (`MailboxHost`): give incoming streams whose header says
+        `purpose` to `handler`; None stops."""
+        if handler is None:
+            self._router.handlers.pop(purpose, None)
+        else:
+            self._router.handlers[purpose] = handler
 
     def __repr__(self) -> str:
         state = "closed" if self.is_closed else "connected"

@@ -11,8 +11,8 @@ from typing import Any
 
 import msgspec
 
-from ..errors import ProtocolError
-from ..wire import DECODE_ERRORS
+from ...errors import ProtocolError
+from ...wire import DECODE_ERRORS
 
 #: Version of the mailbox wire format (the second field of every `Batch`).
 MAILBOX_VERSION = 1
@@ -116,3 +116,21 @@ def decode_batch(frame: bytes) -> Batch:
     if batch.v != MAILBOX_VERSION:
         raise ProtocolError(f"mailbox format version {batch.v} is not {MAILBOX_VERSION}")
     return batch
+
+
+_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+
+def decoder_for(typ: Any) -> msgspec.msgpack.Decoder[Any]:
+    """The (cached) decoder of bodies of type `typ`; builtins for None or Any."""
+    if typ is None or typ is Any:
+        return any_decoder
+    try:
+        return _decoders[typ]
+    except (KeyError, TypeError):
+        dec: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(typ)
+        try:
+            _decoders[typ] = dec
+        except TypeError:  # an unhashable type expression: not cached
+            pass
+        return dec
