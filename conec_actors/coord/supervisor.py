@@ -294,11 +294,15 @@ class Supervisor:
                     with contextlib.suppress(ProcessLookupError):
                         p.kill()
                     await p.wait()
-        for slot in self._slots.values():
-            if slot.watcher is not None:
-                slot.watcher.cancel()
-        if self._retry_handle is not None:
-            self._retry_handle.cancel()
+        # The watchers are ours: cancelled and awaited, none outlives us.
+        watchers = [s.watcher for s in self._slots.values() if s.watcher is not None]
+        for w in watchers:
+            w.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        for handle in (self._flush_handle, self._retry_handle):
+            if handle is not None:
+                handle.cancel()
+        self._flush_handle = self._retry_handle = None
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self._fd)
         self._sock.close(0)
