@@ -31,8 +31,8 @@ async def next_incoming(client: Any, timeout: float = 5.0) -> Any:
     return await asyncio.wait_for(client.incoming.__aiter__().__anext__(), timeout)
 
 
-def unsent(client: Any, send: Any) -> int:
-    core = client._core_for_tests(send)
+def unsent(send: Any) -> int:
+    core = send._core  # the raw core of a stream the test owns
     return int(core.conn.unsent(core.sid))
 
 
@@ -99,13 +99,13 @@ async def test_a_client_that_does_not_read_holds_at_most_its_window_of_a_big_mes
         assert await inc.recv.recv() == b"hello"
         size = 4 * MiB
         body = bytes(range(256)) * (size // 256)
-        raw = a._core_for_tests(send)
+        raw = send._core
         raw.write_raw(size.to_bytes(4, "big") + body[:2 * MiB])
-        reader = b._core_for_tests(inc.send)
+        reader = inc.send._core
         await asyncio.sleep(1.5)  # nobody reads at bob meanwhile
         # bob holds at most its window; the rest waits at alice's end
         assert reader.decoder.buffered <= STREAM_WINDOW, reader.decoder.buffered
-        assert unsent(a, send) > MiB
+        assert unsent(send) > MiB
         raw.write_raw(body[2 * MiB:])
         assert await asyncio.wait_for(inc.recv.recv(), 30) == body
         await send.send(b"after")
@@ -123,10 +123,10 @@ async def test_a_broadcast_member_trickling_a_big_message_costs_the_front_end_li
         assert await rb.recv() == BroadcastMessage("alice", b"hi")
         size = 4 * MiB
         body = bytes(range(256)) * (size // 256)
-        raw = a._core_for_tests(sa)
+        raw = sa._core
         raw.write_raw(size.to_bytes(4, "big") + body[:2 * MiB])
         await asyncio.sleep(1.5)  # bob does not read: the front-end must not absorb it
-        assert unsent(a, sa) > MiB
+        assert unsent(sa) > MiB
         raw.write_raw(body[2 * MiB:])
         got_a, got_b = await asyncio.wait_for(asyncio.gather(ra.recv(), rb.recv()), 30)
         assert got_a == got_b == BroadcastMessage("alice", body)
@@ -145,7 +145,7 @@ async def test_a_member_leaving_inside_a_big_message_harms_nobody() -> None:
         await sc.send(b"before")
         assert await rb.recv() == BroadcastMessage("carol", b"before")
         # alice's big message is fanned out piece by piece, then she resets
-        a._core_for_tests(sa).write_raw((MiB).to_bytes(4, "big") + b"p" * 100_000)
+        sa._core.write_raw((MiB).to_bytes(4, "big") + b"p" * 100_000)
         reading = asyncio.create_task(rb.recv())
         await asyncio.sleep(0.5)
         sa.reset(3)

@@ -235,7 +235,7 @@ async def test_oversize_message_resets_only_that_member(workers: int) -> None:
         sb, rb = await b.new_broadcast("lim")
         with pytest.raises(MessageTooLarge):
             await sa.send(b"z" * 1001)
-        a._core_for_tests(sa).write_raw((5000).to_bytes(4, "big") + b"z" * 5000)
+        sa._core.write_raw((5000).to_bytes(4, "big") + b"z" * 5000)
         with pytest.raises(StreamReset) as err:
             await asyncio.wait_for(ra.recv(), 5)
         assert err.value.code == Code.MESSAGE_TOO_LARGE

@@ -193,7 +193,7 @@ async def test_peer_certificate_must_be_what_the_coordinator_vouched_for() -> No
         impostor = self_signed(["alice"])  # right name, other key
         from conec_actors.tlsconf import load_cert_key
         cert, chain, key = load_cert_key(impostor.cert_pem, impostor.key_pem)
-        orig = a._quic_config
+        orig = a._chans._quic_config
 
         def forged(**kw: Any) -> Any:
             cfg = orig(**kw)
@@ -201,7 +201,7 @@ async def test_peer_certificate_must_be_what_the_coordinator_vouched_for() -> No
                 cfg.certificate, cfg.certificate_chain, cfg.private_key = cert, chain, key
             return cfg
 
-        a._quic_config = forged  # type: ignore[method-assign]
+        a._chans._quic_config = forged  # type: ignore[method-assign]
         with pytest.raises(CertificateError):
             await a.new_channel("bob")
         assert b.channels() == [] or await _eventually_empty(b)

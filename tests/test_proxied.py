@@ -209,7 +209,7 @@ async def test_oversize_frame_from_a_broken_writer_resets_only_that_stream() -> 
         bad_send, _ = await a.new_proxied_stream("bob")
         good = await next_incoming(b)
         bad = await next_incoming(b)
-        core = a._core_for_tests(bad_send)
+        core = bad_send._core
         core.write_raw((5000).to_bytes(4, "big") + b"q" * 5000)  # lies about the limit
         with pytest.raises(StreamReset) as err:
             await bad.recv.recv()
@@ -226,7 +226,7 @@ async def test_truncated_message_is_a_reset_not_a_clean_end() -> None:
     async with coordinator() as h:
         a, b = await h.client("alice"), await h.client("bob")
         send, _ = await a.new_proxied_stream("bob")
-        core = a._core_for_tests(send)
+        core = send._core
         core.write_raw((100).to_bytes(4, "big") + b"only part")
         core.conn.send(core.sid, b"", end=True)
         inc = await next_incoming(b)

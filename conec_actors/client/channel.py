@@ -7,6 +7,8 @@ certificate the Coordinator vouched for and says `ChannelHello`; the side
 that accepted (the target) matches the presented certificate against the
 introductions it expects, checks it the same way, and answers
 `ChannelWelcome`. Only then are direct streams accepted, in both directions.
+Those decisions are `hello.ChannelHandshake`'s (sans-I/O); this module does
+the I/O: it reads the certificate, checks its chain, sends and closes.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import asyncio
 from typing import Protocol
 
 from .. import wire
-from ..errors import CertificateError, ConecError, ConnectFailed, ProtocolError, StreamReset
+from ..errors import CertificateError
 from ..framing import frame
 from ..streams import StreamCore
 from ..tlsconf import check_chain, der
 from ..transport import Conn
 from ..used_numbers import UsedNumbers
+from .hello import ChannelHandshake, Refuse
 from .link import IncomingCallback, StreamLink
 
 
@@ -36,7 +39,8 @@ class ChannelOwner(Protocol):
 
 
 class ChannelLink(StreamLink):
-    """One direct channel's connection, at either end."""
+    """One direct channel's connection, at either end: drives a
+    `ChannelHandshake` (certificates and hello), then carries direct streams."""
 
     kind: wire.StreamKind = "direct"
 
@@ -45,72 +49,55 @@ class ChannelLink(StreamLink):
                  peer: str | None, expected_cert: bytes | None, opener: bool) -> None:
         super().__init__(on_incoming, max_message_size)
         self.owner = owner
-        self.peer = peer
-        self.expected_cert = expected_cert
-        self.opener = opener
-        self.verified = False
+        self.hello = ChannelHandshake(owner.id, max_message_size, opener=opener,
+                                      peer=peer, expected_cert=expected_cert)
         #: Stream numbers the peer used on this channel (it may not reuse one).
         self.peer_numbers = UsedNumbers()
         self.welcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def peer(self) -> str | None:
+        """The peer's id (at the target, once its certificate is matched)."""
+        return self.hello.peer
 
     # -- handshake and hello --------------------------------------------------------
 
     def handshake_completed(self, conn: Conn) -> None:
         self.conn = conn
+        hello = self.hello
         cert = conn.quic.peer_certificate()
-        if cert is None:
-            conn.close(wire.Code.CERTIFICATE, "no certificate presented")
+        presented = None if cert is None else der(cert)
+        introduced = None
+        if presented is not None and not hello.opener:
+            introduced = self.owner._claim_introduction(presented)
+        peer = hello.certificate(presented, introduced)
+        if isinstance(peer, Refuse):
+            conn.close(peer.code, peer.reason)
             return
-        presented = der(cert)
-        if self.opener:
-            peer = self.peer
-            if presented != self.expected_cert:
-                conn.close(wire.Code.CERTIFICATE,
-                           f"{peer!r} presented a certificate other than the one the "
-                           "Coordinator vouched for")
-                return
-        else:
-            peer = self.owner._claim_introduction(presented)
-            if peer is None:
-                conn.close(wire.Code.CERTIFICATE,
-                           "certificate not introduced by the Coordinator")
-                return
-            self.peer = peer
+        assert cert is not None
+        error: str | None = None
         try:
             check_chain(cert, conn.quic.peer_chain(), self.owner._client_ca(), peer)
         except CertificateError as exc:
-            conn.close(wire.Code.CERTIFICATE, str(exc))
-            return
-        self.verified = True
-        if self.opener:
-            self.send_control(wire.ChannelHello(self.owner.id, wire.PROTOCOL_VERSION,
-                                                self.max_message_size))
+            error = str(exc)
+        out = hello.chain_checked(error)
+        if isinstance(out, Refuse):
+            conn.close(out.code, out.reason)
+        elif out is not None:
+            self.send_control(out)
 
     def control_msg(self, conn: Conn, msg: wire.Control) -> None:
-        if not self.verified:
-            raise ProtocolError("control message before the certificate check")
-        if isinstance(msg, wire.ChannelHello) and not self.opener and not self.ready:
-            if msg.id != self.peer:
-                conn.close(wire.Code.CERTIFICATE,
-                           f"the hello says {msg.id!r} but the certificate is {self.peer!r}'s")
-                return
-            if msg.version != wire.PROTOCOL_VERSION:
-                conn.close(wire.Code.VERSION, f"protocol version {msg.version} is not "
-                           f"{wire.PROTOCOL_VERSION}")
-                return
-            self.max_message_size = min(self.max_message_size, msg.max_message_size)
-            self.ready = True
+        out = self.hello.receive(msg)
+        if isinstance(out, Refuse):
+            conn.close(out.code, out.reason)
+            return
+        self.max_message_size = self.hello.max_message_size
+        self.ready = True
+        if out.reply is not None:  # the target: register, then welcome
             self.owner._channel_ready(self)
-            self.send_control(wire.ChannelWelcome(self.owner.id, self.max_message_size))
-            if not self.welcome.done():
-                self.welcome.set_result(None)
-        elif isinstance(msg, wire.ChannelWelcome) and self.opener and not self.ready:
-            self.max_message_size = min(self.max_message_size, msg.max_message_size)
-            self.ready = True
-            if not self.welcome.done():
-                self.welcome.set_result(None)
-        else:
-            raise ProtocolError(f"unexpected {type(msg).__name__} on a channel")
+            self.send_control(out.reply)
+        if not self.welcome.done():
+            self.welcome.set_result(None)
 
     def accept_header(self, core: StreamCore, hdr: wire.StreamHeader) -> str | None:
         if hdr.peer != self.peer:
@@ -125,22 +112,10 @@ class ChannelLink(StreamLink):
 
     # -- the end ------------------------------------------------------------------------
 
-    def describe_end(self, code: int, reason: str) -> ConecError:
-        who = repr(self.peer) if self.peer else "the peer"
-        if 0x100 <= code <= 0x1FF:
-            return CertificateError(f"TLS handshake with {who} failed: "
-                                    f"{reason or 'alert ' + str(code)}")
-        if code in wire.CODES and code != wire.Code.NO_ERROR:
-            err = wire.error_for(code, reason)
-            if not isinstance(err, StreamReset):
-                return err
-        return ConnectFailed(f"the channel to {who} ended: {reason or wire.describe(code)}")
-
     def terminated(self, conn: Conn, code: int, reason: str) -> None:
+        err = self.hello.close(code, reason)
         if not self.welcome.done():
-            self.welcome.set_exception(self.describe_end(code, reason))
+            self.welcome.set_exception(err)
             self.welcome.exception()
-        super().terminated(conn, code, reason)
+        self.end_streams(err, code)
         self.owner._channel_ended(self)
-
-

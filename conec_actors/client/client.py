@@ -6,25 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
-
-from aioquic.quic.configuration import QuicConfiguration
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from .. import wire
 from .._util import AwaitableContext
-from ..certs import load_pem, self_signed
 from ..config import ClientConfig
 from ..errors import (
-    ChannelExists,
-    ChannelToSelf,
     ClientClosed,
     ConecError,
-    ConnectFailed,
     NoChannel,
     NoSuchBroadcast,
     NoSuchPeer,
@@ -36,7 +26,6 @@ from ..streams import (
     BROADCAST_WINDOW,
     BROADCAST_WRITE_HIGH,
     BROADCAST_WRITE_LOW,
-    STREAM_WINDOW,
     BroadcastInStream,
     IncomingStream,
     InStream,
@@ -44,96 +33,35 @@ from ..streams import (
     StreamCore,
     check_stream_number,
 )
-from ..tlsconf import quic_configuration
-from ..transport import Conn, Endpoint, ServerSettings
 from ..used_numbers import UsedNumbers
-from .channel import ChannelLink
-from .link import CoordLink, IncomingRouter, connection_error
+from .channels import Channel, Channels
+from .connect import Connected, connect
 from .mailbox import Mailbox
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 5.0
 COMMAND_QUEUE = 256
-#: Delay between dialling successive addresses of the Coordinator's name.
-ATTEMPT_STAGGER = 0.25
-#: A channel that has not completed its handshake and hello by then fails.
-CHANNEL_TIMEOUT = 5.0
 #: `close` delivers the tells already accepted for at most this long.
 CLOSE_DRAIN = 5.0
 #: How long `new_stream` waits for a channel before falling back to proxied.
 NEW_STREAM_CHANNEL_WAIT = 2.0
-#: After a failed automatic channel attempt, `new_stream` goes proxied without
-#: trying again for this long.
-CHANNEL_RETRY_AFTER = 30.0
-#: How long an opener whose attempt the peer refused as a duplicate waits for
-#: the peer's own simultaneous offer (which wins the tie if the peer's id is
-#: lower) before raising `ChannelExists`.
-TIE_WAIT = 2.0
-#: A target forgets an introduction nobody dialled within this time.
-INTRODUCTION_TTL = 10.0
-#: Knocks toward an opener's address: a small datagram that no QUIC
-#: endpoint acts upon, sent from the socket the channel will use.
-KNOCK = b"conec-actors knock"
-#: A knock must not reach the opener's NAT before the opener's first packet
-#: has left through it: a NAT that accepts it records an inbound flow on the
-#: opener's port and moves the dial to another port, which the target's NAT
-#: then refuses. So the target knocks in two phases: from the offer on, with a
-#: TTL that crosses its own NAT and dies soon after; once the Coordinator
-#: relays that the opener is dialing, with the system's TTL.
-EARLY_KNOCK_TTL = 2
-EARLY_KNOCKS = (0.0,) + (0.05,) * 10 + (0.25,) * 18
-FULL_KNOCKS = (0.0,) + (0.05,) * 20 + (0.25,) * 16
-
-
-@dataclass(eq=False)
-class _Channel:
-    """A channel to one peer, opening or open."""
-
-    peer: str
-    opener: bool
-    ready: asyncio.Future[ChannelLink]
-    link: ChannelLink | None = None
-    expected_cert: bytes = b""
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    expire: asyncio.TimerHandle | None = None
-    knock_addr: tuple[str, int] | None = None
-    #: The Coordinator introduced the opener: the peer accepted our attempt.
-    introduced: bool = False
-    #: The opener's attempt gave way to the peer's simultaneous one; its
-    #: `ready` follows the peer's channel.
-    superseded: bool = False
-
-    def stop_tasks(self) -> None:
-        for t in self.tasks:
-            t.cancel()
-        if self.expire is not None:
-            self.expire.cancel()
 
 
 class Client:
     """A connected client. Create it with `await Client.connect(cfg)` or
     `async with Client.connect(cfg) as client:`."""
 
-    def __init__(self, cfg: ClientConfig, endpoint: Endpoint, conn: Conn, link: CoordLink,
-                 welcome: wire.Welcome, router: IncomingRouter,
-                 cert_pem: bytes, key_pem: bytes) -> None:
+    def __init__(self, cfg: ClientConfig, connected: Connected) -> None:
         self._cfg = cfg
-        self._endpoint = endpoint
-        self._conn = conn
-        self._link = link
-        self._welcome = welcome
-        self._router = router
-        self._incoming = router.user
+        self._endpoint = connected.endpoint
+        self._conn = connected.conn
+        self._link = link = connected.link
+        self._welcome = welcome = connected.welcome
+        self._router = connected.router
+        self._incoming = connected.router.user
         self._incoming.timeout = welcome.idle_timeout
-        self._cert_pem = cert_pem
-        self._key_pem = key_pem
-        self._peer_ca = load_pem(cfg.client_ca) if cfg.client_ca is not None else None
         self._used_proxied = UsedNumbers()
         self._used_direct: dict[str, UsedNumbers] = {}
-        self._channels: dict[str, _Channel] = {}
-        self._introductions: dict[bytes, str] = {}  # expected cert DER -> peer
-        self._channel_failed_at: dict[str, float] = {}
         self._closed = False
         self._closer: asyncio.Task[None] | None = None
         self._close_error: ConecError | None = None
@@ -143,15 +71,10 @@ class Client:
         self._commands: asyncio.Queue[_Command] = asyncio.Queue(COMMAND_QUEUE)
         self._task = self._loop.create_task(self._run())
         link.closed.add_done_callback(self._lost)
-        if cfg.listen:
-            endpoint.server = ServerSettings(
-                configuration=self._quic_config(is_client=False),
-                stream_window=STREAM_WINDOW, accept=self._accept_channel)
-        link.on_offer = self._on_offer
-        link.on_dialing = self._on_peer_dialing
-        for offer in link.early_offers:
-            self._on_offer(offer)
-        link.early_offers.clear()
+        self._chans = Channels(cfg, self._endpoint, link, self._router, self,
+                               connected.cert_pem, connected.key_pem)
+        #: peer -> its channel, opening or open (the mailbox looks routes up here).
+        self._channels = self._chans.by_peer
         self._mailbox = Mailbox(self)
 
     # -- lifecycle ------------------------------------------------------------
@@ -163,40 +86,7 @@ class Client:
 
     @classmethod
     async def _connect(cls, cfg: ClientConfig) -> Client:
-        if cfg.cert is not None and cfg.key is not None:
-            cert_pem, key_pem = load_pem(cfg.cert), load_pem(cfg.key)
-        else:
-            ck = self_signed([cfg.id])
-            cert_pem, key_pem = ck.cert_pem, ck.key_pem
-        ca = load_pem(cfg.ca) if cfg.ca is not None else None
-        qcfg = quic_configuration(
-            is_client=True, cert_pem=cert_pem, key_pem=key_pem,
-            idle_timeout=cfg.idle_timeout, max_datagram_size=cfg.max_datagram_size,
-            stream_window=STREAM_WINDOW, server_name=cfg.coord, cadata=ca)
-        addrs = await _resolve(cfg)
-        endpoint = await Endpoint.bind(None, 0)
-        router = IncomingRouter()
-        try:
-            conn, link = await _dial(endpoint, addrs, qcfg, cfg, router)
-            link.send_hello(conn, wire.Hello(cfg.id, wire.PROTOCOL_VERSION,
-                                             cfg.max_message_size, cfg.idle_timeout,
-                                             cfg.max_datagram_size))
-            try:
-                welcome = await asyncio.wait_for(asyncio.shield(link.welcome),
-                                                 CONNECT_TIMEOUT)
-            except TimeoutError:
-                conn.close(wire.Code.HELLO_TIMEOUT, "no answer to hello")
-                raise ConnectFailed(
-                    f"the Coordinator at {conn.peer_address} did not answer the hello "
-                    f"within {CONNECT_TIMEOUT:.0f} s") from None
-        except BaseException:
-            endpoint.close()
-            raise
-        link.max_message_size = welcome.max_message_size
-        conn.quic.set_max_datagram_size(welcome.max_datagram_size)
-        if cfg.keepalive:
-            conn.start_keepalive(welcome.idle_timeout / 3)
-        return cls(cfg, endpoint, conn, link, welcome, router, cert_pem, key_pem)
+        return cls(cfg, await connect(cfg))
 
     async def close(self) -> None:
         """Close the client, its channels and its streams (which end with
@@ -215,6 +105,7 @@ class Client:
             done: asyncio.Future[None] = self._loop.create_future()
             await self._commands.put(_Close(done))
         await self._task
+        await self._chans.aclose()
 
     async def _run(self) -> None:
         cmd: _Command | None = None
@@ -276,21 +167,17 @@ class Client:
         if isinstance(cmd, _Open):
             return self._do_open(cmd)
         if isinstance(cmd, _OpenChannel):
-            return self._do_open_channel(cmd.peer)
+            self._check_open()
+            return self._chans.open(cmd.peer)
         if isinstance(cmd, _FindChannel):
-            ch = self._channels.get(cmd.peer)
-            if ch is None:
-                raise NoChannel(f"there is no channel to {cmd.peer!r}; open one with "
-                                "new_channel")
-            return ch
-        return self._do_close_channel(cmd.peer)
+            return self._chans.find(cmd.peer)
+        return self._chans.close_channel(cmd.peer)
 
     def _do_close(self) -> None:
         if self._close_error is None:
             self._close_error = ClientClosed("the client was closed")
         self._mailbox.close()
-        for ch in list(self._channels.values()):
-            self._end_channel(ch, wire.Code.CLIENT_CLOSED, f"{self.id!r} closed")
+        self._chans.end_all(wire.Code.CLIENT_CLOSED, f"{self.id!r} closed")
         self._conn.close(wire.Code.CLIENT_CLOSED, "client closed")
         self._link.terminated(self._conn, wire.Code.CLIENT_CLOSED, "client closed")
         self._incoming.end()
@@ -361,7 +248,7 @@ class Client:
 
     def channels(self) -> list[str]:
         """Peers this client has an open direct channel with."""
-        return sorted(p for p, ch in self._channels.items() if ch.link is not None)
+        return self._chans.open_peers()
 
     # -- proxied streams ---------------------------------------------------------
 
@@ -470,217 +357,13 @@ class Client:
         `NoSuchPeer`, `PeerNotListening`, `ChannelExists`, `ChannelToSelf`,
         `CertificateError` or `ConnectFailed` (no handshake within 5 s).
         """
-        ch: _Channel = await self._ask(_OpenChannel(peer, self._loop.create_future()))
+        ch: Channel = await self._ask(_OpenChannel(peer, self._loop.create_future()))
         await asyncio.shield(ch.ready)
-
-    def _do_open_channel(self, peer: str) -> _Channel:
-        self._check_open()
-        if peer == self.id:
-            raise ChannelToSelf(f"{self.id!r} cannot open a channel to itself")
-        if not is_valid_id(peer):
-            raise NoSuchPeer(f"no client {peer!r} is connected (not a valid id)")
-        if peer in self._channels:
-            state = "open" if self._channels[peer].link is not None else "opening"
-            raise ChannelExists(f"a channel to {peer!r} is already {state}")
-        ch = _Channel(peer, True, self._loop.create_future())
-        self._channels[peer] = ch
-        ch.tasks.append(self._loop.create_task(self._dial_channel(ch)))
-        return ch
-
-    async def _dial_channel(self, ch: _Channel) -> None:
-        conn: Conn | None = None
-        try:
-            req, intro = await self._link.request_channel(ch.peer, self._cfg.holepunch)
-            if intro.code == wire.Code.CHANNEL_EXISTS and ch.peer < self.id:
-                # The peer may be opening toward us at this very moment, and
-                # the lower id wins: its offer may still be on its way (then
-                # `_on_offer` supersedes this attempt and cancels this wait).
-                await asyncio.sleep(TIE_WAIT)
-            if intro.code:
-                raise _intro_error(intro)
-            ch.introduced = True
-            link = ChannelLink(self, self._router, self._cfg.max_message_size,
-                               peer=ch.peer, expected_cert=intro.cert, opener=True)
-            cfg = self._quic_config(is_client=True, server_name=ch.peer,
-                                    cadata=self._peer_ca or _pem(intro.cert))
-            conn = self._endpoint.connect(intro.addr, cfg, link, STREAM_WINDOW)
-            link.conn = conn
-            # Our first packets are out: the target may now knock all the way.
-            self._link.send_control(wire.ChannelDialing(req))
-            try:
-                await asyncio.wait_for(asyncio.shield(link.welcome), CHANNEL_TIMEOUT)
-            except TimeoutError:
-                raise ConnectFailed(
-                    f"no handshake with {ch.peer!r} at {intro.addr[0]}:{intro.addr[1]} "
-                    f"within {CHANNEL_TIMEOUT:.0f} s") from None
-        except BaseException as exc:
-            if conn is not None and not conn.closed:
-                conn.close(wire.Code.CHANNEL_CLOSED, "channel attempt abandoned")
-            if self._channels.get(ch.peer) is ch:
-                del self._channels[ch.peer]
-            if not ch.ready.done() and not ch.superseded:
-                if isinstance(exc, asyncio.CancelledError):
-                    ch.ready.set_exception(NoChannel(f"the channel to {ch.peer!r} was "
-                                                     "closed while opening"))
-                elif isinstance(exc, ConecError):
-                    ch.ready.set_exception(exc)
-                else:
-                    ch.ready.set_exception(ConnectFailed(f"channel to {ch.peer!r}: {exc}"))
-                ch.ready.exception()
-            if not isinstance(exc, asyncio.CancelledError | ConecError):
-                raise
-            return
-        ch.link = link
-        self._start_channel(link)
-        if not ch.ready.done():
-            ch.ready.set_result(link)
-
-    def _start_channel(self, link: ChannelLink) -> None:
-        if self._cfg.keepalive and link.conn is not None:
-            link.conn.start_keepalive(self._cfg.idle_timeout / 3)
-
-    def _on_offer(self, offer: wire.ChannelOffer) -> None:
-        """The Coordinator asks whether we accept a channel from `offer.peer`."""
-        def answer(code: int) -> None:
-            self._link.send_control(wire.ChannelAnswer(offer.offer, code))
-
-        if not self._cfg.listen or self._closed:
-            answer(wire.Code.PEER_NOT_LISTENING)
-            return
-        existing = self._channels.get(offer.peer)
-        if existing is not None and not self._gives_way(existing):
-            answer(wire.Code.CHANNEL_EXISTS)
-            return
-        ch = _Channel(offer.peer, False, self._loop.create_future(), expected_cert=offer.cert)
-        if existing is not None:
-            self._supersede(existing, ch)
-        ch.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._channels[offer.peer] = ch
-        self._introductions[offer.cert] = offer.peer
-        if self._cfg.holepunch and offer.holepunch:
-            ch.knock_addr = offer.addr
-            ch.tasks.append(self._loop.create_task(
-                self._knock(offer.addr, EARLY_KNOCKS, EARLY_KNOCK_TTL)))
-        ch.expire = self._loop.call_later(INTRODUCTION_TTL, self._introduction_expired, ch)
-        answer(0)
-
-    def _gives_way(self, ch: _Channel) -> bool:
-        """Both ends called `new_channel` at once (each sees the other's offer
-        while its own attempt is not yet introduced): exactly one attempt must
-        win, the one of the lower id. True if `ch`, ours, is the loser."""
-        return (ch.opener and ch.link is None and not ch.introduced and not ch.superseded
-                and ch.peer < self.id)
-
-    def _supersede(self, ours: _Channel, theirs: _Channel) -> None:
-        """Drop our attempt for the peer's channel: our `new_channel` raises
-        `ChannelExists` once that one is registered at both ends (or its
-        error if it fails)."""
-        ours.superseded = True
-        ours.stop_tasks()
-
-        def settle(fut: asyncio.Future[ChannelLink]) -> None:
-            if ours.ready.done():
-                return
-            if fut.cancelled():
-                ours.ready.set_exception(NoChannel(f"the channel to {ours.peer!r} was "
-                                                   "closed while opening"))
-            elif (exc := fut.exception()) is not None:
-                ours.ready.set_exception(exc)
-            else:
-                ours.ready.set_exception(ChannelExists(
-                    f"{ours.peer!r} opened a channel to {self.id!r} at the same time; "
-                    "that one is open"))
-
-        theirs.ready.add_done_callback(settle)
-
-    async def _knock(self, addr: tuple[str, int], schedule: tuple[float, ...],
-                     ttl: int | None) -> None:
-        """Open our NAT's mapping toward the opener while it dials us."""
-        try:
-            target = self._endpoint.normalize(addr)
-        except ValueError:
-            return
-        for delay in schedule:
-            await asyncio.sleep(delay)
-            self._endpoint.sendto_ttl(KNOCK, target, ttl)
-
-    def _on_peer_dialing(self, peer: str) -> None:
-        """The opener's first packets are out: knocks may go all the way now."""
-        ch = self._channels.get(peer)
-        if ch is None or ch.opener or ch.link is not None or ch.knock_addr is None:
-            return
-        for t in ch.tasks:
-            t.cancel()
-        ch.tasks = [self._loop.create_task(self._knock(ch.knock_addr, FULL_KNOCKS, None))]
-
-    def _introduction_expired(self, ch: _Channel) -> None:
-        if ch.link is None and self._channels.get(ch.peer) is ch:
-            self._end_channel(ch, wire.Code.CHANNEL_CLOSED, "nobody dialled")
-
-    def _accept_channel(self, conn: Conn) -> ChannelLink:
-        return ChannelLink(self, self._router, self._cfg.max_message_size,
-                           peer=None, expected_cert=None, opener=False)
-
-    # ChannelOwner
-
-    def _client_ca(self) -> bytes | None:
-        return self._peer_ca
-
-    def _claim_introduction(self, cert_der: bytes) -> str | None:
-        peer = self._introductions.pop(cert_der, None)
-        if peer is None:
-            return None
-        ch = self._channels.get(peer)
-        if ch is None or ch.opener or ch.link is not None:
-            return None
-        return peer
-
-    def _channel_ready(self, link: ChannelLink) -> None:
-        assert link.peer is not None
-        ch = self._channels.get(link.peer)
-        if ch is None or ch.opener or ch.link is not None:
-            assert link.conn is not None
-            link.conn.close(wire.Code.CHANNEL_EXISTS, "no such introduction pending")
-            return
-        ch.stop_tasks()
-        ch.link = link
-        self._start_channel(link)
-        if not ch.ready.done():
-            ch.ready.set_result(link)
-
-    def _channel_ended(self, link: ChannelLink) -> None:
-        if link.peer is None:
-            return
-        ch = self._channels.get(link.peer)
-        if ch is not None and ch.link is link:
-            del self._channels[link.peer]
-            ch.stop_tasks()
-        if self.is_closed and not self._channels:
-            self._no_path_left()
-
-    def _end_channel(self, ch: _Channel, code: int, reason: str) -> None:
-        if self._channels.get(ch.peer) is ch:
-            del self._channels[ch.peer]
-        ch.stop_tasks()
-        if ch.expected_cert:
-            self._introductions.pop(ch.expected_cert, None)
-        if not ch.ready.done():
-            ch.ready.set_exception(NoChannel(f"the channel to {ch.peer!r} was closed"))
-        link = ch.link
-        if link is not None and link.conn is not None:
-            link.conn.close(code, reason)
-            link.terminated(link.conn, code, reason)
 
     async def close_channel(self, peer: str) -> None:
         """Close the direct channel to `peer`: its streams end with
         `StreamReset` at both ends. `NoChannel` if there is none."""
         await self._ask(_CloseChannel(peer, self._loop.create_future()))
-
-    def _do_close_channel(self, peer: str) -> None:
-        ch = self._channels.get(peer)
-        if ch is None:
-            raise NoChannel(f"there is no channel to {peer!r}")
-        self._end_channel(ch, wire.Code.CHANNEL_CLOSED, f"{self.id!r} closed the channel")
 
     # -- direct streams ------------------------------------------------------------
 
@@ -695,7 +378,7 @@ class Client:
         self._check_not_closed()
         n = None if stream_id is None else check_stream_number(stream_id)
         # Through the mailbox, so a new_channel called just before is seen.
-        ch: _Channel = await self._ask(_FindChannel(peer, self._loop.create_future()))
+        ch: Channel = await self._ask(_FindChannel(peer, self._loop.create_future()))
         try:
             link = await asyncio.shield(ch.ready)
         except ConecError as exc:
@@ -717,13 +400,10 @@ class Client:
         self._check_not_closed()
         if peer != self.id and is_valid_id(peer):
             ch = self._channels.get(peer)
-            recent_failure = self._channel_failed_at.get(peer)
-            if ch is None and not self.is_closed and (
-                    recent_failure is None
-                    or self._loop.time() - recent_failure > CHANNEL_RETRY_AFTER):
+            if ch is None and not self.is_closed and self._chans.should_try(peer):
                 with contextlib.suppress(ConecError):
                     ch = await self._ask(_OpenChannel(peer, self._loop.create_future()))
-                    ch.ready.add_done_callback(self._note_channel_outcome(peer))
+                    ch.ready.add_done_callback(self._chans.note_outcome(peer))
             if ch is not None:
                 try:
                     await asyncio.wait_for(asyncio.shield(ch.ready), NEW_STREAM_CHANNEL_WAIT)
@@ -731,14 +411,6 @@ class Client:
                 except (TimeoutError, ConecError):
                     pass
         return await self.new_proxied_stream(peer)
-
-    def _note_channel_outcome(self, peer: str) -> Any:
-        def note(fut: asyncio.Future[ChannelLink]) -> None:
-            if fut.cancelled() or fut.exception() is not None:
-                self._channel_failed_at[peer] = self._loop.time()
-            else:
-                self._channel_failed_at.pop(peer, None)
-        return note
 
     # -- actors ----------------------------------------------------------------------
 
@@ -765,19 +437,6 @@ class Client:
         decodes bodies as `T`."""
         return self._mailbox
 
-    # -- helpers ---------------------------------------------------------------------
-
-    def _quic_config(self, *, is_client: bool, server_name: str | None = None,
-                     cadata: bytes | None = None) -> QuicConfiguration:
-        return quic_configuration(
-            is_client=is_client, cert_pem=self._cert_pem, key_pem=self._key_pem,
-            idle_timeout=self._cfg.idle_timeout,
-            max_datagram_size=self._cfg.max_datagram_size, stream_window=STREAM_WINDOW,
-            server_name=server_name, cadata=cadata)
-
-    def _core_for_tests(self, send: OutStream) -> StreamCore:
-        return send._core
-
     def __repr__(self) -> str:
         state = "closed" if self.is_closed else "connected"
         return f"<Client {self.id!r} {state}>"
@@ -786,20 +445,6 @@ class Client:
 def _retrieve(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
-
-
-def _pem(cert_der: bytes) -> bytes:
-    return x509.load_der_x509_certificate(cert_der).public_bytes(serialization.Encoding.PEM)
-
-
-def _intro_error(intro: wire.ChannelIntro) -> ConecError:
-    err = wire.error_for(intro.code, intro.reason)
-    if isinstance(err, StreamReset):  # not a refusal the table names: unreachable
-        return ConnectFailed(f"cannot open a channel to {intro.peer!r}: "
-                             f"{intro.reason or wire.describe(intro.code)}")
-    if isinstance(err, NoSuchPeer):
-        return NoSuchPeer(f"no client {intro.peer!r} is connected")
-    return err
 
 
 class _Open(NamedTuple):
@@ -812,7 +457,7 @@ class _Open(NamedTuple):
 
 class _OpenChannel(NamedTuple):
     peer: str
-    reply: asyncio.Future[_Channel]
+    reply: asyncio.Future[Channel]
 
 
 class _CloseChannel(NamedTuple):
@@ -822,7 +467,7 @@ class _CloseChannel(NamedTuple):
 
 class _FindChannel(NamedTuple):
     peer: str
-    reply: asyncio.Future[_Channel]
+    reply: asyncio.Future[Channel]
 
 
 class _Close(NamedTuple):
@@ -831,71 +476,6 @@ class _Close(NamedTuple):
 
 _Request = _Open | _OpenChannel | _FindChannel | _CloseChannel
 _Command = _Request | _Close
-
-
-async def _resolve(cfg: ClientConfig) -> list[tuple[str, int]]:
-    if cfg.addr is not None:
-        return [(str(cfg.addr[0]), int(cfg.addr[1]))]
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(cfg.coord, cfg.port, type=socket.SOCK_DGRAM)
-    except OSError as exc:
-        raise ConnectFailed(f"cannot resolve the Coordinator's name {cfg.coord!r}: {exc}"
-                            ) from None
-    out: list[tuple[str, int]] = []
-    for info in infos:
-        addr = (str(info[4][0]), int(info[4][1]))
-        if addr not in out:
-            out.append(addr)
-    return out
-
-
-async def _dial(endpoint: Endpoint, addrs: list[tuple[str, int]], qcfg: Any,
-                cfg: ClientConfig, router: IncomingRouter) -> tuple[Conn, CoordLink]:
-    """Dial every address, ATTEMPT_STAGGER apart; keep the first handshake
-    that completes and drop the others."""
-    conns: list[Conn] = []
-
-    async def attempt(addr: tuple[str, int], delay: float) -> tuple[Conn, CoordLink]:
-        await asyncio.sleep(delay)
-        link = CoordLink(cfg.id, cfg.max_message_size, router)
-        try:
-            conn = endpoint.connect(addr, qcfg, link, STREAM_WINDOW)
-        except OSError as exc:
-            raise ConnectFailed(f"cannot send to {addr[0]}:{addr[1]}: {exc}") from None
-        conns.append(conn)
-        try:
-            await conn.wait_handshake()
-        except ConnectionError:
-            raise connection_error(conn.close_code or 0, conn.close_reason) from None
-        return conn, link
-
-    tasks = [asyncio.ensure_future(attempt(a, i * ATTEMPT_STAGGER))
-             for i, a in enumerate(addrs)]
-    winner: Conn | None = None
-    last: ConecError | None = None
-    try:
-        for next_done in asyncio.as_completed(tasks, timeout=CONNECT_TIMEOUT):
-            try:
-                conn, link = await next_done
-            except ConecError as exc:
-                last = exc
-                continue
-            winner = conn
-            return conn, link
-    except TimeoutError:
-        pass
-    finally:
-        for t in tasks:
-            t.cancel()
-        for c in conns:
-            if c is not winner:
-                c.abort()
-    if last is not None and not isinstance(last, ClientClosed):
-        raise last
-    where = ", ".join(f"{h}:{p}" for h, p in addrs)
-    raise ConnectFailed(f"cannot reach the Coordinator {cfg.coord!r} at {where} within "
-                        f"{CONNECT_TIMEOUT:.0f} s" + (f" ({last})" if last else ""))
 
 
 __all__ = ["Client"]

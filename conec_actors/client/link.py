@@ -4,25 +4,28 @@
 the `StreamCore` of each data stream, turns the first frame of a stream into
 an `IncomingStream` (or the answer to an open), and fails everything with
 the right error when the connection ends. Stream 0 is the control stream,
-opened by whichever side dialled. `CoordLink` adds the Coordinator's control
-messages; `ChannelLink` (in `channel.py`) those of a direct channel.
+opened by whichever side dialled. `CoordLink` drives the sans-I/O
+`session.CoordSession` (the Coordinator's control messages and the client's
+requests); `ChannelLink` (in `channel.py`) drives `hello.ChannelHandshake`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from .. import wire
 from .._util import Waiters
+from ..closing import connection_error
 from ..control import CONTROL_STREAM, ControlReader
-from ..errors import CertificateError, ClientClosed, ConecError, ProtocolError, StreamReset
+from ..errors import ClientClosed, ConecError, ProtocolError
 from ..framing import frame
 from ..streams import IncomingStream, InStream, OutStream, StreamCore, StreamId
 from ..transport import Conn
+from .session import CoordSession
+from .transitions import IllegalTransition
 
 #: Streams opened to us that the application has not taken from `incoming`.
 MAX_UNCLAIMED_STREAMS = 1024
@@ -75,9 +78,6 @@ class StreamLink:
         """Check an incoming stream's header; return the peer id to report,
         or None after resetting the stream."""
         return hdr.peer
-
-    def describe_end(self, code: int, reason: str) -> ConecError:
-        return connection_error(code, reason)
 
     # -- ConnHandler ------------------------------------------------------------
 
@@ -171,7 +171,10 @@ class StreamLink:
         self._maybe_forget(core)
 
     def terminated(self, conn: Conn, code: int, reason: str) -> None:
-        err = self.describe_end(code, reason)
+        self.end_streams(connection_error(code, reason), code)
+
+    def end_streams(self, err: ConecError, code: int) -> None:
+        """The connection ended (`err`, `code`): fail every stream and opening."""
         for sid in list(self.opening):
             self._opening_failed(sid, wire.Code.PEER_GONE, f"connection lost: {err}")
         scode = code if code in wire.CODES else wire.Code.PATH_FAILED
@@ -230,95 +233,105 @@ class StreamLink:
 
 
 class CoordLink(StreamLink):
-    """Handler of the connection to the Coordinator."""
+    """Handler of the connection to the Coordinator: drives a `CoordSession`
+    and resolves each request's future with its reply."""
 
     def __init__(self, client_id: str, max_message_size: int,
                  on_incoming: IncomingCallback) -> None:
         super().__init__(on_incoming, max_message_size)
-        self.client_id = client_id
+        self.session = CoordSession(client_id)
         self.welcome: asyncio.Future[wire.Welcome] = \
             asyncio.get_running_loop().create_future()
         self.requests: dict[int, asyncio.Future[Any]] = {}
-        self._req = itertools.count(1)
         #: Set by the Client once it exists; offers that come earlier wait here.
         self.on_offer: Callable[[wire.ChannelOffer], None] | None = None
         self.on_dialing: Callable[[str], None] | None = None
         self.early_offers: list[wire.ChannelOffer] = []
 
     def control_msg(self, conn: Conn, msg: wire.Control) -> None:
-        if isinstance(msg, wire.Welcome) and not self.welcome.done():
-            self.welcome.set_result(msg)
-            self.ready = True
-        elif isinstance(msg, wire.ChannelIntro | wire.BroadcastCountReply) and self.ready:
-            fut = self.requests.pop(msg.req, None)
+        got = self.session.receive(msg)
+        if isinstance(got, wire.ChannelIntro | wire.BroadcastCountReply):
+            fut = self.requests.pop(got.req, None)
             if fut is not None and not fut.done():
-                fut.set_result(msg)
-        elif isinstance(msg, wire.ChannelOffer) and self.ready:
+                fut.set_result(got)
+        elif isinstance(got, wire.ChannelOffer):
             if self.on_offer is None:
-                self.early_offers.append(msg)
+                self.early_offers.append(got)
             else:
-                self.on_offer(msg)
-        elif isinstance(msg, wire.PeerDialing) and self.ready:
+                self.on_offer(got)
+        elif isinstance(got, wire.PeerDialing):
             if self.on_dialing is not None:
-                self.on_dialing(msg.peer)
-        else:
-            raise ProtocolError(f"unexpected {type(msg).__name__} from the Coordinator")
+                self.on_dialing(got.peer)
+        elif isinstance(got, wire.Welcome):
+            self.ready = True
+            self.welcome.set_result(got)
 
     def terminated(self, conn: Conn, code: int, reason: str) -> None:
-        err = self.describe_end(code, reason)
+        ended = self.session.close(code, reason)
         if not self.welcome.done():
-            self.welcome.set_exception(err)
+            self.welcome.set_exception(ended.error)
             self.welcome.exception()
-        for fut in self.requests.values():
-            if not fut.done():
-                fut.set_exception(ClientClosed(f"lost the Coordinator: {err}"))
-        self.requests.clear()
-        super().terminated(conn, code, reason)
+        for req in ended.waiting:
+            fut = self.requests.pop(req, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(ClientClosed(f"lost the Coordinator: {ended.error}"))
+        self.end_streams(ended.error, code)
 
-    def send_hello(self, conn: Conn, hello: wire.Hello) -> None:
+    def send_hello(self, conn: Conn, max_message_size: int, idle_timeout: float,
+                   max_datagram_size: int) -> None:
+        """The handshake is done: say `Hello`."""
         self.conn = conn
-        self.send_control(hello)
+        if self.closed.done():  # refused right after the handshake: `welcome` says why
+            return
+        self.send_control(self.session.hello(max_message_size, idle_timeout,
+                                             max_datagram_size))
+
+    def answer(self, offer: int, code: int) -> None:
+        """Answer `ChannelOffer` `offer` (dropped if the Coordinator is gone)."""
+        msg = self.session.answer(offer, code)
+        if msg is not None:
+            self.send_control(msg)
+
+    def dialing(self, req: int) -> None:
+        """Tell the Coordinator we dial the peer of introduction `req`."""
+        msg = self.session.dialing(req)
+        if msg is not None:
+            self.send_control(msg)
 
     async def request_channel(self, peer: str, holepunch: bool
                               ) -> tuple[int, wire.ChannelIntro]:
         """Ask the Coordinator to introduce us to `peer`; returns the request id
         (for `ChannelDialing`) and the introduction."""
-        reqs: list[int] = []
-
-        def make(req: int) -> wire.Control:
-            reqs.append(req)
-            return wire.ChannelRequest(req, peer, holepunch)
-
-        reply: wire.ChannelIntro = await self._request(make)
-        return reqs[0], reply
+        try:
+            msg = self.session.request_channel(peer, holepunch)
+        except IllegalTransition:
+            raise self._gone() from None
+        reply: wire.ChannelIntro = await self._request(msg.req, msg)
+        return msg.req, reply
 
     async def request_count(self, name: str) -> wire.BroadcastCountReply:
         """Ask the Coordinator for a broadcast's counts."""
-        reply: wire.BroadcastCountReply = await self._request(
-            lambda req: wire.BroadcastCount(req, name))
+        try:
+            msg = self.session.request_count(name)
+        except IllegalTransition:
+            raise self._gone() from None
+        reply: wire.BroadcastCountReply = await self._request(msg.req, msg)
         return reply
 
-    async def _request(self, make: Callable[[int], wire.Control]) -> Any:
-        req = next(self._req)
+    def _gone(self) -> ClientClosed:
+        if self.closed.done():
+            return ClientClosed(f"lost the Coordinator: {self.closed.result()}")
+        return ClientClosed("the connection to the Coordinator is not open")
+
+    async def _request(self, req: int, msg: wire.Control) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.requests[req] = fut
-        self.send_control(make(req))
+        self.send_control(msg)
         try:
             return await fut
         finally:
-            self.requests.pop(req, None)
-
-
-def connection_error(code: int, reason: str) -> ConecError:
-    """The error a closed connection means to the client."""
-    if 0x100 <= code <= 0x1FF:  # TLS alert carried as a QUIC CRYPTO_ERROR
-        return CertificateError(f"TLS handshake failed: {reason or 'alert ' + str(code)}")
-    if code in wire.CODES and code != wire.Code.NO_ERROR:
-        err = wire.error_for(code, reason)
-        if not isinstance(err, StreamReset):
-            return err
-    return ClientClosed(f"the connection to the Coordinator ended: "
-                        f"{reason or wire.describe(code)}")
+            if self.requests.pop(req, None) is not None:
+                self.session.abandon(req)
 
 
 class UnclaimedQueue:

@@ -1,0 +1,186 @@
+"""`CoordSession`: the client's control session, messages in, messages out
+(no Coordinator, no sockets)."""
+
+from __future__ import annotations
+
+import pytest
+
+from conec_actors import ClientClosed, DuplicateId, ProtocolError, wire
+from conec_actors.client.session import TRANSITIONS, CoordSession, SessionEvent, SessionState
+from conec_actors.client.transitions import IllegalTransition
+
+WELCOME = wire.Welcome(wire.PROTOCOL_VERSION, 1000, 10.0, 1200, ("127.0.0.1", 5000))
+OFFER = wire.ChannelOffer(7, "bob", b"cert", ("10.0.0.2", 4000))
+
+
+def hello_sent() -> CoordSession:
+    s = CoordSession("alice")
+    s.hello(2000, 10.0, 1200)
+    return s
+
+
+def ready() -> CoordSession:
+    s = hello_sent()
+    s.receive(WELCOME)
+    return s
+
+
+def closed() -> CoordSession:
+    s = ready()
+    s.close(wire.Code.CLIENT_CLOSED, "client closed")
+    return s
+
+
+def test_hello_says_who_and_what_then_waits_for_welcome() -> None:
+    s = CoordSession("alice")
+    assert s.state is SessionState.CONNECTING
+    assert s.hello(2000, 10.0, 1200) == wire.Hello("alice", wire.PROTOCOL_VERSION, 2000,
+                                                   10.0, 1200)
+    assert s.state is SessionState.HELLO_SENT
+    assert s.receive(WELCOME) is WELCOME
+    assert s.state is SessionState.READY and s.welcome is WELCOME
+
+
+def test_hello_only_once() -> None:
+    s = hello_sent()
+    with pytest.raises(IllegalTransition):
+        s.hello(2000, 10.0, 1200)
+    with pytest.raises(IllegalTransition):
+        ready().hello(2000, 10.0, 1200)
+
+
+@pytest.mark.parametrize("msg", [
+    OFFER, wire.PeerDialing("bob"), wire.ChannelIntro(1, 0, "bob"),
+    wire.BroadcastCountReply(1, 0)])
+def test_only_welcome_may_answer_the_hello(msg: wire.Control) -> None:
+    s = hello_sent()
+    with pytest.raises(IllegalTransition) as err:
+        s.receive(msg)
+    assert isinstance(err.value, ProtocolError)
+    assert f"unexpected {type(msg).__name__} from the Coordinator" in str(err.value)
+
+
+def test_nothing_comes_before_the_hello() -> None:
+    with pytest.raises(IllegalTransition):
+        CoordSession("alice").receive(WELCOME)
+
+
+def test_a_second_welcome_breaks_the_protocol() -> None:
+    with pytest.raises(IllegalTransition):
+        ready().receive(WELCOME)
+
+
+@pytest.mark.parametrize("msg", [
+    wire.Hello("x", 1, 1, 1.0, 1200), wire.StreamAccepted(), wire.ChannelHello("x", 1, 1),
+    wire.ChannelWelcome("x", 1), wire.ChannelRequest(1, "x"), wire.ChannelAnswer(1, 0),
+    wire.BroadcastCount(1, "x"), wire.ChannelDialing(1)])
+def test_messages_the_coordinator_never_sends(msg: wire.Control) -> None:
+    with pytest.raises(IllegalTransition):
+        ready().receive(msg)
+
+
+def test_each_reply_matches_its_request_once() -> None:
+    s = ready()
+    r1 = s.request_channel("bob", True)
+    r2 = s.request_count("room")
+    assert r1 == wire.ChannelRequest(r1.req, "bob", True)
+    assert r2 == wire.BroadcastCount(r2.req, "room")
+    assert r1.req != r2.req and s.waiting == 2
+    count = wire.BroadcastCountReply(r2.req, 0, 3, 4)
+    assert s.receive(count) is count
+    intro = wire.ChannelIntro(r1.req, 0, "bob", b"c", ("1.2.3.4", 5))
+    assert s.receive(intro) is intro
+    assert s.waiting == 0
+    assert s.receive(intro) is None  # answered already: dropped
+
+
+def test_a_reply_to_nobody_is_dropped() -> None:
+    assert ready().receive(wire.ChannelIntro(99, 0, "bob")) is None
+
+
+def test_an_abandoned_request_drops_its_reply() -> None:
+    s = ready()
+    req = s.request_count("room").req
+    s.abandon(req)
+    assert s.waiting == 0
+    assert s.receive(wire.BroadcastCountReply(req, 0)) is None
+
+
+def test_a_reply_of_the_wrong_kind_breaks_the_protocol() -> None:
+    s = ready()
+    req = s.request_count("room").req
+    with pytest.raises(ProtocolError):
+        s.receive(wire.ChannelIntro(req, 0, "bob"))
+
+
+def test_offers_and_dialing_notices_are_handed_on() -> None:
+    s = ready()
+    assert s.receive(OFFER) is OFFER
+    dialing = wire.PeerDialing("bob")
+    assert s.receive(dialing) is dialing
+    assert s.answer(OFFER.offer, 0) == wire.ChannelAnswer(7, 0)
+    assert s.dialing(3) == wire.ChannelDialing(3)
+    assert s.state is SessionState.READY
+
+
+def test_requests_need_a_welcome() -> None:
+    s = hello_sent()
+    with pytest.raises(IllegalTransition):
+        s.request_channel("bob", True)
+    with pytest.raises(IllegalTransition):
+        s.request_count("room")
+
+
+def test_closing_fails_the_waiting_requests_and_ends_everything() -> None:
+    s = ready()
+    reqs = [s.request_channel("bob", False).req, s.request_count("room").req]
+    ended = s.close(wire.Code.COORD_SHUTDOWN, "bye")
+    assert sorted(ended.waiting) == sorted(reqs)
+    assert s.state is SessionState.CLOSED and s.waiting == 0
+    assert s.close(wire.Code.COORD_SHUTDOWN, "bye").waiting == []  # again: nothing more
+
+
+def test_a_closed_session_sends_no_request_and_takes_no_message() -> None:
+    s = closed()
+    with pytest.raises(IllegalTransition):
+        s.request_channel("bob", True)
+    with pytest.raises(IllegalTransition):
+        s.request_count("room")
+    with pytest.raises(IllegalTransition):
+        s.receive(OFFER)
+    with pytest.raises(IllegalTransition):
+        s.hello(1, 1.0, 1200)
+
+
+def test_notices_to_a_closed_session_are_dropped() -> None:
+    s = closed()
+    assert s.answer(7, 0) is None
+    assert s.dialing(3) is None
+
+
+def test_notices_need_a_welcome() -> None:
+    with pytest.raises(IllegalTransition):
+        hello_sent().answer(7, 0)
+    with pytest.raises(IllegalTransition):
+        CoordSession("alice").dialing(3)
+
+
+@pytest.mark.parametrize("state", list(SessionState))
+def test_close_is_legal_from_every_state(state: SessionState) -> None:
+    assert TRANSITIONS[state, SessionEvent.CLOSE] is SessionState.CLOSED
+
+
+def test_closing_before_the_welcome() -> None:
+    for s in (CoordSession("alice"), hello_sent()):
+        assert s.close(0, "").waiting == []
+        assert s.state is SessionState.CLOSED
+
+
+def test_a_refused_hello_gives_the_refusal() -> None:
+    ended = hello_sent().close(wire.Code.DUPLICATE_ID, "'alice' is taken")
+    assert isinstance(ended.error, DuplicateId) and str(ended.error) == "'alice' is taken"
+
+
+def test_a_lost_coordinator_closes_the_client() -> None:
+    ended = ready().close(wire.Code.NO_ERROR, "")
+    assert isinstance(ended.error, ClientClosed)
