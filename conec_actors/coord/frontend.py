@@ -20,15 +20,13 @@ from ..tlsconf import check_chain, der
 from ..transport import Conn, Endpoint
 from . import ipc, session
 from .fanout import BroadcastHub
+from .intros import Introductions, Offer
 from .legs import Leg
 from .proxy import HeaderLeg, Relay
 from .session import FRONTEND_NAME, Limits, SessionCore, State
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
-
-OFFER_TIMEOUT = 5.0  # how long a channel target has to answer
-
 
 class Session:
     """The front-end's side of one client connection (a `ConnHandler`):
@@ -200,13 +198,8 @@ class FrontEnd:
         self._next_key = 1
         self.hub = BroadcastHub(self._request_broadcast, broadcast_workers)
         self.relay = Relay(self.sessions.get, self.hub, self.request_routing)
-        self._next_offer = 1
-        #: channel introductions waiting for the target's answer:
-        #: offer id -> (opener, its request id, the target's directory entry)
-        self.offers: dict[int, tuple[Session, int, ipc.Entry, asyncio.TimerHandle]] = {}
-        #: (opener session, request) -> (target session, opener id), until
-        #: the opener says it is dialing (or OFFER_TIMEOUT passes)
-        self.dialing: dict[tuple[int, int], tuple[int, str, asyncio.TimerHandle]] = {}
+        self.intros = Introductions()
+        self._intro_timer: asyncio.TimerHandle | None = None  # for intros.next_deadline()
 
     # -- wiring ------------------------------------------------------------------
 
@@ -221,12 +214,9 @@ class FrontEnd:
         """Cancel every timer the front-end armed (the Coordinator stops)."""
         for s in self.sessions.values():
             s.execute([session.CancelTimer()])
-        for *_, timer in self.offers.values():
-            timer.cancel()
-        for *_, timer in self.dialing.values():
-            timer.cancel()
-        self.offers.clear()
-        self.dialing.clear()
+        if self._intro_timer is not None:
+            self._intro_timer.cancel()
+            self._intro_timer = None
 
     def rebuild(self, kind: str, index: int, req: int) -> ipc.ToWorker:
         """The message a (re)started worker rebuilds its shard from."""
@@ -253,8 +243,9 @@ class FrontEnd:
         self.sessions.pop(s.conn_key, None)
         if s.client_id is not None and self.by_id.get(s.client_id) is s:
             del self.by_id[s.client_id]
-        if self.offers:
-            self._drop_offers(s)
+        for offer in self.intros.drop(s.conn_key):
+            self._intro_failed(offer, wire.Code.NO_SUCH_PEER,
+                               f"{wire.quote(offer.target.client_id)} left")
         for leg in list(s.legs.values()):
             leg.session_gone()
         s.legs.clear()
@@ -298,63 +289,54 @@ class FrontEnd:
                     msg.req, wire.Code.NO_SUCH_PEER, msg.peer[:wire.QUOTE_MAX],
                     reason=f"no client {wire.quote(dst)} is connected"))
                 return
-            offer = self._next_offer
-            self._next_offer += 1
-            timer = self.loop.call_later(OFFER_TIMEOUT, self._offer_expired, offer)
-            self.offers[offer] = (s, msg.req, entry, timer)
+            offer = self.intros.offer(s.conn_key, msg.req, entry, self.loop.time())
+            self._arm_intros()
             target.send_control(wire.ChannelOffer(offer, src, s.core.cert_der,
                                                   s.conn.peer_address, msg.holepunch))
 
         self.request_routing(dst, lambda req: ipc.Lookup(req, src, dst), routed)
 
     def _channel_answer(self, target: Session, msg: wire.ChannelAnswer) -> None:
-        pending = self.offers.get(msg.offer)
-        if pending is None or pending[2].conn_key != target.conn_key:
+        offer = self.intros.answered(msg.offer, target.conn_key)
+        opener = self.sessions.get(offer.opener) if offer is not None else None
+        if offer is None or opener is None:
             return  # late, or not this client's to answer
-        del self.offers[msg.offer]
-        opener, req, entry, timer = pending
         opener.core.channel_settled()
-        timer.cancel()
+        entry = offer.target
         if msg.code == 0:
-            opener.send_control(wire.ChannelIntro(req, 0, entry.client_id, entry.cert,
+            opener.send_control(wire.ChannelIntro(offer.req, 0, entry.client_id, entry.cert,
                                                   entry.addr))
-            # Remember who to tell once the opener says it is dialing.
-            key = (opener.conn_key, req)
-            self.dialing[key] = (target.conn_key, opener.client_id or "",
-                                 self.loop.call_later(OFFER_TIMEOUT, self.dialing.pop, key,
-                                                      None))
+            self.intros.accepted(offer, opener.client_id or "", self.loop.time())
+            self._arm_intros()
         else:
-            opener.send_control(wire.ChannelIntro(req, msg.code, entry.client_id))
+            opener.send_control(wire.ChannelIntro(offer.req, msg.code, entry.client_id))
 
     def _channel_dialing(self, opener: Session, msg: wire.ChannelDialing) -> None:
-        found = self.dialing.pop((opener.conn_key, msg.req), None)
-        if found is not None:
-            found[2].cancel()
-            target = self.sessions.get(found[0])
-            if target is not None:
-                target.send_control(wire.PeerDialing(found[1]))
+        found = self.intros.dialed(opener.conn_key, msg.req)
+        target = self.sessions.get(found.target) if found is not None else None
+        if found is not None and target is not None:
+            target.send_control(wire.PeerDialing(found.opener_id))
 
-    def _offer_expired(self, offer: int) -> None:
-        pending = self.offers.pop(offer, None)
-        if pending is not None:
-            opener, req, entry, _ = pending
+    def _arm_intros(self) -> None:
+        # Deadlines only grow: an armed timer is never later than a new one.
+        deadline = self.intros.next_deadline()
+        if self._intro_timer is None and deadline is not None:
+            self._intro_timer = self.loop.call_at(deadline, self._intros_due)
+
+    def _intros_due(self) -> None:
+        self._intro_timer = None
+        for offer in self.intros.expire(self.loop.time()):
+            self._intro_failed(offer, wire.Code.PEER_GONE,
+                               f"{wire.quote(offer.target.client_id)} did not answer the "
+                               "introduction")
+        self._arm_intros()
+
+    def _intro_failed(self, offer: Offer, code: int, reason: str) -> None:
+        opener = self.sessions.get(offer.opener)
+        if opener is not None:
             opener.core.channel_settled()
-            opener.send_control(wire.ChannelIntro(
-                req, wire.Code.PEER_GONE, entry.client_id,
-                reason=f"{wire.quote(entry.client_id)} did not answer the introduction"))
-
-    def _drop_offers(self, s: Session) -> None:
-        for offer, (opener, req, entry, timer) in list(self.offers.items()):
-            if opener is s:
-                timer.cancel()
-                del self.offers[offer]
-            elif entry.conn_key == s.conn_key:
-                timer.cancel()
-                del self.offers[offer]
-                opener.core.channel_settled()
-                opener.send_control(wire.ChannelIntro(
-                    req, wire.Code.NO_SUCH_PEER, entry.client_id,
-                    reason=f"{wire.quote(entry.client_id)} left"))
+            opener.send_control(wire.ChannelIntro(offer.req, code, offer.target.client_id,
+                                                  reason=reason))
 
     # -- figures -------------------------------------------------------------------
 
