@@ -28,6 +28,7 @@ from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
+
 class Session:
     """The front-end's side of one client connection (a `ConnHandler`):
     drives its `SessionCore`."""
@@ -157,9 +158,7 @@ class Session:
                     self._timer.cancel()
                 self._timer = self.fe.loop.call_at(act.deadline, self._timer_fired)
             elif isinstance(act, session.CancelTimer):
-                if self._timer is not None:
-                    self._timer.cancel()
-                    self._timer = None
+                self.cancel_timer()
             elif isinstance(act, session.Register):
                 self._register(act.entry)
             elif isinstance(act, session.Unregister):
@@ -167,6 +166,11 @@ class Session:
             elif isinstance(act, session.Admit):
                 self.fe.by_id[self.core.client_id or ""] = self
                 self.conn.quic.set_max_datagram_size(act.datagram_size)
+
+    def cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _register(self, entry: ipc.Entry) -> None:
         self.fe.request_routing(entry.client_id, lambda req: ipc.Register(req, entry),
@@ -213,7 +217,7 @@ class FrontEnd:
     def close(self) -> None:
         """Cancel every timer the front-end armed (the Coordinator stops)."""
         for s in self.sessions.values():
-            s.execute([session.CancelTimer()])
+            s.cancel_timer()
         if self._intro_timer is not None:
             self._intro_timer.cancel()
             self._intro_timer = None
