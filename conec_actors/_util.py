@@ -9,6 +9,8 @@ from collections.abc import Callable, Coroutine, Generator
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar
 
+Item = TypeVar("Item")
+
 
 class _Closable(Protocol):
     async def close(self) -> None: ...
@@ -70,3 +72,74 @@ class Waiters:
             fut = self._futs.popleft()
             if not fut.done():
                 fut.set_result(None)
+
+
+class EndableQueue(Generic[Item]):
+    """A FIFO any number of tasks read, which can end: after `end()`, `get`
+    returns what is left, then None.
+
+    It is bounded by `max_items` and, when `weigh` is given, by a total
+    weight (`max_weight`, e.g. bytes): `offer` refuses an item while the
+    queue is full or ended; `put` always takes it, for a producer that checks
+    `full()` before reading more (the item in hand still goes in).
+    """
+
+    __slots__ = ("_getters", "_weigh", "ended", "items", "max_items", "max_weight", "weight")
+
+    def __init__(self, max_items: int, max_weight: int = 0,
+                 weigh: Callable[[Item], int] | None = None) -> None:
+        self.items: deque[Item] = deque()
+        self.max_items = max_items
+        self.max_weight = max_weight
+        self._weigh = weigh
+        #: Total weight of the queued items (0 without `weigh`).
+        self.weight = 0
+        self.ended = False
+        self._getters = Waiters()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def full(self) -> bool:
+        """True when `offer` would refuse for room."""
+        return len(self.items) >= self.max_items or (
+            self._weigh is not None and self.weight >= self.max_weight)
+
+    def put(self, item: Item) -> None:
+        """Queue `item` whatever the bound, and wake the readers."""
+        self.items.append(item)
+        if self._weigh is not None:
+            self.weight += self._weigh(item)
+        self._getters.wake()
+
+    def offer(self, item: Item) -> bool:
+        """Queue `item` unless the queue is full or ended; False if refused."""
+        if self.ended or self.full():
+            return False
+        self.put(item)
+        return True
+
+    def get_nowait(self) -> Item | None:
+        """The oldest item, or None if none is queued."""
+        if not self.items:
+            return None
+        item = self.items.popleft()
+        if self._weigh is not None:
+            self.weight -= self._weigh(item)
+        return item
+
+    async def get(self) -> Item | None:
+        """The oldest item, waiting for one; None once ended and empty."""
+        while not self.items:
+            if self.ended:
+                return None
+            await self._getters.wait()
+        item = self.items.popleft()
+        if self._weigh is not None:
+            self.weight -= self._weigh(item)
+        return item
+
+    def end(self) -> None:
+        """No more items will come: readers get what is left, then None."""
+        self.ended = True
+        self._getters.wake()

@@ -20,14 +20,13 @@ from collections import deque
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, cast, overload
 
-import msgspec
-
 from . import wire
 from .errors import DecodeError, Lagged, MessageTooLarge, StreamClosed
 from .streams import (
     BroadcastMessage,  # re-exported: the items of a BroadcastInStream
     Writer,
 )
+from .typed_codec import TypedCodec, type_name
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -261,10 +260,6 @@ class NonblockingInStream(Generic[M]):
                 f"{len(self._ring)}/{self._capacity} kept>")
 
 
-def _type_name(tp: Any) -> str:
-    return tp.__qualname__ if isinstance(tp, type) else repr(tp)
-
-
 class TypedOutStream(Writer, Generic[T]):
     """Sends values of type `T` (a `msgspec.Struct`, a dataclass or a builtin
     type such as `dict[str, int]`), msgpack encoded, one message per value.
@@ -275,7 +270,7 @@ class TypedOutStream(Writer, Generic[T]):
     stream on a clean exit and resets it on an exception, like `OutStream`.
     """
 
-    __slots__ = ("_encoder", "_send", "_type")
+    __slots__ = ("_codec", "_encode", "_send")
 
     @overload
     def __init__(self: TypedOutStream[T], send: MessageSink, type: type[T]) -> None: ...
@@ -283,8 +278,8 @@ class TypedOutStream(Writer, Generic[T]):
     def __init__(self: TypedOutStream[Any], send: MessageSink, type: Any) -> None: ...
     def __init__(self, send: MessageSink, type: Any) -> None:
         self._send = send
-        self._type = type
-        self._encoder = msgspec.msgpack.Encoder()
+        self._codec: TypedCodec[T] = TypedCodec(type)
+        self._encode = self._codec.encode
 
     @property
     def inner(self) -> MessageSink:
@@ -294,12 +289,12 @@ class TypedOutStream(Writer, Generic[T]):
     @property
     def value_type(self) -> Any:
         """The type of the values sent."""
-        return self._type
+        return self._codec.type
 
     async def send(self, value: T) -> None:
         """Encode `value` and send it as one message (waits like
         `OutStream.send`; `MessageTooLarge` and `StreamReset` pass through)."""
-        await self._send.send(self._encoder.encode(value))
+        await self._send.send(self._encode(value))
 
     async def finish(self) -> None:
         """End the stream cleanly: the reader sees `StreamClosed` after the
@@ -311,7 +306,7 @@ class TypedOutStream(Writer, Generic[T]):
         self._send.reset(code)
 
     def __repr__(self) -> str:
-        return f"<TypedOutStream[{_type_name(self._type)}] {self._send!r}>"
+        return f"<TypedOutStream[{type_name(self._codec.type)}] {self._send!r}>"
 
 
 class TypedInStream(Generic[R]):
@@ -331,7 +326,7 @@ class TypedInStream(Generic[R]):
     `async with reader:` closes it on exit.
     """
 
-    __slots__ = ("_decoder", "_source", "_type")
+    __slots__ = ("_codec", "_source")
 
     @overload
     def __init__(self: TypedInStream[BroadcastMessage[T]],
@@ -345,8 +340,7 @@ class TypedInStream(Generic[R]):
     def __init__(self: TypedInStream[Any], recv: MessageSource[Any], type: Any) -> None: ...
     def __init__(self, recv: MessageSource[Any], type: Any) -> None:
         self._source = recv
-        self._type = type
-        self._decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(type)
+        self._codec: TypedCodec[Any] = TypedCodec(type)
 
     @property
     def inner(self) -> MessageSource[Any]:
@@ -356,28 +350,13 @@ class TypedInStream(Generic[R]):
     @property
     def value_type(self) -> Any:
         """The type values are decoded as."""
-        return self._type
-
-    def _decode(self, data: Any, sender: str | None) -> Any:
-        try:
-            return self._decoder.decode(data)
-        except wire.DECODE_ERRORS as exc:
-            origin = f" from {sender!r}" if sender is not None else ""
-            raise DecodeError(
-                f"message{origin} did not decode as {_type_name(self._type)}: {exc}"
-            ) from exc
+        return self._codec.type
 
     async def recv(self) -> R:
         """The next value. Raises `DecodeError` for a message that is not a
         `T` (the stream stays usable), `StreamClosed` at a clean end, and
         whatever the source raises (`StreamReset`, `Lagged`)."""
-        item = await self._source.recv()
-        if isinstance(item, (bytes, bytearray, memoryview)):
-            return cast(R, self._decode(item, None))
-        if isinstance(item, BroadcastMessage):
-            return cast(R, BroadcastMessage(item.sender, self._decode(item.data, item.sender)))
-        raise TypeError(f"TypedInStream cannot decode a {type(item).__name__} item; "
-                        "expected bytes or BroadcastMessage")
+        return cast(R, self._codec.decode_item(await self._source.recv()))
 
     def close(self) -> None:
         """Stop reading: closes the source."""
@@ -400,7 +379,7 @@ class TypedInStream(Generic[R]):
         self.close()
 
     def __repr__(self) -> str:
-        return f"<TypedInStream[{_type_name(self._type)}] {self._source!r}>"
+        return f"<TypedInStream[{type_name(self._codec.type)}] {self._source!r}>"
 
 
 __all__ = [

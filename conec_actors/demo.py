@@ -19,125 +19,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import random
-import signal
-import struct
 import sys
-import zlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
+from ._oserror import describe_os_error
+from ._run import on_stop_signals, run, running_loop_name
 from .certs import self_signed
 from .client import Client
 from .config import ClientConfig, CoordConfig
 from .coord import Coord
+from .demo_checks import (
+    HEADER,
+    MAX_SIZE,
+    MB,
+    MIN_SIZE,
+    Flow,
+    Flows,
+    Printer,
+    Room,
+    check_message,
+    client_names,
+    make_message,
+    random_size,
+    summary,
+)
 from .errors import ConecError, StreamClosed
 from .streams import BroadcastInStream, IncomingStream, InStream, OutStream
 
 __all__ = ["check_message", "client_names", "demo", "make_message", "run_demo"]
 
-NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan",
-         "judy", "mallory", "niaj", "olivia", "peggy", "rupert", "sybil", "trent",
-         "victor", "walter")
 #: Streams each client opens to the next one in the ring.
 STREAMS_PER_CLIENT = 2
 #: Each client says something on the demo broadcast this often.
 BROADCAST_EVERY = 0.05
-MIN_SIZE = 64
-MAX_SIZE = 16 * 1024
-#: Each message starts with its sequence number and the CRC-32 of the rest.
-HEADER = struct.Struct(">QI")
 #: How long stopping may take before the demo reports a stuck stream.
 DRAIN_TIMEOUT = 10.0
-#: At most this many problems are kept (and printed) per stream.
-MAX_PROBLEMS = 3
-MB = 1_000_000
-
-_POOL = random.Random(1719).randbytes(2 * MAX_SIZE)
-
-
-def client_names(n: int) -> list[str]:
-    """The first `n` demo client ids: alice, bob, carol, ... then client-20, ..."""
-    return [NAMES[i] if i < len(NAMES) else f"client-{i + 1}" for i in range(n)]
-
-
-def make_message(seq: int, size: int) -> bytes:
-    """A `size`-byte message (at least the header's 12 bytes) carrying `seq`
-    and a CRC-32 over the sequence number and the payload."""
-    body = max(0, size - HEADER.size)
-    start = (seq * 7919) % MAX_SIZE
-    payload = _POOL[start:start + body]
-    seq_bytes = seq.to_bytes(8, "big")
-    crc = zlib.crc32(payload, zlib.crc32(seq_bytes))
-    return HEADER.pack(seq, crc) + payload
-
-
-def check_message(msg: bytes, expected_seq: int) -> str | None:
-    """None if `msg` is intact and has sequence number `expected_seq`, else
-    what is wrong with it."""
-    if len(msg) < HEADER.size:
-        return f"message {expected_seq}: only {len(msg)} bytes"
-    seq, crc = HEADER.unpack_from(msg)
-    if zlib.crc32(memoryview(msg)[HEADER.size:], zlib.crc32(msg[:8])) != crc:
-        return f"message {expected_seq}: checksum mismatch (corrupted)"
-    if seq != expected_seq:
-        return f"expected message {expected_seq}, got {seq} (lost or reordered)"
-    return None
-
-
-def _random_size(rng: random.Random) -> int:
-    """Sizes spread evenly on a log scale between MIN_SIZE and MAX_SIZE."""
-    return int(math.exp(rng.uniform(math.log(MIN_SIZE), math.log(MAX_SIZE + 1))))
-
-
-@dataclass
-class Flow:
-    """The figures of one demo stream, filled in by both of its ends."""
-
-    sender: str
-    receiver: str
-    kind: str
-    n: int
-    sent_msgs: int = 0
-    sent_bytes: int = 0
-    recv_msgs: int = 0
-    recv_bytes: int = 0
-    finished: bool = False  # the writer called finish()
-    ended_clean: bool = False  # the reader saw the clean end
-    problems: list[str] = field(default_factory=list)
-    problem_count: int = 0
-
-    def problem(self, text: str) -> None:
-        self.problem_count += 1
-        if len(self.problems) < MAX_PROBLEMS:
-            self.problems.append(text)
-
-    @property
-    def ok(self) -> bool:
-        return (self.problem_count == 0 and self.finished and self.ended_clean
-                and self.recv_msgs == self.sent_msgs and self.recv_bytes == self.sent_bytes)
-
-    def describe(self) -> str:
-        return f"{self.sender} -> {self.receiver} {self.kind} #{self.n}"
-
-
-class _Flows:
-    """Flows by (sender, receiver, n); whichever end comes first creates it."""
-
-    def __init__(self) -> None:
-        self._flows: dict[tuple[str, str, str, int], Flow] = {}
-
-    def get(self, sender: str, receiver: str, kind: str, n: int) -> Flow:
-        key = (sender, receiver, kind, n)
-        flow = self._flows.get(key)
-        if flow is None:
-            flow = self._flows[key] = Flow(sender, receiver, kind, n)
-        return flow
-
-    def __iter__(self) -> Iterator[Flow]:
-        return iter(self._flows.values())
 
 
 # -- the ends of a stream ----------------------------------------------------------
@@ -150,7 +68,7 @@ async def _write(flow: Flow, send: OutStream, recv: InStream, stop: asyncio.Even
     seq = 0
     try:
         while not stop.is_set():
-            msg = make_message(seq, _random_size(rng))
+            msg = make_message(seq, random_size(rng))
             await send.send(msg)
             flow.sent_msgs += 1
             flow.sent_bytes += len(msg)
@@ -185,28 +103,6 @@ async def _read(flow: Flow, incoming: IncomingStream) -> None:
         flow.problem(f"reader: {exc}")
 
 
-@dataclass
-class Room:
-    """The demo broadcast: what each member sent and what each one heard."""
-
-    sent: dict[str, int] = field(default_factory=dict)
-    heard: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-
-    def check(self) -> bool:
-        orders = list(self.heard.values())
-        if self.problems or not orders:
-            return False
-        if any(o != orders[0] for o in orders):
-            self.problems.append("members heard different orders")
-            return False
-        for sender, n in self.sent.items():
-            if [k for s, k in orders[0] if s == sender] != list(range(n)):
-                self.problems.append(f"{sender}'s messages were not all heard in order")
-                return False
-        return True
-
-
 async def _chat(client: Client, send: OutStream, room: Room, stop: asyncio.Event) -> None:
     """Say something on the broadcast every BROADCAST_EVERY s, then finish."""
     k = 0
@@ -232,7 +128,7 @@ async def _listen(client: Client, recv: BroadcastInStream, room: Room) -> None:
         room.problems.append(f"{client.id} listening: {exc}")
 
 
-async def _accept(client: Client, flows: _Flows, tasks: set[asyncio.Task[None]]) -> None:
+async def _accept(client: Client, flows: Flows, tasks: set[asyncio.Task[None]]) -> None:
     """Start a reader for every stream opened to `client`, until it closes."""
     async for incoming in client.incoming:
         flow = flows.get(incoming.peer, client.id, incoming.stream_id.kind,
@@ -241,55 +137,7 @@ async def _accept(client: Client, flows: _Flows, tasks: set[asyncio.Task[None]])
         tasks.add(task)
 
 
-# -- output -----------------------------------------------------------------------
-
-
-class _Printer:
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-
-    def __call__(self, line: str = "") -> None:
-        print(line, file=self.out, flush=True)
-
-
-def _mb(n: int) -> str:
-    return f"{n / MB:,.1f}"
-
-
-def _table(rows: list[list[str]], right: set[int], indent: str = "  ") -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = []
-    for r in rows:
-        cells = [c.rjust(w) if i in right else c.ljust(w)
-                 for i, (c, w) in enumerate(zip(r, widths, strict=True))]
-        out.append(indent + "  ".join(cells).rstrip())
-    return out
-
-
-def _loop_kind() -> str:
-    loop = asyncio.get_running_loop()
-    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
-
-
 # -- the demo -----------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _on_signals(callback: Callable[[], None]) -> Iterator[None]:
-    """Call `callback` on SIGINT/SIGTERM while inside (main thread only)."""
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, callback)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass
-    try:
-        yield
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
 
 
 async def _connect_all(cfgs: list[ClientConfig]) -> list[Client]:
@@ -313,7 +161,7 @@ async def demo(duration: float = 5.0, clients: int = 3, out: TextIO | None = Non
         raise ValueError(f"duration must be positive, got {duration}")
     if clients < 1:
         raise ValueError(f"clients must be at least 1, got {clients}")
-    say = _Printer(out if out is not None else sys.stdout)
+    say = Printer(out if out is not None else sys.stdout)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     interrupted = False
@@ -326,9 +174,9 @@ async def demo(duration: float = 5.0, clients: int = 3, out: TextIO | None = Non
 
     names = client_names(clients)
     say(f"conec-actors demo: a Coordinator and {clients} client{'s' * (clients != 1)} "
-        f"in this process, for {duration:g} s on {_loop_kind()} (Ctrl-C stops early)")
+        f"in this process, for {duration:g} s on {running_loop_name()} (Ctrl-C stops early)")
     ck = self_signed(["localhost"])
-    with _on_signals(interrupt):
+    with on_stop_signals(interrupt):
         async with Coord.start(CoordConfig(ck.cert_pem, ck.key_pem, host="127.0.0.1",
                                            port=0)) as coord:
             host, port = coord.address
@@ -348,9 +196,9 @@ async def demo(duration: float = 5.0, clients: int = 3, out: TextIO | None = Non
 
 
 async def _traffic(coord: Coord, clients: list[Client], duration: float,
-                   stop: asyncio.Event, say: _Printer, interrupted: Callable[[], bool],
+                   stop: asyncio.Event, say: Printer, interrupted: Callable[[], bool],
                    loop: asyncio.AbstractEventLoop) -> int:
-    flows = _Flows()
+    flows = Flows()
     readers: set[asyncio.Task[None]] = set()
     acceptors = [asyncio.ensure_future(_accept(c, flows, readers)) for c in clients]
     writers: list[asyncio.Task[None]] = []
@@ -386,7 +234,7 @@ async def _traffic(coord: Coord, clients: list[Client], duration: float,
             writers.append(asyncio.ensure_future(_chat(c, bsend, room, stop)))
         say(f"a broadcast 'demo-room' with all {n} clients as members, each saying "
             f"something every {BROADCAST_EVERY * 1000:.0f} ms")
-        say()
+        say("")
 
         start = loop.time()
         elapsed = await _tick(coord, flows, start, duration, stop, say, loop)
@@ -401,7 +249,7 @@ async def _traffic(coord: Coord, clients: list[Client], duration: float,
             t.cancel()
         await asyncio.gather(*writers, *readers, *acceptors, return_exceptions=True)
 
-    ok = _summary(flows, clients, stats, elapsed, stuck, say, interrupted(),
+    ok = summary(flows, [c.id for c in clients], stats, elapsed, stuck, say, interrupted(),
                   sum(room.sent.values()))
     room_ok = room.check()
     heard = sum(len(h) for h in room.heard.values())
@@ -418,7 +266,7 @@ async def _traffic(coord: Coord, clients: list[Client], duration: float,
     return 130 if interrupted() else 0
 
 
-async def _actors(clients: list[Client], duration: float, say: _Printer) -> bool:
+async def _actors(clients: list[Client], duration: float, say: Printer) -> bool:
     """tell/ask between two clients: over the direct channel (alice -> bob)
     and, with a third client, through the Coordinator (bob -> carol)."""
     from .actor import demo_tell_ask
@@ -440,8 +288,8 @@ async def _actors(clients: list[Client], duration: float, say: _Printer) -> bool
     return True
 
 
-async def _tick(coord: Coord, flows: _Flows, start: float, duration: float,
-                stop: asyncio.Event, say: _Printer, loop: asyncio.AbstractEventLoop) -> float:
+async def _tick(coord: Coord, flows: Flows, start: float, duration: float,
+                stop: asyncio.Event, say: Printer, loop: asyncio.AbstractEventLoop) -> float:
     """Print a line of figures about once a second until `duration` has passed
     or `stop` is set; returns the time elapsed. msgs/s and MB/s are what the
     Coordinator forwarded; direct/s what the direct streams delivered."""
@@ -476,7 +324,7 @@ async def _tick(coord: Coord, flows: _Flows, start: float, duration: float,
         tick += 1
 
 
-async def _wait_readers(flows: _Flows, readers: set[asyncio.Task[None]],
+async def _wait_readers(flows: Flows, readers: set[asyncio.Task[None]],
                         stuck: list[str]) -> None:
     """Wait until every stream's reader has seen its end (new readers may
     still be appearing for streams opened just before the stop)."""
@@ -494,73 +342,10 @@ async def _wait_readers(flows: _Flows, readers: set[asyncio.Task[None]],
                          "messages arrived)")
 
 
-def _summary(flows: _Flows, clients: list[Client], stats: dict[str, Any], elapsed: float,
-             stuck: list[str], say: _Printer, interrupted: bool,
-             broadcast_msgs: int = 0) -> bool:
-    """Print the summary; True if every check passed."""
-    all_flows = list(flows)
-    sent_msgs = sum(f.sent_msgs for f in all_flows)
-    sent_bytes = sum(f.sent_bytes for f in all_flows)
-    fwd_msgs, fwd_bytes = int(stats["messages_forwarded"]), int(stats["bytes_forwarded"])
-    secs = max(elapsed, 1e-9)
-
-    say()
-    say(f"summary after {elapsed:.1f} s" + (" (interrupted)" if interrupted else ""))
-    rows = [["client", "sent msgs", "sent MB", "received msgs", "received MB", "check"]]
-    for c in clients:
-        out = [f for f in all_flows if f.sender == c.id]
-        inc = [f for f in all_flows if f.receiver == c.id]
-        good = all(f.ok for f in inc)
-        rows.append([c.id, f"{sum(f.sent_msgs for f in out):,}",
-                     _mb(sum(f.sent_bytes for f in out)),
-                     f"{sum(f.recv_msgs for f in inc):,}",
-                     _mb(sum(f.recv_bytes for f in inc)),
-                     "ok" if good else "FAILED"])
-    rows.append(["total", f"{sent_msgs:,}", _mb(sent_bytes),
-                 f"{sum(f.recv_msgs for f in all_flows):,}",
-                 _mb(sum(f.recv_bytes for f in all_flows)), ""])
-    for line in _table(rows, right={1, 2, 3, 4}):
-        say(line)
-    say()
-    say(f"  through the Coordinator: {fwd_msgs:,} messages, {_mb(fwd_bytes)} MB "
-        f"({fwd_msgs / secs:,.0f} msgs/s, {fwd_bytes / secs / MB:,.2f} MB/s)")
-    proxied_msgs = sum(f.sent_msgs for f in all_flows if f.kind == "proxied")
-    direct = [f for f in all_flows if f.kind == "direct"]
-    if fwd_msgs != proxied_msgs + broadcast_msgs:
-        say(f"  note: the Coordinator counted {fwd_msgs:,} messages forwarded, the "
-            f"clients sent {proxied_msgs:,} on proxied streams and {broadcast_msgs:,} "
-            "on the broadcast")
-    if direct:
-        say(f"  over the direct channel: {sum(f.recv_msgs for f in direct):,} messages, "
-            f"{_mb(sum(f.recv_bytes for f in direct))} MB, none through the Coordinator")
-
-    failed = [f for f in all_flows if not f.ok]
-    if not failed and not stuck and all_flows:
-        say(f"  checks: all {len(all_flows)} streams ok: every message arrived, in order and "
-            "intact")
-        say("          (sequence number and CRC-32 in each), and every stream ended cleanly")
-    else:
-        say(f"  checks: FAILED on {len(failed)} of {len(all_flows)} streams")
-        for f in failed:
-            details = list(f.problems)
-            if f.problem_count > len(f.problems):
-                details.append(f"... {f.problem_count - len(f.problems)} more")
-            if not details:
-                details.append(f"{f.recv_msgs:,} of {f.sent_msgs:,} messages arrived"
-                               + ("" if f.ended_clean else ", no clean end"))
-            for d in details:
-                say(f"    {f.describe()}: {d}")
-        for s in stuck:
-            say(f"    {s}")
-    return not failed and not stuck and bool(all_flows)
-
-
 def run_demo(duration: float = 5.0, clients: int = 3) -> int:
     """Run the demo in a new event loop (uvloop if installed) and return the
     exit status: 0 if every check passed, 1 if one failed or the demo could
     not start, 130 if interrupted."""
-    from .cli import describe_os_error, run
-
     try:
         return run(demo(duration, clients))
     except OSError as exc:

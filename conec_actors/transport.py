@@ -13,72 +13,59 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 
-from ._quic import (
-    CONNECTION_ID_LENGTH,
-    SMALLEST_MAX_DATAGRAM_SIZE,
-    ConecQuicConnection,
-    RetryGate,
-    parse_packet,
-    version_negotiation,
+from ._quic import CONNECTION_ID_LENGTH, ConecQuicConnection, PacketInfo, parse_packet
+from .endpoint_rules import (
+    RETRY_OFF,
+    RETRY_ON,
+    Accept,
+    Addr,
+    Admission,
+    RetryMode,
+    normalize_address,
+    unmap_address,
 )
+from .udp import DEFAULT_TTL, make_socket
+
+__all__ = [  # the names other modules import from here
+    "DRAIN_EVERY", "HANDSHAKE_TIMEOUT", "READ_BATCH", "RETRY_OFF", "RETRY_ON",
+    "Addr", "Conn", "ConnHandler", "Endpoint", "RetryMode", "ServerSettings", "unmap_address",
+]
 
 log = logging.getLogger(__name__)
 
-Addr = tuple[Any, ...]
-RetryMode = bool | Literal["auto"]
-
-#: Half-open handshakes above which "auto" demands a Retry, and below which
-#: it stops again.
-RETRY_ON = 256
-RETRY_OFF = 128
 #: Seconds an accepted connection has to complete its handshake before it is
 #: dropped: a peer that sends Initials and never finishes holds no state
 #: longer than this.
 HANDSHAKE_TIMEOUT = 5.0
-SOCKET_BUFFER = 4 * 1024 * 1024
 #: Datagrams read per wake-up of the socket, under load.
 READ_BATCH = 32
 #: While traffic is light, one wake-up in this many still drains the socket.
 DRAIN_EVERY = 8
-_DEFAULT_TTL = 64
-try:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as _probe:
-        _DEFAULT_TTL = _probe.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
-except OSError:
-    pass
 
 
 class ConnHandler(Protocol):
     """What a `Conn` tells its owner. Every method runs in the event loop."""
 
     def handshake_completed(self, conn: Conn) -> None: ...
-    def stream_data(self, conn: Conn, stream_id: int, data: bytes, fin: bool) -> None: ...
-    def stream_reset(self, conn: Conn, stream_id: int, code: int) -> None: ...
-    def stop_sending(self, conn: Conn, stream_id: int, code: int) -> None: ...
+    def stream_data(self, conn: Conn, quic_id: int, data: bytes, fin: bool) -> None: ...
+    def stream_reset(self, conn: Conn, quic_id: int, code: int) -> None: ...
+    def stop_sending(self, conn: Conn, quic_id: int, code: int) -> None: ...
     def terminated(self, conn: Conn, code: int, reason: str) -> None: ...
 
 
-def unmap_address(addr: Addr) -> tuple[str, int]:
-    """(host, port) with an IPv4-mapped IPv6 host turned back into IPv4."""
-    host = str(addr[0])
-    if host.startswith("::ffff:"):
-        with contextlib.suppress(ValueError):
-            return (str(ipaddress.IPv6Address(host).ipv4_mapped or host), int(addr[1]))
-    return (host, int(addr[1]))
-
-
 class Conn:
-    """One QUIC connection on an endpoint."""
+    """One QUIC connection on an endpoint. A `quic_id` is a stream's id on
+    this connection (aioquic's `stream_id`), not the `StreamId` both ends
+    give a stream."""
 
     def __init__(self, endpoint: Endpoint, quic: ConecQuicConnection, addr: Addr,
                  handler: ConnHandler | None) -> None:
@@ -217,9 +204,9 @@ class Conn:
     async def wait_handshake(self) -> None:
         await asyncio.shield(self._handshake_waiter)
 
-    def send(self, stream_id: int, data: bytes, end: bool = False) -> None:
+    def send(self, quic_id: int, data: bytes, end: bool = False) -> None:
         try:
-            self.quic.send_stream_data(stream_id, data, end_stream=end)
+            self.quic.send_stream_data(quic_id, data, end_stream=end)
         except (RuntimeError, ValueError) as exc:
             # The sending side is over: the peer stopped the stream (aioquic
             # resets it while parsing STOP_SENDING, before we hear of it), or
@@ -227,7 +214,7 @@ class Conn:
             # write (ValueError: a peer's unidirectional stream, which
             # aioquic refuses anyway since none are granted). Nothing can
             # carry these bytes.
-            log.debug("write to stream %d dropped: %s", stream_id, exc)
+            log.debug("write to stream %d dropped: %s", quic_id, exc)
             return
         if self._transmit_handle is None and not self._sent_this_turn:
             # An idle connection sends at once (no loop turn of delay for a
@@ -241,50 +228,50 @@ class Conn:
     def _new_turn(self) -> None:
         self._sent_this_turn = False
 
-    def reset(self, stream_id: int, code: int) -> None:
+    def reset(self, quic_id: int, code: int) -> None:
         """Abort the sending side of a stream (no-op if it is over)."""
         with contextlib.suppress(ValueError, AssertionError, KeyError):
-            if self.quic.can_send(stream_id):
-                self.quic.reset_stream(stream_id, code)
+            if self.quic.can_send(quic_id):
+                self.quic.reset_stream(quic_id, code)
                 self.transmit_soon()
 
-    def stop(self, stream_id: int, code: int) -> None:
+    def stop(self, quic_id: int, code: int) -> None:
         """Ask the peer to stop sending on a stream (no-op if it is over)."""
         with contextlib.suppress(ValueError, AssertionError, KeyError):
-            self.quic.stop_stream(stream_id, code)
+            self.quic.stop_stream(quic_id, code)
             self.transmit_soon()
 
-    def consume(self, stream_id: int, nbytes: int) -> None:
-        if self.quic.consume(stream_id, nbytes):
+    def consume(self, quic_id: int, nbytes: int) -> None:
+        if self.quic.consume(quic_id, nbytes):
             self.transmit_soon()
 
-    def consume_to(self, stream_id: int, offset: int) -> None:
+    def consume_to(self, quic_id: int, offset: int) -> None:
         # Transmit only when a window update is due: reading a message must
         # not schedule a send ahead of the reader's own reply.
-        if self.quic.consume_to(stream_id, offset):
+        if self.quic.consume_to(quic_id, offset):
             self.transmit_soon()
 
-    def unsent(self, stream_id: int) -> int:
-        return self.quic.unsent(stream_id)
+    def unsent(self, quic_id: int) -> int:
+        return self.quic.unsent(quic_id)
 
-    def set_stream_window(self, stream_id: int, window: int) -> None:
-        self.quic.set_stream_window(stream_id, window)
+    def set_stream_window(self, quic_id: int, window: int) -> None:
+        self.quic.set_stream_window(quic_id, window)
 
     def new_stream_id(self) -> int:
         return self.quic.next_stream_id()
 
-    def forget_stream(self, stream_id: int) -> None:
-        self._drain.pop(stream_id, None)
-        if self.quic.forget_stream(stream_id):
+    def forget_stream(self, quic_id: int) -> None:
+        self._drain.pop(quic_id, None)
+        if self.quic.forget_stream(quic_id):
             self.transmit_soon()
 
-    def watch_drain(self, stream_id: int, cb: Callable[[], None]) -> None:
+    def watch_drain(self, quic_id: int, cb: Callable[[], None]) -> None:
         """Call `cb` after every datagram or timer while watched (ACKs drain
         unsent data)."""
-        self._drain[stream_id] = cb
+        self._drain[quic_id] = cb
 
-    def unwatch_drain(self, stream_id: int) -> None:
-        self._drain.pop(stream_id, None)
+    def unwatch_drain(self, quic_id: int) -> None:
+        self._drain.pop(quic_id, None)
 
     def close(self, code: int = 0, reason: str = "") -> None:
         if self.closed:
@@ -355,8 +342,7 @@ class Endpoint:
         self._cids: dict[bytes, Conn] = {}
         self._conns: set[Conn] = set()
         self._half_open: set[Conn] = set()
-        self._retry_gate = RetryGate()
-        self._demand_retry = False
+        self._admission = Admission()
         self._light = True
         self._light_wakeups = 0
         self._closed = False
@@ -371,7 +357,7 @@ class Endpoint:
                    server: ServerSettings | None = None) -> Endpoint:
         """Bind a UDP socket. `host=None` binds dual-stack (or IPv4 only where
         IPv6 is unavailable)."""
-        return cls(_make_socket(host, port), server)
+        return cls(make_socket(host, port), server)
 
     @property
     def local_address(self) -> tuple[str, int]:
@@ -383,13 +369,7 @@ class Endpoint:
 
     def normalize(self, addr: Addr) -> Addr:
         """Address as this socket reports peers (mapped IPv4 on dual stack)."""
-        host, port = str(addr[0]), int(addr[1])
-        if self.family == socket.AF_INET6:
-            ip = ipaddress.ip_address(host)
-            if ip.version == 4:
-                return (f"::ffff:{host}", port, 0, 0)
-            return (host, port, 0, 0)
-        return (host, port)
+        return normalize_address(addr, self.family == socket.AF_INET6)
 
     def sendto(self, data: bytes, addr: Addr) -> None:
         if self._closed:
@@ -421,7 +401,7 @@ class Endpoint:
                 with contextlib.suppress(OSError):
                     # -1 restores the default hop limit; IP_TTL needs a value
                     self.sock.setsockopt(level, opt, -1 if opt != socket.IP_TTL
-                                         else _DEFAULT_TTL)
+                                         else DEFAULT_TTL)
 
     def _on_readable(self) -> None:
         limit = READ_BATCH
@@ -487,43 +467,27 @@ class Endpoint:
             conn.receive(data, addr)
             return
         server = self.server
-        if server is None or pkt.is_version_negotiation:
+        if server is None:
             return
-        if pkt.version is not None and pkt.version not in \
-                server.configuration.supported_versions:
-            if len(data) >= SMALLEST_MAX_DATAGRAM_SIZE:
-                self.sendto(version_negotiation(pkt, server.configuration.supported_versions),
-                            addr)
-            return
-        # A new connection only from a full-size Initial: knocks and junk are
-        # ignored without state.
-        if not pkt.is_initial or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
-            return
-        self._accept(pkt, data, addr, server)
-
-    def _accept(self, pkt: Any, data: bytes, addr: Addr, server: ServerSettings) -> None:
-        now = self.loop.time()
-        retry_scid: bytes | None = None
-        if pkt.token:
-            # Always honour a token that comes back, whatever the current mode:
-            # a client that met a Retry must not meet a server ignoring it.
-            odcid = self._retry_gate.validate(pkt, addr, now)
-            if odcid is None:
-                self.sendto(self._retry_gate.invalid_token_close(pkt), addr)
-                return
-            retry_scid = pkt.dcid
-        else:
-            if server.retry is True or (server.retry == "auto" and self._retry_needed()):
+        verdict = self._admission.consider(
+            pkt, len(data), addr, self.loop.time(),
+            versions=server.configuration.supported_versions, retry=server.retry,
+            half_open=len(self._half_open))
+        if isinstance(verdict, Accept):
+            self._accept(pkt, data, addr, server, verdict)
+        elif verdict is not None:
+            if verdict.is_retry:
                 self.retries_sent += 1
-                self.sendto(self._retry_gate.retry_packet(pkt, addr, now), addr)
-                return
-            odcid = pkt.dcid
+            self.sendto(verdict.data, addr)
+
+    def _accept(self, pkt: PacketInfo, data: bytes, addr: Addr, server: ServerSettings,
+                verdict: Accept) -> None:
         quic = ConecQuicConnection(
             configuration=server.configuration,
             stream_window=server.stream_window,
             request_client_certificate=server.request_client_certificate,
-            original_destination_connection_id=odcid,
-            retry_source_connection_id=retry_scid,
+            original_destination_connection_id=verdict.original_dcid,
+            retry_source_connection_id=verdict.retry_scid,
         )
         conn = Conn(self, quic, addr, None)
         self._conns.add(conn)
@@ -547,14 +511,6 @@ class Endpoint:
         if conn in self._half_open:
             self.handshakes_expired += 1
             conn.abort()
-
-    def _retry_needed(self) -> bool:
-        n = len(self._half_open)
-        if n > RETRY_ON:
-            self._demand_retry = True
-        elif n < RETRY_OFF:
-            self._demand_retry = False
-        return self._demand_retry
 
     @property
     def half_open(self) -> int:
@@ -586,46 +542,3 @@ class Endpoint:
         with contextlib.suppress(Exception):
             self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
-
-
-def _make_socket(host: str | None, port: int) -> socket.socket:
-    if host is None:
-        try:
-            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-            try:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                sock.bind(("::", port))
-            except OSError:
-                sock.close()
-                raise
-        except OSError:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            _bind_or_close(sock, ("0.0.0.0", port))
-    else:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        family, _, _, _, sockaddr = infos[0]
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        if family == socket.AF_INET6:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
-                                0 if host in ("::", "") else 1)
-        _bind_or_close(sock, sockaddr)
-    for force, plain in ((getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF),
-                         (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF)):
-        try:
-            if force is None:
-                raise OSError
-            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
-        except OSError:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
-    sock.setblocking(False)
-    return sock
-
-
-def _bind_or_close(sock: socket.socket, addr: Any) -> None:
-    try:
-        sock.bind(addr)
-    except OSError:
-        sock.close()
-        raise

@@ -1,6 +1,8 @@
-"""Stream numbers an opener has used, in O(1) memory for the usual case.
+"""Stream numbers: their range, and the ones an opener has used, in O(1)
+memory for the usual case.
 
-A stream number is never reused by the same opener, so the side that checks
+A stream number (the `n` of a `StreamId`) is chosen by its opener, in
+[0, 2**62). It is never reused by the same opener, so the side that checks
 (the Coordinator for proxied streams, a channel's target for direct ones,
 and the opener choosing its next number) must remember which numbers were
 used. Numbers mostly come from a counter, so `UsedNumbers` keeps a floor
@@ -10,11 +12,25 @@ order; the floor moves up as the gaps above it fill.
 
 from __future__ import annotations
 
+from .errors import StreamIdInUse
+from .wire import Code
+
+#: Stream numbers are below this (they fit a QUIC variable-length integer).
+MAX_STREAM_NUMBER = 2**62
 #: Numbers remembered above the floor at most. Past this many, the floor
 #: jumps to the lowest of them: the skipped numbers count as used from then
 #: on (refused, never reused), which keeps memory bounded for a peer that
 #: picks scattered numbers.
 MAX_OUT_OF_ORDER = 256
+
+
+def check_stream_number(n: object) -> int:
+    """Validate a user-chosen stream number (0 <= n < 2**62)."""
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise ValueError(f"stream_id must be an int, not {type(n).__name__}")
+    if not 0 <= n < MAX_STREAM_NUMBER:
+        raise ValueError(f"stream_id must be in [0, 2**62), got {n}")
+    return n
 
 
 class UsedNumbers:
@@ -56,6 +72,26 @@ class UsedNumbers:
     def next_free(self) -> int:
         """The lowest number not used (what a counter would pick next)."""
         return self._floor
+
+    def pick(self, wanted: int | None = None, kind: str = "stream") -> int:
+        """The opener's side: mark `wanted` used, or the lowest free number
+        when it is None, and return it. Raises `StreamIdInUse` if `wanted`
+        was used already (`kind` names the stream in the message)."""
+        n = self._floor if wanted is None else wanted
+        if not self.add(n):
+            raise StreamIdInUse(f"{kind} stream number {n} was already used")
+        return n
+
+    def admit(self, n: int) -> Code | None:
+        """The checking side (the Coordinator, a channel's target): mark the
+        number a peer opened a stream with used. None if the stream may
+        open, else the code to refuse it with: `Code.PROTOCOL` for a number
+        out of range, `Code.STREAM_ID_IN_USE` for one used before."""
+        if not 0 <= n < MAX_STREAM_NUMBER:
+            return Code.PROTOCOL
+        if not self.add(n):
+            return Code.STREAM_ID_IN_USE
+        return None
 
     def _settle(self) -> None:
         above = self._above

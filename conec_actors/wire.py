@@ -219,14 +219,16 @@ class Welcome(msgspec.Struct, tag="welcome", frozen=True):
 class StreamHeader(msgspec.Struct, tag="stream", frozen=True):
     """First frame of a data stream.
 
-    From an opener to the Coordinator, `peer` is the destination; from the
-    Coordinator to the destination, `peer` is the opener.
+    `name` says whom or what the stream is with: on a proxied stream, from an
+    opener to the Coordinator the destination's id, from the Coordinator to
+    the destination the opener's; on a direct stream the opener's id; on a
+    broadcast stream the broadcast's name. Read it as `peer` or `broadcast`
+    to say which is meant. (Encoded under the key "peer", as it always was.)
     """
 
     kind: StreamKind
-    peer: str
+    name: str = msgspec.field(name="peer")
     n: int
-    channel: str = ""
     #: "" for application streams (delivered on `client.incoming`); other
     #: values name an internal use, such as "mailbox" for tell/ask.
     purpose: str = ""
@@ -234,6 +236,16 @@ class StreamHeader(msgspec.Struct, tag="stream", frozen=True):
     #: message size limit (the smallest of both ends' and the
     #: Coordinator's); 0 means unknown (use your own).
     max_message_size: int = 0
+
+    @property
+    def peer(self) -> str:
+        """The client id in the header of a proxied or direct stream."""
+        return self.name
+
+    @property
+    def broadcast(self) -> str:
+        """The broadcast's name in the header of a broadcast stream."""
+        return self.name
 
 
 class StreamAccepted(msgspec.Struct, tag="accepted", frozen=True):

@@ -33,7 +33,7 @@ async def next_incoming(client: Any, timeout: float = 5.0) -> Any:
 
 def unsent(send: Any) -> int:
     core = send._core  # the raw core of a stream the test owns
-    return int(core.conn.unsent(core.sid))
+    return int(core.conn.unsent(core.quic_id))
 
 
 # -- stream numbers ------------------------------------------------------------------

@@ -228,7 +228,7 @@ async def test_truncated_message_is_a_reset_not_a_clean_end() -> None:
         send, _ = await a.new_proxied_stream("bob")
         core = send._core
         core.write_raw((100).to_bytes(4, "big") + b"only part")
-        core.conn.send(core.sid, b"", end=True)
+        core.conn.send(core.quic_id, b"", end=True)
         inc = await next_incoming(b)
         with pytest.raises(StreamReset) as err:
             await inc.recv.recv()

@@ -33,9 +33,9 @@ CONTROL_MESSAGES: list[wire.Control] = [
             max_datagram_size=1350, observed_addr=("192.0.2.1", 4433)),
     Welcome(version=1, max_message_size=1, idle_timeout=1.0, max_datagram_size=1,
             observed_addr=("::1", 0)),
-    StreamHeader(kind="proxied", peer="bob", n=0),
-    StreamHeader(kind="direct", peer="carol.example.com", n=2**40, channel="chat"),
-    StreamHeader(kind="proxied", peer="bob", n=5, channel="ünïcode ✓"),
+    StreamHeader(kind="proxied", name="bob", n=0),
+    StreamHeader(kind="direct", name="carol.example.com", n=2**40, purpose="chat"),
+    StreamHeader(kind="broadcast", name="ünïcode ✓", n=5, max_message_size=9),
     StreamAccepted(),
 ]
 
@@ -57,10 +57,39 @@ def test_round_trip_keeps_field_types() -> None:
     assert isinstance(w.idle_timeout, float)
 
 
-def test_stream_header_channel_defaults_to_empty() -> None:
-    h = decode(encode(StreamHeader(kind="direct", peer="bob", n=1)))
-    assert isinstance(h, StreamHeader)
-    assert h.channel == ""
+class _OldStreamHeader(msgspec.Struct, tag="stream", frozen=True):
+    """StreamHeader as earlier versions define it (with the unused `channel`)."""
+
+    kind: str
+    peer: str
+    n: int
+    channel: str = ""
+    purpose: str = ""
+    max_message_size: int = 0
+
+
+def test_stream_header_name_is_encoded_as_peer() -> None:
+    raw = msgspec.msgpack.decode(encode(StreamHeader("broadcast", "room", 3)))
+    assert raw["peer"] == "room" and "name" not in raw
+
+
+def test_stream_header_decodes_an_old_frame_with_a_channel() -> None:
+    old = msgspec.msgpack.encode(_OldStreamHeader("direct", "bob", 1, channel="chat",
+                                                  purpose="mailbox"))
+    h = decode(old)
+    assert h == StreamHeader("direct", "bob", 1, purpose="mailbox")
+
+
+def test_an_old_peer_decodes_a_new_stream_header() -> None:
+    new = encode(StreamHeader("proxied", "bob", 7, max_message_size=100))
+    old = msgspec.msgpack.decode(new, type=_OldStreamHeader)
+    assert (old.kind, old.peer, old.n, old.channel, old.max_message_size) == (
+        "proxied", "bob", 7, "", 100)
+
+
+def test_stream_header_reads_its_name_as_peer_or_broadcast() -> None:
+    assert StreamHeader("proxied", "bob", 1).peer == "bob"
+    assert StreamHeader("broadcast", "room", 1).broadcast == "room"
 
 
 def test_control_messages_are_distinguished_by_tag() -> None:

@@ -111,7 +111,7 @@ class StreamLink:
         raw = core.take_first()
         if raw is None:
             return
-        self.awaiting_header.discard(core.sid)
+        self.awaiting_header.discard(core.quic_id)
         try:
             hdr = wire.decode(raw)
             if not isinstance(hdr, wire.StreamHeader) or hdr.kind != self.kind:
@@ -133,7 +133,7 @@ class StreamLink:
         raw = core.take_first()
         if raw is None:
             return
-        fut = self.opening.pop(core.sid)
+        fut = self.opening.pop(core.quic_id)
         try:
             msg = wire.decode(raw)
             if not isinstance(msg, wire.StreamAccepted):
@@ -226,10 +226,10 @@ class StreamLink:
     def _maybe_forget(self, core: StreamCore) -> None:
         recv_over = core.recv_error is not None or core.recv_fin
         send_over = core.send_error is not None or core.send_finished
-        if recv_over and send_over and self.streams.get(core.sid) is core:
-            del self.streams[core.sid]
-            self.awaiting_header.discard(core.sid)
-            core.conn.forget_stream(core.sid)
+        if recv_over and send_over and self.streams.get(core.quic_id) is core:
+            del self.streams[core.quic_id]
+            self.awaiting_header.discard(core.quic_id)
+            core.conn.forget_stream(core.quic_id)
 
 
 class CoordLink(StreamLink):

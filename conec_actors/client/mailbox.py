@@ -183,7 +183,7 @@ def _write_idle(stream: OutStream, data: bytes) -> bool:
     core = stream._core
     conn = core.conn
     if (core.send_error is not None or core.send_finished or conn.closed
-            or conn.unsent(core.sid) or len(data) > core.max_message_size):
+            or conn.unsent(core.quic_id) or len(data) > core.max_message_size):
         return False
     core.write_raw(framing.frame(data))
     return True
