@@ -10,7 +10,7 @@ from conec_actors.coord.pairing import MAX_STREAMS_PER_PAIR
 from conec_actors.coord.proxy import ROOM_WATCH, HeaderLeg, ProxiedLeg, Relay
 from conec_actors.coord.session import MAX_PENDING_OPENS
 from conec_actors.framing import frame
-from conec_actors.streams import HEADER_FRAME_MAX
+from conec_actors.stream_state import HEADER_FRAME_MAX
 
 from .test_fanout import FakeConn, FakePeer
 
@@ -129,6 +129,8 @@ def test_a_stream_number_is_used_once() -> None:
     st.open(alice, "bob", 5, 4)
     st.open(alice, "bob", 5, 8)
     assert alice.conn.resets == {8: wire.Code.STREAM_ID_IN_USE}
+    st.open(alice, "bob", 2**62, 12)
+    assert alice.conn.resets[12] == wire.Code.PROTOCOL
 
 
 def test_pending_opens_are_bounded() -> None:

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable
 
 from .. import wire
 from ..framing import HEADER_SIZE, FrameTooLarge, frame
-from ..streams import BROADCAST_HIGH_WATER, BROADCAST_LOW_WATER, BROADCAST_WINDOW
+from ..stream_state import BROADCAST_HIGH_WATER, BROADCAST_LOW_WATER, BROADCAST_WINDOW
 from . import ipc
 from .legs import Leg, Peer
 from .session import State

@@ -24,7 +24,7 @@ from .. import wire
 from ..errors import InvalidId, ProtocolError
 from ..framing import HEADER_SIZE, FrameScanner, FrameTooLarge, frame
 from ..ids import check_id
-from ..streams import HEADER_FRAME_MAX, MAX_STREAM_NUMBER
+from ..stream_state import HEADER_FRAME_MAX
 from . import ipc
 from .fanout import BroadcastHub, MemberLeg
 from .legs import Leg, Peer
@@ -217,12 +217,10 @@ class Relay:
         if not isinstance(hdr, wire.StreamHeader) or hdr.kind == "direct":
             leg.abort(wire.Code.PROTOCOL, "expected a proxied or broadcast stream header")
             return None
-        if not 0 <= hdr.n < MAX_STREAM_NUMBER:
-            leg.abort(wire.Code.PROTOCOL, "stream number out of range")
-            return None
-        if not s.core.used_numbers.add(hdr.n):
-            leg.abort(wire.Code.STREAM_ID_IN_USE,
-                      f"proxied stream number {hdr.n} was already used by this client")
+        refused = s.core.used_numbers.admit(hdr.n)
+        if refused is not None:
+            leg.abort(refused, "stream number out of range" if refused == wire.Code.PROTOCOL
+                      else f"proxied stream number {hdr.n} was already used by this client")
             return None
         if hdr.kind == "proxied":
             try:
@@ -237,7 +235,7 @@ class Relay:
             return None
         if hdr.kind == "broadcast":
             member = s.legs[leg.sid] = MemberLeg(s, leg.sid, base)
-            self.hub.join(member, hdr.peer)
+            self.hub.join(member, hdr.broadcast)
             return member
         new = s.legs[leg.sid] = ProxiedLeg(s, leg.sid, base, hdr.n, hdr.purpose,
                                            s.max_message_size, self)
