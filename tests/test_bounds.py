@@ -71,7 +71,7 @@ async def test_ten_thousand_sequential_opens_keep_the_bookkeeping_constant() -> 
             with pytest.raises(NoSuchPeer):
                 await a.new_proxied_stream("nobody")
         # every number was used once; none is remembered one by one
-        assert session.used_numbers.floor == 10_000 and len(session.used_numbers) == 0
+        assert session.core.used_numbers.floor == 10_000 and len(session.core.used_numbers) == 0
         assert a._used_proxied.floor == 10_000 and len(a._used_proxied) == 0
         with pytest.raises(NoSuchPeer):  # numbers stay unique: 10,000 is next
             await a.new_proxied_stream("nobody", stream_id=10_000)
@@ -203,7 +203,7 @@ async def test_control_requests_stop_being_read_while_their_replies_are_unread()
             if i % 500 == 0:
                 await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)
-        backlog = session.conn.unsent(session.control_sid)
+        backlog = session.conn.unsent(session.core.control_sid)
         assert backlog < CONTROL_REPLY_HIGH + 4096, backlog
         assert a._conn.unsent(0) > MiB  # the front-end stopped taking requests
         assert a.id == "alice" and not a.is_closed

@@ -292,7 +292,7 @@ async def test_too_many_pending_introductions_is_a_named_refusal() -> None:
     import signal
 
     from conec_actors import ProtocolError
-    from conec_actors.coord.frontend import MAX_PENDING_CHANNELS
+    from conec_actors.coord.session import MAX_PENDING_CHANNELS
 
     async with coordinator() as h:
         a = await h.client("alice")

@@ -426,7 +426,7 @@ async def test_offers_to_silent_targets_count_as_pending_introductions() -> None
     # Targets that never answer an introduction: the opener's offers stay
     # pending until they expire, and count against its limit all that time.
     from conec_actors import ProtocolError, wire
-    from conec_actors.coord.frontend import MAX_PENDING_CHANNELS
+    from conec_actors.coord.session import MAX_PENDING_CHANNELS
     from conec_actors.framing import frame
 
     async with coordinator() as h:

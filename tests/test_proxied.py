@@ -295,7 +295,7 @@ async def test_cancelled_send_sends_nothing() -> None:
 
 
 async def test_many_concurrent_streams() -> None:
-    from conec_actors.coord.frontend import MAX_STREAMS_PER_PAIR
+    from conec_actors.coord.pairing import MAX_STREAMS_PER_PAIR
 
     async with coordinator() as h:
         a, b = await h.client("alice"), await h.client("bob")
@@ -337,7 +337,7 @@ async def test_too_many_pending_opens_is_a_named_refusal() -> None:
     import signal
 
     from conec_actors import ProtocolError
-    from conec_actors.coord.frontend import MAX_PENDING_OPENS
+    from conec_actors.coord.session import MAX_PENDING_OPENS
 
     async with coordinator() as h:
         a, _ = await h.client("alice"), await h.client("bob")

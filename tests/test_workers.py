@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from conec_actors import ClientClosed, CoordinatorFailed, NoSuchBroadcast, StreamReset
-from conec_actors.coord.frontend import MAX_PENDING_REQUESTS
+from conec_actors.coord.session import MAX_PENDING_REQUESTS
 
 from .conftest import coord_cert, coordinator, wait_for
 

@@ -97,7 +97,7 @@ while time.monotonic() < end:
         elif isinstance(msg, ipc.Lookup):  # route everyone to the accomplice
             e = entries.get(cfg["accomplice"])
             out.append(ipc.Reply(msg.req, 0, None if e is None else ipc.Entry(
-                msg.dst, e.frontend, e.conn, e.addr, e.cert)))
+                msg.dst, e.frontend, e.conn_key, e.addr, e.cert)))
         elif hasattr(msg, "req"):
             out.append(ipc.Reply(msg.req, 0))
     if out:

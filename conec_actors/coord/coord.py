@@ -17,7 +17,7 @@ from ..tlsconf import quic_configuration
 from ..transport import Endpoint, ServerSettings
 from . import ipc
 from .frontend import FrontEnd
-from .supervisor import Supervisor, WorkerReply
+from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +102,10 @@ class Coord:
         fe = self._fe
         workers = self._supervisor.figures()
         loop = asyncio.get_running_loop()
-        futs: list[asyncio.Future[WorkerReply]] = []
+        futs: list[asyncio.Future[ipc.WorkerReply]] = []
         for slots in self._supervisor.by_kind.values():
             for slot in slots:
-                fut: asyncio.Future[WorkerReply] = loop.create_future()
+                fut: asyncio.Future[ipc.WorkerReply] = loop.create_future()
                 futs.append(fut)
                 self._supervisor.request(slot, ipc.StatsRequest, _resolver(fut))
         # asyncio.wait, not wait_for: a worker too slow to answer (stopped,
@@ -156,6 +156,7 @@ class Coord:
                 conn.close(code, reason)
             await asyncio.sleep(0.05)  # let the closes reach the wire
             self._endpoint.close()
+            self._fe.close()
             await self._supervisor.close()
         finally:
             self._closed.set()
@@ -168,9 +169,9 @@ class Coord:
             raise self._failure
 
 
-def _resolver(fut: asyncio.Future[WorkerReply]
-              ) -> Callable[[WorkerReply], None]:
-    def resolve(reply: WorkerReply) -> None:
+def _resolver(fut: asyncio.Future[ipc.WorkerReply]
+              ) -> Callable[[ipc.WorkerReply], None]:
+    def resolve(reply: ipc.WorkerReply) -> None:
         if not fut.done():
             fut.set_result(reply)
     return resolve

@@ -42,7 +42,7 @@ class Directory:
         if isinstance(msg, Register):
             e = msg.entry
             held = self.entries.get(e.client_id)
-            if held is not None and (held.frontend, held.conn) != (e.frontend, e.conn):
+            if held is not None and (held.frontend, held.conn_key) != (e.frontend, e.conn_key):
                 self.refused += 1
                 return Reply(msg.req, wire.Code.DUPLICATE_ID, held)
             if held is None:
@@ -51,7 +51,7 @@ class Directory:
             return Reply(msg.req, 0, e)
         if isinstance(msg, Unregister):
             held = self.entries.get(msg.client_id)
-            if held is not None and (held.frontend, held.conn) == (msg.frontend, msg.conn):
+            if held is not None and (held.frontend, held.conn_key) == (msg.frontend, msg.conn_key):
                 del self.entries[msg.client_id]
             return Reply(msg.req, 0)
         if isinstance(msg, Rebuild):

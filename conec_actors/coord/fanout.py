@@ -1,6 +1,6 @@
 """Broadcast fan-out in the front-end.
 
-Each member of a broadcast is one stream (a `Leg`) from its client to the
+Each member of a broadcast is one stream (a `MemberLeg`) from its client to the
 front-end: the client sends its messages on it and receives every member's
 messages, its own included, tagged with the sender's id. The broadcast
 worker decides membership, counts, epochs and when a broadcast ends; the
@@ -37,17 +37,16 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 from .. import wire
 from ..framing import HEADER_SIZE, FrameTooLarge, frame
-from ..ids import stable_hash
-from ..streams import BROADCAST_HIGH_WATER, BROADCAST_LOW_WATER, BROADCAST_WINDOW
+from ..stream_state import BROADCAST_HIGH_WATER, BROADCAST_LOW_WATER, BROADCAST_WINDOW
 from . import ipc
-from .supervisor import MakeRequest, WorkerReply
+from .legs import Leg, Peer
+from .session import State
 
-if TYPE_CHECKING:
-    from .frontend import FrontEnd, Leg
+#: How the hub reaches the broadcast worker that holds a name.
+RequestBroadcast = Callable[[str, ipc.MakeRequest, ipc.ReplyCallback], None]
 
 MAX_NAME = wire.MAX_BROADCAST_NAME
 #: What the front-end lets its members' windows hold in all, split among the
@@ -90,6 +89,56 @@ class MemberIn:
         return self.need < 0 and not self.head
 
 
+class MemberLeg(Leg):
+    """A member's stream: what it sends is fanned out to every member's."""
+
+    __slots__ = ("bcast", "consumed", "member", "pending", "pending_fin", "sending", "tag")
+
+    def __init__(self, session: Peer, sid: int, base: int) -> None:
+        super().__init__(session, sid, base)
+        self.bcast: Broadcast | None = None  # once joined
+        self.member = MemberIn(session.max_message_size)
+        self.tag = wire.sender_tag(session.client_id or "")
+        self.pending: list[bytes] = []  # data before the join is settled
+        self.pending_fin = False
+        self.sending = False
+        self.consumed = 0  # bytes of its payload fanned out (or parked)
+
+    def data(self, data: bytes, fin: bool) -> None:
+        if self.in_done:
+            return
+        bcast = self.bcast
+        if bcast is None:
+            if data:
+                self.pending.append(data)
+            self.pending_fin = self.pending_fin or fin
+            return
+        bcast.data(self, data, fin)
+
+    def on_drain(self) -> None:
+        """Its send buffer drained a bit."""
+        if self.bcast is not None:
+            self.bcast.drained(self)
+
+    def reset(self, code: int) -> None:
+        if self.bcast is None:
+            super().reset(code)
+            return
+        self.bcast.hub.stop_sending(self)
+        self.forget_if_done()
+
+    def stopped(self, code: int) -> None:
+        if self.bcast is None:
+            super().stopped(code)
+            return
+        self.bcast.hub.stop_receiving(self)
+        self.forget_if_done()
+
+    def session_gone(self) -> None:
+        if self.bcast is not None:
+            self.bcast.hub.member_gone(self)
+
+
 class Broadcast:
     """One broadcast's members and the messages waiting to go out."""
 
@@ -97,24 +146,23 @@ class Broadcast:
         self.hub = hub
         self.name = name
         self.epoch = epoch
-        self.members: dict[Leg, None] = {}  # insertion-ordered set
-        self.receivers: dict[Leg, None] = {}
-        self.blocked_on: set[Leg] = set()
+        self.members: dict[MemberLeg, None] = {}  # insertion-ordered set
+        self.receivers: dict[MemberLeg, None] = {}
+        self.blocked_on: set[MemberLeg] = set()
         #: members with held data, each once, served one chunk at a time
-        self.turns: deque[Leg] = deque()
+        self.turns: deque[MemberLeg] = deque()
         #: the member whose large message is being fanned out piece by piece,
         #: and the readers it goes to (those present, and able, at its start)
-        self.current: Leg | None = None
-        self.cur_receivers: dict[Leg, None] = {}
+        self.current: MemberLeg | None = None
+        self.cur_receivers: dict[MemberLeg, None] = {}
         self.min_limit = 0  # the smallest message size limit among readers
         self.over = False
         self.window = BROADCAST_WINDOW
 
     # -- data --------------------------------------------------------------------
 
-    def data(self, leg: Leg, data: bytes, fin: bool) -> None:
+    def data(self, leg: MemberLeg, data: bytes, fin: bool) -> None:
         m = leg.member
-        assert m is not None
         m.held.append((data, fin))
         if not m.queued and self.current is not leg:
             m.queued = True
@@ -130,7 +178,6 @@ class Broadcast:
             leg = self.current
             if leg is not None:
                 m = leg.member
-                assert m is not None
                 if not m.held:
                     return  # waiting for the rest of its message
             else:
@@ -138,7 +185,6 @@ class Broadcast:
                     return
                 leg = self.turns.popleft()
                 m = leg.member
-                assert m is not None
                 m.queued = False
                 if not m.held or leg.bcast is not self:
                     continue
@@ -148,12 +194,11 @@ class Broadcast:
                 m.queued = True
                 self.turns.append(leg)
 
-    def _process(self, leg: Leg, data: bytes, fin: bool) -> None:
+    def _process(self, leg: MemberLeg, data: bytes, fin: bool) -> None:
         m = leg.member
-        assert m is not None
         if not leg.sending:
             return
-        fe = self.hub.fe
+        hub = self.hub
         tag = leg.tag
         out: list[bytes] = []  # whole deliveries for every reader, in order
         msgs = 0
@@ -175,7 +220,7 @@ class Broadcast:
                     size = int.from_bytes(m.head, "big")
                     m.head = b""
                 if size > m.limit:
-                    self.hub.abort_member(leg, wire.Code.MESSAGE_TOO_LARGE,
+                    hub.abort_member(leg, wire.Code.MESSAGE_TOO_LARGE,
                                           str(FrameTooLarge(size, m.limit)))
                     return
                 m.need = size
@@ -229,15 +274,15 @@ class Broadcast:
         leg.consumed += pos
         leg.session.conn.consume_to(leg.sid, leg.base + leg.consumed - m.parked)
         if msgs:
-            fe.messages_forwarded += msgs
-            self.hub.deliveries += msgs * len(self.receivers)
-        fe.bytes_forwarded += nbytes
+            hub.messages_forwarded += msgs
+            hub.deliveries += msgs * len(self.receivers)
+        hub.bytes_forwarded += nbytes
         self._check_blocked()
         if fin:
             if not m.at_boundary:
-                self.hub.abort_member(leg, wire.Code.PROTOCOL, "stream ended inside a message")
+                hub.abort_member(leg, wire.Code.PROTOCOL, "stream ended inside a message")
                 return
-            self.hub.stop_sending(leg)
+            hub.stop_sending(leg)
 
     def _send_all(self, out: list[bytes]) -> None:
         # One write per reader per batch: each stream write costs aioquic far
@@ -248,11 +293,11 @@ class Broadcast:
                 r.session.conn.send(r.sid, joined)
 
     @staticmethod
-    def _send_to(readers: Iterable[Leg], delivery: bytes) -> None:
+    def _send_to(readers: Iterable[MemberLeg], delivery: bytes) -> None:
         for r in readers:
             r.session.conn.send(r.sid, delivery)
 
-    def _send_sized(self, leg: Leg, whole: bytes) -> None:
+    def _send_sized(self, leg: MemberLeg, whole: bytes) -> None:
         """A message some reader's limit is too small for: they get a notice."""
         delivery = frame(leg.tag + whole)
         notice = frame(wire.too_large_notice(len(whole), leg.tag))
@@ -260,10 +305,9 @@ class Broadcast:
             fits = len(whole) <= r.session.max_message_size
             r.session.conn.send(r.sid, delivery if fits else notice)
 
-    def _begin(self, leg: Leg, size: int) -> None:
+    def _begin(self, leg: MemberLeg, size: int) -> None:
         """Start fanning out a large message piece by piece."""
         m = leg.member
-        assert m is not None
         m.streaming = True
         self.current = leg
         self.cur_receivers = {}
@@ -275,12 +319,10 @@ class Broadcast:
                 notice = notice or frame(wire.too_large_notice(size, leg.tag))
                 r.session.conn.send(r.sid, notice)
 
-    def abandon(self, leg: Leg) -> None:
+    def abandon(self, leg: MemberLeg) -> None:
         """`leg` sends no more: readers drop the pieces of its message in
         progress, and what it had held is discarded."""
         m = leg.member
-        if m is None:
-            return
         m.held.clear()
         if self.current is leg:
             self._send_to(self.cur_receivers, _DROPPED)
@@ -297,7 +339,7 @@ class Broadcast:
                 self.blocked_on.add(r)
                 conn.watch_drain(r.sid, r.on_drain)
 
-    def drained(self, r: Leg) -> None:
+    def drained(self, r: MemberLeg) -> None:
         conn = r.session.conn
         if r in self.blocked_on and (conn.closed or conn.unsent(r.sid) <= BROADCAST_LOW_WATER):
             self.blocked_on.discard(r)
@@ -306,7 +348,7 @@ class Broadcast:
 
     # -- membership ------------------------------------------------------------
 
-    def add(self, leg: Leg) -> None:
+    def add(self, leg: MemberLeg) -> None:
         self.members[leg] = None
         self.receivers[leg] = None
         self._limits_changed()
@@ -316,20 +358,20 @@ class Broadcast:
         self.min_limit = min((r.session.max_message_size for r in self.receivers),
                              default=0)
 
-    def size_windows(self, joined: Leg | None = None) -> None:
+    def size_windows(self, joined: MemberLeg | None = None) -> None:
         """Give each member its share of HOLD_BUDGET as its stream window
         (all of them when the share changed, else just the one that joined)."""
         window = min(BROADCAST_WINDOW,
                      max(MEMBER_WINDOW_MIN, HOLD_BUDGET // max(len(self.members), 1)))
         if window != self.window:
             self.window = window
-            legs: Iterable[Leg] = self.members
+            legs: Iterable[MemberLeg] = self.members
         else:
             legs = () if joined is None else (joined,)
         for m in legs:
             m.session.conn.set_stream_window(m.sid, window)
 
-    def drop_receiver(self, leg: Leg) -> None:
+    def drop_receiver(self, leg: MemberLeg) -> None:
         if self.receivers.pop(leg, None) is not None:
             self._limits_changed()
         self.cur_receivers.pop(leg, None)
@@ -338,8 +380,9 @@ class Broadcast:
             leg.session.conn.unwatch_drain(leg.sid)
         self.flush()
 
-    def member_info(self, leg: Leg) -> ipc.Member:
-        return ipc.Member(leg.session.client_id or "", leg.session.key, leg.sid)
+    @staticmethod
+    def member_info(leg: MemberLeg) -> ipc.Member:
+        return ipc.Member(leg.session.client_id or "", leg.session.conn_key, leg.sid)
 
     def state(self) -> ipc.BroadcastState:
         return ipc.BroadcastState(
@@ -351,52 +394,49 @@ class Broadcast:
 class BroadcastHub:
     """The front-end's broadcasts, by name."""
 
-    def __init__(self, fe: FrontEnd, workers: int) -> None:
-        self.fe = fe
+    def __init__(self, request: RequestBroadcast, workers: int) -> None:
+        self._ask = request
         self.workers = workers
         self.broadcasts: dict[str, Broadcast] = {}
         self.deliveries = 0
+        self.messages_forwarded = 0
+        self.bytes_forwarded = 0
 
-    def _request(self, name: str, make: MakeRequest,
+    def _request(self, name: str, make: ipc.MakeRequest,
                  cb: Callable[[ipc.BroadcastReply], None]) -> None:
-        sup = self.fe.supervisor
-        assert sup is not None
-
-        def on_reply(reply: WorkerReply) -> None:
+        def on_reply(reply: ipc.WorkerReply) -> None:
             if isinstance(reply, ipc.BroadcastReply):
                 cb(reply)
 
-        sup.request(sup.slot_for("broadcast", stable_hash(name)), make, on_reply)
+        self._ask(name, make, on_reply)
 
     def rebuild(self, index: int, req: int) -> ipc.RebuildBroadcasts:
         return ipc.RebuildBroadcasts(req, [
             b.state() for name, b in self.broadcasts.items()
-            if stable_hash(name) % self.workers == index])
+            if ipc.shard_of(name, self.workers) == index])
 
     # -- joining --------------------------------------------------------------
 
-    def join(self, leg: Leg, name: str) -> None:
+    def join(self, leg: MemberLeg, name: str) -> None:
+        """`leg` asks to join broadcast `name` (its client's pending opens
+        count it until the worker answers)."""
         s = leg.session
         if not name or len(name) > MAX_NAME:
-            self.fe.abort(leg, wire.Code.PROTOCOL,
-                          f"a broadcast name is 1-{MAX_NAME} characters")
+            s.core.open_settled()
+            leg.end_both(wire.Code.PROTOCOL)
             return
-        s.pending_opens += 1
-        leg.member = MemberIn(s.max_message_size)
-        leg.tag = wire.sender_tag(s.client_id or "")
-        member = ipc.Member(s.client_id or "", s.key, leg.sid)
+        member = Broadcast.member_info(leg)
         self._request(name, lambda req: ipc.Join(req, name, member),
                       lambda reply: self._joined(leg, name, member, reply))
 
-    def _joined(self, leg: Leg, name: str, member: ipc.Member,
+    def _joined(self, leg: MemberLeg, name: str, member: ipc.Member,
                 reply: ipc.BroadcastReply) -> None:
         s = leg.session
-        s.pending_opens -= 1
+        s.core.open_settled()
         if reply.code:
-            self.fe.abort(leg, reply.code, f"cannot join broadcast {name!r}: "
-                          f"{wire.describe(reply.code)}")
+            leg.end_both(reply.code)
             return
-        if leg.in_done or s.state == "closed":
+        if leg.in_done or s.core.state is State.CLOSED:
             # Gone while joining: undo the join.
             self._request(name, lambda req: ipc.Leave(req, name, reply.epoch, member,
                                                       True, True),
@@ -416,7 +456,7 @@ class BroadcastHub:
 
     # -- leaving ----------------------------------------------------------------
 
-    def stop_sending(self, leg: Leg) -> None:
+    def stop_sending(self, leg: MemberLeg) -> None:
         """The member finished (or aborted) its sending side."""
         b = leg.bcast
         if b is None or not leg.sending:
@@ -427,7 +467,7 @@ class BroadcastHub:
         self._leave(b, leg, sending=True, receiving=False)
         self._departed(b, leg)
 
-    def stop_receiving(self, leg: Leg) -> None:
+    def stop_receiving(self, leg: MemberLeg) -> None:
         """The member closed its reader: stop counting it at once."""
         b = leg.bcast
         if b is None or leg not in b.receivers:
@@ -438,14 +478,14 @@ class BroadcastHub:
         self._departed(b, leg)
 
     @staticmethod
-    def _departed(b: Broadcast, leg: Leg) -> None:
+    def _departed(b: Broadcast, leg: MemberLeg) -> None:
         """A member that neither sends nor reads any more is no member: it
         must not hold its session alive nor take a share of the windows."""
         if not leg.sending and leg not in b.receivers and leg in b.members:
             del b.members[leg]
             b.size_windows()
 
-    def member_gone(self, leg: Leg) -> None:
+    def member_gone(self, leg: MemberLeg) -> None:
         """The member's client left."""
         b = leg.bcast
         if b is None:
@@ -460,12 +500,13 @@ class BroadcastHub:
         if was_sending or was_receiving:
             self._leave(b, leg, sending=was_sending, receiving=was_receiving)
 
-    def abort_member(self, leg: Leg, code: int, reason: str) -> None:
+    def abort_member(self, leg: MemberLeg, code: int, reason: str) -> None:
         """A member broke the protocol: reset its stream, it leaves."""
+        del reason  # (the code says it to the client)
         self.member_gone(leg)
-        self.fe.reset_leg(leg, code)
+        leg.end_both(code)
 
-    def _leave(self, b: Broadcast, leg: Leg, *, sending: bool, receiving: bool) -> None:
+    def _leave(self, b: Broadcast, leg: MemberLeg, *, sending: bool, receiving: bool) -> None:
         member = b.member_info(leg)
         name, epoch = b.name, b.epoch
         self._request(name, lambda req: ipc.Leave(req, name, epoch, member, sending,
@@ -493,10 +534,10 @@ class BroadcastHub:
         for leg in list(b.members):
             if how == "finished":
                 if leg in b.receivers:
-                    self.fe.finish_leg(leg)
+                    leg.finish()
             else:
                 # Nobody reads: members that still send are told to stop.
-                self.fe.reset_leg(leg, wire.Code.BROADCAST_ENDED)
+                leg.end_both(wire.Code.BROADCAST_ENDED)
             leg.bcast = None
         b.members.clear()
         b.receivers.clear()

@@ -7,21 +7,31 @@ Payload never travels here: only the control plane.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
+
+from ..ids import stable_hash
 
 IPC_VERSION = 1
 
 
+def shard_of(key: str, workers: int) -> int:
+    """Which of `workers` workers of a kind holds `key` (a client id or a
+    broadcast name): the one sharding rule, used by the front-end to route a
+    request and to rebuild a restarted worker's shard."""
+    return stable_hash(key) % workers
+
+
 class Entry(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """A directory entry: which front-end and connection hold a client id, the
-    certificate (DER) it authenticated with and the address it is seen from
-    (what a channel introduction tells the other side)."""
+    """A directory entry: which front-end and connection (`conn_key`, the
+    front-end's handle of it) hold a client id, the certificate (DER) it
+    authenticated with and the address it is seen from (what a channel
+    introduction tells the other side)."""
 
     client_id: str
     frontend: str
-    conn: int
+    conn_key: int
     addr: tuple[str, int]
     cert: bytes
 
@@ -37,7 +47,7 @@ class Unregister(msgspec.Struct, tag="unreg", array_like=True, frozen=True, gc=F
     req: int
     client_id: str
     frontend: str
-    conn: int
+    conn_key: int
 
 
 class Lookup(msgspec.Struct, tag="look", array_like=True, frozen=True, gc=False):
@@ -67,7 +77,7 @@ class Member(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """One member of a broadcast: a client and the stream it joined with."""
 
     client_id: str
-    conn: int
+    conn_key: int
     stream: int
 
 
@@ -151,6 +161,12 @@ class BroadcastReply(msgspec.Struct, tag="breply", array_like=True, frozen=True,
 
 
 FromWorker = Ready | Reply | StatsReply | BroadcastReply
+
+#: What the front-end gets back for a request, and who gets it.
+WorkerReply = Reply | StatsReply | BroadcastReply
+ReplyCallback = Callable[[WorkerReply], None]
+#: Builds a request once its id is known.
+MakeRequest = Callable[[int], ToWorker]
 
 _enc = msgspec.msgpack.Encoder()
 _to_worker = msgspec.msgpack.Decoder(list[ToWorker])

@@ -45,10 +45,6 @@ RETRY_DELAY = 0.01
 #: batch waits in the outbox, merged with later requests), never loss.
 PIPE_HWM = 1000
 
-WorkerReply = ipc.Reply | ipc.StatsReply | ipc.BroadcastReply
-ReplyCallback = Callable[[WorkerReply], None]
-MakeRequest = Callable[[int], ipc.ToWorker]
-
 
 @dataclass
 class _Slot:
@@ -68,7 +64,7 @@ class _Slot:
     crashes: list[float] = field(default_factory=list)
     outbox: list[ipc.ToWorker] = field(default_factory=list)
     # req id -> (request, callback); dicts keep insertion order for replay
-    inflight: dict[int, tuple[ipc.ToWorker, ReplyCallback | None]] = field(
+    inflight: dict[int, tuple[ipc.ToWorker, ipc.ReplyCallback | None]] = field(
         default_factory=dict)
     watcher: asyncio.Task[None] | None = None
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
@@ -173,13 +169,14 @@ class Supervisor:
         return [s.proc.pid for s in self._slots.values()
                 if s.proc is not None and (kind is None or s.kind == kind)]
 
-    def slot_for(self, kind: str, shard: int) -> _Slot:
+    def slot_for(self, kind: str, key: str) -> _Slot:
+        """The worker of `kind` that holds `key` (a client id, a broadcast name)."""
         slots = self.by_kind[kind]
-        return slots[shard % len(slots)]
+        return slots[ipc.shard_of(key, len(slots))]
 
     # -- requests ------------------------------------------------------------
 
-    def request(self, slot: _Slot, make: MakeRequest, cb: ReplyCallback | None) -> int:
+    def request(self, slot: _Slot, make: ipc.MakeRequest, cb: ipc.ReplyCallback | None) -> int:
         req = self._next_req
         self._next_req += 1
         msg = make(req)
@@ -297,11 +294,15 @@ class Supervisor:
                     with contextlib.suppress(ProcessLookupError):
                         p.kill()
                     await p.wait()
-        for slot in self._slots.values():
-            if slot.watcher is not None:
-                slot.watcher.cancel()
-        if self._retry_handle is not None:
-            self._retry_handle.cancel()
+        # The watchers are ours: cancelled and awaited, none outlives us.
+        watchers = [s.watcher for s in self._slots.values() if s.watcher is not None]
+        for w in watchers:
+            w.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        for handle in (self._flush_handle, self._retry_handle):
+            if handle is not None:
+                handle.cancel()
+        self._flush_handle = self._retry_handle = None
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self._fd)
         self._sock.close(0)

@@ -1,0 +1,337 @@
+"""Proxied streams: opening them through the front-end and splicing them.
+
+A stream a client opens starts as a `HeaderLeg` until its header says what it
+is: a broadcast membership (handed to `fanout`) or a proxied stream to
+another client, two `ProxiedLeg`s, one on each client's connection. Bytes
+read from one leg are written to the other as they come, with frame
+boundaries tracked (not copied) to enforce the message size limit, and the
+source leg is credited only as the destination drains, so back-pressure
+reaches the writer through here.
+
+Bounds (DESIGN 3.1): a stream's limit is the smaller of both ends' (each
+already no larger than ours), and both ends are told it; one client has at
+most MAX_STREAMS_PER_PAIR streams open to one target (`pairing`), further
+opens wait here (as pending opens) and the target sees nothing of them, nor
+of an open its QUIC stream limit would hold back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from .. import wire
+from ..errors import InvalidId, ProtocolError
+from ..framing import HEADER_SIZE, FrameScanner, FrameTooLarge, frame
+from ..ids import check_id
+from ..stream_state import HEADER_FRAME_MAX
+from . import ipc
+from .fanout import BroadcastHub, MemberLeg
+from .legs import Leg, Peer
+from .pairing import Pairing
+from .session import MAX_PENDING_OPENS, State
+
+log = logging.getLogger(__name__)
+
+#: `watch_drain` key that is no stream: called after each datagram of a
+#: target while opens wait for its QUIC stream limit to grow.
+ROOM_WATCH = -1
+
+RequestRouting = Callable[[str, ipc.MakeRequest, ipc.ReplyCallback | None], None]
+
+
+class HeaderLeg(Leg):
+    """A stream whose header has not fully arrived yet."""
+
+    __slots__ = ("head", "relay")
+
+    def __init__(self, session: Peer, sid: int, relay: Relay) -> None:
+        super().__init__(session, sid)
+        self.relay = relay
+        self.head = bytearray()
+
+    def data(self, data: bytes, fin: bool) -> None:
+        if self.in_done:
+            return
+        head = self.head
+        head += data
+        if len(head) >= HEADER_SIZE:
+            size = int.from_bytes(head[:HEADER_SIZE], "big")
+            if size > HEADER_FRAME_MAX:
+                self.abort(wire.Code.PROTOCOL, "stream header too large")
+            elif len(head) >= HEADER_SIZE + size:
+                base = HEADER_SIZE + size
+                self.session.conn.consume_to(self.sid, base)
+                leg = self.relay.open(self, bytes(head[HEADER_SIZE:base]), base)
+                if leg is not None and not leg.in_done:
+                    leg.data(bytes(head[base:]), fin)
+            elif fin:
+                self.abort(wire.Code.PROTOCOL, "stream ended in its header")
+        elif fin:
+            self.abort(wire.Code.PROTOCOL, "stream ended in its header")
+
+    def abort(self, code: int, reason: str) -> None:
+        log.debug("resetting stream %d of %s: %s", self.sid, self.session.client_id, reason)
+        self.end_both(code)
+
+
+class ProxiedLeg(Leg):
+    """One end of a proxied stream, on one client's connection."""
+
+    __slots__ = ("n", "other", "pending", "pending_fin", "purpose", "relay", "scanner",
+                 "slot_of", "target", "written")
+
+    def __init__(self, session: Peer, sid: int, base: int, n: int, purpose: str,
+                 max_message_size: int, relay: Relay) -> None:
+        super().__init__(session, sid, base)
+        self.relay = relay
+        self.n = n
+        self.purpose = purpose
+        self.other: ProxiedLeg | None = None
+        self.pending: list[bytes] = []  # data before the route is known
+        self.pending_fin = False
+        self.scanner = FrameScanner(max_message_size)
+        self.written = 0  # bytes forwarded from this leg to the other
+        #: opener legs waiting for a stream slot: the target session
+        self.target: Peer | None = None
+        #: target legs: the opener whose per-pair slot this stream holds
+        self.slot_of: Peer | None = None
+
+    # -- the per-packet path -----------------------------------------------------------
+
+    def data(self, data: bytes, fin: bool) -> None:
+        if self.in_done:
+            return
+        if self.other is None:
+            if data:
+                self.pending.append(data)
+            self.pending_fin = self.pending_fin or fin
+            return
+        self.forward(data, fin)
+
+    def forward(self, data: bytes, fin: bool) -> None:
+        other = self.other
+        assert other is not None
+        if data:
+            try:
+                frames = self.scanner.feed(data)
+            except FrameTooLarge as exc:
+                self.abort(wire.Code.MESSAGE_TOO_LARGE, str(exc))
+                return
+            if not other.out_done:
+                other.session.conn.send(other.sid, data)
+            self.written += len(data)
+            relay = self.relay
+            relay.bytes_forwarded += len(data)
+            relay.messages_forwarded += frames
+            self.credit()
+        if fin:
+            if not self.scanner.at_boundary:
+                self.abort(wire.Code.PROTOCOL, "stream ended inside a message")
+                return
+            self.in_done = True
+            if not other.out_done:
+                other.out_done = True
+                other.session.conn.send(other.sid, b"", end=True)
+            self.forget_if_done()
+            other.forget_if_done()
+
+    def credit(self) -> None:
+        """Credit this leg's window by what its destination has sent on
+        (also called as the destination's send buffer drains)."""
+        other = self.other
+        if other is None:
+            return
+        oconn = other.session.conn
+        unsent = 0 if oconn.closed else oconn.unsent(other.sid)
+        self.session.conn.consume_to(self.sid, self.base + self.written - unsent)
+        if unsent > 0 and not oconn.closed:
+            oconn.watch_drain(other.sid, self.credit)
+        else:
+            oconn.unwatch_drain(other.sid)
+
+    # -- ending ------------------------------------------------------------------------
+
+    def abort(self, code: int, reason: str) -> None:
+        """Reset both directions of the proxied stream (both legs)."""
+        log.debug("resetting stream %d of %s: %s", self.sid, self.session.client_id, reason)
+        self.end_both(code)
+        other = self.other
+        if other is not None:
+            other.end_both(code)
+
+    def reset(self, code: int) -> None:
+        self.in_done = True
+        other = self.other
+        if other is not None:
+            other.end_out(code)
+        elif self.target is not None:
+            self.relay.start_waiting(self.target)  # no longer waits for a slot
+        self.forget_if_done()
+
+    def stopped(self, code: int) -> None:
+        self.out_done = True
+        self.session.conn.unwatch_drain(self.sid)
+        other = self.other
+        if other is not None:
+            other.end_in(code)
+        elif self.target is not None:
+            self.relay.start_waiting(self.target)  # no longer waits for a slot
+        self.forget_if_done()
+
+    def forgotten(self) -> None:
+        self.relay.release_slot(self)
+
+    def session_gone(self) -> None:
+        self.relay.release_slot(self)
+        other = self.other
+        if other is not None:
+            other.end_out(wire.Code.PEER_GONE)
+            other.end_in(wire.Code.PEER_GONE)
+        elif self.target is not None:
+            self.relay.start_waiting(self.target)  # drops it, lets others go
+
+
+class Relay:
+    """Opens and splices the proxied streams of one front-end."""
+
+    def __init__(self, find: Callable[[int], Peer | None], hub: BroadcastHub,
+                 request_routing: RequestRouting) -> None:
+        self._find = find  # a session by its conn_key
+        self.hub = hub
+        self.request_routing = request_routing
+        self.pairing: Pairing[ProxiedLeg] = Pairing()
+        self.bytes_forwarded = 0
+        self.messages_forwarded = 0
+        self.streams_opened = 0
+
+    def open(self, leg: HeaderLeg, raw: bytes, base: int) -> Leg | None:
+        """`leg`'s header arrived: the leg that carries the stream from now
+        on, or None if it was refused."""
+        s = leg.session
+        try:
+            hdr = wire.decode(raw)
+        except ProtocolError as exc:
+            leg.abort(wire.Code.PROTOCOL, str(exc))
+            return None
+        if not isinstance(hdr, wire.StreamHeader) or hdr.kind == "direct":
+            leg.abort(wire.Code.PROTOCOL, "expected a proxied or broadcast stream header")
+            return None
+        refused = s.core.used_numbers.admit(hdr.n)
+        if refused is not None:
+            leg.abort(refused, "stream number out of range" if refused == wire.Code.PROTOCOL
+                      else f"proxied stream number {hdr.n} was already used by this client")
+            return None
+        if hdr.kind == "proxied":
+            try:
+                check_id(hdr.peer)
+            except InvalidId:
+                leg.abort(wire.Code.NO_SUCH_PEER,
+                          f"no client {wire.quote(hdr.peer)} is connected")
+                return None
+        if not s.core.begin_open():
+            leg.abort(wire.Code.TOO_MANY_STREAMS,
+                      f"more than {MAX_PENDING_OPENS} streams waiting to open")
+            return None
+        if hdr.kind == "broadcast":
+            member = s.legs[leg.sid] = MemberLeg(s, leg.sid, base)
+            self.hub.join(member, hdr.broadcast)
+            return member
+        new = s.legs[leg.sid] = ProxiedLeg(s, leg.sid, base, hdr.n, hdr.purpose,
+                                           s.max_message_size, self)
+        src, dst = s.client_id or "", hdr.peer
+        self.request_routing(dst, lambda req: ipc.Lookup(req, src, dst),
+                             lambda reply: self._routed(new, dst, reply))
+        return new
+
+    def _routed(self, leg: ProxiedLeg, dst: str, reply: ipc.WorkerReply) -> None:
+        s = leg.session
+        if leg.in_done or s.core.state is State.CLOSED:
+            s.core.open_settled()
+            return
+        assert isinstance(reply, ipc.Reply)
+        target = None
+        if reply.code == 0 and reply.entry is not None:
+            target = self._find(reply.entry.conn_key)
+        if target is None or target.core.state is not State.READY or \
+                target.client_id != dst:
+            s.core.open_settled()
+            code = reply.code or wire.Code.NO_SUCH_PEER
+            leg.abort(code, f"no client {wire.quote(dst)} is connected"
+                      if code == wire.Code.NO_SUCH_PEER else "")
+            return
+        room = target.conn.quic.can_open_stream()
+        if self.pairing.must_wait(s.conn_key, target.conn_key, room):
+            # Wait (still a pending open) until a stream of this pair ends or
+            # the target's QUIC stream limit grows; the target sees nothing.
+            leg.target = target
+            self.pairing.wait(s.conn_key, target.conn_key, leg)
+            if not room:
+                target.conn.watch_drain(ROOM_WATCH, lambda: self.start_waiting(target))
+            return
+        s.core.open_settled()
+        self._splice(leg, target)
+
+    def start_waiting(self, target: Peer) -> None:
+        """Open what waits toward `target` while slots and its QUIC stream
+        limit allow, each opener's in order."""
+        can_open = target.conn.quic.can_open_stream
+        for leg, go in self.pairing.admit(target.conn_key, _waits, can_open):
+            leg.session.core.open_settled()
+            if go:
+                leg.target = None
+                self._splice(leg, target)
+        if self.pairing.has_waiting(target.conn_key) and not can_open():
+            target.conn.watch_drain(ROOM_WATCH, lambda: self.start_waiting(target))
+        else:
+            target.conn.unwatch_drain(ROOM_WATCH)
+
+    def release_slot(self, leg: ProxiedLeg) -> None:
+        """A target leg is over: its opener may open another stream to it."""
+        opener = leg.slot_of
+        if opener is None:
+            return
+        leg.slot_of = None
+        target = leg.session
+        if self.pairing.closed(opener.conn_key, target.conn_key) and \
+                target.core.state is not State.CLOSED:
+            self.start_waiting(target)
+
+    def _splice(self, leg: ProxiedLeg, target: Peer) -> None:
+        """Open the target's leg of a proxied stream and start relaying."""
+        s = leg.session
+        tconn = target.conn
+        sid = tconn.new_stream_id()
+        # The stream's limit is the smaller of both ends' (each already the
+        # smaller of its own and ours): both ends learn it, so a sender
+        # refuses what the receiver could not take, and both legs enforce it.
+        limit = min(s.max_message_size, target.max_message_size)
+        other = ProxiedLeg(target, sid, 0, leg.n, leg.purpose, limit, self)
+        leg.scanner.max_size = limit
+        target.legs[sid] = other
+        other.other, leg.other = leg, other
+        other.slot_of = s
+        self.pairing.opened(s.conn_key, target.conn_key)
+        tconn.send(sid, frame(wire.encode(wire.StreamHeader(
+            "proxied", s.client_id or "", leg.n, purpose=leg.purpose,
+            max_message_size=limit))))
+        s.conn.send(leg.sid, frame(wire.encode(wire.StreamAccepted(limit))))
+        self.streams_opened += 1
+        # The header written to `other` does not count as forwarded data.
+        pending, leg.pending = leg.pending, []
+        data = b"".join(pending)
+        if data or leg.pending_fin:
+            leg.forward(data, leg.pending_fin)
+
+    def target_gone(self, target: Peer) -> None:
+        """`target` left: opens that waited for a slot toward it fail."""
+        for leg in self.pairing.drop_target(target.conn_key):
+            leg.session.core.open_settled()
+            leg.target = None
+            leg.abort(wire.Code.NO_SUCH_PEER,
+                      f"no client {wire.quote(target.client_id)} is connected")
+
+
+def _waits(leg: ProxiedLeg) -> bool:
+    """Whether a queued open still wants to be opened."""
+    return not (leg.in_done or leg.out_done or leg.session.core.state is State.CLOSED)

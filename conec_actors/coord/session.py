@@ -1,0 +1,429 @@
+"""The front-end's side of one client connection, without I/O.
+
+`SessionCore` holds what the front-end knows of a client connection (its
+state, id, limits, the control stream's reader and the counts its bounds are
+kept by) and decides what happens next: every method takes one event (the
+handshake completed, bytes of the control stream, a worker's answer, the
+hello deadline passing at `now`) and returns `Action`s for the driver
+(`frontend.Session`) to carry out. It never sends, reads a clock or arms a
+timer itself.
+
+States run handshake -> hello -> admitting -> ready, and any of them -> closed;
+`TRANSITIONS` is the whole table, and a move not in it raises
+`SessionStateError` (a bug in the driver, not something a peer can cause: a
+peer's protocol violations close the connection).
+
+Bounds kept here (DESIGN 3.1): the control stream is not read while more than
+MAX_PENDING_REQUESTS of its requests wait for a worker or more than
+CONTROL_REPLY_HIGH bytes of replies are unsent (read again below
+CONTROL_REPLY_LOW); at most MAX_PENDING_OPENS streams and
+MAX_PENDING_CHANNELS channel introductions of one client wait at once.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .. import wire
+from ..control import CONTROL_STREAM, ControlReader
+from ..errors import CertificateError, ConecError, InvalidId, ProtocolError
+from ..ids import check_id, is_valid_id
+from ..used_numbers import UsedNumbers
+from . import ipc
+
+#: The name this front-end registers its clients under at the workers.
+FRONTEND_NAME = "fe0"
+HELLO_TIMEOUT = 5.0
+MAX_PENDING_OPENS = 64  # streams of one client waiting for their route
+MAX_PENDING_CHANNELS = 16  # channel introductions of one client in progress
+#: The control stream of a client is not read while more than this many
+#: bytes of replies to it are unsent (it does not read them), and read again
+#: below CONTROL_REPLY_LOW.
+CONTROL_REPLY_HIGH = 64 * 1024
+CONTROL_REPLY_LOW = 32 * 1024
+#: Control requests of one client waiting for a worker's answer; more are
+#: not read until some are answered.
+MAX_PENDING_REQUESTS = 64
+
+
+class State(enum.Enum):
+    HANDSHAKE = "handshake"  # QUIC handshake under way
+    HELLO = "hello"  # certificate accepted, waiting for the hello
+    ADMITTING = "admitting"  # hello accepted, the routing worker registers the id
+    READY = "ready"  # welcomed: streams and requests are served
+    CLOSED = "closed"  # refused or gone: nothing more is acted on
+
+
+class Event(enum.Enum):
+    CERTIFIED = "certified"  # the handshake completed with an acceptable certificate
+    HELLO = "hello"  # an acceptable hello arrived
+    ADMITTED = "admitted"  # the routing worker registered the id
+    CLOSE = "close"  # refused, timed out, or the connection ended
+
+
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    (State.HANDSHAKE, Event.CERTIFIED): State.HELLO,
+    (State.HELLO, Event.HELLO): State.ADMITTING,
+    (State.ADMITTING, Event.ADMITTED): State.READY,
+    **{(s, Event.CLOSE): State.CLOSED
+       for s in (State.HANDSHAKE, State.HELLO, State.ADMITTING, State.READY)},
+}
+
+
+class SessionStateError(Exception):
+    """An event the session's state does not allow (a driver bug)."""
+
+    def __init__(self, state: State, event: Event) -> None:
+        super().__init__(f"{event.value} is not allowed in state {state.value}")
+        self.state = state
+        self.event = event
+
+
+# -- actions (what the driver carries out) ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendControl:
+    """Send a control message on the control stream."""
+
+    msg: wire.Control
+
+
+@dataclass(frozen=True, slots=True)
+class CloseConnection:
+    """Close the connection with an application code and reason."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ArmTimer:
+    """Call `timer_fired` at `deadline` (replaces an armed timer)."""
+
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    """The armed timer is no longer needed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    """Ask the routing worker to register `entry`; answer with `admitted`."""
+
+    entry: ipc.Entry
+
+
+@dataclass(frozen=True, slots=True)
+class Unregister:
+    """Tell the routing worker this connection no longer holds `client_id`."""
+
+    client_id: str
+    conn_key: int
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """The client is admitted: list it, and use this datagram size."""
+
+    datagram_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Handle:
+    """A request of an admitted client for the front-end to act on."""
+
+    msg: wire.ChannelRequest | wire.ChannelAnswer | wire.ChannelDialing \
+        | wire.BroadcastCount
+
+
+@dataclass(frozen=True, slots=True)
+class RejectStream:
+    """Stop and reset a stream the client may not open."""
+
+    sid: int
+    code: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewLeg:
+    """The client opened a proxied or broadcast stream: read its header."""
+
+    sid: int
+
+
+@dataclass(frozen=True, slots=True)
+class WatchControl:
+    """Call back after every datagram (`on`) while replies drain, or stop."""
+
+    on: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CreditControl:
+    """Grant the control stream credit up to `offset`."""
+
+    offset: int
+
+
+Action = (SendControl | CloseConnection | ArmTimer | CancelTimer | Register | Unregister
+          | Admit | Handle | RejectStream | NewLeg | WatchControl | CreditControl)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The Coordinator's own limits; a client's hello may only lower them."""
+
+    max_message_size: int
+    max_datagram_size: int
+    idle_timeout: float
+
+
+class SessionCore:
+    """The state of one client connection at the front-end; events in,
+    actions out."""
+
+    def __init__(self, conn_key: int, peer_address: tuple[str, int], limits: Limits,
+                 verify_name: Callable[[str], None]) -> None:
+        """`verify_name(id)` raises `CertificateError` unless the certificate
+        the handshake presented is valid for `id`."""
+        self.conn_key = conn_key
+        self.peer_address = peer_address
+        self._limits = limits
+        self._verify_name = verify_name
+        self.state = State.HANDSHAKE
+        self.client_id: str | None = None
+        self.cert_der = b""
+        self.max_message_size = limits.max_message_size
+        self.datagram_size = limits.max_datagram_size
+        self.idle_timeout = limits.idle_timeout
+        self.deadline = 0.0  # for the hello
+        self.registered = False  # the routing worker holds our entry
+        self.control_sid: int | None = None
+        #: holds control messages not acted on yet (while replies back up)
+        self.control = ControlReader()
+        self.control_blocked = False
+        self._watching = False
+        self.requests_pending = 0  # control requests waiting for a worker
+        self.pending_opens = 0  # streams waiting for their route or a slot
+        self.pending_channels = 0  # channel introductions not settled
+        self.used_numbers = UsedNumbers()  # proxied stream numbers
+
+    def _move(self, event: Event) -> None:
+        try:
+            self.state = TRANSITIONS[self.state, event]
+        except KeyError:
+            raise SessionStateError(self.state, event) from None
+
+    # -- lifetime ------------------------------------------------------------------
+
+    def start(self, now: float) -> list[Action]:
+        """The connection arrived at `now`: the hello is due by the deadline."""
+        self.deadline = now + HELLO_TIMEOUT
+        return [ArmTimer(self.deadline)]
+
+    def handshake_done(self, cert_der: bytes | None, error: str = "") -> list[Action]:
+        """The handshake completed; `cert_der` is the client's certificate if
+        it passed the chain check, else `error` says why not."""
+        if self.state is State.CLOSED:
+            return []
+        if cert_der is None:
+            return self.close(wire.Code.CERTIFICATE, error)
+        self._move(Event.CERTIFIED)
+        self.cert_der = cert_der
+        return []
+
+    def timer_fired(self, now: float) -> list[Action]:
+        """The timer armed for `deadline` fired (maybe early)."""
+        if self.state in (State.READY, State.CLOSED):
+            return []
+        if now < self.deadline:
+            return [ArmTimer(self.deadline)]
+        return self.close(wire.Code.HELLO_TIMEOUT,
+                          f"no hello within {HELLO_TIMEOUT:.0f} s of connecting")
+
+    def close(self, code: int, reason: str = "") -> list[Action]:
+        """Refuse the client: close with `code`. Nothing it sent after this
+        is acted on, and an admission in flight is undone when it returns."""
+        if self.state is State.CLOSED:
+            return []
+        self._move(Event.CLOSE)
+        return [CancelTimer(), CloseConnection(code, reason or wire.describe(code))]
+
+    def terminated(self) -> list[Action]:
+        """The connection is gone (closed by either side, or timed out)."""
+        acts: list[Action] = [CancelTimer()]
+        if self.state is not State.CLOSED:
+            self._move(Event.CLOSE)
+        return acts + self._unregister()
+
+    def _unregister(self) -> list[Action]:
+        if not self.registered or self.client_id is None:
+            return []
+        self.registered = False
+        return [Unregister(self.client_id, self.conn_key)]
+
+    # -- streams -------------------------------------------------------------------
+
+    def new_stream(self, sid: int) -> list[Action]:
+        """The client sent on a stream `sid` not known yet. The control stream
+        must come first; streams may be opened once ready."""
+        if self.state in (State.HANDSHAKE, State.CLOSED):
+            return []
+        if self.control_sid is None:
+            if sid != CONTROL_STREAM:
+                return self.close(wire.Code.PROTOCOL,
+                                  "the control stream must be opened first")
+            self.control_sid = sid
+            return []
+        if self.state is not State.READY or sid % 4 != 0:
+            return [RejectStream(sid, wire.Code.PROTOCOL)]
+        return [NewLeg(sid)]
+
+    def stream_reset(self, sid: int) -> list[Action]:
+        if sid == self.control_sid:
+            return self.close(wire.Code.PROTOCOL, "the control stream was reset")
+        return []
+
+    def begin_open(self) -> bool:
+        """A stream waits for its route: False if too many already do."""
+        if self.pending_opens >= MAX_PENDING_OPENS:
+            return False
+        self.pending_opens += 1
+        return True
+
+    def open_settled(self) -> None:
+        """A stream that waited was opened, refused or dropped."""
+        self.pending_opens -= 1
+
+    def channel_settled(self) -> None:
+        """A channel introduction was answered, expired or dropped."""
+        self.pending_channels -= 1
+
+    # -- the control stream ------------------------------------------------------------
+
+    def control_data(self, data: bytes, fin: bool) -> list[Action]:
+        """Bytes of the control stream arrived (act on them with `step_control`)."""
+        try:
+            self.control.feed(data, fin)
+        except ProtocolError as exc:
+            return self.close(wire.Code.PROTOCOL, wire.clip(str(exc)))
+        return []
+
+    def step_control(self, unsent: int) -> list[Action] | None:
+        """Act on the next parked control message, given the replies still
+        `unsent` on the control stream: its actions, or None when nothing
+        (more) is to be acted on now. Call `control_settled` after."""
+        if self.state is State.CLOSED or not self.control:
+            return None
+        if self.requests_pending >= MAX_PENDING_REQUESTS or unsent > (
+                CONTROL_REPLY_LOW if self.control_blocked else CONTROL_REPLY_HIGH):
+            self.control_blocked = True
+            return None
+        try:
+            return self._on_control(self.control.next())
+        except ConecError as exc:
+            return self.close(wire.Code.PROTOCOL, wire.clip(str(exc)))
+
+    def control_settled(self) -> list[Action]:
+        """After `step_control`: watch the replies drain while blocked, and
+        credit what was acted on (not a partial message, not parked ones)."""
+        if self.state is State.CLOSED:
+            return []
+        acts: list[Action] = []
+        if self.control_blocked and self.control:
+            if not self._watching:
+                self._watching = True
+                acts.append(WatchControl(True))
+        elif self.control_blocked:
+            self.control_blocked = self._watching = False
+            acts.append(WatchControl(False))
+        acts.append(CreditControl(self.control.acted_on))
+        if self.control.ended:
+            acts += self.close(wire.Code.PROTOCOL, "the control stream was closed")
+        return acts
+
+    def request_done(self) -> bool:
+        """A control request's answer came back: True if the control stream
+        should be read again (it was held back for it)."""
+        self.requests_pending -= 1
+        return self.control_blocked and self.state is not State.CLOSED
+
+    def _on_control(self, msg: wire.Control) -> list[Action]:
+        if isinstance(msg, wire.Hello):
+            if self.state is not State.HELLO:
+                raise ProtocolError("unexpected hello")
+            return self._hello(msg)
+        if self.state is State.READY:
+            if isinstance(msg, wire.ChannelRequest):
+                return self._channel_request(msg)
+            if isinstance(msg, wire.ChannelAnswer | wire.ChannelDialing):
+                return [Handle(msg)]
+            if isinstance(msg, wire.BroadcastCount):
+                self.requests_pending += 1
+                return [Handle(msg)]
+        raise ProtocolError(f"unexpected control message {type(msg).__name__}")
+
+    def _hello(self, hello: wire.Hello) -> list[Action]:
+        if hello.version != wire.PROTOCOL_VERSION:
+            return self.close(wire.Code.VERSION, f"protocol version {hello.version} is not "
+                              f"supported (this Coordinator speaks {wire.PROTOCOL_VERSION})")
+        try:
+            check_id(hello.id)
+        except InvalidId as exc:
+            return self.close(wire.Code.INVALID_ID, wire.clip(str(exc)))
+        try:
+            self._verify_name(hello.id)
+        except CertificateError as exc:
+            return self.close(wire.Code.CERTIFICATE, wire.clip(str(exc)))
+        self._move(Event.HELLO)
+        self.client_id = hello.id
+        lim = self._limits
+        self.max_message_size = max(0, min(hello.max_message_size, lim.max_message_size))
+        self.datagram_size = min(hello.max_datagram_size, lim.max_datagram_size)
+        self.idle_timeout = min(hello.idle_timeout, lim.idle_timeout)
+        return [Register(self.entry())]
+
+    def entry(self) -> ipc.Entry:
+        """This client's directory entry."""
+        assert self.client_id is not None
+        return ipc.Entry(self.client_id, FRONTEND_NAME, self.conn_key, self.peer_address,
+                         self.cert_der)
+
+    def admitted(self, code: int) -> list[Action]:
+        """The routing worker's answer to `Register`: 0 or a `wire.Code`."""
+        if code == 0:
+            self.registered = True
+        if self.state is State.CLOSED:
+            return self._unregister()  # left while being admitted
+        if code != 0:
+            return self.close(code, f"a client with id {wire.quote(self.client_id)} is "
+                              "already connected" if code == wire.Code.DUPLICATE_ID else "")
+        self._move(Event.ADMITTED)
+        return [CancelTimer(), Admit(self.datagram_size), SendControl(wire.Welcome(
+            wire.PROTOCOL_VERSION, self.max_message_size, self.idle_timeout,
+            self.datagram_size, self.peer_address))]
+
+    def _channel_request(self, msg: wire.ChannelRequest) -> list[Action]:
+        def answer(code: int, reason: str = "") -> list[Action]:
+            # The peer named is echoed only as far as an id can go.
+            return [SendControl(wire.ChannelIntro(msg.req, code, msg.peer[:wire.QUOTE_MAX],
+                                                  reason=reason))]
+
+        if msg.peer == self.client_id:
+            return answer(wire.Code.CHANNEL_TO_SELF)
+        if not is_valid_id(msg.peer):
+            return answer(wire.Code.NO_SUCH_PEER,
+                          f"no client {wire.quote(msg.peer)} is connected")
+        if self.pending_channels >= MAX_PENDING_CHANNELS:
+            return answer(wire.Code.TOO_MANY_STREAMS,
+                          f"more than {MAX_PENDING_CHANNELS} channel introductions pending")
+        # Counted from the request until the offer is settled (answered,
+        # expired or dropped), so a client cannot pile up offers at targets
+        # that never answer.
+        self.pending_channels += 1
+        return [Handle(msg)]
