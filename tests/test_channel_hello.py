@@ -15,7 +15,7 @@ from conec_actors.client.hello import (
     Refuse,
     peer_wins_tie,
 )
-from conec_actors.client.transitions import IllegalTransition
+from conec_actors.transitions import LocalProtocolError, RemoteProtocolError
 
 V = wire.PROTOCOL_VERSION
 BOB_CERT = b"bob's certificate"
@@ -86,7 +86,7 @@ def test_a_refused_chain_is_refused(make: type[ChannelHandshake]) -> None:
 
 
 def test_opener_takes_no_hello() -> None:
-    with pytest.raises(IllegalTransition) as err:
+    with pytest.raises(RemoteProtocolError) as err:
         opener_hello_sent().receive(wire.ChannelHello("bob", V, 1000))
     assert "unexpected ChannelHello on a channel" in str(err.value)
 
@@ -134,10 +134,10 @@ def test_target_refuses_another_version() -> None:
 
 def test_target_takes_one_hello_and_no_welcome() -> None:
     hs = target_waiting()
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(RemoteProtocolError):
         hs.receive(wire.ChannelWelcome("alice", 1000))
     hs.receive(wire.ChannelHello("alice", V, 1000))
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(RemoteProtocolError):
         hs.receive(wire.ChannelHello("alice", V, 1000))
 
 
@@ -160,24 +160,24 @@ def test_no_control_message_before_the_certificate_check(
     wire.StreamAccepted(), wire.ChannelRequest(1, "x")])
 def test_other_control_messages_break_the_protocol(msg: wire.Control) -> None:
     for hs in (opener_hello_sent(), target_waiting()):
-        with pytest.raises(IllegalTransition):
+        with pytest.raises(RemoteProtocolError):
             hs.receive(msg)
 
 
 def test_a_ready_channel_takes_no_more_control_messages() -> None:
     hs = opener_hello_sent()
     hs.receive(wire.ChannelWelcome("bob", 1000))
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(RemoteProtocolError):
         hs.receive(wire.ChannelWelcome("bob", 1000))
 
 
 def test_checks_happen_in_order() -> None:
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(LocalProtocolError):
         opener().chain_checked(None)  # before the certificate
     hs = opener_hello_sent()
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(LocalProtocolError):
         hs.certificate(BOB_CERT)  # twice
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(LocalProtocolError):
         hs.chain_checked(None)
 
 
@@ -187,9 +187,9 @@ def test_a_closed_handshake_takes_nothing_more() -> None:
     assert hs.state is HelloState.CLOSED and not hs.verified
     with pytest.raises(ProtocolError):
         hs.receive(wire.ChannelWelcome("bob", 1000))
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(LocalProtocolError):
         hs.certificate(BOB_CERT)
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(LocalProtocolError):
         hs.chain_checked(None)
     hs.close(wire.Code.CHANNEL_CLOSED, "")  # closing again is harmless
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from conec_actors import ClientClosed, DuplicateId, ProtocolError, wire
-from conec_actors.client.session import TRANSITIONS, CoordSession, SessionEvent, SessionState
-from conec_actors.client.transitions import IllegalTransition
+from conec_actors.client.coord_session import TRANSITIONS, CoordSession, SessionEvent, SessionState
+from conec_actors.transitions import LocalProtocolError, RemoteProtocolError
 
 WELCOME = wire.Welcome(wire.PROTOCOL_VERSION, 1000, 10.0, 1200, ("127.0.0.1", 5000))
 OFFER = wire.ChannelOffer(7, "bob", b"cert", ("10.0.0.2", 4000))
@@ -43,9 +43,9 @@ def test_hello_says_who_and_what_then_waits_for_welcome() -> None:
 
 def test_hello_only_once() -> None:
     s = hello_sent()
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(LocalProtocolError):
         s.hello(2000, 10.0, 1200)
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(LocalProtocolError):
         ready().hello(2000, 10.0, 1200)
 
 
@@ -54,19 +54,19 @@ def test_hello_only_once() -> None:
     wire.BroadcastCountReply(1, 0)])
 def test_only_welcome_may_answer_the_hello(msg: wire.Control) -> None:
     s = hello_sent()
-    with pytest.raises(IllegalTransition) as err:
+    with pytest.raises(RemoteProtocolError) as err:
         s.receive(msg)
     assert isinstance(err.value, ProtocolError)
     assert f"unexpected {type(msg).__name__} from the Coordinator" in str(err.value)
 
 
 def test_nothing_comes_before_the_hello() -> None:
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(RemoteProtocolError):
         CoordSession("alice").receive(WELCOME)
 
 
 def test_a_second_welcome_breaks_the_protocol() -> None:
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(RemoteProtocolError):
         ready().receive(WELCOME)
 
 
@@ -75,7 +75,7 @@ def test_a_second_welcome_breaks_the_protocol() -> None:
     wire.ChannelWelcome("x", 1), wire.ChannelRequest(1, "x"), wire.ChannelAnswer(1, 0),
     wire.BroadcastCount(1, "x"), wire.ChannelDialing(1)])
 def test_messages_the_coordinator_never_sends(msg: wire.Control) -> None:
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(RemoteProtocolError):
         ready().receive(msg)
 
 
@@ -125,9 +125,9 @@ def test_offers_and_dialing_notices_are_handed_on() -> None:
 
 def test_requests_need_a_welcome() -> None:
     s = hello_sent()
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(LocalProtocolError):
         s.request_channel("bob", True)
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(LocalProtocolError):
         s.request_count("room")
 
 
@@ -142,13 +142,13 @@ def test_closing_fails_the_waiting_requests_and_ends_everything() -> None:
 
 def test_a_closed_session_sends_no_request_and_takes_no_message() -> None:
     s = closed()
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(LocalProtocolError):
         s.request_channel("bob", True)
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(LocalProtocolError):
         s.request_count("room")
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(RemoteProtocolError):
         s.receive(OFFER)
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(LocalProtocolError):
         s.hello(1, 1.0, 1200)
 
 
@@ -159,9 +159,9 @@ def test_notices_to_a_closed_session_are_dropped() -> None:
 
 
 def test_notices_need_a_welcome() -> None:
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(LocalProtocolError):
         hello_sent().answer(7, 0)
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(LocalProtocolError):
         CoordSession("alice").dialing(3)
 
 

@@ -15,17 +15,15 @@ from conec_actors.client.mailbox.state import (
     PAIR_TRANSITIONS,
     RECV_TRANSITIONS,
     SEND_TRANSITIONS,
-    LocalProtocolError,
     PairEvent,
     PairState,
     RecvEvent,
     RecvState,
     SendEvent,
     SendState,
-    move,
-    receive_move,
 )
 from conec_actors.errors import ClientClosed, NoSuchPeer, ProtocolError
+from conec_actors.transitions import LocalProtocolError, RemoteProtocolError, move
 
 P, PE = PairState, PairEvent
 S, SE = SendState, SendEvent
@@ -78,16 +76,17 @@ ALL_MOVES = [(name, table, legal, state, event)
 def test_every_move(name: str, table: dict[Any, Any], legal: dict[Any, Any],
                     state: Enum, event: Enum) -> None:
     if (state, event) in legal:
-        assert move(table, name, state, event) is legal[state, event]
-        assert receive_move(table, name, state, event) is legal[state, event]
+        assert move(name, table, state, event) is legal[state, event]
+        assert move(name, table, state, event, by_peer=True) is legal[state, event]
     else:
         with pytest.raises(LocalProtocolError) as info:
-            move(table, name, state, event)
+            move(name, table, state, event)
         assert info.value.state is state and info.value.event is event
         assert state.name in str(info.value) and event.name in str(info.value)
         # Caused by the peer, the same move is the peer's protocol error.
-        with pytest.raises(ProtocolError):
-            receive_move(table, name, state, event)
+        with pytest.raises(RemoteProtocolError) as remote:
+            move(name, table, state, event, by_peer=True)
+        assert isinstance(remote.value, ProtocolError)
 
 
 def test_dead_and_closed_are_final() -> None:

@@ -31,13 +31,13 @@ from conec_actors.coord.session import (
     RejectStream,
     SendControl,
     SessionCore,
-    SessionStateError,
     State,
     Unregister,
     WatchControl,
 )
 from conec_actors.errors import CertificateError
 from conec_actors.framing import frame
+from conec_actors.transitions import LocalProtocolError
 
 ADDR = ("192.0.2.7", 4433)
 CERT = b"\x30\x82cert"
@@ -117,7 +117,7 @@ def test_every_state_but_closed_can_close_and_the_happy_path_is_linear() -> None
 def test_illegal_moves_raise(state: State, event: Event) -> None:
     core = SessionCore(1, ADDR, LIMITS, accept_any)
     core.state = state
-    with pytest.raises(SessionStateError) as info:
+    with pytest.raises(LocalProtocolError) as info:
         core._move(event)
     assert info.value.state is state and info.value.event is event
     assert core.state is state
@@ -141,7 +141,7 @@ def test_a_client_may_lower_its_limits() -> None:
 
 def test_admitted_when_not_admitting_is_a_driver_bug() -> None:
     core = at_hello()
-    with pytest.raises(SessionStateError):
+    with pytest.raises(LocalProtocolError):
         core.admitted(0)
 
 

@@ -23,7 +23,7 @@ from enum import Enum, auto
 from .. import wire
 from ..closing import connection_error
 from ..errors import ConecError, ProtocolError
-from .transitions import move
+from ..transitions import move
 
 
 def peer_wins_tie(me: str, peer: str) -> bool:
@@ -108,8 +108,12 @@ class ChannelHandshake:
         self.max_message_size = max_message_size
         self.state = HelloState.HANDSHAKE
 
-    def _move(self, event: HelloEvent, detail: str = "") -> None:
-        self.state = move("channel hello", TRANSITIONS, self.state, event, detail)
+    def _move(self, event: HelloEvent) -> None:
+        self.state = move("channel hello", TRANSITIONS, self.state, event)
+
+    def _peer_move(self, event: HelloEvent, detail: str) -> None:
+        self.state = move("channel hello", TRANSITIONS, self.state, event,
+                          by_peer=True, detail=detail)
 
     def _refuse(self, code: int, reason: str) -> Refuse:
         self._move(_E.REFUSE)
@@ -160,14 +164,15 @@ class ChannelHandshake:
 
     def receive(self, msg: wire.Control) -> Ready | Refuse:
         """Take one control message from the peer. `ProtocolError` before the
-        certificate is verified; `IllegalTransition` (a `ProtocolError`) for
+        certificate is verified; `RemoteProtocolError` (a `ProtocolError`) for
         a message the state does not allow."""
         if not self.verified:
             raise ProtocolError("control message before the certificate check")
         detail = f"unexpected {type(msg).__name__} on a channel"
         if isinstance(msg, wire.ChannelHello):
             # Legal here at all? (raises if not), before judging its content.
-            move("channel hello", TRANSITIONS, self.state, _E.HELLO, detail)
+            move("channel hello", TRANSITIONS, self.state, _E.HELLO, by_peer=True,
+                 detail=detail)
             if msg.id != self.peer:
                 return self._refuse(wire.Code.CERTIFICATE, f"the hello says {msg.id!r} "
                                     f"but the certificate is {self.peer!r}'s")
@@ -178,10 +183,10 @@ class ChannelHandshake:
             self.max_message_size = min(self.max_message_size, msg.max_message_size)
             return Ready(wire.ChannelWelcome(self.my_id, self.max_message_size))
         if isinstance(msg, wire.ChannelWelcome):
-            self._move(_E.WELCOME, detail)
+            self._peer_move(_E.WELCOME, detail)
             self.max_message_size = min(self.max_message_size, msg.max_message_size)
             return Ready()
-        self._move(_E.OTHER, detail)
+        self._peer_move(_E.OTHER, detail)
         raise AssertionError("unreachable: OTHER has no transition")
 
     def close(self, code: int, reason: str) -> ConecError:

@@ -24,8 +24,7 @@ from ..errors import ClientClosed, ConecError, ProtocolError
 from ..framing import frame
 from ..streams import IncomingStream, InStream, OutStream, StreamCore, StreamId
 from ..transport import Conn
-from .session import CoordSession
-from .transitions import IllegalTransition
+from .coord_session import CoordSession, SessionState
 
 #: Streams opened to us that the application has not taken from `incoming`.
 MAX_UNCLAIMED_STREAMS = 1024
@@ -302,19 +301,17 @@ class CoordLink(StreamLink):
                               ) -> tuple[int, wire.ChannelIntro]:
         """Ask the Coordinator to introduce us to `peer`; returns the request id
         (for `ChannelDialing`) and the introduction."""
-        try:
-            msg = self.session.request_channel(peer, holepunch)
-        except IllegalTransition:
-            raise self._gone() from None
+        if self.session.state is not SessionState.READY:
+            raise self._gone()
+        msg = self.session.request_channel(peer, holepunch)
         reply: wire.ChannelIntro = await self._request(msg.req, msg)
         return msg.req, reply
 
     async def request_count(self, name: str) -> wire.BroadcastCountReply:
         """Ask the Coordinator for a broadcast's counts."""
-        try:
-            msg = self.session.request_count(name)
-        except IllegalTransition:
-            raise self._gone() from None
+        if self.session.state is not SessionState.READY:
+            raise self._gone()
+        msg = self.session.request_count(name)
         reply: wire.BroadcastCountReply = await self._request(msg.req, msg)
         return reply
 

@@ -10,7 +10,7 @@ timer itself.
 
 States run handshake -> hello -> admitting -> ready, and any of them -> closed;
 `TRANSITIONS` is the whole table, and a move not in it raises
-`SessionStateError` (a bug in the driver, not something a peer can cause: a
+`transitions.LocalProtocolError` (a bug in the driver, not something a peer can cause: a
 peer's protocol violations close the connection).
 
 Bounds kept here (DESIGN 3.1): the control stream is not read while more than
@@ -30,6 +30,7 @@ from .. import wire
 from ..control import CONTROL_STREAM, ControlReader
 from ..errors import CertificateError, ConecError, InvalidId, ProtocolError
 from ..ids import check_id, is_valid_id
+from ..transitions import move
 from ..used_numbers import UsedNumbers
 from . import ipc
 
@@ -70,15 +71,6 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     **{(s, Event.CLOSE): State.CLOSED
        for s in (State.HANDSHAKE, State.HELLO, State.ADMITTING, State.READY)},
 }
-
-
-class SessionStateError(Exception):
-    """An event the session's state does not allow (a driver bug)."""
-
-    def __init__(self, state: State, event: Event) -> None:
-        super().__init__(f"{event.value} is not allowed in state {state.value}")
-        self.state = state
-        self.event = event
 
 
 # -- actions (what the driver carries out) ---------------------------------------
@@ -214,10 +206,7 @@ class SessionCore:
         self.used_numbers = UsedNumbers()  # proxied stream numbers
 
     def _move(self, event: Event) -> None:
-        try:
-            self.state = TRANSITIONS[self.state, event]
-        except KeyError:
-            raise SessionStateError(self.state, event) from None
+        self.state = move("front-end session", TRANSITIONS, self.state, event)
 
     # -- lifetime ------------------------------------------------------------------
 

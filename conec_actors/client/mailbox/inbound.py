@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from collections import deque
 
+from ...transitions import move
 from .limits import ACK_EVERY, ASK_HOLD_MAX, BATCH_BYTES
-from .state import RECV_TRANSITIONS, RecvEvent, RecvState, move
+from .state import RECV_TRANSITIONS, RecvEvent, RecvState
 from .wire import BATCH_OVERHEAD, DRAINED, Ack, Batch, encoder
 
 
@@ -75,7 +76,7 @@ class InboundLog:
         self.back: deque[bytes] = deque()
 
     def handle(self, event: RecvEvent) -> None:
-        self.state = move(RECV_TRANSITIONS, "incoming mailbox stream", self.state, event)
+        self.state = move("incoming mailbox stream", RECV_TRANSITIONS, self.state, event)
 
     # -- the forward half -----------------------------------------------------------
 

@@ -18,6 +18,7 @@ from collections import deque
 import msgspec
 
 from ...errors import ClientClosed, ConecError, MessageTooLarge, NoSuchPeer
+from ...transitions import move
 from .limits import (
     BATCH_BYTES,
     PAIR_QUEUE_BYTES,
@@ -33,8 +34,6 @@ from .state import (
     PairState,
     SendEvent,
     SendState,
-    move,
-    receive_move,
 )
 from .wire import BATCH_OVERHEAD, Ask
 
@@ -97,7 +96,7 @@ class OutboundLog:
     # -- the pair's life ------------------------------------------------------
 
     def handle(self, event: PairEvent) -> None:
-        self.state = move(PAIR_TRANSITIONS, "mailbox pair", self.state, event)
+        self.state = move("mailbox pair", PAIR_TRANSITIONS, self.state, event)
 
     def learn_limit(self, path_limit: int) -> None:
         """A stream opened on a path of `path_limit`: the pair's limit is the
@@ -230,8 +229,9 @@ class SendRoute:
 
     def handle(self, event: SendEvent) -> None:
         """A move this side makes (finish, break)."""
-        self.state = move(SEND_TRANSITIONS, "mailbox stream", self.state, event)
+        self.state = move("mailbox stream", SEND_TRANSITIONS, self.state, event)
 
     def receive(self, event: SendEvent) -> None:
         """A move the receiver caused (`ProtocolError` if not allowed)."""
-        self.state = receive_move(SEND_TRANSITIONS, "mailbox stream", self.state, event)
+        self.state = move("mailbox stream", SEND_TRANSITIONS, self.state, event,
+                          by_peer=True)

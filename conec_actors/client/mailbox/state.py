@@ -1,10 +1,10 @@
 """The mailbox's state machines, as data.
 
 Three machines, each an enum of states and a table ``(state, event) -> new
-state``; a move the table does not list raises `LocalProtocolError` (the
-driver asked for something its state does not allow: a bug, as h11's
-``LocalProtocolError``). Events the peer causes go through `receive_move`,
-which raises `ProtocolError` instead (the peer broke the protocol).
+state``, moved by `conec_actors.transitions.move`: a move the table does not
+list raises `LocalProtocolError` (the driver asked for something its state
+does not allow: a bug), or, for an event the peer caused (``by_peer=True``),
+`RemoteProtocolError`, a `ProtocolError` (the peer broke the protocol).
 
 * `PairState`: this client's sending side toward one peer. It opens its first
   stream, delivers, and either drains (the client closes) or dies (the peer
@@ -20,20 +20,6 @@ which raises `ProtocolError` instead (the peer broke the protocol).
 from __future__ import annotations
 
 import enum
-from typing import TypeVar
-
-from ...errors import ProtocolError
-
-
-class LocalProtocolError(Exception):
-    """A state machine of the mailbox was asked for a move its state does not
-    allow (a bug in the code that drives it)."""
-
-    def __init__(self, machine: str, state: enum.Enum, event: enum.Enum) -> None:
-        super().__init__(f"{machine}: {event.name} is not allowed in state {state.name}")
-        self.state = state
-        self.event = event
-
 
 # --- the sending side toward one peer ------------------------------------------------
 
@@ -131,25 +117,3 @@ RECV_TRANSITIONS: dict[tuple[RecvState, RecvEvent], RecvState] = {
     # The return half's writer ends after the forward half failed.
     (RecvState.CLOSED, RecvEvent.BACK_DONE): RecvState.CLOSED,
 }
-
-
-S = TypeVar("S", bound=enum.Enum)
-E = TypeVar("E", bound=enum.Enum)
-
-
-def move(table: dict[tuple[S, E], S], machine: str, state: S, event: E) -> S:
-    """The state after `event` in `state`; `LocalProtocolError` if `table`
-    does not allow it."""
-    try:
-        return table[state, event]
-    except KeyError:
-        raise LocalProtocolError(machine, state, event) from None
-
-
-def receive_move(table: dict[tuple[S, E], S], machine: str, state: S, event: E) -> S:
-    """`move` for an event the peer caused: `ProtocolError` if not allowed."""
-    try:
-        return table[state, event]
-    except KeyError:
-        raise ProtocolError(f"{machine}: unexpected {event.name} in state "
-                            f"{state.name}") from None

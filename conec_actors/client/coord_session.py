@@ -20,7 +20,7 @@ from enum import Enum, auto
 from .. import wire
 from ..closing import connection_error
 from ..errors import ConecError, ProtocolError
-from .transitions import move
+from ..transitions import move
 
 
 class SessionState(Enum):
@@ -100,8 +100,8 @@ class CoordSession:
         self._pending: dict[int, type[Reply]] = {}
         self._req = itertools.count(1)
 
-    def _move(self, event: SessionEvent, detail: str = "") -> None:
-        self.state = move("control session", TRANSITIONS, self.state, event, detail)
+    def _move(self, event: SessionEvent) -> None:
+        self.state = move("control session", TRANSITIONS, self.state, event)
 
     # -- said by us ------------------------------------------------------------
 
@@ -155,10 +155,11 @@ class CoordSession:
 
     def receive(self, msg: wire.Control) -> Received:
         """Take one control message from the Coordinator; return what to act
-        on. `IllegalTransition` (a `ProtocolError`) for a message the state
+        on. `RemoteProtocolError` (a `ProtocolError`) for a message the state
         does not allow; `ProtocolError` for a reply of the wrong kind."""
-        self._move(_RECEIVED.get(type(msg), _E.OTHER),
-                   f"unexpected {type(msg).__name__} from the Coordinator")
+        self.state = move("control session", TRANSITIONS, self.state,
+                          _RECEIVED.get(type(msg), _E.OTHER), by_peer=True,
+                          detail=f"unexpected {type(msg).__name__} from the Coordinator")
         if isinstance(msg, wire.Welcome):
             self.welcome = msg
             return msg
