@@ -117,6 +117,15 @@ def test_target_welcomes_a_good_hello_with_the_smaller_limit() -> None:
     assert hs.ready and hs.max_message_size == 1000
 
 
+def test_a_peer_that_announces_no_limit_leaves_ours() -> None:
+    hs = target_waiting(1000)
+    assert hs.receive(wire.ChannelHello("alice", V, 0)) == Ready(
+        wire.ChannelWelcome("bob", 1000))
+    opener = opener_hello_sent(1000)
+    opener.receive(wire.ChannelWelcome("bob", 0))
+    assert hs.max_message_size == opener.max_message_size == 1000
+
+
 def test_target_refuses_a_hello_from_another_id() -> None:
     hs = target_waiting()
     out = hs.receive(wire.ChannelHello("mallory", V, 1000))

@@ -139,6 +139,14 @@ def test_a_client_may_lower_its_limits() -> None:
     assert welcome == wire.Welcome(wire.PROTOCOL_VERSION, 1000, 5.0, 1200, ADDR)
 
 
+@pytest.mark.parametrize("announced", [0, -5])
+def test_a_hello_without_a_known_limit_gets_the_coordinators(announced: int) -> None:
+    core = at_hello()
+    run_control(core, framed(hello(max_message_size=announced)))
+    welcome = sent(core.admitted(0))[0]
+    assert isinstance(welcome, wire.Welcome) and welcome.max_message_size == 1 << 20
+
+
 def test_admitted_when_not_admitting_is_a_driver_bug() -> None:
     core = at_hello()
     with pytest.raises(LocalProtocolError):

@@ -103,9 +103,11 @@ class ChannelLink(StreamLink):
         if hdr.peer != self.peer:
             core.fail_local(wire.Code.PROTOCOL, "direct stream header names another client")
             return None
-        if not self.peer_numbers.add(hdr.n):
-            core.fail_local(wire.Code.STREAM_ID_IN_USE,
-                            f"direct stream number {hdr.n} was already used on this channel")
+        refused = self.peer_numbers.admit(hdr.n)
+        if refused is not None:
+            why = ("was already used on this channel" if refused == wire.Code.STREAM_ID_IN_USE
+                   else "is out of range")
+            core.fail_local(refused, f"direct stream number {hdr.n} {why}")
             return None
         core.write_raw(frame(wire.encode(wire.StreamAccepted())))
         return hdr.peer

@@ -18,7 +18,6 @@ from ..errors import (
     NoChannel,
     NoSuchBroadcast,
     NoSuchPeer,
-    StreamIdInUse,
     StreamReset,
 )
 from ..ids import is_valid_id
@@ -31,9 +30,8 @@ from ..streams import (
     InStream,
     OutStream,
     StreamCore,
-    check_stream_number,
 )
-from ..used_numbers import UsedNumbers
+from ..used_numbers import UsedNumbers, check_stream_number
 from .channels import Channel, Channels
 from .connect import Connected, connect
 from .mailbox import Mailbox
@@ -273,7 +271,7 @@ class Client:
 
     def _do_open(self, cmd: _Open) -> tuple[StreamCore, asyncio.Future[None]]:
         self._check_open()
-        n = self._pick_number(self._used_proxied, cmd.n, "proxied")
+        n = self._used_proxied.pick(cmd.n, "proxied")
         if cmd.kind == "broadcast":
             core, opened = self._link.open_stream(cmd.peer, n, kind="broadcast",
                                                   recv_extra=wire.BROADCAST_OVERHEAD)
@@ -281,13 +279,6 @@ class Client:
                              low_water=BROADCAST_WRITE_LOW)
             return core, opened
         return self._link.open_stream(cmd.peer, n, cmd.purpose)
-
-    @staticmethod
-    def _pick_number(used: UsedNumbers, wanted: int | None, kind: str) -> int:
-        n = used.next_free() if wanted is None else wanted
-        if not used.add(n):
-            raise StreamIdInUse(f"{kind} stream number {n} was already used")
-        return n
 
     async def _opened(self, core: StreamCore, fut: asyncio.Future[None], peer: str
                       ) -> tuple[OutStream, InStream]:
@@ -387,7 +378,7 @@ class Client:
         if link.closed.done():
             raise NoChannel(f"the channel to {peer!r} is closed")
         used = self._used_direct.setdefault(peer, UsedNumbers())
-        core, fut = link.open_stream(self.id, self._pick_number(used, n, "direct"), purpose)
+        core, fut = link.open_stream(self.id, used.pick(n, "direct"), purpose)
         try:
             return await self._opened(core, fut, peer)
         except StreamReset as exc:

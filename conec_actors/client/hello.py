@@ -23,6 +23,7 @@ from enum import Enum, auto
 from .. import wire
 from ..closing import connection_error
 from ..errors import ConecError, ProtocolError
+from ..limits import effective_limit
 from ..transitions import move
 
 
@@ -180,11 +181,11 @@ class ChannelHandshake:
                 return self._refuse(wire.Code.VERSION, f"protocol version {msg.version} "
                                     f"is not {wire.PROTOCOL_VERSION}")
             self._move(_E.HELLO)
-            self.max_message_size = min(self.max_message_size, msg.max_message_size)
+            self.max_message_size = effective_limit(self.max_message_size, msg.max_message_size)
             return Ready(wire.ChannelWelcome(self.my_id, self.max_message_size))
         if isinstance(msg, wire.ChannelWelcome):
             self._peer_move(_E.WELCOME, detail)
-            self.max_message_size = min(self.max_message_size, msg.max_message_size)
+            self.max_message_size = effective_limit(self.max_message_size, msg.max_message_size)
             return Ready()
         self._peer_move(_E.OTHER, detail)
         raise AssertionError("unreachable: OTHER has no transition")

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable
 
 from .. import wire
 from ..framing import HEADER_SIZE, FrameTooLarge, frame
+from ..limits import effective_limit
 from ..stream_state import BROADCAST_HIGH_WATER, BROADCAST_LOW_WATER, BROADCAST_WINDOW
 from . import ipc
 from .legs import Leg, Peer
@@ -355,8 +356,8 @@ class Broadcast:
         self.size_windows(leg)
 
     def _limits_changed(self) -> None:
-        self.min_limit = min((r.session.max_message_size for r in self.receivers),
-                             default=0)
+        self.min_limit = effective_limit(*(r.session.max_message_size
+                                           for r in self.receivers))
 
     def size_windows(self, joined: MemberLeg | None = None) -> None:
         """Give each member its share of HOLD_BUDGET as its stream window

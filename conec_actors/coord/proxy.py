@@ -24,6 +24,7 @@ from .. import wire
 from ..errors import InvalidId, ProtocolError
 from ..framing import HEADER_SIZE, FrameScanner, FrameTooLarge, frame
 from ..ids import check_id
+from ..limits import effective_limit
 from ..stream_state import HEADER_FRAME_MAX
 from . import ipc
 from .fanout import BroadcastHub, MemberLeg
@@ -305,7 +306,7 @@ class Relay:
         # The stream's limit is the smaller of both ends' (each already the
         # smaller of its own and ours): both ends learn it, so a sender
         # refuses what the receiver could not take, and both legs enforce it.
-        limit = min(s.max_message_size, target.max_message_size)
+        limit = effective_limit(s.max_message_size, target.max_message_size)
         other = ProxiedLeg(target, sid, 0, leg.n, leg.purpose, limit, self)
         leg.scanner.max_size = limit
         target.legs[sid] = other

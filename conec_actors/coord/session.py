@@ -30,6 +30,7 @@ from .. import wire
 from ..control import CONTROL_STREAM, ControlReader
 from ..errors import CertificateError, ConecError, InvalidId, ProtocolError
 from ..ids import check_id, is_valid_id
+from ..limits import effective_limit
 from ..transitions import move
 from ..used_numbers import UsedNumbers
 from . import ipc
@@ -372,7 +373,7 @@ class SessionCore:
         self._move(Event.HELLO)
         self.client_id = hello.id
         lim = self._limits
-        self.max_message_size = max(0, min(hello.max_message_size, lim.max_message_size))
+        self.max_message_size = effective_limit(hello.max_message_size, lim.max_message_size)
         self.datagram_size = min(hello.max_datagram_size, lim.max_datagram_size)
         self.idle_timeout = min(hello.idle_timeout, lim.idle_timeout)
         return [Register(self.entry())]
