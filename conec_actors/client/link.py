@@ -12,12 +12,11 @@ requests); `ChannelLink` (in `channel.py`) drives `hello.ChannelHandshake`.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from .. import wire
-from .._util import Waiters
+from .._util import EndableQueue
 from ..closing import connection_error
 from ..control import CONTROL_STREAM, ControlReader
 from ..errors import ClientClosed, ConecError, ProtocolError
@@ -334,34 +333,35 @@ class CoordLink(StreamLink):
 class UnclaimedQueue:
     """Bounded queue of incoming streams with an end (any number of readers).
 
-    A stream that no task takes within `timeout` seconds (the idle timeout)
-    is reset with `Code.UNCLAIMED`: it would otherwise hold one of the
-    opener's stream slots, and its window, for as long as the client runs.
+    An `EndableQueue` whose items expire: a stream that no task takes within
+    `timeout` seconds (the idle timeout) is reset with `Code.UNCLAIMED`: it
+    would otherwise hold one of the opener's stream slots, and its window,
+    for as long as the client runs.
     """
 
     def __init__(self, limit: int = MAX_UNCLAIMED_STREAMS, timeout: float = 10.0) -> None:
-        self.items: deque[tuple[float, IncomingStream]] = deque()
-        self.limit = limit
+        #: (deadline, stream), oldest first
+        self._queue: EndableQueue[tuple[float, IncomingStream]] = EndableQueue(limit)
         self.timeout = timeout
-        self.ended = False
-        self._getters = Waiters()
         self._timer: asyncio.TimerHandle | None = None
 
+    @property
+    def ended(self) -> bool:
+        return self._queue.ended
+
     def offer(self, item: IncomingStream) -> bool:
-        if self.ended or len(self.items) >= self.limit:
-            return False
         loop = asyncio.get_running_loop()
-        self.items.append((loop.time() + self.timeout, item))
+        if not self._queue.offer((loop.time() + self.timeout, item)):
+            return False
         if self._timer is None:
-            self._timer = loop.call_at(self.items[0][0], self._expire)
-        self._getters.wake()
+            self._timer = loop.call_at(self._queue.items[0][0], self._expire)
         return True
 
     def _expire(self) -> None:
         self._timer = None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        items = self.items
+        items = self._queue.items
         while items and items[0][0] <= now:
             _, item = items.popleft()
             item.recv._core.fail_local(wire.Code.UNCLAIMED, wire.describe(wire.Code.UNCLAIMED))
@@ -369,19 +369,16 @@ class UnclaimedQueue:
             self._timer = loop.call_at(items[0][0], self._expire)
 
     def end(self) -> None:
-        self.ended = True
+        self._queue.end()
         if self._timer is not None:  # no path left: nothing holds a slot
             self._timer.cancel()
             self._timer = None
-        self._getters.wake()
 
     async def get(self) -> IncomingStream | None:
-        while not self.items:
-            if self.ended:
-                return None
-            await self._getters.wait()
-        item = self.items.popleft()[1]
-        if not self.items and self._timer is not None:
+        got = await self._queue.get()
+        if got is None:
+            return None
+        if not self._queue.items and self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        return item
+        return got[1]

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from ..._util import Waiters
+from ..._util import EndableQueue, Waiters
 from ...errors import ProtocolError, StreamClosed, StreamReset
 from ...streams import IncomingStream
 from ...wire import Code
@@ -59,7 +59,7 @@ class InRoute(InboundLog):
         self.hold: asyncio.TimerHandle | None = None
         #: `Receiver._read_in` is running (it may be re-entered through the stream).
         self.in_progress = False
-        #: Queued in `_Inbox.wait_room`.
+        #: Queued in `Inbox.wait_room`.
         self.wait_room = False
         self.writer: asyncio.Task[None] | None = None
         #: True while the return half's writer waits with nothing to do.
@@ -90,36 +90,25 @@ class Delivered:
         self.route = route
 
 
-class Inbox:
-    """The bounded queue behind `client.mailbox`."""
+def _body_size(d: Delivered) -> int:
+    return len(d.body)
 
-    __slots__ = ("ended", "getters", "items", "nbytes", "resume", "wait_room")
+
+class Inbox(EndableQueue[Delivered]):
+    """The bounded queue behind `client.mailbox` (items and body bytes), which
+    resumes the incoming streams that stopped on it when it has room again."""
+
+    __slots__ = ("resume", "wait_room")
 
     def __init__(self, resume: Callable[[InRoute], None]) -> None:
-        self.items: deque[Delivered] = deque()
-        self.nbytes = 0
-        self.getters = Waiters()
+        super().__init__(INBOX_ITEMS, INBOX_BYTES, weigh=_body_size)
         #: Incoming streams whose reading stopped on a full inbox, and what
         #: goes on reading one of them.
         self.wait_room: deque[InRoute] = deque()
         self.resume = resume
-        self.ended = False
-
-    def full(self) -> bool:
-        return len(self.items) >= INBOX_ITEMS or self.nbytes >= INBOX_BYTES
-
-    def put(self, d: Delivered) -> None:
-        self.items.append(d)
-        self.nbytes += len(d.body)
-        self.getters.wake()
 
     async def get(self) -> Delivered | None:
-        while not self.items:
-            if self.ended:
-                return None
-            await self.getters.wait()
-        d = self.items.popleft()
-        self.nbytes -= len(d.body)
+        d = await super().get()
         while self.wait_room and not self.full():
             r = self.wait_room.popleft()
             r.wait_room = False
@@ -127,8 +116,7 @@ class Inbox:
         return d
 
     def end(self) -> None:
-        self.ended = True
-        self.getters.wake()
+        super().end()
         self.wait_room.clear()
 
 
