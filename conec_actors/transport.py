@@ -82,6 +82,7 @@ class Conn:
         self._transmit_handle: asyncio.Handle | None = None
         self._sent_this_turn = False
         self._drain: dict[int, Callable[[], None]] = {}
+        self._on_room: Callable[[], None] | None = None
         self._keepalive: asyncio.TimerHandle | None = None
         self._keepalive_interval = 0.0
         self._handshake_deadline: asyncio.TimerHandle | None = None
@@ -112,6 +113,9 @@ class Conn:
         if self._drain:
             for cb in list(self._drain.values()):
                 cb()
+        if self._on_room is not None and quic.can_open_stream():
+            room, self._on_room = self._on_room, None
+            room()
         closed = quic.peer_closed()
         if closed is not None:
             # Nothing more can be sent or received: forget it now rather
@@ -164,6 +168,7 @@ class Conn:
         self._timer = self._timer_at = self._transmit_handle = None
         self._handshake_deadline = None
         self._drain.clear()
+        self._on_room = None
         if not self._handshake_waiter.done():
             self._handshake_waiter.set_exception(ConnectionError(reason or f"code {code}"))
             self._handshake_waiter.exception()  # mark retrieved
@@ -272,6 +277,12 @@ class Conn:
 
     def unwatch_drain(self, quic_id: int) -> None:
         self._drain.pop(quic_id, None)
+
+    def on_stream_room(self, cb: Callable[[], None] | None) -> None:
+        """Call `cb` once, after the datagram that lets us open another
+        stream (the peer raised its stream limit); None forgets it. One
+        callback at a time: a new one replaces the last."""
+        self._on_room = cb
 
     def close(self, code: int = 0, reason: str = "") -> None:
         if self.closed:

@@ -3,11 +3,13 @@ and a stand-in routing worker: headers, refusals, bounds, splicing, relaying."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from conec_actors import wire
 from conec_actors.coord import ipc
 from conec_actors.coord.fanout import BroadcastHub
 from conec_actors.coord.pairing import MAX_STREAMS_PER_PAIR
-from conec_actors.coord.proxy import ROOM_WATCH, HeaderLeg, ProxiedLeg, Relay
+from conec_actors.coord.proxy import HeaderLeg, ProxiedLeg, Relay
 from conec_actors.coord.session import MAX_PENDING_OPENS
 from conec_actors.framing import frame
 from conec_actors.stream_state import HEADER_FRAME_MAX
@@ -29,6 +31,7 @@ class Conn(FakeConn):
         self.quic = Quic()
         self.next_sid = 3  # server-initiated bidirectional streams: 3, 7, ...
         self.watching: dict[int, object] = {}
+        self.on_room: Callable[[], None] | None = None
 
     def new_stream_id(self) -> int:
         self.next_sid += 4
@@ -39,6 +42,9 @@ class Conn(FakeConn):
 
     def unwatch_drain(self, sid: int) -> None:
         self.watching.pop(sid, None)
+
+    def on_stream_room(self, cb: Callable[[], None] | None) -> None:
+        self.on_room = cb
 
 
 class Peer(FakePeer):
@@ -164,10 +170,11 @@ def test_opens_wait_for_room_in_the_targets_stream_limit() -> None:
     bob.conn.quic.room = False
     st.open(alice, "bob", 0, 4)
     st.route_all()
-    assert bob.legs == {} and ROOM_WATCH in bob.conn.watching
+    assert bob.legs == {} and bob.conn.on_room is not None
     bob.conn.quic.room = True
-    bob.conn.watching[ROOM_WATCH]()  # type: ignore[operator]
-    assert len(bob.legs) == 1 and ROOM_WATCH not in bob.conn.watching
+    room, bob.conn.on_room = bob.conn.on_room, None  # what Conn does once there is room
+    room()
+    assert len(bob.legs) == 1 and bob.conn.on_room is None
 
 
 def test_a_target_that_leaves_fails_the_opens_waiting_for_it() -> None:

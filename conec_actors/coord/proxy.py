@@ -34,10 +34,6 @@ from .session import MAX_PENDING_OPENS, State
 
 log = logging.getLogger(__name__)
 
-#: `watch_drain` key that is no stream: called after each datagram of a
-#: target while opens wait for its QUIC stream limit to grow.
-ROOM_WATCH = -1
-
 RequestRouting = Callable[[str, ipc.MakeRequest, ipc.ReplyCallback | None], None]
 
 
@@ -268,7 +264,7 @@ class Relay:
             leg.target = target
             self.pairing.wait(s.conn_key, target.conn_key, leg)
             if not room:
-                target.conn.watch_drain(ROOM_WATCH, lambda: self.start_waiting(target))
+                target.conn.on_stream_room(lambda: self.start_waiting(target))
             return
         s.core.open_settled()
         self._splice(leg, target)
@@ -283,9 +279,9 @@ class Relay:
                 leg.target = None
                 self._splice(leg, target)
         if self.pairing.has_waiting(target.conn_key) and not can_open():
-            target.conn.watch_drain(ROOM_WATCH, lambda: self.start_waiting(target))
+            target.conn.on_stream_room(lambda: self.start_waiting(target))
         else:
-            target.conn.unwatch_drain(ROOM_WATCH)
+            target.conn.on_stream_room(None)
 
     def release_slot(self, leg: ProxiedLeg) -> None:
         """A target leg is over: its opener may open another stream to it."""
