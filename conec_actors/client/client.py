@@ -73,7 +73,7 @@ class Client:
                                connected.cert_pem, connected.key_pem)
         #: peer -> its channel, opening or open (the mailbox looks routes up here).
         self._channels = self._chans.by_peer
-        self._mailbox = Mailbox(self)
+        self._mailbox = Mailbox(_MailboxHost(self))
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -429,38 +429,44 @@ class Client:
         decodes bodies as `T`."""
         return self._mailbox
 
-    # -- what the mailbox uses (`mailbox.MailboxHost`; internal) ------------------------
+    def __repr__(self) -> str:
+        state = "closed" if self.is_closed else "connected"
+        return f"<Client {self.id!r} {state}>"
+
+
+class _MailboxHost:
+    """The client as its mailbox sees it (`mailbox.MailboxHost`): paths to
+    peers and the client's state, without the mailbox knowing the Client."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @property
+    def max_message_size(self) -> int:
+        return self._client.max_message_size
 
     def closed_error(self) -> ClientClosed:
-        """Internal (`MailboxHost`): a fresh `ClientClosed` saying why the
-        client closed."""
-        return self._closed_error()
+        return self._client._closed_error()
 
     def has_channel(self, peer: str) -> bool:
-        """Internal (`MailboxHost`): a direct channel to `peer` is open."""
-        ch = self._channels.get(peer)
+        ch = self._client._channels.get(peer)
         return ch is not None and ch.link is not None and not ch.link.closed.done()
 
     async def open_route(self, peer: str, purpose: str, *, direct: bool
                          ) -> tuple[OutStream, InStream]:
-        """Internal (`MailboxHost`): open a stream to `peer` whose header says
-        `purpose`, over the channel (`NoChannel` if none) or proxied."""
         if direct:
-            return await self._open_direct(peer, None, purpose)
-        return await self._open_proxied(peer, None, purpose)
+            return await self._client._open_direct(peer, None, purpose)
+        return await self._client._open_proxied(peer, None, purpose)
 
     def handle_purpose(self, purpose: str,
                        handler: Callable[[IncomingStream], bool] | None) -> None:
-        """Internal (`MailboxHost`): give incoming streams whose header says
-        `purpose` to `handler`; None stops."""
+        handlers = self._client._router.handlers
         if handler is None:
-            self._router.handlers.pop(purpose, None)
+            handlers.pop(purpose, None)
         else:
-            self._router.handlers[purpose] = handler
-
-    def __repr__(self) -> str:
-        state = "closed" if self.is_closed else "connected"
-        return f"<Client {self.id!r} {state}>"
+            handlers[purpose] = handler
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:

@@ -1,7 +1,7 @@
 """What the mailbox needs from the client that hosts it.
 
-The mailbox sees its client only through `MailboxHost` (the `Client`
-implements it), so neither module imports the other's internals and the
+The mailbox sees its client only through `MailboxHost` (the client
+package implements it), so neither module imports the other's internals and the
 import graph runs one way: client -> mailbox.
 """
 
