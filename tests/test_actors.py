@@ -18,6 +18,7 @@ from conec_actors import (
     IncomingStream,
     MessageTooLarge,
     NoSuchPeer,
+    PeerGone,
     RemoteError,
 )
 
@@ -329,16 +330,17 @@ async def test_cancelled_ask_forgets_its_slot_and_a_late_reply_is_dropped_quietl
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+@pytest.mark.timeout(20)
 @pytest.mark.parametrize("path", PATHS)
-async def test_pending_ask_fails_with_no_such_peer_when_the_peer_leaves(path: str) -> None:
+async def test_pending_ask_fails_with_peer_gone_when_the_peer_leaves(path: str) -> None:
     async with coordinator() as h:
         a, b = await pair(h, path)
-        ask = asyncio.create_task(a.ask("bob", "never answered", timeout=None))
+        ask = asyncio.create_task(a.ask("bob", "never answered", timeout=30))
         env = (await collect(b, 1))[0]
         assert env.is_ask
         await b.close()
-        with pytest.raises(NoSuchPeer):
-            await asyncio.wait_for(ask, 3)
+        with pytest.raises(PeerGone, match="'bob' went away"):
+            await ask  # at once, not at the timeout
         assert a.mailbox.pending_asks == 0
 
 
