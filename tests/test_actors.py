@@ -296,14 +296,13 @@ async def test_tell_envelope_reply_is_a_no_op() -> None:
 @pytest.mark.parametrize("path", PATHS)
 async def test_ask_times_out_when_the_receiver_never_replies(path: str) -> None:
     async with coordinator() as h:
-        a, b = await pair(h, path)
+        a, _ = await pair(h, path)
         t0 = time.perf_counter()
         with pytest.raises(TimeoutError):
             await a.ask("bob", "hello?", timeout=0.3)
         assert 0.25 < time.perf_counter() - t0 < 2
         assert a.mailbox.pending_asks == 0
-        env = (await collect(b, 1))[0]
-        assert env.is_ask and env.body == "hello?"
+        # (bob never gets the expired ask: tests/test_ask_failures.py.)
 
 
 @pytest.mark.parametrize("path", PATHS)
