@@ -158,7 +158,14 @@ class Outbox:
                 # The first message to a peer, or a full queue: wait for it
                 # within the timeout too.
                 async with asyncio.timeout_at(deadline):
-                    await self._put(pair, item)
+                    await self._put(pair, item, queue=False)
+                if deadline is not None:
+                    # It waited: it carries the time left now (never longer,
+                    # so it still fits).
+                    item = encoder.encode(AskOut(ask_id, float(timeout or 0.0), msg,
+                                                 ttl_ms(deadline - self._loop.time())))
+                pair.push(item)
+                pair.wake.set()
             if deadline is not None:
                 # Not a timeout scope (cheaper): one timer fails the reply
                 # future with TimeoutError at the deadline.
@@ -206,10 +213,11 @@ class Outbox:
             pair.wake.set()
         return True
 
-    async def _put(self, pair: _Pair, item: bytes) -> None:
+    async def _put(self, pair: _Pair, item: bytes, queue: bool = True) -> None:
         """Queue `item`: for the first messages to a peer, once the route has
         opened (which tells the pair's size limit); while the queue is full,
-        once there is room."""
+        once there is room. With `queue` False only wait: the caller queues
+        (its own version of) `item` before it next awaits."""
         if not pair.routed.done():
             try:
                 await asyncio.shield(pair.routed)
@@ -223,8 +231,9 @@ class Outbox:
         self._check_open()
         if pair.dead is not None:
             raise copy_error(pair.dead)
-        pair.push(item)
-        pair.wake.set()
+        if queue:
+            pair.push(item)
+            pair.wake.set()
 
     def _write_now(self, pair: _Pair, item: bytes) -> bool:
         """The fast path of an idle line: write `item` in a frame of its own at
