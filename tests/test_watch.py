@@ -241,3 +241,39 @@ async def test_actor_on_terminated_after_the_peers_tells() -> None:
             await actor.watch("ghost")
             await asyncio.wait_for(actor.ended.wait(), 5)
             assert actor.log[-1] == ("terminated", "ghost", "not-connected")
+
+
+@pytest.mark.timeout(60)
+async def test_the_verdict_waits_for_tells_the_watcher_has_not_read_yet() -> None:
+    # More tells than the inbox holds, and the watcher does not read: the
+    # rest stays in the mailbox stream, the peer's close gives up draining
+    # (after client.CLOSE_DRAIN) and leaves. The verdict is held until the
+    # watcher has read what that stream still brings.
+    n = 1500
+    async with coordinator() as h:
+        w = await h.client("w")
+        p = await h.client("p")
+        watch = await w.watch("p")
+        for i in range(n):
+            await p.tell("w", i)
+        await p.close()
+        await asyncio.sleep(0.3)
+        assert not watch.done()
+        assert w.mailbox.reading_from("p")
+        got: list[int] = []
+
+        async def read() -> None:
+            async for env in w.mailbox:
+                got.append(env.body)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            assert await watch.wait() == Terminated("p", "left")
+            # Everything the stream brought is in the inbox or read by now.
+            assert not w.mailbox.reading_from("p")
+            at_verdict = len(got) + w.mailbox.queued
+            await asyncio.sleep(0.3)
+            assert len(got) == at_verdict
+            assert got == list(range(len(got))) and len(got) > 1024
+        finally:
+            reader.cancel()
