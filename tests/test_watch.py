@@ -58,7 +58,7 @@ async def test_two_watches_on_one_peer_each_get_one() -> None:
         await p.close()
         # Every watcher gets the same verdict.
         got = await asyncio.gather(w1.wait(), w2.wait(), wx.wait())
-        assert got == [Terminated("p", "left")] * 3
+        assert list(got) == [Terminated("p", "left")] * 3
         assert (await h.coord.stats())["watches"] == 0
 
 
