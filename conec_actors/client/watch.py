@@ -108,12 +108,13 @@ class Watches:
         if self._closed is not None:
             raise ClientClosed(str(self._closed))
         req, fut = self._link.request_watch(peer)
-        w = Watch(peer, lambda: self._cancel(req))
+        w = Watch(peer)
+        w._on_cancel = lambda: self._cancel(req, w)
         self._active[req] = w
         try:
             reply = await fut
         except asyncio.CancelledError:
-            self._cancel(req)
+            self._cancel(req, w)
             raise
         except ConecError:
             self._active.pop(req, None)
@@ -126,9 +127,8 @@ class Watches:
             return w
         raise wire.error_for(reply.code)
 
-    def _cancel(self, req: int) -> None:
-        w = self._active.pop(req, None)
-        if w is not None:
+    def _cancel(self, req: int, w: Watch) -> None:
+        if self._active.pop(req, None) is not None:  # the Coordinator still watches
             self._link.cancel_watch(req)
         self._held = [(h, t) for h, t in self._held if h is not w]
 
