@@ -277,3 +277,19 @@ async def test_the_verdict_waits_for_tells_the_watcher_has_not_read_yet() -> Non
             assert got == list(range(len(got))) and len(got) > 1024
         finally:
             reader.cancel()
+
+
+async def test_a_cancelled_watch_call_leaves_no_watch_behind() -> None:
+    async with coordinator() as h:
+        w = await h.client("w")
+        p = await h.client("p")
+        first = await w.watch("p")
+        call = asyncio.ensure_future(w.watch("p"))
+        await asyncio.sleep(0)  # its request is on its way
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        last = await w.watch("p")  # answered after the cancel was acted on
+        assert (await h.coord.stats())["watches"] == 2
+        await p.close()
+        assert [await first.wait(), await last.wait()] == [Terminated("p", "left")] * 2
