@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .adapters import NonblockingInStream, TypedInStream, TypedOutStream
     from .client import Client
     from .client.mailbox import Envelope, Mailbox, TypedMailbox
+    from .client.watch import Terminated, Watch
     from .config import ClientConfig, CoordConfig
     from .coord import Coord
     from .streams import (
@@ -69,6 +70,8 @@ _LAZY = {
     "InStream": ".streams",
     "OutStream": ".streams",
     "StreamId": ".streams",
+    "Terminated": ".client.watch",
+    "Watch": ".client.watch",
 }
 
 
@@ -121,7 +124,9 @@ __all__ = [
     "StreamId",
     "StreamIdInUse",
     "StreamReset",
+    "Terminated",
     "TypedInStream",
     "TypedMailbox",
     "TypedOutStream",
+    "Watch",
 ]

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Self
 
 from .client import Client
 from .client.mailbox import Envelope
+from .client.watch import Reason, Terminated, Watch
 from .config import ClientConfig
 from .errors import ConecError
 from .streams import IncomingStream
@@ -51,6 +52,10 @@ class Actor:
     - ``on_stream(incoming)``: if a subclass defines it, the actor reads
       ``client.incoming`` and runs it for each stream (concurrently, one task
       per stream).
+    - ``on_terminated(peer, reason)``: called for each peer the actor
+      watches (``await self.watch(peer)``) once it is gone, between two
+      messages like one more message, and after `receive` has handled every
+      tell that peer sent before it left.
     - ``message_type``: set it to a type (msgspec Struct, dataclass or
       builtin) to receive bodies decoded as that type; a message that does
       not decode is skipped (logged; an ask gets
@@ -67,6 +72,14 @@ class Actor:
     _tasks: set[asyncio.Task[Any]]
     _stop_task: asyncio.Task[None] | None
     _stopped: asyncio.Event
+    #: Envelopes taken from the mailbox / fully handled, for ordering
+    #: `on_terminated` after the tells that came before the verdict.
+    _taken: int = 0
+    _handled: int = 0
+    #: Verdicts waiting for the message count they come after.
+    _due: list[tuple[int, Terminated]]
+    #: Set while `on_terminated` runs outside the serving loop (it was idle).
+    _side: asyncio.Future[None] | None = None
 
     # -- to override ----------------------------------------------------------
 
@@ -83,6 +96,54 @@ class Actor:
     async def on_stream(self, incoming: IncomingStream) -> None:
         """Define this in a subclass to handle streams other clients open to
         this actor (``client.incoming``); the base class does not read them."""
+
+    async def on_terminated(self, peer: str, reason: Reason) -> None:
+        """A peer this actor watches is gone: `reason` is "left", "vanished"
+        or "not-connected" (see `Client.watch`)."""
+
+    # -- watching --------------------------------------------------------------------
+
+    async def watch(self, peer: str) -> Watch:
+        """Watch `peer`: `on_terminated(peer, reason)` is called once it is
+        gone (or at once, with "not-connected", if it is not connected).
+        `cancel()` the returned `Watch` to stop. Raises as `Client.watch`."""
+        w = await self.client.watch(peer)
+        self._spawn(self._await_verdict(w))
+        return w
+
+    async def _await_verdict(self, w: Watch) -> None:
+        try:
+            t = await w.wait()
+        except (asyncio.CancelledError, ConecError):
+            return  # cancelled, or the client closed: the actor is stopping
+        # Every tell the peer sent is in the mailbox now: call back after the
+        # serving loop has handled them.
+        after = self._taken + self.client.mailbox.queued
+        if after > self._handled or self._side is not None:  # busy, or messages first
+            self._due.append((after, t))
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._side = done
+        try:
+            await self._call_terminated(t)
+            await self._run_due()  # verdicts that came meanwhile
+        finally:
+            self._side = None
+            done.set_result(None)
+
+    async def _run_due(self) -> None:
+        # Ready: its messages are handled, or none is left to handle (the
+        # mailbox skipped some that did not decode).
+        while self._due and (self._due[0][0] <= self._handled or (
+                not self.client.mailbox.queued and self._taken == self._handled)):
+            _, t = self._due.pop(0)
+            await self._call_terminated(t)
+
+    async def _call_terminated(self, t: Terminated) -> None:
+        try:
+            await self.on_terminated(t.peer, t.reason)
+        except Exception:
+            log.exception("actor %r: on_terminated failed for %r", self.id, t.peer)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -104,6 +165,7 @@ class Actor:
         self._tasks = set()
         self._stop_task = None
         self._stopped = asyncio.Event()
+        self._due = []
         await self.on_start()
         self._spawn(self._serve_mailbox())
         if type(self).on_stream is not Actor.on_stream:
@@ -179,7 +241,13 @@ class Actor:
             client.mailbox if self.message_type is None
             else client.mailbox.typed(self.message_type))
         async for env in envelopes:
+            self._taken += 1
+            if self._side is not None:  # on_terminated runs: one thing at a time
+                await self._side
             await self._handle(env)
+            self._handled += 1
+            if self._due:
+                await self._run_due()
         # The mailbox ended: the client closed under us.
         self._stop_task = self._stop_task or asyncio.get_running_loop().create_task(
             self._stop())

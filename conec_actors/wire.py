@@ -55,6 +55,7 @@ class Code(IntEnum):
     BROADCAST_ENDED = 0x10016
     BROADCAST_FULL = 0x10017
     UNCLAIMED = 0x10018
+    TOO_MANY_WATCHES = 0x10019
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,8 @@ CODES: dict[int, CodeInfo] = {
                  "the broadcast has reached its member limit"),
         CodeInfo(Code.UNCLAIMED, errors.StreamReset,
                  "no task at the receiver took the stream within its idle timeout"),
+        CodeInfo(Code.TOO_MANY_WATCHES, errors.ProtocolError,
+                 "this client already holds the most watches a client may hold"),
     )
 }
 
@@ -335,9 +338,40 @@ class BroadcastCountReply(msgspec.Struct, tag="bcountr", frozen=True):
     receivers: int = 0
 
 
+class WatchRequest(msgspec.Struct, tag="watch", frozen=True):
+    """Client -> Coordinator: tell me when `peer` ends (watch number `req`)."""
+
+    req: int
+    peer: str
+
+
+class WatchReply(msgspec.Struct, tag="watchr", frozen=True):
+    """Coordinator -> client: 0 (watching: a `PeerTerminated` will follow),
+    `Code.NO_SUCH_PEER` (not connected: the verdict is "not-connected") or
+    `Code.TOO_MANY_WATCHES`."""
+
+    req: int
+    code: int
+
+
+class WatchCancel(msgspec.Struct, tag="unwatch", frozen=True):
+    """Client -> Coordinator: forget watch `req` (no answer)."""
+
+    req: int
+
+
+class PeerTerminated(msgspec.Struct, tag="terminated", frozen=True):
+    """Coordinator -> watcher: the peer of watch `req` ended; `reason` is
+    "left" (it closed) or "vanished" (its connection timed out or was lost)."""
+
+    req: int
+    reason: str
+
+
 Control = (Hello | Welcome | StreamHeader | StreamAccepted | ChannelRequest | ChannelOffer
            | ChannelAnswer | ChannelIntro | ChannelHello | ChannelWelcome | BroadcastCount
-           | BroadcastCountReply | ChannelDialing | PeerDialing)
+           | BroadcastCountReply | ChannelDialing | PeerDialing | WatchRequest | WatchReply
+           | WatchCancel | PeerTerminated)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Control)

@@ -51,7 +51,7 @@ def test_hello_only_once() -> None:
 
 @pytest.mark.parametrize("msg", [
     OFFER, wire.PeerDialing("bob"), wire.ChannelIntro(1, 0, "bob"),
-    wire.BroadcastCountReply(1, 0)])
+    wire.BroadcastCountReply(1, 0), wire.WatchReply(1, 0), wire.PeerTerminated(1, "left")])
 def test_only_welcome_may_answer_the_hello(msg: wire.Control) -> None:
     s = hello_sent()
     with pytest.raises(RemoteProtocolError) as err:
@@ -73,7 +73,8 @@ def test_a_second_welcome_breaks_the_protocol() -> None:
 @pytest.mark.parametrize("msg", [
     wire.Hello("x", 1, 1, 1.0, 1200), wire.StreamAccepted(), wire.ChannelHello("x", 1, 1),
     wire.ChannelWelcome("x", 1), wire.ChannelRequest(1, "x"), wire.ChannelAnswer(1, 0),
-    wire.BroadcastCount(1, "x"), wire.ChannelDialing(1)])
+    wire.BroadcastCount(1, "x"), wire.ChannelDialing(1), wire.WatchRequest(1, "x"),
+    wire.WatchCancel(1)])
 def test_messages_the_coordinator_never_sends(msg: wire.Control) -> None:
     with pytest.raises(RemoteProtocolError):
         ready().receive(msg)
@@ -184,3 +185,76 @@ def test_a_refused_hello_gives_the_refusal() -> None:
 def test_a_lost_coordinator_closes_the_client() -> None:
     ended = ready().close(wire.Code.NO_ERROR, "")
     assert isinstance(ended.error, ClientClosed)
+
+
+# -- death watch ---------------------------------------------------------------------
+
+
+def test_an_accepted_watch_gets_its_verdict_once() -> None:
+    s = ready()
+    msg = s.request_watch("bob")
+    assert msg == wire.WatchRequest(msg.req, "bob") and s.waiting == 1
+    reply = wire.WatchReply(msg.req, 0)
+    assert s.receive(reply) is reply
+    assert s.waiting == 0 and s.watching == 1
+    verdict = wire.PeerTerminated(msg.req, "vanished")
+    assert s.receive(verdict) is verdict
+    assert s.watching == 0
+    assert s.receive(verdict) is None  # given already: dropped
+
+
+@pytest.mark.parametrize("code", [wire.Code.NO_SUCH_PEER, wire.Code.TOO_MANY_WATCHES])
+def test_a_refused_watch_expects_no_verdict(code: int) -> None:
+    s = ready()
+    req = s.request_watch("bob").req
+    reply = wire.WatchReply(req, code)
+    assert s.receive(reply) is reply
+    assert s.watching == 0
+    assert s.receive(wire.PeerTerminated(req, "left")) is None
+
+
+def test_a_watch_reply_of_the_wrong_kind_breaks_the_protocol() -> None:
+    s = ready()
+    req = s.request_watch("bob").req
+    with pytest.raises(ProtocolError):
+        s.receive(wire.BroadcastCountReply(req, 0))
+    s = ready()
+    req = s.request_count("room").req
+    with pytest.raises(ProtocolError):
+        s.receive(wire.WatchReply(req, 0))
+
+
+def test_a_cancelled_watch_drops_its_reply_and_its_verdict() -> None:
+    s = ready()
+    accepted = s.request_watch("bob").req
+    s.receive(wire.WatchReply(accepted, 0))
+    waiting = s.request_watch("bob").req
+    assert s.cancel_watch(accepted) == wire.WatchCancel(accepted)
+    # Cancelled before its reply came: the Coordinator is told all the same
+    # (its cancel follows the request, so it forgets what it accepted).
+    assert s.cancel_watch(waiting) == wire.WatchCancel(waiting)
+    assert s.waiting == 0 and s.watching == 0
+    assert s.receive(wire.WatchReply(waiting, 0)) is None
+    assert s.watching == 0
+    assert s.receive(wire.PeerTerminated(accepted, "left")) is None
+
+
+def test_a_verdict_for_no_watch_is_dropped() -> None:
+    assert ready().receive(wire.PeerTerminated(42, "left")) is None
+
+
+def test_watches_need_a_welcome_and_end_with_the_session() -> None:
+    with pytest.raises(LocalProtocolError):
+        hello_sent().request_watch("bob")
+    assert hello_sent().cancel_watch(1) is None
+    s = ready()
+    req = s.request_watch("bob").req
+    s.receive(wire.WatchReply(req, 0))
+    pending = s.request_watch("carol").req
+    ended = s.close(wire.Code.COORD_SHUTDOWN, "bye")
+    assert ended.waiting == [pending] and s.watching == 0
+    assert s.cancel_watch(req) is None  # nobody left to tell
+    with pytest.raises(LocalProtocolError):
+        s.request_watch("bob")
+    with pytest.raises(RemoteProtocolError):
+        s.receive(wire.PeerTerminated(req, "left"))

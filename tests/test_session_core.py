@@ -407,3 +407,34 @@ def test_nothing_is_acted_on_after_a_close() -> None:
     assert core.control_data(framed(wire.ChannelDialing(1)), False) == []
     assert core.step_control(0) is None and core.control_settled() == []
     assert not core.request_done()
+
+
+# -- death watch ---------------------------------------------------------------------
+
+
+def test_watch_requests_and_cancels_go_to_the_front_end_uncounted() -> None:
+    core = ready()
+    msgs: list[wire.WatchRequest | wire.WatchCancel] = [wire.WatchRequest(1, "bob"),
+                                                        wire.WatchCancel(1)]
+    acts = run_control(core, framed(*msgs))
+    assert [a for a in acts if isinstance(a, Handle)] == [Handle(m) for m in msgs]
+    assert core.requests_pending == 0 and core.pending_channels == 0
+
+
+def test_a_watch_of_an_invalid_id_is_not_connected_at_once() -> None:
+    core = ready()
+    (reply,) = sent(run_control(core, framed(wire.WatchRequest(4, "Not An Id"))))
+    assert reply == wire.WatchReply(4, wire.Code.NO_SUCH_PEER)
+
+
+@pytest.mark.parametrize("msg", [wire.WatchRequest(1, "bob"), wire.WatchCancel(1)])
+def test_watch_requests_before_the_welcome_are_refused(msg: wire.Control) -> None:
+    core = at_admitting()
+    assert closes(run_control(core, framed(msg))).code == wire.Code.PROTOCOL
+
+
+@pytest.mark.parametrize("msg", [wire.WatchReply(1, 0), wire.PeerTerminated(1, "left")])
+def test_the_coordinators_own_watch_messages_are_refused_from_a_client(
+        msg: wire.Control) -> None:
+    core = ready()
+    assert closes(run_control(core, framed(msg))).code == wire.Code.PROTOCOL

@@ -35,6 +35,7 @@ from ..used_numbers import UsedNumbers, check_stream_number
 from .channels import Channel, Channels
 from .connect import Connected, connect
 from .mailbox import Mailbox
+from .watch import Terminated, Watch, Watches
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class Client:
         #: peer -> its channel, opening or open (the mailbox looks routes up here).
         self._channels = self._chans.by_peer
         self._mailbox = Mailbox(_MailboxHost(self))
+        self._watches = Watches(link, self._mailbox)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -188,6 +190,7 @@ class Client:
             err = fut.result()
             self._close_error = err if isinstance(err, ClientClosed) else ClientClosed(
                 f"lost the Coordinator: {err}")
+        self._watches.lost(self._closed_error())
         if not self._channels:
             self._no_path_left()
 
@@ -425,6 +428,23 @@ class Client:
         failed to answer, `NoResponders` (a `NoSuchPeer`) if `peer` is not
         connected, `PeerGone` as soon as it goes away before answering."""
         return await self._mailbox.ask(peer, msg, timeout, reply_type=reply_type)
+
+    async def watch(self, peer: str) -> Watch:
+        """Watch `peer`: returns once the Coordinator watches it for this
+        client. `await watch.wait()` then returns `Terminated(peer, reason)`
+        once, `reason` being "left" (its client closed), "vanished" (its
+        connection timed out or was lost) or "not-connected" (it was not
+        connected when watched). The verdict comes after every tell `peer`
+        sent this client before it left (they are in `mailbox` by then).
+        Each call is a separate `Watch`; `watch.cancel()` stops one. At most
+        `coord.watches.MAX_WATCHES` (1024) at once: beyond, `ProtocolError`.
+        `ClientClosed` if this client is closed."""
+        self._check_open()
+        if not is_valid_id(peer):
+            w = Watch(peer)
+            w._resolve(Terminated(peer, "not-connected"))
+            return w
+        return await self._watches.watch(peer)
 
     @property
     def mailbox(self) -> Mailbox:

@@ -5,7 +5,8 @@ end: it says `Hello` once the QUIC handshake is done, takes the
 Coordinator's control messages in (`receive`) and tells its driver what
 each one is, and numbers the requests the client makes (channel
 introductions, broadcast counts) so that each reply is matched to its
-request, once. `link.CoordLink` drives it over a QUIC connection.
+request, once, and which watches are active (a `PeerTerminated` for one
+that was cancelled is dropped). `link.CoordLink` drives it over a QUIC connection.
 
     CONNECTING --hello--> HELLO_SENT --Welcome--> READY --close--> CLOSED
     (close is allowed from every state)
@@ -45,6 +46,7 @@ class SessionEvent(Enum):
     REPLY = auto()
     OFFER = auto()
     PEER_DIALING = auto()
+    TERMINATED = auto()  # a watched peer ended
     #: Any other control message: never legal from the Coordinator.
     OTHER = auto()
     CLOSE = auto()
@@ -58,6 +60,7 @@ TRANSITIONS: dict[tuple[SessionState, SessionEvent], SessionState] = {
     (_S.READY, _E.REPLY): _S.READY,
     (_S.READY, _E.OFFER): _S.READY,
     (_S.READY, _E.PEER_DIALING): _S.READY,
+    (_S.READY, _E.TERMINATED): _S.READY,
     **{(s, _E.CLOSE): _S.CLOSED for s in SessionState},
 }
 
@@ -68,6 +71,8 @@ _RECEIVED: dict[type, SessionEvent] = {
     wire.BroadcastCountReply: _E.REPLY,
     wire.ChannelOffer: _E.OFFER,
     wire.PeerDialing: _E.PEER_DIALING,
+    wire.WatchReply: _E.REPLY,
+    wire.PeerTerminated: _E.TERMINATED,
 }
 
 
@@ -81,16 +86,17 @@ class Ended:
     waiting: list[int]
 
 
-Reply = wire.ChannelIntro | wire.BroadcastCountReply
+Reply = wire.ChannelIntro | wire.BroadcastCountReply | wire.WatchReply
 #: What `receive` hands the driver: the message to act on, or None (a reply
-#: to a request nobody waits for any more).
-Received = wire.Welcome | Reply | wire.ChannelOffer | wire.PeerDialing | None
+#: to a request nobody waits for any more, the verdict of a cancelled watch).
+Received = wire.Welcome | Reply | wire.ChannelOffer | wire.PeerDialing | wire.PeerTerminated \
+    | None
 
 
 class CoordSession:
     """The client's end of the control stream to the Coordinator."""
 
-    __slots__ = ("_pending", "_req", "client_id", "state", "welcome")
+    __slots__ = ("_pending", "_req", "_watching", "client_id", "state", "welcome")
 
     def __init__(self, client_id: str) -> None:
         self.client_id = client_id
@@ -99,6 +105,8 @@ class CoordSession:
         #: Requests sent and not answered: request id -> the reply's type.
         self._pending: dict[int, type[Reply]] = {}
         self._req = itertools.count(1)
+        #: Watches the Coordinator accepted whose verdict has not come.
+        self._watching: set[int] = set()
 
     def _move(self, event: SessionEvent) -> None:
         self.state = move("control session", TRANSITIONS, self.state, event)
@@ -125,6 +133,30 @@ class CoordSession:
         req = next(self._req)
         self._pending[req] = wire.BroadcastCountReply
         return wire.BroadcastCount(req, name)
+
+    def request_watch(self, peer: str) -> wire.WatchRequest:
+        """A request to watch `peer` (awaits a `WatchReply`; its `req` then
+        names the watch, whose `PeerTerminated` follows when code is 0)."""
+        self._move(_E.SEND)
+        req = next(self._req)
+        self._pending[req] = wire.WatchReply
+        return wire.WatchRequest(req, peer)
+
+    def cancel_watch(self, req: int) -> wire.WatchCancel | None:
+        """Stop watch `req` (accepted or still waiting for its reply): the
+        message to send, or None once the session is closed. A verdict that
+        crosses it is dropped."""
+        if self.state is not SessionState.READY:
+            return None
+        self._move(_E.SEND)
+        self._pending.pop(req, None)
+        self._watching.discard(req)
+        return wire.WatchCancel(req)
+
+    @property
+    def watching(self) -> int:
+        """How many accepted watches await their verdict."""
+        return len(self._watching)
 
     def abandon(self, req: int) -> None:
         """Nobody waits for `req`'s reply any more: it will be dropped."""
@@ -163,7 +195,12 @@ class CoordSession:
         if isinstance(msg, wire.Welcome):
             self.welcome = msg
             return msg
-        if isinstance(msg, wire.ChannelIntro | wire.BroadcastCountReply):
+        if isinstance(msg, wire.PeerTerminated):
+            if msg.req not in self._watching:  # cancelled (or never accepted)
+                return None
+            self._watching.discard(msg.req)
+            return msg
+        if isinstance(msg, wire.ChannelIntro | wire.BroadcastCountReply | wire.WatchReply):
             expected = self._pending.get(msg.req)
             if expected is None:  # answered already, or abandoned
                 return None
@@ -171,6 +208,8 @@ class CoordSession:
                 raise ProtocolError(f"a {type(msg).__name__} answered request {msg.req}, "
                                     f"a {expected.__name__}")
             del self._pending[msg.req]
+            if isinstance(msg, wire.WatchReply) and msg.code == 0:
+                self._watching.add(msg.req)
             return msg
         assert isinstance(msg, wire.ChannelOffer | wire.PeerDialing)
         return msg
@@ -182,4 +221,5 @@ class CoordSession:
         self._move(_E.CLOSE)
         waiting = list(self._pending)
         self._pending.clear()
+        self._watching.clear()
         return Ended(connection_error(code, reason), waiting)

@@ -244,11 +244,12 @@ class CoordLink(StreamLink):
         #: Set by the Client once it exists; offers that come earlier wait here.
         self.on_offer: Callable[[wire.ChannelOffer], None] | None = None
         self.on_dialing: Callable[[str], None] | None = None
+        self.on_terminated: Callable[[wire.PeerTerminated], None] | None = None
         self.early_offers: list[wire.ChannelOffer] = []
 
     def control_msg(self, conn: Conn, msg: wire.Control) -> None:
         got = self.session.receive(msg)
-        if isinstance(got, wire.ChannelIntro | wire.BroadcastCountReply):
+        if isinstance(got, wire.ChannelIntro | wire.BroadcastCountReply | wire.WatchReply):
             fut = self.requests.pop(got.req, None)
             if fut is not None and not fut.done():
                 fut.set_result(got)
@@ -257,6 +258,9 @@ class CoordLink(StreamLink):
                 self.early_offers.append(got)
             else:
                 self.on_offer(got)
+        elif isinstance(got, wire.PeerTerminated):
+            if self.on_terminated is not None:
+                self.on_terminated(got)
         elif isinstance(got, wire.PeerDialing):
             if self.on_dialing is not None:
                 self.on_dialing(got.peer)
@@ -313,6 +317,24 @@ class CoordLink(StreamLink):
         msg = self.session.request_count(name)
         reply: wire.BroadcastCountReply = await self._request(msg.req, msg)
         return reply
+
+    def request_watch(self, peer: str) -> tuple[int, asyncio.Future[wire.WatchReply]]:
+        """Ask the Coordinator to watch `peer`: the watch's number (for
+        `cancel_watch`, also while the reply is awaited) and the reply."""
+        if self.session.state is not SessionState.READY:
+            raise self._gone()
+        msg = self.session.request_watch(peer)
+        fut: asyncio.Future[wire.WatchReply] = asyncio.get_running_loop().create_future()
+        self.requests[msg.req] = fut
+        self.send_control(msg)
+        return msg.req, fut
+
+    def cancel_watch(self, req: int) -> None:
+        """Stop watch `req` (dropped if the Coordinator is gone)."""
+        self.requests.pop(req, None)
+        msg = self.session.cancel_watch(req)
+        if msg is not None:
+            self.send_control(msg)
 
     def _gone(self) -> ClientClosed:
         if self.closed.done():

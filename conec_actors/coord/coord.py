@@ -125,6 +125,7 @@ class Coord:
             "streams_opened": fe.streams_opened,
             "broadcasts": fe.num_broadcasts(),
             "broadcast_deliveries": fe.hub.deliveries,
+            "watches": len(fe.watches),
             "messages_forwarded": fe.messages_forwarded,
             "bytes_forwarded": fe.bytes_forwarded,
             "workers": workers,

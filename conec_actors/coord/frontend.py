@@ -14,11 +14,11 @@ import asyncio
 import logging
 
 from .. import wire
-from ..errors import CertificateError
+from ..errors import CertificateError, ProtocolError
 from ..framing import frame
 from ..tlsconf import check_chain, der
 from ..transport import Conn, Endpoint
-from . import ipc, session
+from . import ipc, session, watches
 from .fanout import BroadcastHub
 from .intros import Introductions, Offer
 from .legs import Leg
@@ -99,7 +99,7 @@ class Session:
 
     def terminated(self, conn: Conn, code: int, reason: str) -> None:
         self.execute(self.core.terminated())
-        self.fe.session_gone(self)
+        self.fe.session_gone(self, watches.verdict(code))
 
     # -- driving the core ------------------------------------------------------------
 
@@ -203,6 +203,7 @@ class FrontEnd:
         self.hub = BroadcastHub(self._request_broadcast, broadcast_workers)
         self.relay = Relay(self.sessions.get, self.hub, self.request_routing)
         self.intros = Introductions()
+        self.watches = watches.Watches()
         self._intro_timer: asyncio.TimerHandle | None = None  # for intros.next_deadline()
 
     # -- wiring ------------------------------------------------------------------
@@ -243,10 +244,12 @@ class FrontEnd:
         assert sup is not None
         sup.request(sup.slot_for("broadcast", name), make, cb)
 
-    def session_gone(self, s: Session) -> None:
+    def session_gone(self, s: Session, reason: watches.Reason) -> None:
         self.sessions.pop(s.conn_key, None)
-        if s.client_id is not None and self.by_id.get(s.client_id) is s:
-            del self.by_id[s.client_id]
+        self.watches.watcher_gone(s.conn_key)
+        admitted = s.client_id is not None and self.by_id.get(s.client_id) is s
+        if admitted:
+            del self.by_id[s.client_id or ""]
         for offer in self.intros.drop(s.conn_key):
             self._intro_failed(offer, wire.Code.NO_SUCH_PEER,
                                f"{wire.quote(offer.target.client_id)} left")
@@ -254,11 +257,32 @@ class FrontEnd:
             leg.session_gone()
         s.legs.clear()
         self.relay.target_gone(s)
+        if admitted:
+            # After its legs were ended above, so the watcher's mailbox
+            # streams from it end first (the watcher holds the verdict until
+            # they have been read).
+            self._tell_watchers(self.watches.target_gone(s.client_id or "", reason))
 
-    def handle(self, s: Session, msg: wire.ChannelRequest | wire.ChannelAnswer
-               | wire.ChannelDialing | wire.BroadcastCount) -> None:
+    def _tell_watchers(self, notes: list[watches.Notify]) -> None:
+        for note in notes:
+            w = self.sessions.get(note.watcher)
+            if w is not None:
+                w.send_control(wire.PeerTerminated(note.req, note.reason))
+
+    def handle(self, s: Session, msg: session.Request) -> None:
         """A request of an admitted client that its core passed on."""
-        if isinstance(msg, wire.ChannelRequest):
+        if isinstance(msg, wire.WatchRequest):
+            target = self.by_id.get(msg.peer)
+            connected = target is not None and target.core.state is State.READY
+            try:
+                code = self.watches.watch(s.conn_key, msg.req, msg.peer, connected)
+            except ProtocolError as exc:
+                s.execute(s.core.close(wire.Code.PROTOCOL, str(exc)))
+                return
+            s.send_control(wire.WatchReply(msg.req, code))
+        elif isinstance(msg, wire.WatchCancel):
+            self.watches.cancel(s.conn_key, msg.req)
+        elif isinstance(msg, wire.ChannelRequest):
             self._channel_request(s, msg)
         elif isinstance(msg, wire.ChannelAnswer):
             self._channel_answer(s, msg)

@@ -126,12 +126,16 @@ class Admit:
     datagram_size: int
 
 
+#: The requests of an admitted client that the front-end acts on.
+Request = (wire.ChannelRequest | wire.ChannelAnswer | wire.ChannelDialing | wire.BroadcastCount
+           | wire.WatchRequest | wire.WatchCancel)
+
+
 @dataclass(frozen=True, slots=True)
 class Handle:
     """A request of an admitted client for the front-end to act on."""
 
-    msg: wire.ChannelRequest | wire.ChannelAnswer | wire.ChannelDialing \
-        | wire.BroadcastCount
+    msg: Request
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,7 +355,11 @@ class SessionCore:
         if self.state is State.READY:
             if isinstance(msg, wire.ChannelRequest):
                 return self._channel_request(msg)
-            if isinstance(msg, wire.ChannelAnswer | wire.ChannelDialing):
+            if isinstance(msg, wire.ChannelAnswer | wire.ChannelDialing | wire.WatchCancel):
+                return [Handle(msg)]
+            if isinstance(msg, wire.WatchRequest):
+                if not is_valid_id(msg.peer):  # never connected: answered here
+                    return [SendControl(wire.WatchReply(msg.req, wire.Code.NO_SUCH_PEER))]
                 return [Handle(msg)]
             if isinstance(msg, wire.BroadcastCount):
                 self.requests_pending += 1

@@ -137,6 +137,18 @@ class Mailbox(Outbox):
         self._inbox = self._receiver.inbox
         host.handle_purpose(PURPOSE, self._receiver.on_stream)
 
+    # -- for death watch ------------------------------------------------------------
+
+    def reading_from(self, peer: str) -> bool:
+        """Whether a mailbox stream from `peer` is still being read: until
+        it ends, tells from `peer` may still arrive in the inbox."""
+        return self._receiver.reading_from(peer)
+
+    @property
+    def queued(self) -> int:
+        """Envelopes in the inbox, not yet taken by a reader."""
+        return len(self._inbox)
+
     # -- user-facing reading -----------------------------------------------------------
 
     async def _next(self, decoder: msgspec.msgpack.Decoder[Any], typ: Any

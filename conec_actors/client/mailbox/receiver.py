@@ -306,6 +306,13 @@ class Receiver:
         if self._senders.get(peer) is sender and not sender.routes:
             del self._senders[peer]
 
+    def reading_from(self, peer: str) -> bool:
+        """Whether a mailbox stream from `peer` is still being read (its
+        forward half has neither ended nor failed): what it brings is not all
+        in the inbox yet."""
+        sender = self._senders.get(peer)
+        return sender is not None and any(r.state is _READING for r in sender.routes)
+
     # -- answers ---------------------------------------------------------------------
 
     def _route_back(self, peer: str, route: InRoute) -> InRoute | None:
