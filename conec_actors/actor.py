@@ -43,7 +43,8 @@ class Actor:
     - ``receive(sender, body)`` (required): the return value answers an
       ``ask`` (and is ignored for a ``tell``). An exception is logged, answers
       the ask with ``RemoteError`` (the exception's type name and message,
-      raised on the asking side), and the actor keeps serving.
+      raised on the asking side), and the actor keeps serving. An ask whose
+      deadline passed while it waited is dropped: ``receive`` never sees it.
     - ``on_start()``: runs before the first message; `client` and `id` are
       available from here on. If it raises, `spawn` closes the client and
       raises.

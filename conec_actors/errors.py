@@ -19,6 +19,17 @@ class NoSuchPeer(ConecError):
     """The peer is not connected to the Coordinator."""
 
 
+class NoResponders(NoSuchPeer):
+    """A `tell` or `ask` found nobody to take it: the peer was not connected
+    when it was sent (or its route was found dead). A `NoSuchPeer`, so
+    handlers written for `tell`/`ask` before it existed keep working."""
+
+
+class PeerGone(ConecError):
+    """The peer of a pending `ask` went away (it closed, or its connection was
+    lost) before answering: raised then, not at the ask's timeout."""
+
+
 class PeerNotListening(ConecError):
     """The peer does not accept direct channels (it runs with `listen=False`)."""
 
@@ -118,8 +129,10 @@ __all__ = [
     "Lagged",
     "MessageTooLarge",
     "NoChannel",
+    "NoResponders",
     "NoSuchBroadcast",
     "NoSuchPeer",
+    "PeerGone",
     "PeerNotListening",
     "ProtocolError",
     "RemoteError",

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import msgspec
 
-from conec_actors.client.mailbox.inbound import InboundLog, KnownSender
+from conec_actors.client.mailbox.inbound import (
+    NO_DEADLINE,
+    InboundLog,
+    KnownSender,
+    ask_deadline,
+    expired,
+)
 from conec_actors.client.mailbox.limits import ACK_EVERY, ASK_HOLD_MAX, BATCH_BYTES
 from conec_actors.client.mailbox.state import RecvState
 from conec_actors.client.mailbox.wire import (
@@ -170,3 +176,35 @@ def test_bodies_stay_raw() -> None:
     r.back.append(reply(8))
     item = decode_batch(encode_batch(1, 0, r.cut_back(hard=1 << 16))).items[0]
     assert isinstance(item, Reply) and isinstance(item.body, msgspec.Raw)
+
+
+# --- deadlines ----------------------------------------------------------------------
+
+def test_an_ask_deadline_is_the_time_left_on_the_receivers_clock() -> None:
+    # The asker had 250 ms left; the receiver's clock reads 1000.0 on arrival.
+    deadline = ask_deadline(250, now=1000.0)
+    assert deadline == 1000.25
+    assert not expired(deadline, now=1000.2)
+    assert expired(deadline, now=1000.25) and expired(deadline, now=1001.0)
+
+
+def test_an_ask_without_a_deadline_never_expires() -> None:
+    # None: asked with timeout=None, or by a sender older than the field.
+    assert ask_deadline(None, now=5.0) is NO_DEADLINE
+    assert not expired(NO_DEADLINE, now=1e18)
+
+
+def test_an_ask_sent_with_no_time_left_is_expired_on_arrival() -> None:
+    assert expired(ask_deadline(0, now=7.0), now=7.0)
+
+
+def test_a_dropped_ask_releases_the_ended_stream() -> None:
+    r = InboundLog()
+    r.asked(timeout=1.0, now=0.0)
+    r.asked(timeout=1.0, now=0.0)
+    r.clean_end(KnownSender())
+    r.cut_back(hard=1 << 16)
+    assert r.dropped() is False  # expired: one ask still waits for its answer
+    assert not r.can_finish()
+    assert r.answered() is True  # the last one: the return half may finish
+    assert r.can_finish()

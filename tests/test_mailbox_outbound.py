@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from conec_actors.client.mailbox.limits import (
+    ASK_TTL_MAX_MS,
     BATCH_BYTES,
     PAIR_QUEUE_BYTES,
     PAIR_QUEUE_ITEMS,
@@ -19,8 +20,9 @@ from conec_actors.client.mailbox.outbound import (
     ask_id_of,
     check_size,
     copy_error,
+    ttl_ms,
 )
-from conec_actors.client.mailbox.state import PairState
+from conec_actors.client.mailbox.state import PairEvent, PairState
 from conec_actors.client.mailbox.wire import (
     BATCH_OVERHEAD,
     AskOut,
@@ -30,7 +32,15 @@ from conec_actors.client.mailbox.wire import (
     encode_batch,
     encoder,
 )
-from conec_actors.errors import ClientClosed, MessageTooLarge, NoSuchPeer, ProtocolError
+from conec_actors.errors import (
+    ClientClosed,
+    MessageTooLarge,
+    NoResponders,
+    NoSuchPeer,
+    PeerGone,
+    ProtocolError,
+)
+from conec_actors.transitions import LocalProtocolError
 
 
 def tell(n: int) -> bytes:
@@ -194,10 +204,63 @@ def test_kill_forgets_everything_and_names_the_cause() -> None:
     log = filled(10, 10)
     log.cut_batch(hard=1 << 20)
     log.push(tell(10))
-    err = log.kill(ProtocolError("boom"))
-    assert isinstance(err, NoSuchPeer) and "boom" in str(err)
-    assert log.state is PairState.DEAD and log.dead is err
+    dead, for_asks = log.kill(ProtocolError("boom"))
+    assert isinstance(dead, NoResponders) and "boom" in str(dead) and "'bob'" in str(dead)
+    assert log.state is PairState.DEAD and log.dead is dead
     assert not log.queue and not log.unacked and log.queued_bytes == 0
+    # Never routed: the asks waiting on it found nobody either.
+    assert for_asks is dead
+
+
+def test_kill_before_the_route_opened_means_no_responders() -> None:
+    # What the Coordinator answers to opening a stream to an absent peer.
+    log = OutboundLog("bob", 1000)
+    dead, for_asks = log.kill(NoSuchPeer("no client 'bob' is connected"))
+    assert type(dead) is NoResponders and isinstance(dead, NoSuchPeer)
+    assert str(dead) == "no client 'bob' is connected"
+    assert for_asks is dead
+
+
+def test_kill_after_the_route_opened_fails_pending_asks_with_peer_gone() -> None:
+    log = OutboundLog("bob", 1000)
+    log.handle(PairEvent.ROUTED)
+    log.push(tell(10))
+    dead, for_asks = log.kill(NoSuchPeer("no client 'bob' is connected"))
+    # The next tell or ask: nobody is there.
+    assert type(dead) is NoResponders and log.dead is dead
+    # The asks it carried: the peer was there and went away.
+    assert type(for_asks) is PeerGone and not isinstance(for_asks, NoSuchPeer)
+    assert "'bob' went away" in str(for_asks)
+
+
+def test_kill_after_a_drain_that_had_routed_is_peer_gone() -> None:
+    log = OutboundLog("bob", 1000)
+    log.handle(PairEvent.ROUTED)
+    log.handle(PairEvent.DRAIN)
+    assert type(log.kill(ProtocolError("reset"))[1]) is PeerGone
+
+
+def test_kill_by_closing_is_client_closed_for_everyone() -> None:
+    log = OutboundLog("bob", 1000)
+    log.handle(PairEvent.ROUTED)
+    closed = ClientClosed("closed")
+    assert log.kill(closed) == (closed, closed)
+
+
+def test_kill_twice_is_illegal() -> None:
+    log = OutboundLog("bob", 1000)
+    log.kill(ProtocolError("x"))
+    with pytest.raises(LocalProtocolError):
+        log.kill(ProtocolError("again"))
+
+
+def test_ttl_is_the_timeout_in_milliseconds_rounded_up() -> None:
+    assert ttl_ms(None) is None
+    assert ttl_ms(5.0) == 5000
+    assert ttl_ms(0.0001) == 1   # never 0 for a timeout still running
+    assert ttl_ms(0.0) == 0 and ttl_ms(-1.0) == 0  # expired already
+    assert ttl_ms(ASK_TTL_MAX_MS / 1000) == ASK_TTL_MAX_MS
+    assert ttl_ms(1e12) is None  # longer than the wire carries: none
 
 
 def test_copy_error_is_fresh_of_the_same_kind() -> None:
@@ -207,10 +270,13 @@ def test_copy_error_is_fresh_of_the_same_kind() -> None:
     fresh = copy_error(closed)
     assert isinstance(fresh, ClientClosed) and fresh is not closed
     assert fresh.__cause__ is cause and str(fresh) == "closed"
-    assert type(copy_error(NoSuchPeer("gone"))) is NoSuchPeer
+    assert type(copy_error(NoSuchPeer("gone"))) is NoResponders
+    gone = copy_error(PeerGone("left"))
+    assert type(gone) is PeerGone and str(gone) == "left"
+    assert type(copy_error(NoResponders("nobody"))) is NoResponders
 
 
 def test_ask_id_of_finds_asks_only() -> None:
-    assert ask_id_of(encoder.encode(AskOut(42, 1.5, {"q": 1}))) == 42
+    assert ask_id_of(encoder.encode(AskOut(42, 1.5, {"q": 1}, 1500))) == 42
     assert ask_id_of(tell(20)) is None
     assert ask_id_of(b"\xc1") is None  # not msgpack

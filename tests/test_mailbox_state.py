@@ -130,10 +130,10 @@ def test_pair_life() -> None:
     seen.append(log.state)
     log.handle(PE.DRAIN)
     seen.append(log.state)
-    err = log.kill(ClientClosed("closed"))
+    err, for_asks = log.kill(ClientClosed("closed"))
     seen.append(log.state)
     assert seen == [P.OPENING, P.OPEN, P.DRAINING, P.DEAD]
-    assert isinstance(err, ClientClosed) and log.dead is err
+    assert isinstance(err, ClientClosed) and log.dead is err and for_asks is err
     with pytest.raises(LocalProtocolError):
         log.kill(NoSuchPeer("again"))
     with pytest.raises(LocalProtocolError):

@@ -415,14 +415,18 @@ class Client:
         Returns once queued (waits only while the queue toward `peer` is
         full; the first tell to a peer waits for its route). Order holds per
         peer, over the direct channel when one is open, else the Coordinator.
-        Raises `NoSuchPeer`, `MessageTooLarge` or `ClientClosed`.
+        Raises `NoResponders` (a `NoSuchPeer`: `peer` is not connected),
+        `MessageTooLarge` or `ClientClosed`.
         """
         await self._mailbox.tell(peer, msg)
 
     async def ask(self, peer: str, msg: Any, timeout: float | None = 5.0, *,
                   reply_type: Any = None) -> Any:
         """Send `msg` to `peer` and return its answer; builtin `TimeoutError`
-        after `timeout` s, `RemoteError` if the receiver failed to answer."""
+        after `timeout` s (the deadline travels with the ask: the receiver
+        drops it unread once it has passed), `RemoteError` if the receiver
+        failed to answer, `NoResponders` (a `NoSuchPeer`) if `peer` is not
+        connected, `PeerGone` as soon as it goes away before answering."""
         return await self._mailbox.ask(peer, msg, timeout, reply_type=reply_type)
 
     async def watch(self, peer: str) -> Watch:

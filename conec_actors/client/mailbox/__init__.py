@@ -5,8 +5,8 @@ Sending. Each (sender, receiver) pair has one *mailbox stream* (a data
 stream whose header carries the purpose ``"mailbox"``), a bounded queue and
 one writer task. `tell` encodes the message, checks its size and puts it in
 the queue; it waits only while the queue is full, and the first tell to a
-peer also waits until the stream has opened (``NoSuchPeer`` if the peer is
-not connected). The writer drains the queue: when several tells are queued
+peer also waits until the stream has opened (``NoResponders``, a ``NoSuchPeer``,
+if the peer is not connected). The writer drains the queue: when several tells are queued
 it packs them into one frame, and it flushes as soon as the queue is empty,
 so an idle line sends each tell at once and a busy one batches (no timers).
 On an idle line (nothing queued, the writer waiting, the route settled and
@@ -24,8 +24,18 @@ writer reopens on the current path and resends what the receiver has not
 acknowledged yet; items carry per-pair sequence numbers and the receiver drops
 duplicates, so order holds and nothing is lost while the peer stays
 connected. When the peer is gone the reopen fails: the route is dead,
-queued and in-flight tells are lost, pending asks fail, and the next tell
-raises ``NoSuchPeer``.
+queued and in-flight tells are lost, pending asks fail at once with
+``PeerGone`` (the peer was reached, and went away before answering), and the
+next tell raises ``NoResponders``. So an ask to a peer that closes fails as
+soon as its stream is reset, and to one whose connection is lost once the
+Coordinator (or, on a channel, the channel) notices, within its idle timeout.
+
+Deadlines. An ask carries the time its asker still waits (``Ask.ttl_ms``,
+milliseconds, measured when it is sent); the receiver adds it to its own
+clock when the ask arrives (so the hosts' clocks need not agree) and drops
+the ask if that deadline passes before it is handed out: `client.mailbox`,
+typed mailboxes and `Actor.receive` never see it, and nothing is answered
+(the asker's own timer raised `TimeoutError`).
 
 Limits. A pair's size limit is the Coordinator's at first, then the
 smallest of every path the pair has opened (the stream's `max_message_size`:

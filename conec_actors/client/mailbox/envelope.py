@@ -12,6 +12,7 @@ import msgspec
 from ...errors import MessageTooLarge
 from ...wire import DECODE_ERRORS
 from .host import MailboxHost
+from .inbound import NO_DEADLINE, expired
 from .limits import FAIL_MESSAGE_MAX, PURPOSE
 from .receiver import InRoute, Receiver
 from .sender import Outbox
@@ -152,11 +153,15 @@ class Mailbox(Outbox):
 
     async def _next(self, decoder: msgspec.msgpack.Decoder[Any], typ: Any
                     ) -> Envelope[Any] | None:
-        """The next envelope that decodes, or None at the end."""
+        """The next envelope that decodes and is not an expired ask, or None
+        at the end."""
         while True:
             d = await self._inbox.get()
             if d is None:
                 return None
+            if d.deadline != NO_DEADLINE and expired(d.deadline, self._loop.time()):
+                self._receiver.drop_expired(d)
+                continue
             try:
                 body = decoder.decode(d.body)
             except DECODE_ERRORS as exc:

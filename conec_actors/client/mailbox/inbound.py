@@ -5,19 +5,38 @@ of the sending client instance and the last sequence number consumed, so that
 items resent after a broken stream are dropped. `InboundLog` is one incoming
 mailbox stream: its `RecvState`, when an ``Ack`` is due, the ``Drained`` owed
 for a clean end, the asks still unanswered, and the answers waiting for the
-return half (cut into frames within its size limit). The asyncio driver
+return half (cut into frames within its size limit). `ask_deadline` and
+`expired` say when an ask's deadline (carried as time left) passes on this
+receiver's clock: an expired ask is dropped, never handed out. The asyncio driver
 (`receiver`) subclasses both, so the per-message path reads these fields
 directly.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 from ...transitions import move
 from .limits import ACK_EVERY, ASK_HOLD_MAX, BATCH_BYTES
 from .state import RECV_TRANSITIONS, RecvEvent, RecvState
 from .wire import BATCH_OVERHEAD, DRAINED, Ack, Batch, encoder
+
+#: The deadline of a tell, or of an ask without one.
+NO_DEADLINE = math.inf
+
+
+def ask_deadline(ttl_ms: int | None, now: float) -> float:
+    """The deadline on this receiver's clock of an ask that arrives at `now`
+    with `ttl_ms` milliseconds left (`wire.Ask.ttl_ms`; None: no deadline, as
+    from senders older than the field)."""
+    return NO_DEADLINE if ttl_ms is None else now + ttl_ms * 0.001
+
+
+def expired(deadline: float, now: float) -> bool:
+    """An ask with `deadline` must not be handed out at `now`: its asker has
+    given up (it got `TimeoutError` from its own timer)."""
+    return now >= deadline
 
 
 class KnownSender:
@@ -113,6 +132,12 @@ class InboundLog:
         one the ended stream waited for."""
         self.pending_asks -= 1
         return self.state is RecvState.ENDED and self.pending_asks <= 0
+
+    def dropped(self) -> bool:
+        """An ask read from this stream expired before it was handed out: it
+        will never be answered (True as for `answered`: the ended stream
+        waited for it alone)."""
+        return self.answered()
 
     def give_up_asks(self) -> None:
         """The hold expired: stop waiting for answers."""

@@ -36,3 +36,6 @@ SENDER_TTL = 60.0
 ASK_HOLD_MAX = 300.0
 #: A failure message is cut to this many bytes (and to what fits the path back).
 FAIL_MESSAGE_MAX = 4096
+#: An ask's deadline travels as milliseconds left (`wire.Ask.ttl_ms`); a
+#: timeout longer than this (about 24 days) travels as none.
+ASK_TTL_MAX_MS = 2**31 - 1

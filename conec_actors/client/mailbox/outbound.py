@@ -6,20 +6,30 @@ holds them queued and then sent-but-unacknowledged, cuts them into batches
 within the size limits, trims them on ``Ack``, and gives what to resend on a
 new stream after a broken one. It also keeps the pair's size limit (the
 Coordinator's at first, then the smallest of every path opened) and counts
-the failures that make a route dead. `SendRoute` is the state of one stream
-(`SendState`). The asyncio driver (`sender`) subclasses both, so the hot path
-reads these fields directly.
+the failures that make a route dead, and decides what a dead route means:
+`NoResponders` for what is sent next, `PeerGone` for the asks it carried.
+`SendRoute` is the state of one stream (`SendState`). The asyncio driver
+(`sender`) subclasses both, so the hot path reads these fields directly.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import msgspec
 
-from ...errors import ClientClosed, ConecError, MessageTooLarge, NoSuchPeer
+from ...errors import (
+    ClientClosed,
+    ConecError,
+    MessageTooLarge,
+    NoResponders,
+    NoSuchPeer,
+    PeerGone,
+)
 from ...transitions import move
 from .limits import (
+    ASK_TTL_MAX_MS,
     BATCH_BYTES,
     PAIR_QUEUE_BYTES,
     PAIR_QUEUE_ITEMS,
@@ -48,6 +58,16 @@ def check_size(peer: str, item: bytes, max_message_size: int) -> None:
             f"{max_message_size})")
 
 
+def ttl_ms(timeout: float | None) -> int | None:
+    """The deadline an ask carries (`wire.Ask.ttl_ms`): the `timeout` left
+    when it is sent, in milliseconds rounded up; None for no timeout (or one
+    beyond `ASK_TTL_MAX_MS`). 0 means it had expired already."""
+    if timeout is None:
+        return None
+    ms = math.ceil(timeout * 1000.0) if timeout > 0 else 0
+    return ms if ms <= ASK_TTL_MAX_MS else None
+
+
 def ask_id_of(item: bytes) -> int | None:
     """The id of an encoded `Ask` item; None for a tell (or anything else)."""
     try:
@@ -62,8 +82,11 @@ def ask_id_of(item: bytes) -> int | None:
 
 def copy_error(err: ConecError) -> ConecError:
     """A fresh instance to raise (one instance raised many times grows its
-    traceback)."""
-    fresh = ClientClosed(str(err)) if isinstance(err, ClientClosed) else NoSuchPeer(str(err))
+    traceback): a `ClientClosed`, `PeerGone` or `NoResponders` (anything
+    else becomes one) with the same message and cause."""
+    kind = type(err) if isinstance(err, ClientClosed | PeerGone | NoResponders) \
+        else NoResponders
+    fresh: ConecError = kind(str(err))
     fresh.__cause__ = err.__cause__
     return fresh
 
@@ -71,8 +94,8 @@ def copy_error(err: ConecError) -> ConecError:
 class OutboundLog:
     """The outbound log of one (sender, receiver) pair."""
 
-    __slots__ = ("dead", "failures", "frames", "limit", "messages", "next_seq", "peer",
-                 "queue", "queued_bytes", "state", "unacked")
+    __slots__ = ("dead", "failures", "frames", "limit", "messages", "next_seq", "opened",
+                 "peer", "queue", "queued_bytes", "state", "unacked")
 
     def __init__(self, peer: str, limit: int) -> None:
         self.peer = peer
@@ -80,7 +103,10 @@ class OutboundLog:
         #: Coordinator's, then the smallest of every path opened to the peer.
         self.limit = limit
         self.state = PairState.OPENING
-        #: Why the pair died (set with `PairState.DEAD`).
+        #: A stream has opened (the peer was there): asks may be waiting on it.
+        self.opened = False
+        #: Why the pair died (set with `PairState.DEAD`): what the next tell
+        #: or ask to the peer raises (`NoResponders` or `ClientClosed`).
         self.dead: ConecError | None = None
         #: (seq, encoded item) waiting to be sent, then sent but not yet
         #: acknowledged by the receiver (resent if the stream breaks).
@@ -97,23 +123,38 @@ class OutboundLog:
 
     def handle(self, event: PairEvent) -> None:
         self.state = move("mailbox pair", PAIR_TRANSITIONS, self.state, event)
+        if event is PairEvent.ROUTED:
+            self.opened = True
 
     def learn_limit(self, path_limit: int) -> None:
         """A stream opened on a path of `path_limit`: the pair's limit is the
         smallest seen."""
         self.limit = min(self.limit, path_limit)
 
-    def kill(self, exc: ConecError) -> ConecError:
-        """The route is dead: forget every message; the error to give whoever
-        waits (a `NoSuchPeer` unless the client closed)."""
-        if not isinstance(exc, NoSuchPeer | ClientClosed):
-            exc = NoSuchPeer(f"the mailbox route to {self.peer!r} failed: {exc}")
+    def kill(self, exc: ConecError) -> tuple[ConecError, ConecError]:
+        """The route is dead because of `exc`: forget every message. Returns
+        (`dead`, the error for the asks pending on the pair). `dead` is what
+        the next tell or ask raises: `ClientClosed` if the client closed,
+        else `NoResponders` (the peer is not there). The pending asks get
+        `PeerGone` if a stream had opened (the peer was there and went away
+        with them), else `dead`."""
+        if isinstance(exc, ClientClosed):
+            dead: ConecError = exc
+        elif isinstance(exc, NoSuchPeer):
+            dead = exc if isinstance(exc, NoResponders) else NoResponders(str(exc))
+            dead.__cause__ = exc.__cause__
+        else:
+            dead = NoResponders(f"the mailbox route to {self.peer!r} failed: {exc}")
         self.handle(PairEvent.KILL)
-        self.dead = exc
+        self.dead = dead
         self.queue.clear()
         self.unacked.clear()
         self.queued_bytes = 0
-        return exc
+        if self.opened and not isinstance(dead, ClientClosed):
+            gone = PeerGone(f"{self.peer!r} went away before answering ({dead})")
+            gone.__cause__ = dead.__cause__
+            return dead, gone
+        return dead, dead
 
     # -- messages in ----------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from ...errors import ProtocolError, StreamClosed, StreamReset
 from ...streams import IncomingStream
 from ...wire import Code
 from .host import MailboxHost
-from .inbound import InboundLog, KnownSender
+from .inbound import NO_DEADLINE, InboundLog, KnownSender, ask_deadline, expired
 from .limits import (
     BACK_QUEUE_ITEMS,
     INBOX_BYTES,
@@ -78,16 +78,18 @@ class _SenderRecord(KnownSender):
 
 
 class Delivered:
-    """An envelope in the inbox, body still encoded."""
+    """An envelope in the inbox, body still encoded; an ask's `deadline` is
+    on this client's loop clock (`NO_DEADLINE` for a tell)."""
 
-    __slots__ = ("ask_id", "body", "route", "sender")
+    __slots__ = ("ask_id", "body", "deadline", "route", "sender")
 
     def __init__(self, sender: str, body: msgspec.Raw, ask_id: int | None,
-                 route: InRoute) -> None:
+                 route: InRoute, deadline: float) -> None:
         self.sender = sender
         self.body = body
         self.ask_id = ask_id
         self.route = route
+        self.deadline = deadline
 
 
 def _body_size(d: Delivered) -> int:
@@ -197,10 +199,17 @@ class Receiver:
                             raise ProtocolError(f"{type(item).__name__} on a forward half")
                         if i >= fresh_from:
                             if isinstance(item, Ask):
-                                r.asked(item.timeout, self._loop.time())
-                                inbox.put(Delivered(r.peer, item.body, item.id, r))
+                                now = self._loop.time()
+                                deadline = ask_deadline(item.ttl_ms, now)
+                                # One already expired is dropped here (its
+                                # asker has given up): never delivered.
+                                if not expired(deadline, now):
+                                    r.asked(item.timeout, now)
+                                    inbox.put(Delivered(r.peer, item.body, item.id, r,
+                                                        deadline))
                             else:
-                                inbox.put(Delivered(r.peer, item.body, None, r))
+                                inbox.put(Delivered(r.peer, item.body, None, r,
+                                                    NO_DEADLINE))
                         i += 1
                 finally:
                     r.next_item = i
@@ -232,6 +241,13 @@ class Receiver:
         sender = self._senders.get(r.peer)
         if sender is not None and r in sender.routes:
             self._read_in(sender, r)
+
+    @staticmethod
+    def drop_expired(d: Delivered) -> None:
+        """The ask `d` expired in the inbox: it will not be answered."""
+        log.debug("mailbox: dropped an ask from %r whose deadline passed", d.sender)
+        if d.route.dropped():
+            d.route.wake.set()  # the ended stream waited for this ask alone
 
     @staticmethod
     def _give_up_asks(r: InRoute) -> None:

@@ -28,6 +28,7 @@ from ...errors import (
     DecodeError,
     MessageTooLarge,
     NoChannel,
+    NoResponders,
     NoSuchPeer,
     ProtocolError,
     RemoteError,
@@ -39,7 +40,7 @@ from ...streams import InStream, OutStream
 from ...wire import DECODE_ERRORS, Code
 from .host import MailboxHost
 from .limits import PURPOSE
-from .outbound import OutboundLog, SendRoute, ask_id_of, check_size, copy_error
+from .outbound import OutboundLog, SendRoute, ask_id_of, check_size, copy_error, ttl_ms
 from .state import PairEvent, PairState, SendEvent, SendState
 from .streamio import log_failure, write_idle
 from .wire import (
@@ -120,8 +121,8 @@ class Outbox:
 
         Returns once the message is queued; waits while the queue toward
         `peer` is full, and for the first tell to a peer until its mailbox
-        stream has opened. Raises `NoSuchPeer` if `peer` is not connected (or
-        its route was found dead), `MessageTooLarge` if the encoded message
+        stream has opened. Raises `NoResponders` (a `NoSuchPeer`) if `peer` is
+        not connected (or its route was found dead), `MessageTooLarge` if the encoded message
         exceeds the pair's size limit (the smallest of both clients' and, when
         proxied, the Coordinator's), `ClientClosed` once the client closes.
         """
@@ -136,14 +137,18 @@ class Outbox:
 
         Raises the builtin `TimeoutError` after `timeout` seconds (None: no
         limit), `RemoteError` if the receiver failed to answer (an `Actor`
-        whose `receive` raised), `NoSuchPeer`, `MessageTooLarge`,
-        `ClientClosed`. The answer is decoded as builtins, or as `reply_type`
-        (`DecodeError` if it does not decode). Cancelled, the ask forgets its
-        reply slot; an answer that comes later is dropped.
+        whose `receive` raised), `NoResponders` (a `NoSuchPeer`) if `peer` is
+        not connected when sent, `PeerGone` as soon as it goes away (closes
+        or loses its connection) before answering, `MessageTooLarge`,
+        `ClientClosed`. The deadline travels with the ask: the receiver drops
+        it unread once the deadline has passed. The answer is decoded as
+        builtins, or as `reply_type` (`DecodeError` if it does not decode).
+        Cancelled, the ask forgets its reply slot; an answer that comes later
+        is dropped.
         """
         deadline = None if timeout is None else self._loop.time() + timeout
         ask_id = next(self._ask_ids)
-        item = encoder.encode(AskOut(ask_id, float(timeout or 0.0), msg))
+        item = encoder.encode(AskOut(ask_id, float(timeout or 0.0), msg, ttl_ms(timeout)))
         pair = self._pair_for(peer, item)
         fut: asyncio.Future[msgspec.Raw] = self._loop.create_future()
         self._pending[ask_id] = (peer, fut)
@@ -153,7 +158,14 @@ class Outbox:
                 # The first message to a peer, or a full queue: wait for it
                 # within the timeout too.
                 async with asyncio.timeout_at(deadline):
-                    await self._put(pair, item)
+                    await self._put(pair, item, queue=False)
+                if deadline is not None:
+                    # It waited: it carries the time left now (never longer,
+                    # so it still fits).
+                    item = encoder.encode(AskOut(ask_id, float(timeout or 0.0), msg,
+                                                 ttl_ms(deadline - self._loop.time())))
+                pair.push(item)
+                pair.wake.set()
             if deadline is not None:
                 # Not a timeout scope (cheaper): one timer fails the reply
                 # future with TimeoutError at the deadline.
@@ -181,7 +193,7 @@ class Outbox:
             raise copy_error(pair.dead)
         if pair is None:
             if not is_valid_id(peer):
-                raise NoSuchPeer(f"no client {peer!r} is connected (not a valid id)")
+                raise NoResponders(f"no client {peer!r} is connected (not a valid id)")
             pair = _Pair(peer, self._loop, self._host.max_message_size)
             self._pairs[peer] = pair
             pair.writer = writer = self._loop.create_task(self._write(pair))
@@ -201,10 +213,11 @@ class Outbox:
             pair.wake.set()
         return True
 
-    async def _put(self, pair: _Pair, item: bytes) -> None:
+    async def _put(self, pair: _Pair, item: bytes, queue: bool = True) -> None:
         """Queue `item`: for the first messages to a peer, once the route has
         opened (which tells the pair's size limit); while the queue is full,
-        once there is room."""
+        once there is room. With `queue` False only wait: the caller queues
+        (its own version of) `item` before it next awaits."""
         if not pair.routed.done():
             try:
                 await asyncio.shield(pair.routed)
@@ -218,8 +231,9 @@ class Outbox:
         self._check_open()
         if pair.dead is not None:
             raise copy_error(pair.dead)
-        pair.push(item)
-        pair.wake.set()
+        if queue:
+            pair.push(item)
+            pair.wake.set()
 
     def _write_now(self, pair: _Pair, item: bytes) -> bool:
         """The fast path of an idle line: write `item` in a frame of its own at
@@ -424,10 +438,12 @@ class Outbox:
             pair.wake.set()
 
     def _kill(self, pair: _Pair, exc: ConecError) -> None:
-        """The route to `pair.peer` is dead: fail whoever waits on it."""
-        exc = pair.kill(exc)
+        """The route to `pair.peer` is dead: fail whoever waits on it (tells
+        and asks not yet accepted with `pair.dead`, pending asks with what
+        `kill` says: `PeerGone` once the peer had been reached)."""
+        dead, exc = pair.kill(exc)
         if not pair.routed.done():
-            pair.routed.set_exception(exc)
+            pair.routed.set_exception(dead)
             pair.routed.exception()
             # Never routed: the next tell tries again from scratch.
             if self._pairs.get(pair.peer) is pair:

@@ -25,11 +25,17 @@ class Tell(msgspec.Struct, tag=0, array_like=True, frozen=True):
 
 class Ask(msgspec.Struct, tag=1, array_like=True, frozen=True):
     """An asked message; the answer carries `id`. `timeout` (0: none) bounds
-    how long the receiver keeps the return half open for the answer."""
+    how long the receiver keeps the return half open for the answer.
+    `ttl_ms` is the time the asker still waited when it sent the ask, in
+    milliseconds (None: no deadline); the receiver adds it to its own clock
+    on arrival and drops the ask once that passes. A trailing field with a
+    default: asks of older senders (without it) have no deadline, and older
+    receivers ignore it."""
 
     id: int
     timeout: float
     body: msgspec.Raw
+    ttl_ms: int | None = None
 
 
 class Reply(msgspec.Struct, tag=2, array_like=True, frozen=True):
@@ -80,6 +86,7 @@ class AskOut(msgspec.Struct, tag=1, array_like=True):
     id: int
     timeout: float
     body: Any
+    ttl_ms: int | None
 
 
 class ReplyOut(msgspec.Struct, tag=2, array_like=True):
