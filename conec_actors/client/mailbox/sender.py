@@ -131,6 +131,12 @@ class Outbox:
         if not self._put_nowait(pair, item):
             await self._put(pair, item)
 
+    def backlog(self, peer: str) -> int:
+        """Messages to `peer` not yet acknowledged by its mailbox (queued
+        here or in flight): how far behind `peer` is, as this client sees it."""
+        pair = self._pairs.get(peer)
+        return 0 if pair is None else len(pair.queue) + len(pair.unacked)
+
     async def ask(self, peer: str, msg: Any, timeout: float | None = 5.0, *,
                   reply_type: Any = None) -> Any:
         """Send `msg` to `peer` and wait for its answer (`Envelope.reply`).

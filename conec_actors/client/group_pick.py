@@ -1,0 +1,98 @@
+"""Which member of a group a `tell_group` or `ask_group` goes to, without I/O.
+
+The client follows each group it sends to: the Coordinator sends the group's
+members once (`follow`) and again on every change (`view`), so picking needs
+no round trip per message. The pick is the least loaded member as this
+sender sees it: fewest of its asks outstanding (sent, not yet answered),
+then fewest of its tells queued toward it (the driver says how many with
+`queued`); ties go round-robin. A slow member answers later, so it holds
+more outstanding asks and is picked less.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class NotFollowed(LookupError):
+    """A group was picked from before its members were known."""
+
+
+class GroupPicker:
+    """The members of the groups one client sends to, and its load on them."""
+
+    __slots__ = ("_cursor", "_outstanding", "_views")
+
+    def __init__(self) -> None:
+        #: group -> its members, as the Coordinator last said
+        self._views: dict[str, list[str]] = {}
+        #: group -> where the next round-robin tie-break starts
+        self._cursor: dict[str, int] = {}
+        #: member -> this client's asks to it not yet answered
+        self._outstanding: dict[str, int] = {}
+
+    def follows(self, name: str) -> bool:
+        """Whether the members of `name` are known (it is followed)."""
+        return name in self._views
+
+    def view(self, name: str, members: list[str]) -> None:
+        """The Coordinator says `name`'s members are `members` (from now on
+        only they are picked)."""
+        self._views[name] = list(members)
+
+    def members(self, name: str) -> list[str]:
+        """The members of followed group `name`; `NotFollowed` otherwise."""
+        try:
+            return list(self._views[name])
+        except KeyError:
+            raise NotFollowed(name) from None
+
+    def forget(self) -> None:
+        """The Coordinator is gone: nothing is followed any more."""
+        self._views.clear()
+        self._cursor.clear()
+
+    def outstanding(self, member: str) -> int:
+        """This client's asks to `member` not yet answered."""
+        return self._outstanding.get(member, 0)
+
+    def pick(self, name: str, queued: Callable[[str], int]) -> str | None:
+        """The member of followed group `name` to send to next, or None if
+        it has none; `queued(member)` is how many tells wait toward it.
+        `NotFollowed` if `name` is not followed."""
+        try:
+            members = self._views[name]
+        except KeyError:
+            raise NotFollowed(name) from None
+        n = len(members)
+        if n == 0:
+            return None
+        start = self._cursor.get(name, 0) % n
+        out = self._outstanding
+        best = start
+        best_key = (-1, -1)
+        for i in range(n):
+            at = (start + i) % n
+            m = members[at]
+            key = (out.get(m, 0), queued(m))
+            if best_key[0] < 0 or key < best_key:
+                best, best_key = at, key
+                if key == (0, 0):  # nobody is less loaded than idle
+                    break
+        self._cursor[name] = best + 1
+        return members[best]
+
+    def ask_sent(self, member: str) -> None:
+        """An ask to `member` was handed to the mailbox."""
+        self._outstanding[member] = self._outstanding.get(member, 0) + 1
+
+    def ask_done(self, member: str) -> None:
+        """An ask to `member` was answered, failed or given up. `ValueError`
+        if none was outstanding (a driver bug)."""
+        left = self._outstanding.get(member, 0) - 1
+        if left < 0:
+            raise ValueError(f"no ask to {member!r} is outstanding")
+        if left:
+            self._outstanding[member] = left
+        else:
+            del self._outstanding[member]
