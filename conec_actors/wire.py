@@ -399,16 +399,29 @@ class GroupReply(msgspec.Struct, tag="groupr", frozen=True):
 
 
 class GroupView(msgspec.Struct, tag="groupv", frozen=True):
-    """Coordinator -> follower of group `name`: its members now."""
+    """Coordinator -> follower of group `name`: its members now, and the
+    load each last reported (`asks[i]`, `tells[i]` for `members[i]`; empty
+    when none is known)."""
 
     name: str
     members: list[str]
+    asks: list[int] = []
+    tells: list[int] = []
+
+
+class LoadReport(msgspec.Struct, tag="load", frozen=True):
+    """Client (a group member) -> Coordinator: the asks it has taken and not
+    answered yet, and the envelopes waiting in its mailbox (no answer)."""
+
+    asks: int
+    tells: int
 
 
 Control = (Hello | Welcome | StreamHeader | StreamAccepted | ChannelRequest | ChannelOffer
            | ChannelAnswer | ChannelIntro | ChannelHello | ChannelWelcome | BroadcastCount
            | BroadcastCountReply | ChannelDialing | PeerDialing | WatchRequest | WatchReply
-           | WatchCancel | PeerTerminated | GroupRequest | GroupReply | GroupView)
+           | WatchCancel | PeerTerminated | GroupRequest | GroupReply | GroupView
+           | LoadReport)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Control)

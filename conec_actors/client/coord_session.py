@@ -157,6 +157,14 @@ class CoordSession:
         self._pending[req] = wire.GroupReply
         return wire.GroupRequest(req, op, name)
 
+    def report_load(self, asks: int, tells: int) -> wire.LoadReport | None:
+        """A group member's load report; None unless the session is ready
+        (before the welcome there is no group, after the end nobody to tell)."""
+        if self.state is not SessionState.READY:
+            return None
+        self._move(_E.SEND)
+        return wire.LoadReport(asks, tells)
+
     def cancel_watch(self, req: int) -> wire.WatchCancel | None:
         """Stop watch `req` (accepted or still waiting for its reply): the
         message to send, or None once the session is closed. A verdict that

@@ -7,6 +7,10 @@ Coordinator for its members and to push every change (`GroupView`), and
 no message waits for the Coordinator. Then the ordinary `tell`/`ask` to the
 member carries the message (so an ask to a member that goes away fails with
 `PeerGone`).
+
+A member reports its load (asks it has taken and not answered, envelopes in
+its mailbox) to the Coordinator, which passes it on in the views: a task
+samples it every `REPORT_INTERVAL` while the client belongs to a group.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import Any
 
 from .. import wire
 from ..errors import ClientClosed, NoResponders, ProtocolError
-from .group_pick import GroupPicker
+from .coord_session import SessionState
+from .group_pick import REPORT_INTERVAL, GroupPicker, LoadReporter
 from .link import CoordLink
 from .mailbox import Mailbox
 
@@ -44,21 +49,45 @@ class Groups:
         self.picker = GroupPicker()
         #: group -> the "follow" request under way (first uses share it)
         self._following: dict[str, asyncio.Task[None]] = {}
+        #: The groups this client belongs to (as far as it asked).
+        self._joined: set[str] = set()
+        self._reporter = LoadReporter()
+        self._reporting: asyncio.Task[None] | None = None
         link.on_group_view = self._view
 
     def _view(self, view: wire.GroupView) -> None:
         if self.picker.follows(view.name) or view.name in self._following:
-            self.picker.view(view.name, view.members)
+            self.picker.view(view.name, view.members, view.asks, view.tells)
 
     def lost(self) -> None:
         """The Coordinator is gone: no member list is current any more."""
         self.picker.forget()
+        self._joined.clear()
+        if self._reporting is not None:
+            self._reporting.cancel()
+            self._reporting = None
 
     async def join(self, name: str) -> None:
         _check(await self._link.request_group("join", check_name(name)))
+        self._joined.add(name)
+        if self._reporting is None and self._link.session.state is SessionState.READY:
+            self._reporting = asyncio.get_running_loop().create_task(self._report())
 
     async def leave(self, name: str) -> None:
         _check(await self._link.request_group("leave", check_name(name)))
+        self._joined.discard(name)
+        if not self._joined and self._reporting is not None:
+            self._reporting.cancel()
+            self._reporting = None
+            self._reporter.reset()  # the Coordinator forgot our load with our last group
+
+    async def _report(self) -> None:
+        mailbox, link, reporter = self._mailbox, self._link, self._reporter
+        while link.session.state is SessionState.READY:
+            await asyncio.sleep(REPORT_INTERVAL)
+            report = reporter.sample(mailbox.asks_taken, mailbox.queued)
+            if report is not None:
+                link.report_load(report.asks, report.tells)
 
     async def members(self, name: str) -> list[str]:
         reply = await self._link.request_group("members", check_name(name))

@@ -332,6 +332,12 @@ class CoordLink(StreamLink):
         reply: wire.GroupReply = await self._request(msg.req, msg)
         return reply
 
+    def report_load(self, asks: int, tells: int) -> None:
+        """Report this member's load (dropped if the Coordinator is gone)."""
+        msg = self.session.report_load(asks, tells)
+        if msg is not None:
+            self.send_control(msg)
+
     def request_watch(self, peer: str) -> tuple[int, asyncio.Future[wire.WatchReply]]:
         """Ask the Coordinator to watch `peer`: the watch's number (for
         `cancel_watch`, also while the reply is awaited) and the reply."""

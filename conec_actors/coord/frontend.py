@@ -205,6 +205,7 @@ class FrontEnd:
         self.intros = Introductions()
         self.watches = watches.Watches()
         self.groups = groups.GroupBook()
+        self._view_timer: asyncio.TimerHandle | None = None  # for groups.take_dirty()
         self._intro_timer: asyncio.TimerHandle | None = None  # for intros.next_deadline()
 
     # -- wiring ------------------------------------------------------------------
@@ -223,6 +224,9 @@ class FrontEnd:
         if self._intro_timer is not None:
             self._intro_timer.cancel()
             self._intro_timer = None
+        if self._view_timer is not None:
+            self._view_timer.cancel()
+            self._view_timer = None
 
     def rebuild(self, kind: str, index: int, req: int) -> ipc.ToWorker:
         """The message a (re)started worker rebuilds its shard from."""
@@ -275,11 +279,20 @@ class FrontEnd:
     def _push_views(self, names: list[str]) -> None:
         """The members of groups `names` changed: tell their followers."""
         for name in names:
-            view = wire.GroupView(name, self.groups.members(name))
+            view = self.groups.view(name)
             for key in self.groups.followers(name):
                 f = self.sessions.get(key)
                 if f is not None:
                     f.send_control(view)
+
+    def _load_report(self, s: Session, msg: wire.LoadReport) -> None:
+        if (self.groups.report(s.client_id or "", msg.asks, msg.tells)
+                and self._view_timer is None):
+            self._view_timer = self.loop.call_later(groups.VIEW_INTERVAL, self._views_due)
+
+    def _views_due(self) -> None:
+        self._view_timer = None
+        self._push_views(self.groups.take_dirty())
 
     def _group_request(self, s: Session, msg: wire.GroupRequest) -> None:
         member = s.client_id or ""
@@ -299,7 +312,9 @@ class FrontEnd:
 
     def handle(self, s: Session, msg: session.Request) -> None:
         """A request of an admitted client that its core passed on."""
-        if isinstance(msg, wire.GroupRequest):
+        if isinstance(msg, wire.LoadReport):
+            self._load_report(s, msg)
+        elif isinstance(msg, wire.GroupRequest):
             self._group_request(s, msg)
         elif isinstance(msg, wire.WatchRequest):
             target = self.by_id.get(msg.peer)

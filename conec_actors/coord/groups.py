@@ -9,6 +9,12 @@ change, so the Coordinator is not asked once per message. Every change
 returns the names of the groups whose members changed, for the driver to
 push a `GroupView` to their followers.
 
+Members report their load (`LoadReport`: asks taken and not answered,
+envelopes waiting in their mailbox). A report marks the member's followed
+groups dirty (`report`); the driver pushes their views at most every
+`VIEW_INTERVAL` (`take_dirty`), so reports cost the followers a bounded
+rate of views however often loads change.
+
 Everything a client can make the Coordinator hold is bounded (DESIGN 3.1):
 `MAX_GROUPS` groups joined and `MAX_FOLLOWS` groups followed per client,
 `MAX_MEMBERS` members per group; beyond, the request is refused with
@@ -29,6 +35,9 @@ MAX_GROUPS = 256
 MAX_FOLLOWS = 256
 #: Members one group may have.
 MAX_MEMBERS = 4096
+#: Seconds between two views of a group pushed because loads changed (a
+#: change of members is pushed at once).
+VIEW_INTERVAL = 0.1
 
 
 def check_name(name: object) -> str:
@@ -43,7 +52,7 @@ def check_name(name: object) -> str:
 class GroupBook:
     """Every group of one front-end: members and followers."""
 
-    __slots__ = ("_followers", "_follows", "_joined", "_members")
+    __slots__ = ("_dirty", "_followers", "_follows", "_joined", "_loads", "_members")
 
     def __init__(self) -> None:
         #: group -> member ids, in joining order
@@ -54,10 +63,22 @@ class GroupBook:
         self._followers: dict[str, set[int]] = {}
         #: follower conn_key -> the groups it follows
         self._follows: dict[int, set[str]] = {}
+        #: member id -> its last reported (asks, tells)
+        self._loads: dict[str, tuple[int, int]] = {}
+        #: followed groups whose members' loads changed since the last view
+        self._dirty: set[str] = set()
 
     def members(self, name: str) -> list[str]:
         """The members of `name`, in joining order (empty if it has none)."""
         return list(self._members.get(name, ()))
+
+    def view(self, name: str) -> wire.GroupView:
+        """The `GroupView` of `name` now: its members and their loads."""
+        members = self.members(name)
+        loads = self._loads
+        asks = [loads.get(m, (0, 0))[0] for m in members]
+        tells = [loads.get(m, (0, 0))[1] for m in members]
+        return wire.GroupView(name, members, asks, tells)
 
     def groups_of(self, member: str) -> set[str]:
         """The groups `member` belongs to."""
@@ -101,11 +122,13 @@ class GroupBook:
         mine.discard(name)
         if not mine:
             del self._joined[member]
+            self._loads.pop(member, None)
         self._drop(member, name)
         return True
 
     def member_gone(self, member: str) -> list[str]:
         """`member`'s session ended: the groups it was dropped from."""
+        self._loads.pop(member, None)
         names = sorted(self._joined.pop(member, ()))
         for name in names:
             self._drop(member, name)
@@ -116,6 +139,29 @@ class GroupBook:
         del group[member]
         if not group:
             del self._members[name]
+
+    # -- loads ----------------------------------------------------------------------
+
+    def report(self, member: str, asks: int, tells: int) -> bool:
+        """`member` reports its load: True if a followed group became dirty
+        (the driver then arms its view timer, if not armed). A client in no
+        group has no load worth keeping. `ProtocolError` for a negative count."""
+        if asks < 0 or tells < 0:
+            raise ProtocolError("a load report counts from 0")
+        names = self._joined.get(member)
+        if not names or self._loads.get(member) == (asks, tells):
+            return False
+        self._loads[member] = (asks, tells)
+        before = len(self._dirty)
+        self._dirty.update(n for n in names if n in self._followers)
+        return len(self._dirty) > before
+
+    def take_dirty(self) -> list[str]:
+        """The followed groups whose loads changed since the last call (the
+        driver pushes their views now)."""
+        names = sorted(n for n in self._dirty if n in self._followers)
+        self._dirty.clear()
+        return names
 
     # -- following ----------------------------------------------------------------
 

@@ -129,7 +129,7 @@ class Admit:
 
 #: The requests of an admitted client that the front-end acts on.
 Request = (wire.ChannelRequest | wire.ChannelAnswer | wire.ChannelDialing | wire.BroadcastCount
-           | wire.WatchRequest | wire.WatchCancel | wire.GroupRequest)
+           | wire.WatchRequest | wire.WatchCancel | wire.GroupRequest | wire.LoadReport)
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +369,10 @@ class SessionCore:
                 if msg.op not in wire.GROUP_OPS:
                     raise ProtocolError(f"unknown group operation {wire.quote(msg.op)}")
                 check_group_name(msg.name)
+                return [Handle(msg)]
+            if isinstance(msg, wire.LoadReport):
+                if msg.asks < 0 or msg.tells < 0:
+                    raise ProtocolError("a load report counts from 0")
                 return [Handle(msg)]
         raise ProtocolError(f"unexpected control message {type(msg).__name__}")
 

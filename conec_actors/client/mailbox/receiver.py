@@ -136,6 +136,9 @@ class Receiver:
         #: The return halves' writers (including those of routes already gone).
         self._writers: set[asyncio.Task[None]] = set()
         self.closed = False
+        #: Asks handed out by the mailbox and not answered yet (the load a
+        #: group member reports; an ask never answered stays counted).
+        self.asks_taken = 0
 
     def on_stream(self, inc: IncomingStream) -> bool:
         """The host's callback for an incoming mailbox stream."""
