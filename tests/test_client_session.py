@@ -306,3 +306,11 @@ def test_group_requests_need_a_welcome_and_fail_with_the_session() -> None:
 def test_the_coordinator_never_sends_a_group_request() -> None:
     with pytest.raises(RemoteProtocolError):
         ready().receive(wire.GroupRequest(1, "join", "g"))
+
+
+def test_load_reports_only_while_ready() -> None:
+    assert hello_sent().report_load(1, 2) is None
+    assert ready().report_load(1, 2) == wire.LoadReport(1, 2)
+    assert closed().report_load(1, 2) is None
+    with pytest.raises(RemoteProtocolError):
+        ready().receive(wire.LoadReport(1, 2))

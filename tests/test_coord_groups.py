@@ -85,3 +85,51 @@ def test_group_names_are_checked_like_broadcast_names(bad: object) -> None:
 
 def test_a_valid_name_passes() -> None:
     assert check_name("x" * wire.MAX_GROUP_NAME) == "x" * wire.MAX_GROUP_NAME
+
+
+def test_load_reports_mark_followed_groups_dirty_once() -> None:
+    book = GroupBook()
+    book.join("a", "g")
+    book.join("a", "h")
+    book.join("b", "g")
+    assert book.report("a", 1, 2) is False  # nobody follows g or h: nothing to push
+    assert book.take_dirty() == []
+    book.follow(9, "g")
+    assert book.report("a", 3, 0) is True  # the driver arms its timer
+    assert book.report("b", 1, 1) is False  # g is dirty already (the timer is armed)
+    assert book.report("a", 3, 0) is False  # unchanged
+    assert book.take_dirty() == ["g"] and book.take_dirty() == []
+    assert book.view("g") == wire.GroupView("g", ["a", "b"], [3, 1], [0, 1])
+    assert book.view("h") == wire.GroupView("h", ["a"], [3], [0])
+
+
+def test_a_client_in_no_group_has_no_load() -> None:
+    book = GroupBook()
+    book.follow(9, "g")
+    assert book.report("a", 5, 5) is False
+    book.join("a", "g")
+    assert book.view("g") == wire.GroupView("g", ["a"], [0], [0])
+    book.report("a", 5, 5)
+    book.leave("a", "g")
+    book.join("a", "g")  # left its last group: its load was forgotten
+    assert book.view("g") == wire.GroupView("g", ["a"], [0], [0])
+    book.report("a", 5, 5)
+    book.member_gone("a")
+    book.join("a", "g")
+    assert book.view("g").asks == [0]
+
+
+def test_a_dirty_group_nobody_follows_any_more_is_not_pushed() -> None:
+    book = GroupBook()
+    book.join("a", "g")
+    book.follow(9, "g")
+    book.report("a", 1, 0)
+    book.follower_gone(9)
+    assert book.take_dirty() == []
+
+
+def test_a_negative_load_is_refused() -> None:
+    book = GroupBook()
+    book.join("a", "g")
+    with pytest.raises(ProtocolError):
+        book.report("a", -1, 0)

@@ -7,7 +7,8 @@ import collections
 
 import pytest
 
-from conec_actors.client.group_pick import GroupPicker, NotFollowed
+from conec_actors import wire
+from conec_actors.client.group_pick import GroupPicker, LoadReporter, NotFollowed
 
 
 def nothing_queued(member: str) -> int:
@@ -97,3 +98,37 @@ def test_an_answer_for_no_outstanding_ask_is_a_driver_bug() -> None:
     p = GroupPicker()
     with pytest.raises(ValueError):
         p.ask_done("a")
+
+
+def test_reported_loads_add_to_the_senders_own() -> None:
+    p = GroupPicker()
+    p.view("g", ["a", "b"], [3, 0], [0, 9])
+    assert p.reported("a") == (3, 0) and p.reported("x") == (0, 0)
+    assert p.pick("g", nothing_queued) == "b"  # fewer asks beats fewer tells
+    for _ in range(3):
+        p.ask_sent("b")
+    # a: 3 reported + 0 own; b: 0 + 3 own, more tells: a now.
+    assert p.pick("g", nothing_queued) == "a"
+    p.view("g", ["a", "b"], [0, 0], [0, 0])
+    p.ask_done("b")
+    assert p.pick("g", nothing_queued) == "a"
+
+
+def test_a_view_without_loads_keeps_the_last_reported() -> None:
+    p = GroupPicker()
+    p.view("g", ["a", "b"], [4, 0], [0, 0])
+    p.view("g", ["a", "b"])  # the reply to "follow" carries no loads
+    assert p.reported("a") == (4, 0)
+    p.view("g", ["a", "b"], [1], [1, 1])  # malformed lengths: ignored
+    assert p.reported("a") == (4, 0)
+
+
+def test_a_member_reports_only_changes() -> None:
+    r = LoadReporter()
+    assert r.sample(0, 0) is None  # idle is what the Coordinator assumes
+    assert r.sample(2, 1) == wire.LoadReport(2, 1)
+    assert r.sample(2, 1) is None
+    assert r.sample(0, 0) == wire.LoadReport(0, 0)
+    r.sample(3, 3)
+    r.reset()
+    assert r.sample(3, 3) == wire.LoadReport(3, 3)

@@ -231,3 +231,40 @@ async def test_too_many_groups_is_refused(monkeypatch: pytest.MonkeyPatch) -> No
         with pytest.raises(ProtocolError, match="member limit"):
             await c.join_group("g1")
         assert await c.group_members("g1") == ["a", "b"]
+
+
+async def test_a_member_busy_with_another_senders_asks_is_avoided() -> None:
+    async with coordinator() as h:
+        s = await h.client("s")
+        other = await h.client("other")
+        busy = await h.client("busy")
+        idle = await h.client("idle")
+        for m in (busy, idle):
+            await m.join_group("g")
+        held: list[Any] = []
+
+        async def hold() -> None:  # takes asks and never answers them
+            async for env in busy.mailbox:
+                held.append(env)
+
+        holder = asyncio.create_task(hold())
+        answerer = asyncio.create_task(_answer(idle))
+        try:
+            asks = [asyncio.create_task(other.ask("busy", i, timeout=30)) for i in range(5)]
+            await wait_for(lambda: len(held) == 5)
+            assert busy.mailbox.asks_taken == 5
+            await s.group_members("g")
+            # s has no asks of its own at "busy": only busy's reports say it is loaded.
+            await s.tell_group("g", "follow")
+            await wait_for(lambda: s._groups.picker.reported("busy") == (5, 0))
+            for i in range(8):
+                who, _ = await s.ask_group("g", i)
+                assert who == "idle"
+            for env in held:
+                await env.reply("late")
+            assert await asyncio.gather(*asks) == ["late"] * 5
+            assert busy.mailbox.asks_taken == 0
+            await wait_for(lambda: s._groups.picker.reported("busy") == (0, 0))
+        finally:
+            holder.cancel()
+            answerer.cancel()

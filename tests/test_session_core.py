@@ -470,3 +470,12 @@ def test_the_coordinators_own_group_messages_are_refused_from_a_client(
         msg: wire.Control) -> None:
     core = ready()
     assert closes(run_control(core, framed(msg))).code == wire.Code.PROTOCOL
+
+
+def test_load_reports_go_to_the_front_end_and_count_from_zero() -> None:
+    core = ready()
+    acts = run_control(core, framed(wire.LoadReport(2, 0)))
+    assert [a for a in acts if isinstance(a, Handle)] == [Handle(wire.LoadReport(2, 0))]
+    core = ready()
+    assert closes(run_control(core, framed(wire.LoadReport(-1, 0)))).code \
+        == wire.Code.PROTOCOL
