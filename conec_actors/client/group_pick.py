@@ -6,8 +6,8 @@ no round trip per message. The pick is the least loaded member: fewest asks
 (what it last reported to the Coordinator, at most `REPORT_INTERVAL` +
 `coord.groups.VIEW_INTERVAL` old, plus this sender's own asks to it not yet
 answered), then fewest tells (reported envelopes waiting in its mailbox,
-plus this sender's own messages toward it not yet acknowledged: the driver
-says how many with `queued`); ties go round-robin. A slow member answers
+plus this sender's own messages queued toward it and not yet written: the
+driver says how many with `queued`); ties go round-robin. A slow member answers
 later, so it holds more asks and is picked less.
 
 `LoadReporter` is the member's side: it says when its load is worth

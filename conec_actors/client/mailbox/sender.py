@@ -132,10 +132,10 @@ class Outbox:
             await self._put(pair, item)
 
     def backlog(self, peer: str) -> int:
-        """Messages to `peer` not yet acknowledged by its mailbox (queued
-        here or in flight): how far behind `peer` is, as this client sees it."""
+        """Tells and asks to `peer` queued here, not yet written (sent ones
+        are acknowledged only every `ACK_EVERY`: they say nothing of load)."""
         pair = self._pairs.get(peer)
-        return 0 if pair is None else len(pair.queue) + len(pair.unacked)
+        return 0 if pair is None else len(pair.queue)
 
     async def ask(self, peer: str, msg: Any, timeout: float | None = 5.0, *,
                   reply_type: Any = None) -> Any:
