@@ -477,7 +477,8 @@ class Client:
         of its tells queued; ties round-robin). `NoResponders` at once if the
         group has no members; otherwise raises as `tell`."""
         self._check_open()
-        await self._groups.tell(name, msg)
+        member = self._groups.pick_now(name) or await self._groups.pick(name)
+        await self._mailbox.tell(member, msg)
 
     async def ask_group(self, name: str, msg: Any, timeout: float | None = 5.0, *,
                         reply_type: Any = None) -> Any:

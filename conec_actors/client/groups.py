@@ -21,7 +21,7 @@ from typing import Any
 from .. import wire
 from ..errors import ClientClosed, NoResponders, ProtocolError
 from .coord_session import SessionState
-from .group_pick import REPORT_INTERVAL, GroupPicker, LoadReporter
+from .group_pick import REPORT_INTERVAL, GroupPicker, LoadReporter, NotFollowed
 from .link import CoordLink
 from .mailbox import Mailbox
 
@@ -100,9 +100,24 @@ class Groups:
         if not self.picker.follows(name):  # a view may have come first: it is newer
             self.picker.view(name, reply.members)
 
+    def pick_now(self, name: str) -> str | None:
+        """The member of followed group `name` to send to next (no await: the
+        per-message path); None if `name` is not followed yet (then `pick`).
+        `NoResponders` if it has no members."""
+        try:
+            member = self.picker.pick(name, self._mailbox.backlog)
+        except (NotFollowed, TypeError):  # TypeError: an unhashable name (`pick` says)
+            return None
+        if member is None:
+            raise NoResponders(f"group {name!r} has no members")
+        return member
+
     async def pick(self, name: str) -> str:
-        """The member of `name` to send to next; `NoResponders` at once if
-        it has none."""
+        """The member of `name` to send to next, following it first if
+        needed; `NoResponders` at once if it has none."""
+        member = self.pick_now(name)
+        if member is not None:
+            return member
         if not self.picker.follows(check_name(name)):
             task = self._following.get(name)
             if task is None:
@@ -116,12 +131,9 @@ class Groups:
             raise NoResponders(f"group {name!r} has no members")
         return member
 
-    async def tell(self, name: str, msg: Any) -> None:
-        await self._mailbox.tell(await self.pick(name), msg)
-
     async def ask(self, name: str, msg: Any, timeout: float | None,
                   reply_type: Any) -> Any:
-        member = await self.pick(name)
+        member = self.pick_now(name) or await self.pick(name)
         picker = self.picker
         picker.ask_sent(member)
         try:
