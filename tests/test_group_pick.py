@@ -132,3 +132,15 @@ def test_a_member_reports_only_changes() -> None:
     r.sample(3, 3)
     r.reset()
     assert r.sample(3, 3) == wire.LoadReport(3, 3)
+
+
+def test_a_member_found_gone_is_not_picked_until_a_view_says_otherwise() -> None:
+    p = GroupPicker()
+    p.view("g", ["a", "b"])
+    p.view("h", ["a"])
+    p.gone("a")
+    assert p.members("g") == ["b"] and p.members("h") == []
+    assert p.pick("h", nothing_queued) is None
+    p.gone("nobody")  # not a member anywhere: nothing changes
+    p.view("g", ["a", "b"])
+    assert p.members("g") == ["a", "b"]

@@ -268,3 +268,26 @@ async def test_a_member_busy_with_another_senders_asks_is_avoided() -> None:
         finally:
             holder.cancel()
             answerer.cancel()
+
+
+async def test_a_stale_view_falls_back_to_a_member_that_is_there() -> None:
+    async with coordinator() as h:
+        s = await h.client("s")
+        b = await h.client("b")
+        await b.join_group("g")
+        task = asyncio.create_task(_answer(b))
+        try:
+            await s.tell_group("g", "follow")
+            # As if "ghost" had just left and the Coordinator's view was on its way.
+            s._groups.picker.view("g", ["ghost", "b"])
+            who, _ = await s.ask_group("g", 1)
+            assert who == "b"
+            s._groups.picker.view("g", ["ghost", "b"])
+            await s.tell_group("g", 2)
+            await s.tell_group("g", 3)
+            assert s._groups.picker.members("g") == ["b"]
+            s._groups.picker.view("g", ["ghost"])
+            with pytest.raises(NoResponders):
+                await s.ask_group("g", 4)
+        finally:
+            task.cancel()

@@ -16,6 +16,7 @@ from ..errors import (
     ClientClosed,
     ConecError,
     NoChannel,
+    NoResponders,
     NoSuchBroadcast,
     NoSuchPeer,
     StreamReset,
@@ -478,7 +479,11 @@ class Client:
         group has no members; otherwise raises as `tell`."""
         self._check_open()
         member = self._groups.pick_now(name) or await self._groups.pick(name)
-        await self._mailbox.tell(member, msg)
+        try:
+            await self._mailbox.tell(member, msg)
+        except NoResponders:  # not sent: the view was behind; another member
+            self._groups.picker.gone(member)
+            await self._groups.tell_again(name, msg)
 
     async def ask_group(self, name: str, msg: Any, timeout: float | None = 5.0, *,
                         reply_type: Any = None) -> Any:

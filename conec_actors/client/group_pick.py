@@ -83,6 +83,13 @@ class GroupPicker:
             for m, a, t in zip(members, asks, tells, strict=True):
                 self._reported[m] = (a, t)
 
+    def gone(self, member: str) -> None:
+        """A send to `member` found it not connected: stop picking it now,
+        before the Coordinator's view says so (a later view wins)."""
+        for name, members in self._views.items():
+            if member in members:
+                self._views[name] = [m for m in members if m != member]
+
     def reported(self, member: str) -> tuple[int, int]:
         """The (asks, tells) `member` last reported ((0, 0) if unknown)."""
         return self._reported.get(member, (0, 0))

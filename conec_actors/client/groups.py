@@ -131,12 +131,25 @@ class Groups:
             raise NoResponders(f"group {name!r} has no members")
         return member
 
+    async def tell_again(self, name: str, msg: Any) -> None:
+        """`tell` after the picked member was found gone (`NoResponders`
+        from the mailbox: nothing was sent): another member, while any."""
+        while True:
+            member = await self.pick(name)
+            try:
+                return await self._mailbox.tell(member, msg)
+            except NoResponders:
+                self.picker.gone(member)
+
     async def ask(self, name: str, msg: Any, timeout: float | None,
                   reply_type: Any) -> Any:
-        member = self.pick_now(name) or await self.pick(name)
         picker = self.picker
-        picker.ask_sent(member)
-        try:
-            return await self._mailbox.ask(member, msg, timeout, reply_type=reply_type)
-        finally:
-            picker.ask_done(member)
+        while True:
+            member = self.pick_now(name) or await self.pick(name)
+            picker.ask_sent(member)
+            try:
+                return await self._mailbox.ask(member, msg, timeout, reply_type=reply_type)
+            except NoResponders:  # not sent: its view was behind; pick another
+                picker.gone(member)
+            finally:
+                picker.ask_done(member)
