@@ -26,9 +26,6 @@ from .mailbox import Mailbox
 Reason = Literal["left", "vanished", "not-connected"]
 _REASONS: dict[str, Reason] = {"left": "left", "vanished": "vanished",
                                "not-connected": "not-connected"}
-#: While a verdict is held, how often to look whether the mailbox streams
-#: from its peer have ended (only while one is held).
-HOLD_POLL = 0.01
 
 
 class Terminated(NamedTuple):
@@ -94,14 +91,13 @@ class Watches:
     def __init__(self, link: CoordLink, mailbox: Mailbox) -> None:
         self._link = link
         self._mailbox = mailbox
-        self._loop = asyncio.get_running_loop()
         #: Accepted (or requested) watches by number.
         self._active: dict[int, Watch] = {}
         #: Verdicts waiting for their peer's mailbox streams to end.
         self._held: list[tuple[Watch, Terminated]] = []
-        self._poll: asyncio.TimerHandle | None = None
         self._closed: ClientClosed | None = None
         link.on_terminated = self._terminated
+        mailbox.when_read_ends(self._read_ended)
 
     async def watch(self, peer: str) -> Watch:
         """Watch `peer` (see `Client.watch`)."""
@@ -139,33 +135,27 @@ class Watches:
         t = Terminated(w.peer, _REASONS.get(msg.reason, "vanished"))
         if self._mailbox.reading_from(w.peer):
             self._held.append((w, t))
-            if self._poll is None:
-                self._poll = self._loop.call_later(HOLD_POLL, self._release)
         else:
             w._resolve(t)
 
-    def _release(self) -> None:
-        """Hand out the held verdicts whose peers' mailbox streams ended (in
-        the order they came)."""
-        self._poll = None
+    def _read_ended(self, peer: str) -> None:
+        """No mailbox stream from `peer` is read any more: its held verdicts
+        go out (in the order they came)."""
+        if not self._held:
+            return
         keep: list[tuple[Watch, Terminated]] = []
         for w, t in self._held:
-            if self._mailbox.reading_from(w.peer):
-                keep.append((w, t))
-            else:
+            if w.peer == peer:
                 w._resolve(t)
+            else:
+                keep.append((w, t))
         self._held = keep
-        if keep:
-            self._poll = self._loop.call_later(HOLD_POLL, self._release)
 
     def lost(self, err: ClientClosed) -> None:
         """The client closed or lost its Coordinator: no verdict can come, so
         every watch still waiting for one fails with `err`; verdicts already
         given (held for their mailbox streams) are handed out now."""
         self._closed = err
-        if self._poll is not None:
-            self._poll.cancel()
-            self._poll = None
         for w, t in self._held:
             w._resolve(t)
         self._held = []

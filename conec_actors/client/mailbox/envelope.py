@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast, overload
 
 import msgspec
@@ -144,6 +145,11 @@ class Mailbox(Outbox):
         """Whether a mailbox stream from `peer` is still being read: until
         it ends, tells from `peer` may still arrive in the inbox."""
         return self._receiver.reading_from(peer)
+
+    def when_read_ends(self, cb: Callable[[str], None] | None) -> None:
+        """Call `cb(peer)` whenever the last mailbox stream from `peer` that
+        was being read ends (None stops)."""
+        self._receiver.on_read_end = cb
 
     @property
     def queued(self) -> int:

@@ -46,11 +46,13 @@ class InRoute(InboundLog):
     """One incoming mailbox stream: the reading state of its forward half and
     the writer of its return half."""
 
-    __slots__ = ("back_putters", "hold", "idle", "in_progress", "peer", "recv", "send",
-                 "wait_room", "wake", "writer")
+    __slots__ = ("back_putters", "hold", "idle", "in_progress", "on_read_end", "peer", "recv",
+                 "send", "wait_room", "wake", "writer")
 
-    def __init__(self, inc: IncomingStream) -> None:
+    def __init__(self, inc: IncomingStream, on_read_end: Callable[[str], None]) -> None:
         super().__init__()
+        #: Called with the peer once the forward half stops being read.
+        self.on_read_end = on_read_end
         self.peer = inc.peer
         self.send = inc.send
         self.recv = inc.recv
@@ -64,6 +66,12 @@ class InRoute(InboundLog):
         self.writer: asyncio.Task[None] | None = None
         #: True while the return half's writer waits with nothing to do.
         self.idle = False
+
+    def handle(self, event: RecvEvent) -> None:
+        reading = self.state is _READING
+        super().handle(event)
+        if reading and self.state is not _READING:
+            self.on_read_end(self.peer)
 
 
 class _SenderRecord(KnownSender):
@@ -139,12 +147,15 @@ class Receiver:
         #: Asks handed out by the mailbox and not answered yet (the load a
         #: group member reports; an ask never answered stays counted).
         self.asks_taken = 0
+        #: Called with a peer when no mailbox stream from it is read any more
+        #: (what death watch waits for before giving a verdict).
+        self.on_read_end: Callable[[str], None] | None = None
 
     def on_stream(self, inc: IncomingStream) -> bool:
         """The host's callback for an incoming mailbox stream."""
         if self.closed or len(self._in_routes) >= MAX_MAILBOX_STREAMS:
             return False
-        r = InRoute(inc)
+        r = InRoute(inc, self._read_end)
         self._in_routes.add(r)
         sender = self._senders.get(inc.peer)
         if sender is None:
@@ -308,6 +319,10 @@ class Receiver:
     def _forget_sender(self, peer: str, sender: _SenderRecord) -> None:
         if self._senders.get(peer) is sender and not sender.routes:
             del self._senders[peer]
+
+    def _read_end(self, peer: str) -> None:
+        if self.on_read_end is not None and not self.reading_from(peer):
+            self.on_read_end(peer)
 
     def reading_from(self, peer: str) -> bool:
         """Whether a mailbox stream from `peer` is still being read (its
