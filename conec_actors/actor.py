@@ -67,6 +67,8 @@ class Actor:
 
     #: Decode mailbox bodies as this type (None: builtins).
     message_type: ClassVar[Any] = None
+    #: Groups the actor joins on spawn, once it serves its mailbox.
+    groups: ClassVar[tuple[str, ...]] = ()
 
     _client: Client | None = None
     _tasks: set[asyncio.Task[Any]]
@@ -170,6 +172,8 @@ class Actor:
         self._spawn(self._serve_mailbox())
         if type(self).on_stream is not Actor.on_stream:
             self._spawn(self._serve_streams())
+        for name in self.groups:
+            await client.join_group(name)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)

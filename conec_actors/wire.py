@@ -56,6 +56,8 @@ class Code(IntEnum):
     BROADCAST_FULL = 0x10017
     UNCLAIMED = 0x10018
     TOO_MANY_WATCHES = 0x10019
+    TOO_MANY_GROUPS = 0x1001A
+    GROUP_FULL = 0x1001B
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,10 @@ CODES: dict[int, CodeInfo] = {
                  "no task at the receiver took the stream within its idle timeout"),
         CodeInfo(Code.TOO_MANY_WATCHES, errors.ProtocolError,
                  "this client already holds the most watches a client may hold"),
+        CodeInfo(Code.TOO_MANY_GROUPS, errors.ProtocolError,
+                 "this client already belongs to (or follows) the most groups it may"),
+        CodeInfo(Code.GROUP_FULL, errors.ProtocolError,
+                 "the group has reached its member limit"),
     )
 }
 
@@ -166,6 +172,10 @@ def clip(reason: str) -> str:
 
 #: Longest broadcast name.
 MAX_BROADCAST_NAME = 255
+#: Longest group name (validated like a broadcast name).
+MAX_GROUP_NAME = MAX_BROADCAST_NAME
+#: The operations of a `GroupRequest`.
+GROUP_OPS = frozenset({"join", "leave", "members", "follow"})
 #: Room for the sender tag the Coordinator puts in front of every message it
 #: delivers on a broadcast: one byte of length, then the sender's id.
 BROADCAST_TAG_MAX = 1 + 253
@@ -368,10 +378,50 @@ class PeerTerminated(msgspec.Struct, tag="terminated", frozen=True):
     reason: str
 
 
+class GroupRequest(msgspec.Struct, tag="group", frozen=True):
+    """Client -> Coordinator: `op` on group `name`, answered by a
+    `GroupReply`. `op` is "join", "leave", "members" (a snapshot) or
+    "follow" (a snapshot, then a `GroupView` on every change of the members
+    until the client leaves)."""
+
+    req: int
+    op: str
+    name: str
+
+
+class GroupReply(msgspec.Struct, tag="groupr", frozen=True):
+    """Coordinator -> client: 0 or a `Code` (`TOO_MANY_GROUPS`,
+    `GROUP_FULL`), and the members of the group after the request."""
+
+    req: int
+    code: int
+    members: list[str] = []
+
+
+class GroupView(msgspec.Struct, tag="groupv", frozen=True):
+    """Coordinator -> follower of group `name`: its members now, and the
+    load each last reported (`asks[i]`, `tells[i]` for `members[i]`; empty
+    when none is known)."""
+
+    name: str
+    members: list[str]
+    asks: list[int] = []
+    tells: list[int] = []
+
+
+class LoadReport(msgspec.Struct, tag="load", frozen=True):
+    """Client (a group member) -> Coordinator: the asks it has taken and not
+    answered yet, and the envelopes waiting in its mailbox (no answer)."""
+
+    asks: int
+    tells: int
+
+
 Control = (Hello | Welcome | StreamHeader | StreamAccepted | ChannelRequest | ChannelOffer
            | ChannelAnswer | ChannelIntro | ChannelHello | ChannelWelcome | BroadcastCount
            | BroadcastCountReply | ChannelDialing | PeerDialing | WatchRequest | WatchReply
-           | WatchCancel | PeerTerminated)
+           | WatchCancel | PeerTerminated | GroupRequest | GroupReply | GroupView
+           | LoadReport)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Control)

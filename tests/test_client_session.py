@@ -258,3 +258,59 @@ def test_watches_need_a_welcome_and_end_with_the_session() -> None:
         s.request_watch("bob")
     with pytest.raises(RemoteProtocolError):
         s.receive(wire.PeerTerminated(req, "left"))
+
+
+# -- groups --------------------------------------------------------------------------
+
+
+def test_a_group_request_gets_its_reply_once_and_views_follow() -> None:
+    s = ready()
+    msg = s.request_group("follow", "g")
+    assert msg == wire.GroupRequest(msg.req, "follow", "g") and s.waiting == 1
+    reply = wire.GroupReply(msg.req, 0, ["a", "b"])
+    assert s.receive(reply) is reply
+    assert s.waiting == 0
+    assert s.receive(reply) is None  # answered already: dropped
+    view = wire.GroupView("g", ["b"])
+    assert s.receive(view) is view
+
+
+def test_an_unknown_group_operation_is_refused_here() -> None:
+    with pytest.raises(ValueError):
+        ready().request_group("explode", "g")
+
+
+def test_a_group_reply_of_the_wrong_kind_breaks_the_protocol() -> None:
+    s = ready()
+    req = s.request_group("join", "g").req
+    with pytest.raises(ProtocolError):
+        s.receive(wire.WatchReply(req, 0))
+    s = ready()
+    req = s.request_watch("bob").req
+    with pytest.raises(ProtocolError):
+        s.receive(wire.GroupReply(req, 0))
+
+
+def test_group_requests_need_a_welcome_and_fail_with_the_session() -> None:
+    with pytest.raises(LocalProtocolError):
+        hello_sent().request_group("join", "g")
+    with pytest.raises(RemoteProtocolError):
+        hello_sent().receive(wire.GroupView("g", []))
+    s = ready()
+    req = s.request_group("members", "g").req
+    assert s.close(wire.Code.COORD_SHUTDOWN, "bye").waiting == [req]
+    with pytest.raises(RemoteProtocolError):
+        s.receive(wire.GroupView("g", []))
+
+
+def test_the_coordinator_never_sends_a_group_request() -> None:
+    with pytest.raises(RemoteProtocolError):
+        ready().receive(wire.GroupRequest(1, "join", "g"))
+
+
+def test_load_reports_only_while_ready() -> None:
+    assert hello_sent().report_load(1, 2) is None
+    assert ready().report_load(1, 2) == wire.LoadReport(1, 2)
+    assert closed().report_load(1, 2) is None
+    with pytest.raises(RemoteProtocolError):
+        ready().receive(wire.LoadReport(1, 2))

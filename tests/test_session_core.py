@@ -438,3 +438,44 @@ def test_the_coordinators_own_watch_messages_are_refused_from_a_client(
         msg: wire.Control) -> None:
     core = ready()
     assert closes(run_control(core, framed(msg))).code == wire.Code.PROTOCOL
+
+
+# -- groups --------------------------------------------------------------------------
+
+
+def test_group_requests_go_to_the_front_end_uncounted() -> None:
+    core = ready()
+    msgs = [wire.GroupRequest(i, op, "g") for i, op in enumerate(sorted(wire.GROUP_OPS))]
+    acts = run_control(core, framed(*msgs))
+    assert [a for a in acts if isinstance(a, Handle)] == [Handle(m) for m in msgs]
+    assert core.requests_pending == 0
+
+
+@pytest.mark.parametrize("msg", [
+    wire.GroupRequest(1, "explode", "g"), wire.GroupRequest(1, "join", ""),
+    wire.GroupRequest(1, "join", "x" * (wire.MAX_GROUP_NAME + 1))])
+def test_a_bad_group_request_breaks_the_protocol(msg: wire.Control) -> None:
+    core = ready()
+    assert closes(run_control(core, framed(msg))).code == wire.Code.PROTOCOL
+
+
+def test_group_requests_before_the_welcome_are_refused() -> None:
+    core = at_admitting()
+    assert closes(run_control(core, framed(wire.GroupRequest(1, "join", "g")))).code \
+        == wire.Code.PROTOCOL
+
+
+@pytest.mark.parametrize("msg", [wire.GroupReply(1, 0), wire.GroupView("g", ["a"])])
+def test_the_coordinators_own_group_messages_are_refused_from_a_client(
+        msg: wire.Control) -> None:
+    core = ready()
+    assert closes(run_control(core, framed(msg))).code == wire.Code.PROTOCOL
+
+
+def test_load_reports_go_to_the_front_end_and_count_from_zero() -> None:
+    core = ready()
+    acts = run_control(core, framed(wire.LoadReport(2, 0)))
+    assert [a for a in acts if isinstance(a, Handle)] == [Handle(wire.LoadReport(2, 0))]
+    core = ready()
+    assert closes(run_control(core, framed(wire.LoadReport(-1, 0)))).code \
+        == wire.Code.PROTOCOL

@@ -16,6 +16,7 @@ from ..errors import (
     ClientClosed,
     ConecError,
     NoChannel,
+    NoResponders,
     NoSuchBroadcast,
     NoSuchPeer,
     StreamReset,
@@ -34,6 +35,7 @@ from ..streams import (
 from ..used_numbers import UsedNumbers, check_stream_number
 from .channels import Channel, Channels
 from .connect import Connected, connect
+from .groups import Groups
 from .mailbox import Mailbox
 from .watch import Terminated, Watch, Watches
 
@@ -76,6 +78,7 @@ class Client:
         self._channels = self._chans.by_peer
         self._mailbox = Mailbox(_MailboxHost(self))
         self._watches = Watches(link, self._mailbox)
+        self._groups = Groups(link, self._mailbox)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -191,6 +194,7 @@ class Client:
             self._close_error = err if isinstance(err, ClientClosed) else ClientClosed(
                 f"lost the Coordinator: {err}")
         self._watches.lost(self._closed_error())
+        self._groups.lost()
         if not self._channels:
             self._no_path_left()
 
@@ -445,6 +449,50 @@ class Client:
             w._resolve(Terminated(peer, "not-connected"))
             return w
         return await self._watches.watch(peer)
+
+    # -- groups ----------------------------------------------------------------------
+
+    async def join_group(self, name: str) -> None:
+        """Join group `name` (a str of 1-255 characters; created on first
+        join): `tell_group`/`ask_group` to it may now pick this client.
+        Joining twice is fine. Raises `ProtocolError` beyond
+        `coord.groups.MAX_GROUPS` groups or `MAX_MEMBERS` members, `ClientClosed`."""
+        self._check_open()
+        await self._groups.join(name)
+
+    async def leave_group(self, name: str) -> None:
+        """Leave group `name` (fine if not a member): once this returns,
+        no sender picks this client for it any more. Closing leaves every group."""
+        self._check_open()
+        await self._groups.leave(name)
+
+    async def group_members(self, name: str) -> list[str]:
+        """The ids of `name`'s members now, in joining order (empty if
+        there are none)."""
+        self._check_open()
+        return await self._groups.members(name)
+
+    async def tell_group(self, name: str, msg: Any) -> None:
+        """`tell` `msg` to one member of group `name`: the least loaded one
+        as this client sees it (fewest of its asks outstanding, then fewest
+        of its tells queued; ties round-robin). `NoResponders` at once if the
+        group has no members; otherwise raises as `tell`."""
+        self._check_open()
+        member = self._groups.pick_now(name) or await self._groups.pick(name)
+        try:
+            await self._mailbox.tell(member, msg)
+        except NoResponders:  # not sent: the view was behind; another member
+            self._groups.picker.gone(member)
+            await self._groups.tell_again(name, msg)
+
+    async def ask_group(self, name: str, msg: Any, timeout: float | None = 5.0, *,
+                        reply_type: Any = None) -> Any:
+        """`ask` one member of group `name`, picked as `tell_group` does,
+        and return its answer. `NoResponders` at once if the group has no
+        members; `PeerGone` if the member goes away before answering;
+        otherwise raises as `ask`."""
+        self._check_open()
+        return await self._groups.ask(name, msg, timeout, reply_type)
 
     @property
     def mailbox(self) -> Mailbox:

@@ -4,7 +4,7 @@
 end: it says `Hello` once the QUIC handshake is done, takes the
 Coordinator's control messages in (`receive`) and tells its driver what
 each one is, and numbers the requests the client makes (channel
-introductions, broadcast counts) so that each reply is matched to its
+introductions, broadcast counts, group requests) so that each reply is matched to its
 request, once, and which watches are active (a `PeerTerminated` for one
 that was cancelled is dropped). `link.CoordLink` drives it over a QUIC connection.
 
@@ -47,6 +47,7 @@ class SessionEvent(Enum):
     OFFER = auto()
     PEER_DIALING = auto()
     TERMINATED = auto()  # a watched peer ended
+    VIEW = auto()  # the members of a followed group changed
     #: Any other control message: never legal from the Coordinator.
     OTHER = auto()
     CLOSE = auto()
@@ -61,6 +62,7 @@ TRANSITIONS: dict[tuple[SessionState, SessionEvent], SessionState] = {
     (_S.READY, _E.OFFER): _S.READY,
     (_S.READY, _E.PEER_DIALING): _S.READY,
     (_S.READY, _E.TERMINATED): _S.READY,
+    (_S.READY, _E.VIEW): _S.READY,
     **{(s, _E.CLOSE): _S.CLOSED for s in SessionState},
 }
 
@@ -73,6 +75,8 @@ _RECEIVED: dict[type, SessionEvent] = {
     wire.PeerDialing: _E.PEER_DIALING,
     wire.WatchReply: _E.REPLY,
     wire.PeerTerminated: _E.TERMINATED,
+    wire.GroupReply: _E.REPLY,
+    wire.GroupView: _E.VIEW,
 }
 
 
@@ -86,11 +90,11 @@ class Ended:
     waiting: list[int]
 
 
-Reply = wire.ChannelIntro | wire.BroadcastCountReply | wire.WatchReply
+Reply = wire.ChannelIntro | wire.BroadcastCountReply | wire.WatchReply | wire.GroupReply
 #: What `receive` hands the driver: the message to act on, or None (a reply
 #: to a request nobody waits for any more, the verdict of a cancelled watch).
 Received = wire.Welcome | Reply | wire.ChannelOffer | wire.PeerDialing | wire.PeerTerminated \
-    | None
+    | wire.GroupView | None
 
 
 class CoordSession:
@@ -141,6 +145,25 @@ class CoordSession:
         req = next(self._req)
         self._pending[req] = wire.WatchReply
         return wire.WatchRequest(req, peer)
+
+    def request_group(self, op: str, name: str) -> wire.GroupRequest:
+        """A group request (`op` one of `wire.GROUP_OPS`; awaits a
+        `GroupReply`). After a "follow" is answered, `GroupView`s for `name`
+        may come. `ValueError` for an unknown op."""
+        if op not in wire.GROUP_OPS:
+            raise ValueError(f"unknown group operation {op!r}")
+        self._move(_E.SEND)
+        req = next(self._req)
+        self._pending[req] = wire.GroupReply
+        return wire.GroupRequest(req, op, name)
+
+    def report_load(self, asks: int, tells: int) -> wire.LoadReport | None:
+        """A group member's load report; None unless the session is ready
+        (before the welcome there is no group, after the end nobody to tell)."""
+        if self.state is not SessionState.READY:
+            return None
+        self._move(_E.SEND)
+        return wire.LoadReport(asks, tells)
 
     def cancel_watch(self, req: int) -> wire.WatchCancel | None:
         """Stop watch `req` (accepted or still waiting for its reply): the
@@ -200,7 +223,8 @@ class CoordSession:
                 return None
             self._watching.discard(msg.req)
             return msg
-        if isinstance(msg, wire.ChannelIntro | wire.BroadcastCountReply | wire.WatchReply):
+        if isinstance(msg, wire.ChannelIntro | wire.BroadcastCountReply | wire.WatchReply
+                      | wire.GroupReply):
             expected = self._pending.get(msg.req)
             if expected is None:  # answered already, or abandoned
                 return None
@@ -211,7 +235,7 @@ class CoordSession:
             if isinstance(msg, wire.WatchReply) and msg.code == 0:
                 self._watching.add(msg.req)
             return msg
-        assert isinstance(msg, wire.ChannelOffer | wire.PeerDialing)
+        assert isinstance(msg, wire.ChannelOffer | wire.PeerDialing | wire.GroupView)
         return msg
 
     def close(self, code: int, reason: str) -> Ended:

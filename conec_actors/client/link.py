@@ -245,11 +245,13 @@ class CoordLink(StreamLink):
         self.on_offer: Callable[[wire.ChannelOffer], None] | None = None
         self.on_dialing: Callable[[str], None] | None = None
         self.on_terminated: Callable[[wire.PeerTerminated], None] | None = None
+        self.on_group_view: Callable[[wire.GroupView], None] | None = None
         self.early_offers: list[wire.ChannelOffer] = []
 
     def control_msg(self, conn: Conn, msg: wire.Control) -> None:
         got = self.session.receive(msg)
-        if isinstance(got, wire.ChannelIntro | wire.BroadcastCountReply | wire.WatchReply):
+        if isinstance(got, wire.ChannelIntro | wire.BroadcastCountReply | wire.WatchReply
+                      | wire.GroupReply):
             fut = self.requests.pop(got.req, None)
             if fut is not None and not fut.done():
                 fut.set_result(got)
@@ -258,6 +260,9 @@ class CoordLink(StreamLink):
                 self.early_offers.append(got)
             else:
                 self.on_offer(got)
+        elif isinstance(got, wire.GroupView):
+            if self.on_group_view is not None:
+                self.on_group_view(got)
         elif isinstance(got, wire.PeerTerminated):
             if self.on_terminated is not None:
                 self.on_terminated(got)
@@ -317,6 +322,21 @@ class CoordLink(StreamLink):
         msg = self.session.request_count(name)
         reply: wire.BroadcastCountReply = await self._request(msg.req, msg)
         return reply
+
+    async def request_group(self, op: str, name: str) -> wire.GroupReply:
+        """Send a group request (`op`: join, leave, members, follow) and
+        return the Coordinator's reply."""
+        if self.session.state is not SessionState.READY:
+            raise self._gone()
+        msg = self.session.request_group(op, name)
+        reply: wire.GroupReply = await self._request(msg.req, msg)
+        return reply
+
+    def report_load(self, asks: int, tells: int) -> None:
+        """Report this member's load (dropped if the Coordinator is gone)."""
+        msg = self.session.report_load(asks, tells)
+        if msg is not None:
+            self.send_control(msg)
 
     def request_watch(self, peer: str) -> tuple[int, asyncio.Future[wire.WatchReply]]:
         """Ask the Coordinator to watch `peer`: the watch's number (for

@@ -18,7 +18,7 @@ from ..errors import CertificateError, ProtocolError
 from ..framing import frame
 from ..tlsconf import check_chain, der
 from ..transport import Conn, Endpoint
-from . import ipc, session, watches
+from . import groups, ipc, session, watches
 from .fanout import BroadcastHub
 from .intros import Introductions, Offer
 from .legs import Leg
@@ -204,6 +204,8 @@ class FrontEnd:
         self.relay = Relay(self.sessions.get, self.hub, self.request_routing)
         self.intros = Introductions()
         self.watches = watches.Watches()
+        self.groups = groups.GroupBook()
+        self._view_timer: asyncio.TimerHandle | None = None  # for groups.take_dirty()
         self._intro_timer: asyncio.TimerHandle | None = None  # for intros.next_deadline()
 
     # -- wiring ------------------------------------------------------------------
@@ -222,6 +224,9 @@ class FrontEnd:
         if self._intro_timer is not None:
             self._intro_timer.cancel()
             self._intro_timer = None
+        if self._view_timer is not None:
+            self._view_timer.cancel()
+            self._view_timer = None
 
     def rebuild(self, kind: str, index: int, req: int) -> ipc.ToWorker:
         """The message a (re)started worker rebuilds its shard from."""
@@ -247,6 +252,7 @@ class FrontEnd:
     def session_gone(self, s: Session, reason: watches.Reason) -> None:
         self.sessions.pop(s.conn_key, None)
         self.watches.watcher_gone(s.conn_key)
+        self.groups.follower_gone(s.conn_key)
         admitted = s.client_id is not None and self.by_id.get(s.client_id) is s
         if admitted:
             del self.by_id[s.client_id or ""]
@@ -258,6 +264,7 @@ class FrontEnd:
         s.legs.clear()
         self.relay.target_gone(s)
         if admitted:
+            self._push_views(self.groups.member_gone(s.client_id or ""))
             # After its legs were ended above, so the watcher's mailbox
             # streams from it end first (the watcher holds the verdict until
             # they have been read).
@@ -269,9 +276,47 @@ class FrontEnd:
             if w is not None:
                 w.send_control(wire.PeerTerminated(note.req, note.reason))
 
+    def _push_views(self, names: list[str]) -> None:
+        """The members of groups `names` changed: tell their followers."""
+        for name in names:
+            view = self.groups.view(name)
+            for key in self.groups.followers(name):
+                f = self.sessions.get(key)
+                if f is not None:
+                    f.send_control(view)
+
+    def _load_report(self, s: Session, msg: wire.LoadReport) -> None:
+        if (self.groups.report(s.client_id or "", msg.asks, msg.tells)
+                and self._view_timer is None):
+            self._view_timer = self.loop.call_later(groups.VIEW_INTERVAL, self._views_due)
+
+    def _views_due(self) -> None:
+        self._view_timer = None
+        self._push_views(self.groups.take_dirty())
+
+    def _group_request(self, s: Session, msg: wire.GroupRequest) -> None:
+        member = s.client_id or ""
+        code = 0
+        if msg.op == "join":
+            code, changed = self.groups.join(member, msg.name)
+            if changed:
+                self._push_views([msg.name])
+        elif msg.op == "leave":
+            # The followers hear first, so that once `leave_group` returns
+            # no view sent after it still names this member.
+            if self.groups.leave(member, msg.name):
+                self._push_views([msg.name])
+        elif msg.op == "follow":
+            code = self.groups.follow(s.conn_key, msg.name)
+        s.send_control(wire.GroupReply(msg.req, code, self.groups.members(msg.name)))
+
     def handle(self, s: Session, msg: session.Request) -> None:
         """A request of an admitted client that its core passed on."""
-        if isinstance(msg, wire.WatchRequest):
+        if isinstance(msg, wire.LoadReport):
+            self._load_report(s, msg)
+        elif isinstance(msg, wire.GroupRequest):
+            self._group_request(s, msg)
+        elif isinstance(msg, wire.WatchRequest):
             target = self.by_id.get(msg.peer)
             connected = target is not None and target.core.state is State.READY
             try:

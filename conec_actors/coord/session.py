@@ -34,6 +34,7 @@ from ..limits import effective_limit
 from ..transitions import move
 from ..used_numbers import UsedNumbers
 from . import ipc
+from .groups import check_name as check_group_name
 
 #: The name this front-end registers its clients under at the workers.
 FRONTEND_NAME = "fe0"
@@ -128,7 +129,7 @@ class Admit:
 
 #: The requests of an admitted client that the front-end acts on.
 Request = (wire.ChannelRequest | wire.ChannelAnswer | wire.ChannelDialing | wire.BroadcastCount
-           | wire.WatchRequest | wire.WatchCancel)
+           | wire.WatchRequest | wire.WatchCancel | wire.GroupRequest | wire.LoadReport)
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +364,15 @@ class SessionCore:
                 return [Handle(msg)]
             if isinstance(msg, wire.BroadcastCount):
                 self.requests_pending += 1
+                return [Handle(msg)]
+            if isinstance(msg, wire.GroupRequest):
+                if msg.op not in wire.GROUP_OPS:
+                    raise ProtocolError(f"unknown group operation {wire.quote(msg.op)}")
+                check_group_name(msg.name)
+                return [Handle(msg)]
+            if isinstance(msg, wire.LoadReport):
+                if msg.asks < 0 or msg.tells < 0:
+                    raise ProtocolError("a load report counts from 0")
                 return [Handle(msg)]
         raise ProtocolError(f"unexpected control message {type(msg).__name__}")
 

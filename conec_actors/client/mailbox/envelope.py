@@ -91,6 +91,7 @@ class Envelope(Generic[T]):
 
     async def _send(self, item: bytes) -> None:
         self._replied = True
+        self._receiver.asks_taken -= 1
         route = self._route
         assert route is not None
         await self._receiver.answer(self.sender, route, item)
@@ -177,9 +178,12 @@ class Mailbox(Outbox):
                 env: Envelope[Any] = Envelope(d.sender, None, d.ask_id, d.route,
                                               self._receiver)
                 if d.ask_id is not None and not self._closed:
+                    self._receiver.asks_taken += 1  # _fail answers it
                     await env._fail("DecodeError", f"the message does not decode as {what}: "
                                                    f"{exc}")
                 continue
+            if d.ask_id is not None:
+                self._receiver.asks_taken += 1
             return Envelope(d.sender, body, d.ask_id, d.route, self._receiver)
 
     def __aiter__(self) -> Mailbox:
@@ -224,6 +228,11 @@ class Mailbox(Outbox):
         if pair is None or pair.stream is None or pair.stream.state is SendState.BROKEN:
             return None
         return pair.stream.kind
+
+    @property
+    def asks_taken(self) -> int:
+        """Asks this client has read from the mailbox and not answered yet."""
+        return self._receiver.asks_taken
 
     @property
     def pending_asks(self) -> int:

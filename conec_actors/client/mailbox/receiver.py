@@ -144,6 +144,9 @@ class Receiver:
         #: The return halves' writers (including those of routes already gone).
         self._writers: set[asyncio.Task[None]] = set()
         self.closed = False
+        #: Asks handed out by the mailbox and not answered yet (the load a
+        #: group member reports; an ask never answered stays counted).
+        self.asks_taken = 0
         #: Called with a peer when no mailbox stream from it is read any more
         #: (what death watch waits for before giving a verdict).
         self.on_read_end: Callable[[str], None] | None = None

@@ -131,6 +131,12 @@ class Outbox:
         if not self._put_nowait(pair, item):
             await self._put(pair, item)
 
+    def backlog(self, peer: str) -> int:
+        """Tells and asks to `peer` queued here, not yet written (sent ones
+        are acknowledged only every `ACK_EVERY`: they say nothing of load)."""
+        pair = self._pairs.get(peer)
+        return 0 if pair is None else len(pair.queue)
+
     async def ask(self, peer: str, msg: Any, timeout: float | None = 5.0, *,
                   reply_type: Any = None) -> Any:
         """Send `msg` to `peer` and wait for its answer (`Envelope.reply`).

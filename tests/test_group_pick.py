@@ -1,0 +1,146 @@
+"""`GroupPicker`: which member a tell_group/ask_group goes to (no
+Coordinator, no sockets)."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from conec_actors import wire
+from conec_actors.client.group_pick import GroupPicker, LoadReporter, NotFollowed
+
+
+def nothing_queued(member: str) -> int:
+    return 0
+
+
+def test_an_unfollowed_group_cannot_be_picked_from() -> None:
+    p = GroupPicker()
+    assert not p.follows("g")
+    with pytest.raises(NotFollowed):
+        p.pick("g", nothing_queued)
+    with pytest.raises(NotFollowed):
+        p.members("g")
+
+
+def test_an_empty_group_gives_nobody() -> None:
+    p = GroupPicker()
+    p.view("g", [])
+    assert p.follows("g") and p.pick("g", nothing_queued) is None
+
+
+def test_idle_members_take_turns() -> None:
+    p = GroupPicker()
+    p.view("g", ["a", "b", "c"])
+    assert [p.pick("g", nothing_queued) for _ in range(6)] == ["a", "b", "c"] * 2
+
+
+def test_fewest_outstanding_asks_first() -> None:
+    p = GroupPicker()
+    p.view("g", ["a", "b", "c"])
+    for m in ("a", "a", "b"):
+        p.ask_sent(m)
+    assert p.outstanding("a") == 2
+    assert p.pick("g", nothing_queued) == "c"
+    p.ask_sent("c")
+    # b and c hold one each now; a two: a is never chosen.
+    assert {p.pick("g", nothing_queued) for _ in range(4)} == {"b", "c"}
+    p.ask_done("a")
+    p.ask_done("a")
+    assert p.outstanding("a") == 0
+    assert p.pick("g", nothing_queued) == "a"
+
+
+def test_then_fewest_tells_queued() -> None:
+    p = GroupPicker()
+    p.view("g", ["a", "b"])
+    queued = {"a": 5, "b": 1}
+    assert p.pick("g", queued.__getitem__) == "b"
+    assert p.pick("g", queued.__getitem__) == "b"
+    p.ask_sent("b")  # asks count before tells
+    assert p.pick("g", queued.__getitem__) == "a"
+
+
+def test_a_slow_member_gets_less() -> None:
+    # Asks to "slow" stay outstanding four times longer than to the others.
+    p = GroupPicker()
+    p.view("g", ["slow", "b", "c", "d"])
+    took: collections.Counter[str] = collections.Counter()
+    inflight: list[tuple[int, str]] = []
+    for tick in range(400):
+        done = [x for x in inflight if x[0] <= tick]
+        for x in done:
+            inflight.remove(x)
+            p.ask_done(x[1])
+        while len(inflight) < 8:
+            m = p.pick("g", nothing_queued)
+            assert m is not None
+            p.ask_sent(m)
+            took[m] += 1
+            inflight.append((tick + (40 if m == "slow" else 4), m))
+    assert took["slow"] < sum(took.values()) / 4
+
+
+def test_a_new_view_replaces_the_members_at_once() -> None:
+    p = GroupPicker()
+    p.view("g", ["a", "b"])
+    members = ["b"]
+    p.view("g", members)
+    members.append("x")  # the picker keeps its own copy
+    assert p.members("g") == ["b"]
+    assert {p.pick("g", nothing_queued) for _ in range(3)} == {"b"}
+    p.forget()
+    assert not p.follows("g")
+
+
+def test_an_answer_for_no_outstanding_ask_is_a_driver_bug() -> None:
+    p = GroupPicker()
+    with pytest.raises(ValueError):
+        p.ask_done("a")
+
+
+def test_reported_loads_add_to_the_senders_own() -> None:
+    p = GroupPicker()
+    p.view("g", ["a", "b"], [3, 0], [0, 9])
+    assert p.reported("a") == (3, 0) and p.reported("x") == (0, 0)
+    assert p.pick("g", nothing_queued) == "b"  # fewer asks beats fewer tells
+    for _ in range(3):
+        p.ask_sent("b")
+    # a: 3 reported + 0 own; b: 0 + 3 own, more tells: a now.
+    assert p.pick("g", nothing_queued) == "a"
+    p.view("g", ["a", "b"], [0, 0], [0, 0])
+    p.ask_done("b")
+    assert p.pick("g", nothing_queued) == "a"
+
+
+def test_a_view_without_loads_keeps_the_last_reported() -> None:
+    p = GroupPicker()
+    p.view("g", ["a", "b"], [4, 0], [0, 0])
+    p.view("g", ["a", "b"])  # the reply to "follow" carries no loads
+    assert p.reported("a") == (4, 0)
+    p.view("g", ["a", "b"], [1], [1, 1])  # malformed lengths: ignored
+    assert p.reported("a") == (4, 0)
+
+
+def test_a_member_reports_only_changes() -> None:
+    r = LoadReporter()
+    assert r.sample(0, 0) is None  # idle is what the Coordinator assumes
+    assert r.sample(2, 1) == wire.LoadReport(2, 1)
+    assert r.sample(2, 1) is None
+    assert r.sample(0, 0) == wire.LoadReport(0, 0)
+    r.sample(3, 3)
+    r.reset()
+    assert r.sample(3, 3) == wire.LoadReport(3, 3)
+
+
+def test_a_member_found_gone_is_not_picked_until_a_view_says_otherwise() -> None:
+    p = GroupPicker()
+    p.view("g", ["a", "b"])
+    p.view("h", ["a"])
+    p.gone("a")
+    assert p.members("g") == ["b"] and p.members("h") == []
+    assert p.pick("h", nothing_queued) is None
+    p.gone("nobody")  # not a member anywhere: nothing changes
+    p.view("g", ["a", "b"])
+    assert p.members("g") == ["a", "b"]
