@@ -136,13 +136,14 @@ async def sender_main(target: Target, rounds: int, n: int, ask_n: int, *, ctl: C
     ctl.put(("done", None))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.groups",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--ask-n", type=int, default=1000)
     ap.add_argument("--slow-ms", type=float, default=20.0)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     cert, key = make_self_signed(COORD_NAME)
     rounds: list[dict[str, Any]] = []
     with Procs("groups") as procs:

@@ -7,7 +7,8 @@
 * ``bench.broadcast --members 2,8 --rounds 1 --no-nats``;
 * ``bench.idle_clients --clients 200 --procs 2 --workers-list 1,2 --idle 1``;
 * ``bench.stall --seconds 5``;
-* ``bench.attacks`` (every attack pattern, defaults).
+* ``bench.attacks`` (every attack pattern, defaults);
+* ``bench.groups --rounds 1`` (tell_group/ask_group against tell/ask).
 
 Each prints its own JSON lines. For figures worth comparing, run the modules
 themselves with their defaults (several alternating rounds, 1,000 clients, ...).
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench import attacks, broadcast, direct, idle_clients, proxied, stall
+from bench import attacks, broadcast, direct, groups, idle_clients, proxied, stall
 
 QUICK: dict[str, list[str]] = {
     "proxied": ["--rounds", "1", "--duration", "1", "--ping-n", "100"],
@@ -26,6 +27,7 @@ QUICK: dict[str, list[str]] = {
     "idle_clients": ["--clients", "200", "--procs", "2", "--workers-list", "1,2", "--idle", "1"],
     "stall": ["--seconds", "5"],
     "attacks": [],
+    "groups": ["--rounds", "1"],
 }
 
 
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="run only this benchmark (repeatable)")
     args = p.parse_args(argv)
     runs = {"proxied": proxied.main, "direct": direct.main, "broadcast": broadcast.main,
-            "idle_clients": idle_clients.main, "stall": stall.main, "attacks": attacks.main}
+            "idle_clients": idle_clients.main, "stall": stall.main, "attacks": attacks.main,
+            "groups": groups.main}
     for name in args.only or list(QUICK):
         runs[name](QUICK[name])
 
