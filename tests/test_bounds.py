@@ -203,7 +203,7 @@ async def test_control_requests_stop_being_read_while_their_replies_are_unread()
             if i % 500 == 0:
                 await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)
-        backlog = session.conn.unsent(session.core.control_sid)
+        backlog = session.conn.unsent(session.core.control_quic_id)
         assert backlog < CONTROL_REPLY_HIGH + 4096, backlog
         assert a._conn.unsent(0) > MiB  # the front-end stopped taking requests
         assert a.id == "alice" and not a.is_closed

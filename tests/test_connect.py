@@ -163,9 +163,9 @@ class _Recorder:
             asyncio.get_running_loop().create_future()
 
     def handshake_completed(self, conn: Conn) -> None: ...
-    def stream_data(self, conn: Conn, sid: int, data: bytes, fin: bool) -> None: ...
-    def stream_reset(self, conn: Conn, sid: int, code: int) -> None: ...
-    def stop_sending(self, conn: Conn, sid: int, code: int) -> None: ...
+    def stream_data(self, conn: Conn, quic_id: int, data: bytes, fin: bool) -> None: ...
+    def stream_reset(self, conn: Conn, quic_id: int, code: int) -> None: ...
+    def stop_sending(self, conn: Conn, quic_id: int, code: int) -> None: ...
 
     def terminated(self, conn: Conn, code: int, reason: str) -> None:
         if not self.closed.done():
@@ -277,7 +277,7 @@ async def _half_open_at_least(h: Any, n: int) -> bool:
     return bool((await h.coord.stats())["half_open"] >= n)
 
 
-async def _raw_session(h: Any, first: bytes, *, sid: int | None = None) -> tuple[int, str]:
+async def _raw_session(h: Any, first: bytes, *, quic_id: int | None = None) -> tuple[int, str]:
     """Connect with a valid certificate for 'alice', write `first` on a stream
     (the control stream by default) and return how the Coordinator closed us."""
     ep = await Endpoint.bind("127.0.0.1", 0)
@@ -285,7 +285,7 @@ async def _raw_session(h: Any, first: bytes, *, sid: int | None = None) -> tuple
         rec = _Recorder()
         conn = ep.connect(h.coord.address, _raw_config(h, with_cert=True), rec, 65536)
         await conn.wait_handshake()
-        conn.send(conn.new_stream_id() if sid is None else sid, first)
+        conn.send(conn.new_stream_id() if quic_id is None else quic_id, first)
         return await asyncio.wait_for(rec.closed, 8)
     finally:
         ep.close()
@@ -311,7 +311,7 @@ async def test_broken_hellos_are_refused_with_a_reason() -> None:
             assert code == expected, (data, code, reason)
             assert reason
         # a data stream before the control stream
-        code, _ = await _raw_session(h, b"junk", sid=4)
+        code, _ = await _raw_session(h, b"junk", quic_id=4)
         assert code == Code.PROTOCOL
         # a valid hello right behind a refused one is not acted on
         code, _ = await _raw_session(h, cases[0][0] + frame(wire.encode(wire.Hello(**good))))
@@ -376,9 +376,9 @@ async def test_a_stream_stopped_before_its_reply_does_not_break_the_coordinator(
                 idle_timeout=10.0, max_datagram_size=1200))))
             await wait_for(lambda: _num_clients_is(h, 1))
             for n in range(5):
-                sid = conn.new_stream_id()
-                conn.send(sid, frame(wire.encode(wire.StreamHeader("broadcast", "room", n))))
-                conn.stop(sid, 0)
+                quic_id = conn.new_stream_id()
+                conn.send(quic_id, frame(wire.encode(wire.StreamHeader("broadcast", "room", n))))
+                conn.stop(quic_id, 0)
             # Everything still works for everyone.
             b, c = await h.client("bob"), await h.client("carol")
             sb, _rb = await b.new_broadcast("room")
@@ -418,7 +418,7 @@ class _Listener(_Recorder):
         super().__init__()
         self.received = b""
 
-    def stream_data(self, conn: Conn, sid: int, data: bytes, fin: bool) -> None:
+    def stream_data(self, conn: Conn, quic_id: int, data: bytes, fin: bool) -> None:
         self.received += data
 
 

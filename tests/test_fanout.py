@@ -27,37 +27,37 @@ class FakeConn:
     credit: dict[int, int] = field(default_factory=dict)
     closed: bool = False
 
-    def send(self, sid: int, data: bytes, end: bool = False) -> None:
-        self.sent.setdefault(sid, bytearray()).extend(data)
+    def send(self, quic_id: int, data: bytes, end: bool = False) -> None:
+        self.sent.setdefault(quic_id, bytearray()).extend(data)
         if end:
-            self.ended.add(sid)
+            self.ended.add(quic_id)
 
-    def reset(self, sid: int, code: int) -> None:
-        self.resets[sid] = code
+    def reset(self, quic_id: int, code: int) -> None:
+        self.resets[quic_id] = code
 
-    def stop(self, sid: int, code: int) -> None:
-        self.stops[sid] = code
+    def stop(self, quic_id: int, code: int) -> None:
+        self.stops[quic_id] = code
 
-    def unsent(self, sid: int) -> int:
+    def unsent(self, quic_id: int) -> int:
         return 0
 
-    def consume_to(self, sid: int, offset: int) -> None:
-        self.credit[sid] = offset
+    def consume_to(self, quic_id: int, offset: int) -> None:
+        self.credit[quic_id] = offset
 
-    def set_stream_window(self, sid: int, window: int) -> None:
-        self.windows[sid] = window
+    def set_stream_window(self, quic_id: int, window: int) -> None:
+        self.windows[quic_id] = window
 
-    def watch_drain(self, sid: int, cb: object) -> None:
+    def watch_drain(self, quic_id: int, cb: object) -> None:
         pass
 
-    def unwatch_drain(self, sid: int) -> None:
+    def unwatch_drain(self, quic_id: int) -> None:
         pass
 
-    def forget_stream(self, sid: int) -> None:
+    def forget_stream(self, quic_id: int) -> None:
         pass
 
-    def frames(self, sid: int) -> list[bytes]:
-        return FrameDecoder(LIMIT + 64).feed(bytes(self.sent.get(sid, b"")))
+    def frames(self, quic_id: int) -> list[bytes]:
+        return FrameDecoder(LIMIT + 64).feed(bytes(self.sent.get(quic_id, b"")))
 
 
 class FakePeer:
@@ -103,14 +103,14 @@ class Worker:
 
 
 def join(hub: BroadcastHub, worker: Worker, peer: FakePeer, name: str = "room",
-         sid: int = 4) -> MemberLeg:
-    leg = MemberLeg(peer, sid, 0)  # type: ignore[arg-type]
-    peer.legs[sid] = leg
+         quic_id: int = 4) -> MemberLeg:
+    leg = MemberLeg(peer, quic_id, 0)  # type: ignore[arg-type]
+    peer.legs[quic_id] = leg
     assert peer.core.begin_open()
     hub.join(leg, name)
     req = worker.answer(epoch=1, senders=1, receivers=1)
     assert isinstance(req, ipc.Join) and req.member == ipc.Member(peer.client_id or "",
-                                                                  peer.conn_key, sid)
+                                                                  peer.conn_key, quic_id)
     return leg
 
 
@@ -209,7 +209,7 @@ def test_rebuild_lists_the_broadcasts_of_one_shard() -> None:
     alice = FakePeer(1, "alice")
     names = ["a", "b", "c", "d", "e"]
     for i, name in enumerate(names):
-        join(hub, worker, alice, name, sid=4 * (i + 1))
+        join(hub, worker, alice, name, quic_id=4 * (i + 1))
     shards = [[b.name for b in hub.rebuild(k, 9).broadcasts] for k in range(2)]
     assert sorted(shards[0] + shards[1]) == names
     assert all(ipc.shard_of(n, 2) == k for k in range(2) for n in shards[k])

@@ -372,12 +372,12 @@ async def test_broken_stream_headers_reset_only_that_stream() -> None:
             (5000).to_bytes(4, "big") + b"h" * 5000,  # oversized header frame
         ]
         for raw in bad_headers:
-            sid = conn.new_stream_id()
+            quic_id = conn.new_stream_id()
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            link.streams[sid] = StreamCore(conn, sid, StreamId("proxied", 10**6 + sid),
+            link.streams[quic_id] = StreamCore(conn, quic_id, StreamId("proxied", 10**6 + quic_id),
                                            1 << 20)
-            link.opening[sid] = fut
-            conn.send(sid, raw)
+            link.opening[quic_id] = fut
+            conn.send(quic_id, raw)
             with pytest.raises(ProtocolError):
                 await asyncio.wait_for(fut, 5)
         send, _ = await a.new_proxied_stream("bob")

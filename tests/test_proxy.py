@@ -37,11 +37,11 @@ class Conn(FakeConn):
         self.next_sid += 4
         return self.next_sid - 4
 
-    def watch_drain(self, sid: int, cb: object) -> None:
-        self.watching[sid] = cb
+    def watch_drain(self, quic_id: int, cb: object) -> None:
+        self.watching[quic_id] = cb
 
-    def unwatch_drain(self, sid: int) -> None:
-        self.watching.pop(sid, None)
+    def unwatch_drain(self, quic_id: int) -> None:
+        self.watching.pop(quic_id, None)
 
     def on_stream_room(self, cb: Callable[[], None] | None) -> None:
         self.on_room = cb
@@ -74,9 +74,9 @@ class Setup:
         p = self.peers[key] = Peer(key, client_id, **kw)
         return p
 
-    def open(self, opener: Peer, dst: str, n: int, sid: int, data: bytes = b"") -> None:
-        leg = HeaderLeg(opener, sid, self.relay)  # type: ignore[arg-type]
-        opener.legs[sid] = leg
+    def open(self, opener: Peer, dst: str, n: int, quic_id: int, data: bytes = b"") -> None:
+        leg = HeaderLeg(opener, quic_id, self.relay)  # type: ignore[arg-type]
+        opener.legs[quic_id] = leg
         leg.data(frame(wire.encode(wire.StreamHeader("proxied", dst, n))) + data, False)
 
     def route_all(self) -> None:

@@ -70,7 +70,7 @@ def sent(acts: list[Action]) -> list[wire.Control]:
 
 def run_control(core: SessionCore, data: bytes, unsent: int = 0) -> list[Action]:
     """Feed control bytes and act on them as the driver does."""
-    acts = core.new_stream(CONTROL_STREAM) if core.control_sid is None else []
+    acts = core.new_stream(CONTROL_STREAM) if core.control_quic_id is None else []
     acts += core.control_data(data, False)
     while (step := core.step_control(unsent)) is not None:
         acts += step
@@ -302,7 +302,7 @@ def test_the_control_stream_comes_first() -> None:
 
 def test_streams_are_ignored_during_the_handshake() -> None:
     core = SessionCore(1, ADDR, LIMITS, accept_any)
-    assert core.new_stream(0) == [] and core.control_sid is None
+    assert core.new_stream(0) == [] and core.control_quic_id is None
 
 
 def test_streams_open_only_when_ready_and_only_client_bidirectional() -> None:

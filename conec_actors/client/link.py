@@ -82,26 +82,26 @@ class StreamLink:
     def handshake_completed(self, conn: Conn) -> None:
         pass
 
-    def stream_data(self, conn: Conn, sid: int, data: bytes, fin: bool) -> None:
-        if sid == CONTROL_STREAM:
+    def stream_data(self, conn: Conn, quic_id: int, data: bytes, fin: bool) -> None:
+        if quic_id == CONTROL_STREAM:
             self._control_data(conn, data, fin)
             return
-        core = self.streams.get(sid)
+        core = self.streams.get(quic_id)
         if core is None:
-            peer_opened = (sid & 1) == (1 if conn.quic.configuration.is_client else 0)
+            peer_opened = (quic_id & 1) == (1 if conn.quic.configuration.is_client else 0)
             if not peer_opened or not self.ready:
-                conn.stop(sid, wire.Code.PROTOCOL)
-                conn.reset(sid, wire.Code.PROTOCOL)
+                conn.stop(quic_id, wire.Code.PROTOCOL)
+                conn.reset(quic_id, wire.Code.PROTOCOL)
                 return
-            core = StreamCore(conn, sid, StreamId(self.kind, -1), self.max_message_size)
-            self.streams[sid] = core
-            self.awaiting_header.add(sid)
+            core = StreamCore(conn, quic_id, StreamId(self.kind, -1), self.max_message_size)
+            self.streams[quic_id] = core
+            self.awaiting_header.add(quic_id)
         if core.data_received(data, fin) is None:
-            self._opening_failed(sid, wire.Code.PROTOCOL)
+            self._opening_failed(quic_id, wire.Code.PROTOCOL)
             return
-        if sid in self.awaiting_header:
+        if quic_id in self.awaiting_header:
             self._first_frame_incoming(core)
-        elif sid in self.opening:
+        elif quic_id in self.opening:
             self._first_frame_opened(core)
         self._maybe_forget(core)
 
@@ -147,24 +147,24 @@ class StreamLink:
         if not fut.done():
             fut.set_result(None)
 
-    def _opening_failed(self, sid: int, code: int, reason: str = "") -> None:
-        fut = self.opening.pop(sid, None)
+    def _opening_failed(self, quic_id: int, code: int, reason: str = "") -> None:
+        fut = self.opening.pop(quic_id, None)
         if fut is not None and not fut.done():
             fut.set_exception(wire.error_for(code, reason))
 
-    def stream_reset(self, conn: Conn, sid: int, code: int) -> None:
-        core = self.streams.get(sid)
+    def stream_reset(self, conn: Conn, quic_id: int, code: int) -> None:
+        core = self.streams.get(quic_id)
         if core is None:
             return
-        self._opening_failed(sid, code)
+        self._opening_failed(quic_id, code)
         core.reset_received(code)
         self._maybe_forget(core)
 
-    def stop_sending(self, conn: Conn, sid: int, code: int) -> None:
-        core = self.streams.get(sid)
+    def stop_sending(self, conn: Conn, quic_id: int, code: int) -> None:
+        core = self.streams.get(quic_id)
         if core is None:
             return
-        self._opening_failed(sid, code)
+        self._opening_failed(quic_id, code)
         core.stop_received(code)
         self._maybe_forget(core)
 
@@ -173,8 +173,8 @@ class StreamLink:
 
     def end_streams(self, err: ConecError, code: int) -> None:
         """The connection ended (`err`, `code`): fail every stream and opening."""
-        for sid in list(self.opening):
-            self._opening_failed(sid, wire.Code.PEER_GONE, f"connection lost: {err}")
+        for quic_id in list(self.opening):
+            self._opening_failed(quic_id, wire.Code.PEER_GONE, f"connection lost: {err}")
         scode = code if code in wire.CODES else wire.Code.PATH_FAILED
         for core in self.streams.values():
             core.path_failed(scode, f"{err}")
@@ -211,12 +211,12 @@ class StreamLink:
         """Open a data stream; the future resolves when it is accepted."""
         conn = self.conn
         assert conn is not None
-        sid = conn.new_stream_id()
+        quic_id = conn.new_stream_id()
         kind = kind or self.kind
-        core = StreamCore(conn, sid, StreamId(kind, n), self.max_message_size, recv_extra)
+        core = StreamCore(conn, quic_id, StreamId(kind, n), self.max_message_size, recv_extra)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.streams[sid] = core
-        self.opening[sid] = fut
+        self.streams[quic_id] = core
+        self.opening[quic_id] = fut
         core.write_raw(frame(wire.encode(wire.StreamHeader(
             kind, peer, n, purpose=purpose))))
         return core, fut

@@ -95,8 +95,8 @@ class MemberLeg(Leg):
 
     __slots__ = ("bcast", "consumed", "member", "pending", "pending_fin", "sending", "tag")
 
-    def __init__(self, session: Peer, sid: int, base: int) -> None:
-        super().__init__(session, sid, base)
+    def __init__(self, session: Peer, quic_id: int, base: int) -> None:
+        super().__init__(session, quic_id, base)
         self.bcast: Broadcast | None = None  # once joined
         self.member = MemberIn(session.max_message_size)
         self.tag = wire.sender_tag(session.client_id or "")
@@ -273,7 +273,7 @@ class Broadcast:
                 self._send_sized(leg, whole)
         self._send_all(out)
         leg.consumed += pos
-        leg.session.conn.consume_to(leg.sid, leg.base + leg.consumed - m.parked)
+        leg.session.conn.consume_to(leg.quic_id, leg.base + leg.consumed - m.parked)
         if msgs:
             hub.messages_forwarded += msgs
             hub.deliveries += msgs * len(self.receivers)
@@ -291,12 +291,12 @@ class Broadcast:
         if out:
             joined = out[0] if len(out) == 1 else b"".join(out)
             for r in self.receivers:
-                r.session.conn.send(r.sid, joined)
+                r.session.conn.send(r.quic_id, joined)
 
     @staticmethod
     def _send_to(readers: Iterable[MemberLeg], delivery: bytes) -> None:
         for r in readers:
-            r.session.conn.send(r.sid, delivery)
+            r.session.conn.send(r.quic_id, delivery)
 
     def _send_sized(self, leg: MemberLeg, whole: bytes) -> None:
         """A message some reader's limit is too small for: they get a notice."""
@@ -304,7 +304,7 @@ class Broadcast:
         notice = frame(wire.too_large_notice(len(whole), leg.tag))
         for r in self.receivers:
             fits = len(whole) <= r.session.max_message_size
-            r.session.conn.send(r.sid, delivery if fits else notice)
+            r.session.conn.send(r.quic_id, delivery if fits else notice)
 
     def _begin(self, leg: MemberLeg, size: int) -> None:
         """Start fanning out a large message piece by piece."""
@@ -318,7 +318,7 @@ class Broadcast:
                 self.cur_receivers[r] = None
             else:
                 notice = notice or frame(wire.too_large_notice(size, leg.tag))
-                r.session.conn.send(r.sid, notice)
+                r.session.conn.send(r.quic_id, notice)
 
     def abandon(self, leg: MemberLeg) -> None:
         """`leg` sends no more: readers drop the pieces of its message in
@@ -336,15 +336,15 @@ class Broadcast:
     def _check_blocked(self) -> None:
         for r in self.receivers:
             conn = r.session.conn
-            if r not in self.blocked_on and conn.unsent(r.sid) > BROADCAST_HIGH_WATER:
+            if r not in self.blocked_on and conn.unsent(r.quic_id) > BROADCAST_HIGH_WATER:
                 self.blocked_on.add(r)
-                conn.watch_drain(r.sid, r.on_drain)
+                conn.watch_drain(r.quic_id, r.on_drain)
 
     def drained(self, r: MemberLeg) -> None:
         conn = r.session.conn
-        if r in self.blocked_on and (conn.closed or conn.unsent(r.sid) <= BROADCAST_LOW_WATER):
+        if r in self.blocked_on and (conn.closed or conn.unsent(r.quic_id) <= BROADCAST_LOW_WATER):
             self.blocked_on.discard(r)
-            conn.unwatch_drain(r.sid)
+            conn.unwatch_drain(r.quic_id)
             self.flush()
 
     # -- membership ------------------------------------------------------------
@@ -370,7 +370,7 @@ class Broadcast:
         else:
             legs = () if joined is None else (joined,)
         for m in legs:
-            m.session.conn.set_stream_window(m.sid, window)
+            m.session.conn.set_stream_window(m.quic_id, window)
 
     def drop_receiver(self, leg: MemberLeg) -> None:
         if self.receivers.pop(leg, None) is not None:
@@ -378,12 +378,12 @@ class Broadcast:
         self.cur_receivers.pop(leg, None)
         if leg in self.blocked_on:
             self.blocked_on.discard(leg)
-            leg.session.conn.unwatch_drain(leg.sid)
+            leg.session.conn.unwatch_drain(leg.quic_id)
         self.flush()
 
     @staticmethod
     def member_info(leg: MemberLeg) -> ipc.Member:
-        return ipc.Member(leg.session.client_id or "", leg.session.conn_key, leg.sid)
+        return ipc.Member(leg.session.client_id or "", leg.session.conn_key, leg.quic_id)
 
     def state(self) -> ipc.BroadcastState:
         return ipc.BroadcastState(
@@ -449,7 +449,7 @@ class BroadcastHub:
         leg.bcast = b
         leg.sending = True
         b.add(leg)
-        s.conn.send(leg.sid, frame(wire.encode(wire.StreamAccepted())))
+        s.conn.send(leg.quic_id, frame(wire.encode(wire.StreamAccepted())))
         pending, leg.pending = leg.pending, []
         data = b"".join(pending)
         if data or leg.pending_fin:

@@ -69,31 +69,31 @@ class Session:
         assert cert is not None
         self.execute(self.core.handshake_done(der(cert)))
 
-    def stream_data(self, conn: Conn, sid: int, data: bytes, fin: bool) -> None:
-        leg = self.legs.get(sid)
+    def stream_data(self, conn: Conn, quic_id: int, data: bytes, fin: bool) -> None:
+        leg = self.legs.get(quic_id)
         if leg is not None:  # the per-packet path
             leg.data(data, fin)
             return
         core = self.core
-        if sid != core.control_sid:
-            self.execute(core.new_stream(sid))
-            if sid != core.control_sid:
-                leg = self.legs.get(sid)
+        if quic_id != core.control_quic_id:
+            self.execute(core.new_stream(quic_id))
+            if quic_id != core.control_quic_id:
+                leg = self.legs.get(quic_id)
                 if leg is not None:
                     leg.data(data, fin)
                 return
         self.execute(core.control_data(data, fin))
         self.control_run()
 
-    def stream_reset(self, conn: Conn, sid: int, code: int) -> None:
-        leg = self.legs.get(sid)
+    def stream_reset(self, conn: Conn, quic_id: int, code: int) -> None:
+        leg = self.legs.get(quic_id)
         if leg is not None:
             leg.reset(code)
         else:
-            self.execute(self.core.stream_reset(sid))
+            self.execute(self.core.stream_reset(quic_id))
 
-    def stop_sending(self, conn: Conn, sid: int, code: int) -> None:
-        leg = self.legs.get(sid)
+    def stop_sending(self, conn: Conn, quic_id: int, code: int) -> None:
+        leg = self.legs.get(quic_id)
         if leg is not None:
             leg.stopped(code)
 
@@ -106,11 +106,11 @@ class Session:
     def control_run(self) -> None:
         """Act on parked control messages while the client reads its replies."""
         core = self.core
-        sid = core.control_sid
-        if sid is None:
+        quic_id = core.control_quic_id
+        if quic_id is None:
             return
         conn = self.conn
-        while (acts := core.step_control(conn.unsent(sid))) is not None:
+        while (acts := core.step_control(conn.unsent(quic_id))) is not None:
             self.execute(acts)
         self.execute(core.control_settled())
 
@@ -121,8 +121,8 @@ class Session:
 
     def send_control(self, msg: wire.Control) -> None:
         core = self.core
-        if core.state is not State.CLOSED and core.control_sid is not None:
-            self.conn.send(core.control_sid, frame(wire.encode(msg)))
+        if core.state is not State.CLOSED and core.control_quic_id is not None:
+            self.conn.send(core.control_quic_id, frame(wire.encode(msg)))
 
     def _timer_fired(self) -> None:
         self._timer = None
@@ -136,19 +136,19 @@ class Session:
             elif isinstance(act, session.Handle):
                 self.fe.handle(self, act.msg)
             elif isinstance(act, session.CreditControl):
-                assert self.core.control_sid is not None
-                self.conn.consume_to(self.core.control_sid, act.offset)
+                assert self.core.control_quic_id is not None
+                self.conn.consume_to(self.core.control_quic_id, act.offset)
             elif isinstance(act, session.WatchControl):
-                assert self.core.control_sid is not None
+                assert self.core.control_quic_id is not None
                 if act.on:
-                    self.conn.watch_drain(self.core.control_sid, self.control_run)
+                    self.conn.watch_drain(self.core.control_quic_id, self.control_run)
                 else:
-                    self.conn.unwatch_drain(self.core.control_sid)
+                    self.conn.unwatch_drain(self.core.control_quic_id)
             elif isinstance(act, session.NewLeg):
-                self.legs[act.sid] = HeaderLeg(self, act.sid, self.fe.relay)
+                self.legs[act.quic_id] = HeaderLeg(self, act.quic_id, self.fe.relay)
             elif isinstance(act, session.RejectStream):
-                self.conn.stop(act.sid, act.code)
-                self.conn.reset(act.sid, act.code)
+                self.conn.stop(act.quic_id, act.code)
+                self.conn.reset(act.quic_id, act.code)
             elif isinstance(act, session.CloseConnection):
                 log.info("closing connection from %s: %s (%s)", self.conn.peer_address,
                          act.reason, act.code)

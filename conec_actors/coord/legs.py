@@ -36,11 +36,11 @@ class Peer(Protocol):
 class Leg:
     """One stream of one client's connection, carried by the front-end."""
 
-    __slots__ = ("base", "in_done", "out_done", "session", "sid")
+    __slots__ = ("base", "in_done", "out_done", "quic_id", "session")
 
-    def __init__(self, session: Peer, sid: int, base: int = 0) -> None:
+    def __init__(self, session: Peer, quic_id: int, base: int = 0) -> None:
         self.session = session
-        self.sid = sid
+        self.quic_id = quic_id
         self.base = base  # bytes of the stream before its payload (the header)
         self.in_done = False  # nothing more will come from this leg
         self.out_done = False  # nothing more will be written to this leg
@@ -56,7 +56,7 @@ class Leg:
     def stopped(self, code: int) -> None:
         """The client stopped reading (aioquic reset our sending side)."""
         self.out_done = True
-        self.session.conn.unwatch_drain(self.sid)
+        self.session.conn.unwatch_drain(self.quic_id)
         self.forget_if_done()
 
     def session_gone(self) -> None:
@@ -67,15 +67,15 @@ class Leg:
         if not self.out_done:
             self.out_done = True
             conn = self.session.conn
-            conn.reset(self.sid, code)
-            conn.unwatch_drain(self.sid)
+            conn.reset(self.quic_id, code)
+            conn.unwatch_drain(self.quic_id)
         self.forget_if_done()
 
     def end_in(self, code: int) -> None:
         """Ask this leg's client to stop sending."""
         if not self.in_done:
             self.in_done = True
-            self.session.conn.stop(self.sid, code)
+            self.session.conn.stop(self.quic_id, code)
         self.forget_if_done()
 
     def end_both(self, code: int) -> None:
@@ -87,14 +87,14 @@ class Leg:
         """Cleanly end what this leg's client reads."""
         if not self.out_done:
             self.out_done = True
-            self.session.conn.send(self.sid, b"", end=True)
+            self.session.conn.send(self.quic_id, b"", end=True)
         self.forget_if_done()
 
     def forget_if_done(self) -> None:
         if self.in_done and self.out_done:
             s = self.session
-            if s.legs.pop(self.sid, None) is not None:
-                s.conn.forget_stream(self.sid)
+            if s.legs.pop(self.quic_id, None) is not None:
+                s.conn.forget_stream(self.quic_id)
             self.forgotten()
 
     def forgotten(self) -> None:

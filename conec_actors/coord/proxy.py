@@ -42,8 +42,8 @@ class HeaderLeg(Leg):
 
     __slots__ = ("head", "relay")
 
-    def __init__(self, session: Peer, sid: int, relay: Relay) -> None:
-        super().__init__(session, sid)
+    def __init__(self, session: Peer, quic_id: int, relay: Relay) -> None:
+        super().__init__(session, quic_id)
         self.relay = relay
         self.head = bytearray()
 
@@ -58,7 +58,7 @@ class HeaderLeg(Leg):
                 self.abort(wire.Code.PROTOCOL, "stream header too large")
             elif len(head) >= HEADER_SIZE + size:
                 base = HEADER_SIZE + size
-                self.session.conn.consume_to(self.sid, base)
+                self.session.conn.consume_to(self.quic_id, base)
                 leg = self.relay.open(self, bytes(head[HEADER_SIZE:base]), base)
                 if leg is not None and not leg.in_done:
                     leg.data(bytes(head[base:]), fin)
@@ -68,7 +68,7 @@ class HeaderLeg(Leg):
             self.abort(wire.Code.PROTOCOL, "stream ended in its header")
 
     def abort(self, code: int, reason: str) -> None:
-        log.debug("resetting stream %d of %s: %s", self.sid, self.session.client_id, reason)
+        log.debug("resetting stream %d of %s: %s", self.quic_id, self.session.client_id, reason)
         self.end_both(code)
 
 
@@ -78,9 +78,9 @@ class ProxiedLeg(Leg):
     __slots__ = ("n", "other", "pending", "pending_fin", "purpose", "relay", "scanner",
                  "slot_of", "target", "written")
 
-    def __init__(self, session: Peer, sid: int, base: int, n: int, purpose: str,
+    def __init__(self, session: Peer, quic_id: int, base: int, n: int, purpose: str,
                  max_message_size: int, relay: Relay) -> None:
-        super().__init__(session, sid, base)
+        super().__init__(session, quic_id, base)
         self.relay = relay
         self.n = n
         self.purpose = purpose
@@ -116,7 +116,7 @@ class ProxiedLeg(Leg):
                 self.abort(wire.Code.MESSAGE_TOO_LARGE, str(exc))
                 return
             if not other.out_done:
-                other.session.conn.send(other.sid, data)
+                other.session.conn.send(other.quic_id, data)
             self.written += len(data)
             relay = self.relay
             relay.bytes_forwarded += len(data)
@@ -129,7 +129,7 @@ class ProxiedLeg(Leg):
             self.in_done = True
             if not other.out_done:
                 other.out_done = True
-                other.session.conn.send(other.sid, b"", end=True)
+                other.session.conn.send(other.quic_id, b"", end=True)
             self.forget_if_done()
             other.forget_if_done()
 
@@ -140,18 +140,18 @@ class ProxiedLeg(Leg):
         if other is None:
             return
         oconn = other.session.conn
-        unsent = 0 if oconn.closed else oconn.unsent(other.sid)
-        self.session.conn.consume_to(self.sid, self.base + self.written - unsent)
+        unsent = 0 if oconn.closed else oconn.unsent(other.quic_id)
+        self.session.conn.consume_to(self.quic_id, self.base + self.written - unsent)
         if unsent > 0 and not oconn.closed:
-            oconn.watch_drain(other.sid, self.credit)
+            oconn.watch_drain(other.quic_id, self.credit)
         else:
-            oconn.unwatch_drain(other.sid)
+            oconn.unwatch_drain(other.quic_id)
 
     # -- ending ------------------------------------------------------------------------
 
     def abort(self, code: int, reason: str) -> None:
         """Reset both directions of the proxied stream (both legs)."""
-        log.debug("resetting stream %d of %s: %s", self.sid, self.session.client_id, reason)
+        log.debug("resetting stream %d of %s: %s", self.quic_id, self.session.client_id, reason)
         self.end_both(code)
         other = self.other
         if other is not None:
@@ -168,7 +168,7 @@ class ProxiedLeg(Leg):
 
     def stopped(self, code: int) -> None:
         self.out_done = True
-        self.session.conn.unwatch_drain(self.sid)
+        self.session.conn.unwatch_drain(self.quic_id)
         other = self.other
         if other is not None:
             other.end_in(code)
@@ -231,10 +231,10 @@ class Relay:
                       f"more than {MAX_PENDING_OPENS} streams waiting to open")
             return None
         if hdr.kind == "broadcast":
-            member = s.legs[leg.sid] = MemberLeg(s, leg.sid, base)
+            member = s.legs[leg.quic_id] = MemberLeg(s, leg.quic_id, base)
             self.hub.join(member, hdr.broadcast)
             return member
-        new = s.legs[leg.sid] = ProxiedLeg(s, leg.sid, base, hdr.n, hdr.purpose,
+        new = s.legs[leg.quic_id] = ProxiedLeg(s, leg.quic_id, base, hdr.n, hdr.purpose,
                                            s.max_message_size, self)
         src, dst = s.client_id or "", hdr.peer
         self.request_routing(dst, lambda req: ipc.Lookup(req, src, dst),
@@ -298,21 +298,21 @@ class Relay:
         """Open the target's leg of a proxied stream and start relaying."""
         s = leg.session
         tconn = target.conn
-        sid = tconn.new_stream_id()
+        quic_id = tconn.new_stream_id()
         # The stream's limit is the smaller of both ends' (each already the
         # smaller of its own and ours): both ends learn it, so a sender
         # refuses what the receiver could not take, and both legs enforce it.
         limit = effective_limit(s.max_message_size, target.max_message_size)
-        other = ProxiedLeg(target, sid, 0, leg.n, leg.purpose, limit, self)
+        other = ProxiedLeg(target, quic_id, 0, leg.n, leg.purpose, limit, self)
         leg.scanner.max_size = limit
-        target.legs[sid] = other
+        target.legs[quic_id] = other
         other.other, leg.other = leg, other
         other.slot_of = s
         self.pairing.opened(s.conn_key, target.conn_key)
-        tconn.send(sid, frame(wire.encode(wire.StreamHeader(
+        tconn.send(quic_id, frame(wire.encode(wire.StreamHeader(
             "proxied", s.client_id or "", leg.n, purpose=leg.purpose,
             max_message_size=limit))))
-        s.conn.send(leg.sid, frame(wire.encode(wire.StreamAccepted(limit))))
+        s.conn.send(leg.quic_id, frame(wire.encode(wire.StreamAccepted(limit))))
         self.streams_opened += 1
         # The header written to `other` does not count as forwarded data.
         pending, leg.pending = leg.pending, []

@@ -143,7 +143,7 @@ class Handle:
 class RejectStream:
     """Stop and reset a stream the client may not open."""
 
-    sid: int
+    quic_id: int
     code: int
 
 
@@ -151,7 +151,7 @@ class RejectStream:
 class NewLeg:
     """The client opened a proxied or broadcast stream: read its header."""
 
-    sid: int
+    quic_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +201,7 @@ class SessionCore:
         self.idle_timeout = limits.idle_timeout
         self.deadline = 0.0  # for the hello
         self.registered = False  # the routing worker holds our entry
-        self.control_sid: int | None = None
+        self.control_quic_id: int | None = None
         #: holds control messages not acted on yet (while replies back up)
         self.control = ControlReader()
         self.control_blocked = False
@@ -264,23 +264,23 @@ class SessionCore:
 
     # -- streams -------------------------------------------------------------------
 
-    def new_stream(self, sid: int) -> list[Action]:
-        """The client sent on a stream `sid` not known yet. The control stream
+    def new_stream(self, quic_id: int) -> list[Action]:
+        """The client sent on a stream `quic_id` not known yet. The control stream
         must come first; streams may be opened once ready."""
         if self.state in (State.HANDSHAKE, State.CLOSED):
             return []
-        if self.control_sid is None:
-            if sid != CONTROL_STREAM:
+        if self.control_quic_id is None:
+            if quic_id != CONTROL_STREAM:
                 return self.close(wire.Code.PROTOCOL,
                                   "the control stream must be opened first")
-            self.control_sid = sid
+            self.control_quic_id = quic_id
             return []
-        if self.state is not State.READY or sid % 4 != 0:
-            return [RejectStream(sid, wire.Code.PROTOCOL)]
-        return [NewLeg(sid)]
+        if self.state is not State.READY or quic_id % 4 != 0:
+            return [RejectStream(quic_id, wire.Code.PROTOCOL)]
+        return [NewLeg(quic_id)]
 
-    def stream_reset(self, sid: int) -> list[Action]:
-        if sid == self.control_sid:
+    def stream_reset(self, quic_id: int) -> list[Action]:
+        if quic_id == self.control_quic_id:
             return self.close(wire.Code.PROTOCOL, "the control stream was reset")
         return []
 
