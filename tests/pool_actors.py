@@ -26,3 +26,8 @@ def echo_config(i: int) -> ClientConfig:
     return ClientConfig(f"echo-{i}", "localhost",
                         addr=("127.0.0.1", int(os.environ[PORT_ENV])),
                         ca=os.environ[CA_ENV].encode(), idle_timeout=2.0)
+
+
+def broken_config(i: int) -> ClientConfig:
+    """A factory that fails: every instance dies at once."""
+    raise RuntimeError(f"no config for instance {i}")

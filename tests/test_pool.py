@@ -14,7 +14,7 @@ from conec_actors import ActorPool, NoResponders, PeerGone, PoolFailed
 from conec_actors.pool import import_path
 
 from .conftest import Harness, coordinator, wait_for
-from .pool_actors import CA_ENV, PORT_ENV, Echo, echo_config
+from .pool_actors import CA_ENV, PORT_ENV, Echo, broken_config, echo_config
 
 
 def _alive(pid: int) -> bool:
@@ -183,3 +183,10 @@ def test_import_path_needs_a_module_level_object() -> None:
 async def test_pool_size_must_be_positive() -> None:
     with pytest.raises(ValueError):
         await ActorPool.start(Echo, echo_config, 0)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("processes", [True, False])
+async def test_start_raises_when_instances_keep_dying(processes: bool) -> None:
+    with pytest.raises(PoolFailed, match="Echo instances died 3 times"):
+        await ActorPool.start(Echo, broken_config, 2, processes=processes)
