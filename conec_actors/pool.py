@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -70,8 +71,6 @@ def import_path(obj: Any) -> str:
 
 def resolve(path: str) -> Any:
     """The object named by "module:qualname"."""
-    import importlib
-
     module, _, qualname = path.partition(":")
     obj: Any = importlib.import_module(module)
     for part in qualname.split("."):
