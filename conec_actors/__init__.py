@@ -26,6 +26,7 @@ from .errors import (
     NoSuchPeer,
     PeerGone,
     PeerNotListening,
+    PoolFailed,
     ProtocolError,
     RemoteError,
     StreamClosed,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from .client.watch import Terminated, Watch
     from .config import ClientConfig, CoordConfig
     from .coord import Coord
+    from .pool import ActorPool
     from .streams import (
         BroadcastInStream,
         BroadcastMessage,
@@ -59,6 +61,7 @@ _LAZY = {
     "TypedInStream": ".adapters",
     "TypedOutStream": ".adapters",
     "Actor": ".actor",
+    "ActorPool": ".pool",
     "Client": ".client",
     "Envelope": ".client.mailbox",
     "Mailbox": ".client.mailbox",
@@ -88,6 +91,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Actor",
+    "ActorPool",
     "BroadcastInStream",
     "BroadcastMessage",
     "CertificateError",
@@ -118,6 +122,7 @@ __all__ = [
     "OutStream",
     "PeerGone",
     "PeerNotListening",
+    "PoolFailed",
     "ProtocolError",
     "RemoteError",
     "StreamClosed",

@@ -115,6 +115,11 @@ class CoordinatorFailed(ConecError):
     """The Coordinator shut itself down (for example a worker crash loop)."""
 
 
+class PoolFailed(ConecError):
+    """An `ActorPool` stopped because its instances kept dying (3 deaths within
+    10 s), or could not start."""
+
+
 __all__ = [
     "CertificateError",
     "ChannelExists",
@@ -134,6 +139,7 @@ __all__ = [
     "NoSuchPeer",
     "PeerGone",
     "PeerNotListening",
+    "PoolFailed",
     "ProtocolError",
     "RemoteError",
     "StreamClosed",

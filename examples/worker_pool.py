@@ -1,12 +1,15 @@
-"""A pool of worker actors in separate processes, fed by `tell`.
+"""A pool of worker actors in separate processes, fed through their group.
 
-The main process runs a Coordinator and a dispatcher client. It starts
-WORKERS processes (multiprocessing, spawn context); each runs a `Worker`
-actor that tells the dispatcher it is ready. The dispatcher tells jobs
-(count the primes in a range) round-robin to the workers, which tell their
-results back; then it asks each worker for its figures, and tells it to
-stop. Messages are msgspec Structs: the workers' mailbox is typed with
-`Actor.message_type`, the dispatcher reads a typed mailbox too.
+The main process runs a Coordinator and a dispatcher client, and starts
+WORKERS `Worker` processes with `ActorPool` (each joins group "worker"; a
+worker that dies is restarted). The dispatcher hands out jobs (count the
+primes in a range): half with `tell_group` (the worker tells the result
+back), half with `ask_group` (the result is the answer); each goes to the
+least loaded worker. Messages are msgspec Structs.
+
+The pool's processes import this file as module `worker_pool` to find
+`Worker` and `worker_config`, so the program stays under the `__main__`
+guard; they learn the Coordinator's port and CA from the environment.
 
     python examples/worker_pool.py
 """
@@ -14,40 +17,25 @@ stop. Messages are msgspec Structs: the workers' mailbox is typed with
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 import time
+from collections import Counter
 
 import msgspec
 
-from conec_actors import Actor, Client, ClientConfig, Coord, CoordConfig
+from conec_actors import Actor, ActorPool, Client, ClientConfig, Coord, CoordConfig
 from conec_actors.certs import self_signed
 
 WORKERS = 3
 JOBS = 24
 CHUNK = 10_000
-DISPATCHER = "dispatcher"
 
-
-# --- messages -------------------------------------------------------------------
 
 class Job(msgspec.Struct, tag=True):
     n: int
     lo: int
     hi: int
-
-
-class Stats(msgspec.Struct, tag=True):
-    pass
-
-
-class Stop(msgspec.Struct, tag=True):
-    pass
-
-
-class Ready(msgspec.Struct, tag=True):
-    worker: str
-    pid: int
+    tell_back: bool = False
 
 
 class Result(msgspec.Struct, tag=True):
@@ -73,98 +61,58 @@ def count_primes(lo: int, hi: int) -> int:
     return count
 
 
-# --- the worker process -------------------------------------------------------------
-
 class Worker(Actor):
-    """Counts primes for the dispatcher."""
+    """Counts primes; answers an ask, or tells the result back."""
 
-    message_type = Job | Stats | Stop
+    message_type = Job
 
-    def __init__(self, dispatcher: str) -> None:
-        self.dispatcher = dispatcher
-        self.jobs = 0
-        self.busy = 0.0
-
-    async def on_start(self) -> None:
-        await self.client.tell(self.dispatcher, Ready(self.id, os.getpid()))
-
-    async def receive(self, sender: str, body: Job | Stats | Stop) -> object:
-        if isinstance(body, Job):
-            t0 = time.perf_counter()
-            primes = count_primes(body.lo, body.hi)
-            self.busy += time.perf_counter() - t0
-            self.jobs += 1
-            await self.client.tell(sender, Result(body.n, self.id, primes))
-            return None
-        if isinstance(body, Stats):
-            return {"jobs": self.jobs, "busy_s": round(self.busy, 3), "pid": os.getpid()}
-        await self.stop()
-        return None
+    async def receive(self, sender: str, body: Job) -> Result:
+        result = Result(body.n, f"{self.id} (pid {os.getpid()})",
+                        count_primes(body.lo, body.hi))
+        if body.tell_back:
+            await self.client.tell(sender, result)
+        return result
 
 
-async def run_worker(name: str, port: int, ca_pem: bytes) -> None:
-    cfg = ClientConfig(name, "localhost", addr=("127.0.0.1", port), ca=ca_pem)
-    worker = await Worker.spawn(cfg, DISPATCHER)
-    await worker.wait_stopped()
+def worker_config(i: int) -> ClientConfig:
+    """Worker i's config (called in its process)."""
+    return ClientConfig(f"worker-{i + 1}", "localhost",
+                        addr=("127.0.0.1", int(os.environ["WORKER_POOL_PORT"])),
+                        ca=os.environ["WORKER_POOL_CA"].encode())
 
-
-def worker_main(name: str, port: int, ca_pem: bytes) -> None:
-    """Entry point of a worker process."""
-    asyncio.run(run_worker(name, port, ca_pem))
-
-
-# --- the dispatcher -----------------------------------------------------------------
 
 async def main() -> None:
     cert = self_signed(["localhost"])
     async with Coord.start(CoordConfig(cert.cert_pem, cert.key_pem, port=0)) as coord, \
-            Client.connect(ClientConfig(DISPATCHER, "localhost", addr=coord.address,
+            Client.connect(ClientConfig("dispatcher", "localhost", addr=coord.address,
                                         ca=cert.cert_pem)) as dispatcher:
-        print(f"Coordinator on port {coord.port}; starting {WORKERS} worker processes")
-        ctx = multiprocessing.get_context("spawn")
-        names = [f"worker-{i + 1}" for i in range(WORKERS)]
-        procs = [ctx.Process(target=worker_main, args=(name, coord.port, cert.cert_pem),
-                             name=name) for name in names]
-        for p in procs:
-            p.start()
-        inbox = dispatcher.mailbox.typed(Ready | Result)
-        try:
-            ready: set[str] = set()
-            while len(ready) < WORKERS:
-                env = await asyncio.wait_for(anext(inbox), 30)
-                assert isinstance(env.body, Ready)
-                ready.add(env.body.worker)
-                print(f"  {env.body.worker} ready (pid {env.body.pid})")
-
+        os.environ["WORKER_POOL_PORT"] = str(coord.port)
+        os.environ["WORKER_POOL_CA"] = cert.cert_pem.decode()
+        async with await ActorPool.start(Worker, worker_config, WORKERS) as pool:
+            print(f"Coordinator on port {coord.port}; pool {pool.group!r} of {WORKERS} "
+                  f"processes: {sorted(await dispatcher.group_members(pool.group))}")
             t0 = time.perf_counter()
-            for n in range(JOBS):
-                await dispatcher.tell(names[n % WORKERS], Job(n, n * CHUNK, (n + 1) * CHUNK))
-            print(f"told {JOBS} jobs round-robin")
-            results: dict[int, Result] = {}
-            while len(results) < JOBS:
-                env = await asyncio.wait_for(anext(inbox), 30)
-                assert isinstance(env.body, Result)
-                results[env.body.n] = env.body
+            jobs = [Job(n, n * CHUNK, (n + 1) * CHUNK, tell_back=n < JOBS // 2)
+                    for n in range(JOBS)]
+            told, asked = jobs[:JOBS // 2], jobs[JOBS // 2:]
+            for job in told:
+                await dispatcher.tell_group(pool.group, job)
+            answers = await asyncio.gather(*(
+                dispatcher.ask_group(pool.group, job, timeout=30, reply_type=Result)
+                for job in asked))
+            inbox = dispatcher.mailbox.typed(Result)
+            results = list(answers) + [
+                (await asyncio.wait_for(anext(inbox), 30)).body for _ in told]
             elapsed = time.perf_counter() - t0
-            total = sum(r.primes for r in results.values())
-            print(f"collected {len(results)} results in {elapsed:.2f} s")
-
-            for name in names:
-                stats = await dispatcher.ask(name, Stats(), timeout=10)
-                print(f"  {name}: {stats['jobs']} jobs, {stats['busy_s']} s busy "
-                      f"(pid {stats['pid']})")
-                await dispatcher.tell(name, Stop())
-            expected = count_primes(0, JOBS * CHUNK)
-            status = "checked" if total == expected else f"WRONG, expected {expected}"
-            print(f"pool done: {total} primes below {JOBS * CHUNK:,} ({status})")
-        finally:
-            loop = asyncio.get_running_loop()
-            for p in procs:
-                await loop.run_in_executor(None, p.join, 10)
-                if p.is_alive():
-                    p.terminate()
-                    await loop.run_in_executor(None, p.join, 5)
-        if total != expected or any(p.exitcode != 0 for p in procs):
+        print(f"{len(told)} jobs told, {len(asked)} asked; all {len(results)} results "
+              f"in {elapsed:.2f} s")
+        for worker, jobs_done in sorted(Counter(r.worker for r in results).items()):
+            print(f"  {worker}: {jobs_done} jobs")
+        total = sum(r.primes for r in results)
+        expected = count_primes(0, JOBS * CHUNK)
+        status = "checked" if total == expected else f"WRONG, expected {expected}"
+        print(f"pool done: {total} primes below {JOBS * CHUNK:,} ({status})")
+        if total != expected or sorted(r.n for r in results) != list(range(JOBS)):
             raise SystemExit(1)
 
 

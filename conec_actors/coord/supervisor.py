@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from ..errors import CoordinatorFailed
+from ..restarts import RestartBudget
 from . import ipc, zmqauth
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ class _Slot:
     held: bytes | None = None
     generation: int = 0
     restarts: int = 0
-    crashes: list[float] = field(default_factory=list)
+    crashes: RestartBudget = field(
+        default_factory=lambda: RestartBudget(CRASH_LIMIT, CRASH_WINDOW))
     outbox: list[ipc.ToWorker] = field(default_factory=list)
     # req id -> (request, callback); dicts keep insertion order for replay
     inflight: dict[int, tuple[ipc.ToWorker, ipc.ReplyCallback | None]] = field(
@@ -145,15 +147,14 @@ class Supervisor:
         code = await proc.wait()
         if self._closing or slot.proc is not proc:
             return
-        now = time.monotonic()
-        slot.crashes = [t for t in slot.crashes if now - t < CRASH_WINDOW] + [now]
+        may_restart = slot.crashes.record(time.monotonic())
         log.warning("%s worker %d (pid %d) exited with %s; restarting",
                     slot.kind, slot.index, proc.pid, code)
         slot.ready = False
-        if len(slot.crashes) >= CRASH_LIMIT:
+        if not may_restart:
             if not self.failed.done():
                 self.failed.set_exception(CoordinatorFailed(
-                    f"{slot.kind} worker {slot.index} crashed {len(slot.crashes)} times "
+                    f"{slot.kind} worker {slot.index} crashed {slot.crashes.recent} times "
                     f"within {CRASH_WINDOW:.0f} s (last exit status {code}); "
                     "the Coordinator shut down"))
             return
