@@ -144,3 +144,15 @@ def test_a_member_found_gone_is_not_picked_until_a_view_says_otherwise() -> None
     p.gone("nobody")  # not a member anywhere: nothing changes
     p.view("g", ["a", "b"])
     assert p.members("g") == ["a", "b"]
+
+
+def test_a_failed_send_does_not_undo_a_view_that_came_after_its_pick() -> None:
+    p = GroupPicker()
+    p.view("g", ["a", "b"])
+    epoch = p.epoch
+    assert p.pick("g", lambda m: 0) == "a"
+    p.view("g", ["a", "b"])  # "a" came back (a new instance under the same id)
+    p.gone("a", epoch)  # the send picked before that view failed
+    assert p.members("g") == ["a", "b"]
+    p.gone("a", p.epoch)  # a send after the latest view failed: drop it
+    assert p.members("g") == ["b"]

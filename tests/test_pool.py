@@ -98,9 +98,6 @@ async def test_killed_instance_is_replaced(monkeypatch: pytest.MonkeyPatch) -> N
         assert not pool.pids()
 
 
-@pytest.mark.xfail(reason="client/groups: GroupPicker.gone() after a NoResponders "
-                   "from a stale route drops a member a newer view re-added; no "
-                   "later view restores it", strict=False)
 @pytest.mark.timeout(90)
 async def test_group_asks_reach_the_replacement(monkeypatch: pytest.MonkeyPatch) -> None:
     async with coordinator() as h:

@@ -479,11 +479,11 @@ class Client:
         group has no members; otherwise raises as `tell`."""
         self._check_open()
         member = self._groups.pick_now(name) or await self._groups.pick(name)
+        epoch = self._groups.picker.epoch
         try:
             await self._mailbox.tell(member, msg)
-        except NoResponders:  # not sent: the view was behind; another member
-            self._groups.picker.gone(member)
-            await self._groups.tell_again(name, msg)
+        except NoResponders:  # not sent: the view was behind, or a stale route
+            await self._groups.tell_again(name, msg, member, epoch)
 
     async def ask_group(self, name: str, msg: Any, timeout: float | None = 5.0, *,
                         reply_type: Any = None) -> Any:

@@ -57,7 +57,7 @@ class NotFollowed(LookupError):
 class GroupPicker:
     """The members of the groups one client sends to, and its load on them."""
 
-    __slots__ = ("_cursor", "_outstanding", "_reported", "_views")
+    __slots__ = ("_cursor", "_outstanding", "_reported", "_views", "epoch")
 
     def __init__(self) -> None:
         #: group -> its members, as the Coordinator last said
@@ -68,6 +68,8 @@ class GroupPicker:
         self._outstanding: dict[str, int] = {}
         #: member -> the (asks, tells) it last reported, as views said
         self._reported: dict[str, tuple[int, int]] = {}
+        #: Counts the views taken: what a send saw when it picked.
+        self.epoch = 0
 
     def follows(self, name: str) -> bool:
         """Whether the members of `name` are known (it is followed)."""
@@ -79,13 +81,18 @@ class GroupPicker:
         only they are picked), with the loads they reported (`asks[i]`,
         `tells[i]` for `members[i]`, when given)."""
         self._views[name] = list(members)
+        self.epoch += 1
         if asks and tells and len(asks) == len(tells) == len(members):
             for m, a, t in zip(members, asks, tells, strict=True):
                 self._reported[m] = (a, t)
 
-    def gone(self, member: str) -> None:
+    def gone(self, member: str, epoch: int | None = None) -> None:
         """A send to `member` found it not connected: stop picking it now,
-        before the Coordinator's view says so (a later view wins)."""
+        before the Coordinator's view says so (a later view wins). With the
+        `epoch` the send picked at, nothing changes if a view came since:
+        that view is newer than the failed send (the member may be back)."""
+        if epoch is not None and epoch != self.epoch:
+            return
         for name, members in self._views.items():
             if member in members:
                 self._views[name] = [m for m in members if m != member]

@@ -131,25 +131,50 @@ class Groups:
             raise NoResponders(f"group {name!r} has no members")
         return member
 
-    async def tell_again(self, name: str, msg: Any) -> None:
-        """`tell` after the picked member was found gone (`NoResponders`
-        from the mailbox: nothing was sent): another member, while any."""
+    async def tell_again(self, name: str, msg: Any, failed: str, epoch: int) -> None:
+        """`tell` after the mailbox said `failed` (picked at `epoch`) is not
+        connected (`NoResponders`: nothing was sent)."""
+        retried: set[str] = set()
+        member: str | None = failed
         while True:
-            member = await self.pick(name)
+            if member is None:
+                member = await self.pick(name)
+                epoch = self.picker.epoch
+            elif self._drop(member, epoch, retried):
+                member = None
+                continue
             try:
                 return await self._mailbox.tell(member, msg)
             except NoResponders:
-                self.picker.gone(member)
+                pass
+
+    def _drop(self, member: str, epoch: int, retried: set[str]) -> bool:
+        """A send to `member` raised `NoResponders`. The mailbox says a route
+        it found dead once, then starts afresh: the first time, the member
+        may be a new instance under the same id, so try it once more (False);
+        the second, stop picking it (True)."""
+        if member not in retried:
+            retried.add(member)
+            return False
+        self.picker.gone(member, epoch)
+        return True
 
     async def ask(self, name: str, msg: Any, timeout: float | None,
                   reply_type: Any) -> Any:
         picker = self.picker
+        retried: set[str] = set()
+        member: str | None = None
+        epoch = 0
         while True:
-            member = self.pick_now(name) or await self.pick(name)
-            picker.ask_sent(member)
+            if member is None:
+                member = self.pick_now(name) or await self.pick(name)
+                epoch = picker.epoch
+            sent = member
+            picker.ask_sent(sent)
             try:
-                return await self._mailbox.ask(member, msg, timeout, reply_type=reply_type)
-            except NoResponders:  # not sent: its view was behind; pick another
-                picker.gone(member)
+                return await self._mailbox.ask(sent, msg, timeout, reply_type=reply_type)
+            except NoResponders:  # not sent: once more, then another member
+                if self._drop(sent, epoch, retried):
+                    member = None
             finally:
-                picker.ask_done(member)
+                picker.ask_done(sent)
