@@ -43,6 +43,10 @@ DEATH_WINDOW = 10.0
 STOP_GRACE = 5.0
 #: How long `start` waits for every instance to be ready.
 START_TIMEOUT = 60.0
+#: Set in a pool worker while it imports the actor class's module: a module
+#: that starts a pool when imported (a script without a `__main__` guard)
+#: gets a clear error there instead of starting pools of pools.
+IMPORTING_ENV = "CONEC_ACTORS_POOL_IMPORTING"
 #: How long a restarted instance retries an id its killed predecessor still
 #: holds at the Coordinator (until that connection's idle timeout).
 DUPLICATE_RETRY_FOR = 30.0
@@ -153,6 +157,13 @@ class ActorPool:
                     processes: bool = True, group: str | None = None) -> ActorPool:
         """Start the pool and wait until every instance serves its mailbox and
         is in the group. Raises `PoolFailed` if instances keep dying."""
+        importing = os.environ.get(IMPORTING_ENV)
+        if importing:
+            raise PoolFailed(
+                f"a pool worker importing {importing!r} to find the actor class ran "
+                "ActorPool.start: that module starts a pool when imported; put its "
+                'program under `if __name__ == "__main__":`, or the Actor class in a '
+                "module of its own")
         pool = cls(actor_cls, cfg_factory, size, processes=processes, group=group)
         loop = asyncio.get_running_loop()
         for inst in pool._instances:
@@ -169,6 +180,8 @@ class ActorPool:
         finally:
             all_ready.cancel()
             closed.cancel()
+            # Retrieve what the cancelled waits ended with (no "never retrieved").
+            await asyncio.gather(all_ready, closed, return_exceptions=True)
         if all_ready not in done or all_ready.cancelled():
             await pool.stop()
             if pool._error is not None:

@@ -17,16 +17,29 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
+from .actor import Actor
+from .config import ClientConfig
 from .coord.worker import _die_with_parent
-from .pool import resolve, spawn_retrying, with_group
+from .pool import IMPORTING_ENV, resolve, spawn_retrying, with_group
 
 
-async def serve(spec: dict[str, Any]) -> int:
-    cls = with_group(resolve(spec["cls"]), spec["group"])
-    cfg = resolve(spec["cfg"])(spec["index"])
-    actor = await spawn_retrying(cls, cfg)
+def load(spec: dict[str, Any]) -> tuple[type[Actor], Callable[[int], ClientConfig]]:
+    """Import the actor class and the config factory, outside any event loop
+    and flagged (`IMPORTING_ENV`), so a module that starts a pool when
+    imported fails with a clear error."""
+    os.environ[IMPORTING_ENV] = spec["cls"].partition(":")[0]
+    try:
+        return with_group(resolve(spec["cls"]), spec["group"]), resolve(spec["cfg"])
+    finally:
+        del os.environ[IMPORTING_ENV]
+
+
+async def serve(spec: dict[str, Any], cls: type[Actor],
+                factory: Callable[[int], ClientConfig]) -> int:
+    actor = await spawn_retrying(cls, factory(spec["index"]))
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 
@@ -53,7 +66,8 @@ def main() -> int:
     except ValueError as exc:
         print(f"conec-actors pool worker: bad spec on stdin: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(spec))
+    cls, factory = load(spec)
+    return asyncio.run(serve(spec, cls, factory))
 
 
 if __name__ == "__main__":

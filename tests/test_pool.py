@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -187,3 +189,50 @@ async def test_pool_size_must_be_positive() -> None:
 async def test_start_raises_when_instances_keep_dying(processes: bool) -> None:
     with pytest.raises(PoolFailed, match="Echo instances died 3 times"):
         await ActorPool.start(Echo, broken_config, 2, processes=processes)
+
+
+UNGUARDED = '''
+import asyncio, sys
+from conec_actors import Actor, ActorPool, ClientConfig, Coord, CoordConfig, PoolFailed
+from conec_actors.certs import self_signed
+
+class Worker(Actor):
+    pass
+
+def config(i):
+    return ClientConfig(f"w-{i}", "localhost", addr=("127.0.0.1", 1), ca=b"")
+
+async def main():
+    ck = self_signed(["localhost"])
+    async with Coord.start(CoordConfig(ck.cert_pem, ck.key_pem, port=0)):
+        try:
+            await ActorPool.start(Worker, config, 1)
+        except PoolFailed as exc:
+            print("parent:", exc)
+            sys.exit(3)
+
+asyncio.run(main())  # no __main__ guard
+'''
+
+
+@pytest.mark.timeout(90)
+async def test_a_script_that_starts_a_pool_when_imported_fails_clearly(
+        tmp_path: Path) -> None:
+    """A pool worker re-imports a script without a `__main__` guard: the
+    pool it would start there fails with a clear error, no pool of pools."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 80)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 3, (out, err)
+    assert b"died 3 times" in out
+    # each worker's own attempt said why (the script prints it to the shared stdout)
+    assert b"starts a pool when imported" in out
+    assert b"never retrieved" not in err
