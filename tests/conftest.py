@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import sys
+import textwrap
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -85,3 +87,37 @@ async def wait_for(pred: Any, timeout: float = 5.0, interval: float = 0.02) -> N
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+_CLIENT_PROCESS = """
+import asyncio, sys
+from conec_actors import Client, ClientConfig
+
+async def main() -> None:
+    host, port, ca, cid, idle = sys.argv[1:6]
+    client = await Client.connect(ClientConfig(
+        cid, "localhost", addr=(host, int(port)), ca=ca.encode(), idle_timeout=float(idle)))
+{body}
+
+asyncio.run(main())
+"""
+
+
+@contextlib.asynccontextmanager
+async def client_process(h: Harness, client_id: str, body: str,
+                         idle_timeout: float = 1.5) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Client `client_id` of `h`'s Coordinator in a process of its own (to be
+    killed with SIGKILL): it connects with `idle_timeout`, then runs `body`
+    (statements of an async function, `client` bound) with stdout piped.
+    Killed and reaped on exit, whatever happened."""
+    host, port = h.coord.address
+    script = _CLIENT_PROCESS.format(body=textwrap.indent(textwrap.dedent(body), "    "))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, host, str(port), h.cert.cert_pem.decode(), client_id,
+        str(idle_timeout), stdout=asyncio.subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()

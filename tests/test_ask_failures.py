@@ -6,7 +6,6 @@ process is killed), and asks whose deadline passed never handed out."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import Any
 
 import msgspec
@@ -21,26 +20,17 @@ from conec_actors import (
     PeerGone,
 )
 
-from .conftest import Harness, coordinator, wait_for
+from .conftest import Harness, client_process, coordinator, wait_for
 
 PATHS = ["proxied", "direct"]
 
-#: A peer in its own process: connects with a short idle timeout, says
+#: A peer in its own process (`client_process`, idle timeout 1 s): says
 #: "ready", then reads one message, says "got <is_ask>" and holds it unanswered.
 PEER = """
-import asyncio, sys
-from conec_actors import Client, ClientConfig
-
-async def main() -> None:
-    host, port, ca, cid = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4]
-    cfg = ClientConfig(cid, "localhost", addr=(host, port), ca=ca, idle_timeout=1.0)
-    client = await Client.connect(cfg)
-    print("ready", flush=True)
-    async for env in client.mailbox:
-        print("got", env.is_ask, flush=True)
-        await asyncio.sleep(3600)
-
-asyncio.run(main())
+print("ready", flush=True)
+async for env in client.mailbox:
+    print("got", env.is_ask, flush=True)
+    await asyncio.sleep(3600)
 """
 
 
@@ -95,11 +85,7 @@ async def test_after_the_peer_left_the_next_tell_raises_no_responders() -> None:
 async def test_pending_ask_fails_with_peer_gone_when_the_peer_process_is_killed(
         path: str) -> None:
     async with coordinator() as h:
-        host, port = h.coord.address
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", PEER, host, str(port), h.cert.cert_pem.decode(), "bob",
-            stdout=asyncio.subprocess.PIPE)
-        try:
+        async with client_process(h, "bob", PEER, idle_timeout=1.0) as proc:
             assert proc.stdout is not None
             assert await proc.stdout.readline() == b"ready\n"
             a = await h.client("alice")
@@ -115,10 +101,6 @@ async def test_pending_ask_fails_with_peer_gone_when_the_peer_process_is_killed(
             assert a.mailbox.pending_asks == 0
             with pytest.raises(NoResponders):
                 await a.ask("bob", "again?", timeout=30)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
 
 
 @pytest.mark.timeout(20)
@@ -147,7 +129,8 @@ async def test_an_ask_whose_deadline_passed_is_never_handed_out(path: str) -> No
         with pytest.raises(TimeoutError):
             await a.ask("bob", "too late", timeout=0.3)
         await a.tell("bob", "later")
-        await asyncio.sleep(1.0)  # still busy: the ask waits in bob's inbox
+        # Let the deadline pass on bob's clock too (it starts at arrival).
+        await asyncio.sleep(1.0)
         bodies = [await next_body(b), await next_body(b)]
         assert bodies == ["first", "later"]
         assert len(b.mailbox._inbox) == 0  # nothing else is left to hand out
@@ -182,7 +165,7 @@ async def test_a_typed_mailbox_never_hands_out_an_expired_ask() -> None:
         with pytest.raises(TimeoutError):
             await a.ask("bob", Point(1), timeout=0.3)
         await a.tell("bob", Point(2))
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # the deadline passes on bob's clock too
         async for env in b.mailbox.typed(Point):
             assert env.body == Point(2) and not env.is_ask
             break
@@ -214,7 +197,7 @@ async def test_an_actor_never_receives_an_expired_ask() -> None:
             with pytest.raises(TimeoutError):
                 await a.ask("slow", "too late", timeout=0.3)
             await a.tell("slow", "later")
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # the deadline passes on the actor's clock too
             gate.set()
             assert await a.ask("slow", "in time", timeout=30) == "in time"
             assert seen == ["block", "later", "in time"]

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
-import tempfile
 from typing import Any
 
 import pytest
@@ -15,7 +13,7 @@ import pytest
 from conec_actors import Actor, ClientClosed, ProtocolError, Terminated, Watch
 from conec_actors.coord.watches import MAX_WATCHES
 
-from .conftest import coordinator, wait_for
+from .conftest import client_process, coordinator, wait_for
 
 
 async def test_left_when_the_peer_closes() -> None:
@@ -168,43 +166,21 @@ async def test_terminated_after_tells_over_a_direct_channel() -> None:
         assert w.mailbox.queued == n
 
 
-_PEER = """
-import asyncio, sys
-from conec_actors import Client, ClientConfig
-
-async def main() -> None:
-    host, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    cfg = ClientConfig("doomed", "localhost", addr=(host, port), ca=ca, idle_timeout=1.5)
-    client = await Client.connect(cfg)
-    print("ready", flush=True)
-    await asyncio.sleep(3600)
-
-asyncio.run(main())
-"""
-
-
 @pytest.mark.timeout(30)
 async def test_vanished_when_the_peer_is_killed() -> None:
     async with coordinator() as h:
         w = await h.client("w")
-        with tempfile.NamedTemporaryFile(suffix=".pem") as ca:
-            ca.write(h.cert.cert_pem)
-            ca.flush()
-            host, port = h.coord.address
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _PEER, host, str(port), ca.name,
-                stdout=asyncio.subprocess.PIPE)
-            try:
-                assert proc.stdout is not None
-                assert await proc.stdout.readline() == b"ready\n"
-                watch = await w.watch("doomed")
-                assert not watch.done()
-                os.kill(proc.pid, signal.SIGKILL)
-                assert await watch.wait() == Terminated("doomed", "vanished")
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                await proc.wait()
+        body = """
+            print("ready", flush=True)
+            await asyncio.sleep(3600)
+        """
+        async with client_process(h, "doomed", body) as proc:
+            assert proc.stdout is not None
+            assert await proc.stdout.readline() == b"ready\n"
+            watch = await w.watch("doomed")
+            assert not watch.done()
+            os.kill(proc.pid, signal.SIGKILL)
+            assert await watch.wait() == Terminated("doomed", "vanished")
 
 
 class Watcher(Actor):
@@ -257,7 +233,8 @@ async def test_the_verdict_waits_for_tells_the_watcher_has_not_read_yet() -> Non
         for i in range(n):
             await p.tell("w", i)
         await p.close()
-        await asyncio.sleep(0.3)
+        # The verdict came and is held (the watcher has not read).
+        await wait_for(lambda: bool(w._watches._held), timeout=15)
         assert not watch.done()
         assert w.mailbox.reading_from("p")
         got: list[int] = []
@@ -272,8 +249,8 @@ async def test_the_verdict_waits_for_tells_the_watcher_has_not_read_yet() -> Non
             # Everything the stream brought is in the inbox or read by now.
             assert not w.mailbox.reading_from("p")
             at_verdict = len(got) + w.mailbox.queued
-            await asyncio.sleep(0.3)
-            assert len(got) == at_verdict
+            await wait_for(lambda: w.mailbox.queued == 0)  # the reader took the rest
+            assert len(got) == at_verdict  # and nothing came after the verdict
             assert got == list(range(len(got))) and len(got) > 1024
         finally:
             reader.cancel()
