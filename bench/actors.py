@@ -45,8 +45,15 @@ medians and the ratios: ``actors-tell`` (msgs/s, context only, no target),
 p50 <= 1.2x the baseline's ping), and ``actors-nats`` (NATS request/reply p50/p99 and
 the ask's ratio to it).
 
+Then groups (DESIGN.md section 11), as ``python -m bench.groups`` does, for
+``--group-rounds`` rounds (0 skips them): ``groups-round`` lines and a ``groups`` line
+with ``tell_group`` msgs/s against ``tell`` to one peer (target >= 0.8x), ``ask_group``
+p50 against ``ask`` p50 (target <= 1.2x) and the share of a group's asks that a member
+slowed 10x gets (target < 0.25).
+
 ``python -m bench.actors [--rounds 5] [--sizes 64,1024] [--duration 2] [--ask-n 1000]
-[--max-datagram-size 1200] [--naive-socket-buffer BYTES] [--no-nats] [--py-spy DIR]``
+[--max-datagram-size 1200] [--naive-socket-buffer BYTES] [--no-nats] [--group-rounds 7]
+[--py-spy DIR]``
 
 ``--sizes ''`` skips the tell runs and ``--ask-n 0`` the round trips (useful with
 ``--py-spy DIR``, which records the Coordinator's front-end and clients A and B during
@@ -64,7 +71,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import direct, naive_relay
+from bench import direct, groups, naive_relay
 from bench._clients import (
     COORD_NAME,
     NatsServer,
@@ -572,11 +579,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="SO_RCVBUF/SO_SNDBUF of the naive relay's sockets (0: OS default, "
                    "as bench.proxied; conec-actors always uses 4 MiB)")
     p.add_argument("--no-nats", action="store_true", help="skip NATS request/reply")
+    p.add_argument("--group-rounds", type=int, default=7,
+                   help="rounds of bench.groups after the rest: tell_group vs tell, "
+                   "ask_group vs ask, the slowed member's share (0: skip)")
     p.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
                    help="record Coordinator, A and B with py-spy (raw stacks) into DIR")
     args = p.parse_args(argv)
-    if args.rounds < 1 or args.duration <= 0 or args.ask_n < 0:
-        p.error("--rounds must be >= 1, --duration > 0 and --ask-n >= 0")
+    if args.rounds < 1 or args.duration <= 0 or args.ask_n < 0 or args.group_rounds < 0:
+        p.error("--rounds must be >= 1, --duration > 0, --ask-n and --group-rounds >= 0")
     if any(s < 0 for s in args.sizes):
         p.error("--sizes must be >= 0")
     if not args.sizes and not args.ask_n:
@@ -587,6 +597,9 @@ def main(argv: list[str] | None = None) -> None:
                       rtt_n=args.ask_n, mds=args.max_datagram_size, nats=nats,
                       sockbuf=args.naive_socket_buffer, py_spy=args.py_spy):
         emit(line)
+    if args.group_rounds:
+        for line in groups.run(rounds=args.group_rounds):
+            emit(line)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,12 @@ join group ``slow`` and sleep before answering with their id, ``s0`` ten times l
   ``ask_group("g", ...)`` (after 50 unmeasured ones of each);
 * 200 ``ask_group("slow", ...)`` from 8 concurrent askers: the share ``s0`` answered.
 
-One JSON line per round and kind, then a summary line of the medians and ratios
-(targets: tell_group >= 0.8x tell, ask_group p50 <= 1.2x ask, slowed share < 0.25).
+One JSON line per round, then a summary line of the medians; a ratio is the median
+of the rounds' ratios, each of figures measured back to back, which cancels the
+machine's drift between rounds (targets: tell_group >= 0.8x tell, ask_group p50
+<= 1.2x ask, slowed share < 0.25).
 
-``python -m bench.groups [--rounds 3] [--n 20000] [--ask-n 1000] [--slow-ms 20]``
+``python -m bench.groups [--rounds 7] [--n 20000] [--ask-n 1000] [--slow-ms 20]``
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import argparse
 import asyncio
 import collections
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from bench._clients import COORD_NAME, Target, connect
@@ -126,6 +129,8 @@ async def sender_main(target: Target, rounds: int, n: int, ask_n: int, *, ctl: C
             group_rtts = await _asks(lambda b: client.ask_group("g", b), ask_n)
             out["ask_p50_us"] = percentile(ask_rtts, 50)
             out["ask_group_p50_us"] = percentile(group_rtts, 50)
+            out["tell_group_ratio"] = out["tell_group"] / out["tell"]
+            out["ask_group_ratio"] = out["ask_group_p50_us"] / out["ask_p50_us"]
             count: collections.Counter[str] = collections.Counter()
             todo = iter(range(SLOW_ASKS))
             await asyncio.gather(*(_asker(client, todo, count) for _ in range(ASKERS)))
@@ -136,37 +141,47 @@ async def sender_main(target: Target, rounds: int, n: int, ask_n: int, *, ctl: C
     ctl.put(("done", None))
 
 
+def run(*, rounds: int = 7, n: int = 20000, ask_n: int = 1000,
+        slow_ms: float = 20.0) -> Iterator[dict[str, Any]]:
+    """One session: a JSON line per round, then the summary line (also run by
+    ``python -m bench.actors``)."""
+    cert, key = make_self_signed(COORD_NAME)
+    got_rounds: list[dict[str, Any]] = []
+    with Procs("groups") as procs:
+        coord = start_coord(procs, cert, key)
+        target: Target = (coord.port, cert, 1200)
+        procs.start("members", members_main, target, slow_ms)
+        procs.expect("ready")
+        procs.start("a", sender_main, target, rounds, n, ask_n)
+        for _ in range(rounds):
+            got = procs.expect("round", timeout=300)
+            yield {"bench": "groups-round", **got}
+            got_rounds.append(got)
+        procs.expect("done", timeout=60)
+
+    def med(key: str) -> float:
+        return median(r[key] for r in got_rounds)
+
+    yield {"bench": "groups", "rounds": len(got_rounds),
+           "tell_msgs_s": med("tell"), "tell_group_msgs_s": med("tell_group"),
+           "tell_group_ratio": med("tell_group_ratio"),
+           "ask_p50_us": med("ask_p50_us"), "ask_group_p50_us": med("ask_group_p50_us"),
+           "ask_group_ratio": med("ask_group_ratio"),
+           "slow_share": med("slow_share")}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.groups",
                                  description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--ask-n", type=int, default=1000)
     ap.add_argument("--slow-ms", type=float, default=20.0)
     args = ap.parse_args(argv)
-    cert, key = make_self_signed(COORD_NAME)
-    rounds: list[dict[str, Any]] = []
-    with Procs("groups") as procs:
-        coord = start_coord(procs, cert, key)
-        target: Target = (coord.port, cert, 1200)
-        procs.start("members", members_main, target, args.slow_ms)
-        procs.expect("ready")
-        procs.start("a", sender_main, target, args.rounds, args.n, args.ask_n)
-        for _ in range(args.rounds):
-            got = procs.expect("round", timeout=300)
-            emit({"bench": "groups-round", **got})
-            rounds.append(got)
-        procs.expect("done", timeout=60)
-
-    def med(key: str) -> float:
-        return median(r[key] for r in rounds)
-
-    emit({"bench": "groups", "rounds": len(rounds),
-          "tell_msgs_s": med("tell"), "tell_group_msgs_s": med("tell_group"),
-          "tell_group_ratio": med("tell_group") / med("tell"),
-          "ask_p50_us": med("ask_p50_us"), "ask_group_p50_us": med("ask_group_p50_us"),
-          "ask_group_ratio": med("ask_group_p50_us") / med("ask_p50_us"),
-          "slow_share": med("slow_share")})
+    if args.rounds < 1 or args.n < 1 or args.ask_n < 1 or args.slow_ms <= 0:
+        ap.error("--rounds, --n and --ask-n must be >= 1 and --slow-ms > 0")
+    for line in run(rounds=args.rounds, n=args.n, ask_n=args.ask_n, slow_ms=args.slow_ms):
+        emit(line)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import collections
 import pytest
 
 from conec_actors import wire
-from conec_actors.client.group_pick import GroupPicker, LoadReporter, NotFollowed
+from conec_actors.client.group_pick import TELL_RUN, GroupPicker, LoadReporter, NotFollowed
 
 
 def nothing_queued(member: str) -> int:
@@ -156,3 +156,57 @@ def test_a_failed_send_does_not_undo_a_view_that_came_after_its_pick() -> None:
     assert p.members("g") == ["a", "b"]
     p.gone("a", p.epoch)  # a send after the latest view failed: drop it
     assert p.members("g") == ["b"]
+
+
+def test_tells_that_queue_go_in_runs_then_to_the_least_queued() -> None:
+    p = GroupPicker()
+    p.view("g", ["a", "b", "c"])
+    queued: collections.Counter[str] = collections.Counter()
+
+    def tell() -> str:
+        m = p.pick_tell("g", queued.__getitem__)
+        assert m is not None
+        queued[m] += 1  # the sender outpaces its writes: every tell queues
+        return m
+
+    assert [tell() for _ in range(TELL_RUN)] == ["a"] * TELL_RUN
+    # "a" holds a run's worth now: the next run goes elsewhere, and so on
+    assert [tell() for _ in range(TELL_RUN)] == ["b"] * TELL_RUN
+    assert tell() == "c"
+
+
+def test_tells_to_idle_lines_take_turns() -> None:
+    p = GroupPicker()
+    p.view("g", ["a", "b", "c"])
+    # each tell is written at once: nothing queues, so no run starts
+    assert [p.pick_tell("g", nothing_queued) for _ in range(6)] == ["a", "b", "c"] * 2
+
+
+@pytest.mark.parametrize("change", ["view", "ask_sent", "ask_done", "gone"])
+def test_a_change_a_pick_rests_on_ends_the_run(change: str) -> None:
+    p = GroupPicker()
+    p.view("g", ["a", "b"])
+    p.ask_sent("b")
+    queued = {"a": 0, "b": 0}
+    assert p.pick_tell("g", queued.__getitem__) == "a"  # "b" has an ask outstanding
+    queued["a"] = 5
+    assert p.pick_tell("g", queued.__getitem__) == "a"  # the run goes on
+    if change == "view":
+        p.view("g", ["b"])  # "a" left: not one more tell to it
+    elif change == "ask_sent":
+        p.ask_sent("a")
+        p.ask_sent("a")
+    elif change == "ask_done":
+        p.ask_done("b")  # "b" is idle now, "a" has 5 queued
+    else:
+        p.gone("a")
+    assert p.pick_tell("g", queued.__getitem__) == "b"
+
+
+def test_a_slow_member_loses_its_run_once_its_report_comes() -> None:
+    p = GroupPicker()
+    p.view("g", ["a", "b"])
+    queued = {"a": 1, "b": 1}
+    assert p.pick_tell("g", queued.__getitem__) == "a"
+    p.view("g", ["a", "b"], asks=[0, 0], tells=[500, 0])  # "a" reports a full mailbox
+    assert {p.pick_tell("g", queued.__getitem__) for _ in range(TELL_RUN)} == {"b"}

@@ -475,10 +475,11 @@ class Client:
     async def tell_group(self, name: str, msg: Any) -> None:
         """`tell` `msg` to one member of group `name`: the least loaded one
         as this client sees it (fewest of its asks outstanding, then fewest
-        of its tells queued; ties round-robin). `NoResponders` at once if the
+        of its tells queued, counted in runs of `group_pick.TELL_RUN`; ties
+        round-robin). `NoResponders` at once if the
         group has no members; otherwise raises as `tell`."""
         self._check_open()
-        member = self._groups.pick_now(name) or await self._groups.pick(name)
+        member = self._groups.pick_now(name, tell=True) or await self._groups.pick(name)
         epoch = self._groups.picker.epoch
         try:
             await self._mailbox.tell(member, msg)

@@ -10,6 +10,14 @@ plus this sender's own messages queued toward it and not yet written: the
 driver says how many with `queued`); ties go round-robin. A slow member answers
 later, so it holds more asks and is picked less.
 
+A sender that outpaces its writes picks tells in runs (`pick_tell`): while
+tells queue toward the member picked last, it takes up to `TELL_RUN` in a
+row, as long as nothing else the pick rests on changed (no view, no ask sent
+or answered). Those tells would wait for a write anyway; in one run they share
+a batch toward one member instead of being dealt out one per pair, which costs
+a batch per member. A tell to an idle line is written at once, so a trickle
+of tells (a job at a time) is still spread one by one.
+
 `LoadReporter` is the member's side: it says when its load is worth
 reporting.
 """
@@ -23,6 +31,10 @@ from .. import wire
 #: Seconds between two load reports of a member (at most; none while its
 #: load does not change).
 REPORT_INTERVAL = 0.05
+
+#: Tells in a row to the member picked, while tells queue toward it and
+#: nothing else changed (`pick_tell`).
+TELL_RUN = 64
 
 
 _IDLE = (0, 0)
@@ -57,7 +69,8 @@ class NotFollowed(LookupError):
 class GroupPicker:
     """The members of the groups one client sends to, and its load on them."""
 
-    __slots__ = ("_cursor", "_outstanding", "_reported", "_views", "epoch")
+    __slots__ = ("_changes", "_cursor", "_outstanding", "_reported", "_runs", "_views",
+                 "epoch")
 
     def __init__(self) -> None:
         #: group -> its members, as the Coordinator last said
@@ -70,6 +83,10 @@ class GroupPicker:
         self._reported: dict[str, tuple[int, int]] = {}
         #: Counts the views taken: what a send saw when it picked.
         self.epoch = 0
+        #: Counts every change a pick rests on, bar tells queued (`pick_tell`).
+        self._changes = 0
+        #: group -> (member, tells left in its run, `_changes` when picked)
+        self._runs: dict[str, tuple[str, int, int]] = {}
 
     def follows(self, name: str) -> bool:
         """Whether the members of `name` are known (it is followed)."""
@@ -82,6 +99,7 @@ class GroupPicker:
         `tells[i]` for `members[i]`, when given)."""
         self._views[name] = list(members)
         self.epoch += 1
+        self._changes += 1
         if asks and tells and len(asks) == len(tells) == len(members):
             for m, a, t in zip(members, asks, tells, strict=True):
                 self._reported[m] = (a, t)
@@ -93,6 +111,7 @@ class GroupPicker:
         that view is newer than the failed send (the member may be back)."""
         if epoch is not None and epoch != self.epoch:
             return
+        self._changes += 1
         for name, members in self._views.items():
             if member in members:
                 self._views[name] = [m for m in members if m != member]
@@ -113,6 +132,7 @@ class GroupPicker:
         self._views.clear()
         self._cursor.clear()
         self._reported.clear()
+        self._runs.clear()
 
     def outstanding(self, member: str) -> int:
         """This client's asks to `member` not yet answered."""
@@ -146,9 +166,23 @@ class GroupPicker:
         self._cursor[name] = best + 1
         return members[best]
 
+    def pick_tell(self, name: str, queued: Callable[[str], int]) -> str | None:
+        """As `pick`, for a tell: the member picked last for a tell to `name`
+        while its run lasts (up to `TELL_RUN` tells, while tells queue toward
+        it and nothing else changed since)."""
+        run = self._runs.get(name)
+        if run is not None and run[1] and run[2] == self._changes and queued(run[0]):
+            self._runs[name] = (run[0], run[1] - 1, run[2])
+            return run[0]
+        member = self.pick(name, queued)
+        if member is not None:
+            self._runs[name] = (member, TELL_RUN - 1, self._changes)
+        return member
+
     def ask_sent(self, member: str) -> None:
         """An ask to `member` was handed to the mailbox."""
         self._outstanding[member] = self._outstanding.get(member, 0) + 1
+        self._changes += 1
 
     def ask_done(self, member: str) -> None:
         """An ask to `member` was answered, failed or given up. `ValueError`
@@ -156,6 +190,7 @@ class GroupPicker:
         left = self._outstanding.get(member, 0) - 1
         if left < 0:
             raise ValueError(f"no ask to {member!r} is outstanding")
+        self._changes += 1
         if left:
             self._outstanding[member] = left
         else:

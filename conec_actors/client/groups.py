@@ -100,12 +100,17 @@ class Groups:
         if not self.picker.follows(name):  # a view may have come first: it is newer
             self.picker.view(name, reply.members)
 
-    def pick_now(self, name: str) -> str | None:
+    def pick_now(self, name: str, *, tell: bool = False) -> str | None:
         """The member of followed group `name` to send to next (no await: the
-        per-message path); None if `name` is not followed yet (then `pick`).
-        `NoResponders` if it has no members."""
+        per-message path), picked for a tell in runs (`GroupPicker.pick_tell`);
+        None if `name` is not followed yet (then `pick`). `NoResponders` if it
+        has no members."""
+        picker = self.picker
         try:
-            member = self.picker.pick(name, self._mailbox.backlog)
+            if tell:
+                member = picker.pick_tell(name, self._mailbox.backlog)
+            else:
+                member = picker.pick(name, self._mailbox.backlog)
         except (NotFollowed, TypeError):  # TypeError: an unhashable name (`pick` says)
             return None
         if member is None:
