@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,6 +45,7 @@ from .cli_parser import PROG, build_parser
 from .config import CoordConfig
 from .coord import Coord
 from .errors import ConecError, CoordinatorFailed
+from .logs import setup_logging
 
 __all__ = ["default_state_dir", "dev_certificates", "main", "run"]
 
@@ -187,8 +187,7 @@ def _cmd_coord(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                            ) from None
     if state_dir is not None:
         ca_path, _, _ = dev_certificates(state_dir)
-    logging.basicConfig(level=logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_format, args.log_level)
     return run(serve_coordinator(cfg, ca_path=ca_path,
                                  cert_path=None if args.cert is None else cert_src))
 

@@ -34,6 +34,18 @@ def _port(text: str) -> int:
     return value
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _add_log_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="log lines on stderr as text or one JSON object each "
+                   "(default %(default)s)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                   help="least severe level logged (default %(default)s: refusals "
+                   "and worker restarts, nothing per message)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``conec-actors``: ``command`` names the
     subcommand (``certs_command`` the kind of certificate), and each
@@ -71,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout", metavar="S", type=float, default=DEFAULT_IDLE_TIMEOUT,
                    help="seconds before a silent connection is dropped "
                    "(default %(default)s)")
+    _add_log_options(p)
 
     certs = add("certs", help="make certificates and keys",
                 description="Write <name>.pem and <name>.key (mode 0600) into --out.")
