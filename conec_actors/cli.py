@@ -7,7 +7,9 @@ Subcommands:
   directory and prints where the CA is, so clients can trust it.
 * ``certs``: make a CA, a self-signed certificate, or one issued by a CA.
 * ``demo``: a Coordinator and a few clients in one process, with live figures.
-* ``bench``: run a benchmark from ``bench/`` (source checkouts), or list them.
+* ``top``: a live view of a running Coordinator's metrics endpoint.
+* ``bench``: run a benchmark from ``bench/`` (source checkouts), or list them;
+  ``--plot FILE.png`` draws its ratios against the baselines.
 
 Everything a script may want to read is printed on stdout as ``label: value``
 lines and flushed at once; errors are one line on stderr (exit status 1, or 2
@@ -220,6 +222,30 @@ def _cmd_certs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 0
 
 
+# -- top -----------------------------------------------------------------------------
+
+
+def _cmd_top(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from . import top
+
+    try:
+        if args.once:
+            top.run_once(args.metrics, args.interval, sys.stdout)
+            return 0
+        try:
+            import rich  # noqa: F401
+        except ImportError:
+            raise CliError("the live view needs rich: pip install 'conec-actors[top]' "
+                           "(or use --once)") from None
+        try:
+            top.run_live(args.metrics, args.interval)
+        except KeyboardInterrupt:  # Ctrl-C is how the live view ends
+            return 0
+        return 0
+    except top.TopError as exc:
+        raise CliError(str(exc)) from None
+
+
 # -- demo and bench ------------------------------------------------------------------
 
 
@@ -268,6 +294,7 @@ def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, argparse.ArgumentParser], int]] = {
     "coord": _cmd_coord, "certs": _cmd_certs, "demo": _cmd_demo, "bench": _cmd_bench,
+    "top": _cmd_top,
 }
 
 

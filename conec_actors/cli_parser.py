@@ -10,6 +10,9 @@ from .config import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_DATAGRAM_SIZE, DEFAULT_POR
 
 PROG = "conec-actors"
 
+#: Where `conec-actors top` looks by default (``coord --metrics 127.0.0.1:9464``).
+DEFAULT_METRICS_URL = "http://127.0.0.1:9464"
+
 
 # -- values --------------------------------------------------------------------
 
@@ -21,6 +24,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return value
 
 
@@ -129,6 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", metavar="N", type=int, default=3,
                    help="number of clients (default %(default)s)")
 
-    p = add("bench", help="run a benchmark from bench/ (or list them)")
+    p = add("top", help="a live view of a running Coordinator's metrics",
+            description="Show a Coordinator's clients, rates, workers, event loop lag "
+            "and refusals, read from its metrics endpoint (coord --metrics), "
+            "redrawn every --interval seconds until Ctrl-C (needs the 'top' extra: "
+            "pip install 'conec-actors[top]').")
+    p.add_argument("--metrics", metavar="URL", default=DEFAULT_METRICS_URL,
+                   help="the endpoint (default %(default)s)")
+    p.add_argument("--once", action="store_true", help="print one plain-text snapshot "
+                   "(rates over one interval) and exit")
+    p.add_argument("--interval", metavar="SECONDS", type=_positive_float, default=1.0,
+                   help="seconds between scrapes (default %(default)s)")
+
+    p = add("bench", help="run a benchmark from bench/ (or list them)",
+            usage=f"{PROG} bench [NAME [ARGS...] [--plot FILE.png]]",
+            description="Run python -m bench.NAME ARGS from a source checkout; with "
+            "--plot, also draw its ratios against the baselines into FILE.png (needs "
+            "the 'plot' extra: pip install 'conec-actors[plot]').")
+    p.add_argument("--plot", metavar="FILE.png", help=argparse.SUPPRESS)
     p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
