@@ -271,7 +271,10 @@ def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     # source checkout, where bench/ sits next to conec_actors/.
     bench_dir = Path(__file__).resolve().parent.parent / "bench"
     modules = bench_modules(bench_dir)
-    rest = list(args.args)
+    try:
+        rest, plot_path = split_plot(list(args.args), args.plot)
+    except ValueError as exc:
+        parser.error(str(exc))
     if not rest:
         lines = ["usage: conec-actors bench NAME [ARGS...]  (runs python -m bench.NAME)"]
         if modules:
@@ -288,8 +291,52 @@ def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     import subprocess
 
     cmd = [sys.executable, "-m", f"bench.{name}", *extra]
+    if plot_path is None:
+        _print(sys.stderr, f"running: {' '.join(cmd)}")
+        return subprocess.call(cmd, cwd=bench_dir.parent)
+    from . import plot
+
+    try:
+        plot.require_matplotlib()  # before a benchmark of minutes, not after
+    except plot.PlotUnavailable as exc:
+        raise CliError(str(exc)) from None
     _print(sys.stderr, f"running: {' '.join(cmd)}")
-    return subprocess.call(cmd, cwd=bench_dir.parent)
+    out: list[str] = []
+    with subprocess.Popen(cmd, cwd=bench_dir.parent, stdout=subprocess.PIPE, text=True,
+                          bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # still printed as they come
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            out.append(line)
+    if proc.returncode != 0:
+        _print(sys.stderr, f"{PROG}: no plot: the benchmark exited with {proc.returncode}")
+        return proc.returncode
+    bars = [r for line in plot.json_lines(out) for r in plot.ratios(line)]
+    if not bars:
+        raise CliError(f"no plot: bench.{name} printed no ratio against a baseline")
+    plot.draw(bars, " ".join([PROG, "bench", name, *extra]), plot_path)
+    _print(sys.stderr, f"plot: {Path(plot_path).resolve()}")
+    return 0
+
+
+def split_plot(rest: list[str], plot: str | None) -> tuple[list[str], str | None]:
+    """`rest` (a benchmark and its arguments) without ``--plot FILE`` /
+    ``--plot=FILE``, and that FILE (else `plot`, given before the name)."""
+    out: list[str] = []
+    it = iter(rest)
+    for arg in it:
+        if arg == "--plot":
+            plot = next(it, None)
+            if plot is None or plot.startswith("-"):
+                raise ValueError("--plot needs a file name (FILE.png)")
+        elif arg.startswith("--plot="):
+            plot = arg.removeprefix("--plot=")
+        else:
+            out.append(arg)
+    if plot is not None and not plot:
+        raise ValueError("--plot needs a file name (FILE.png)")
+    return out, plot
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, argparse.ArgumentParser], int]] = {
