@@ -17,8 +17,14 @@ from typing import Any
 import pytest
 
 from conec_actors.cli import main, split_plot
-from conec_actors.plot import PlotUnavailable, Ratio, draw, json_lines, ratios, \
-    require_matplotlib
+from conec_actors.plot import (
+    PlotUnavailable,
+    Ratio,
+    draw,
+    json_lines,
+    ratios,
+    require_matplotlib,
+)
 
 LINES = Path(__file__).with_name("bench_lines.jsonl")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -117,7 +123,12 @@ def test_json_lines_skips_what_is_not_a_json_object() -> None:
 # -- drawing -------------------------------------------------------------------------
 
 
+def needs_matplotlib() -> None:
+    pytest.importorskip("matplotlib", reason="--plot needs the 'plot' extra (matplotlib)")
+
+
 def test_draw_writes_a_png(tmp_path: Path) -> None:
+    needs_matplotlib()
     bars = [r for d in json_lines(LINES.read_text().splitlines()) for r in ratios(d)]
     out = tmp_path / "all.png"
     draw(bars, "conec-actors bench everything", out)
@@ -160,6 +171,7 @@ def test_split_plot() -> None:
 
 @pytest.mark.timeout(240)
 def test_bench_plot_end_to_end(tmp_path: Path) -> None:
+    needs_matplotlib()
     out = tmp_path / "proxied.png"
     r = subprocess.run(
         [sys.executable, "-m", "conec_actors.cli", "bench", "proxied", "--rounds", "1",

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from rich.console import Console
 
 from conec_actors import CoordConfig
+from conec_actors.cli import main
 from conec_actors.cli_parser import DEFAULT_METRICS_URL, build_parser
 from conec_actors.top import (
     Scrape,
@@ -167,6 +167,8 @@ def test_top_clients_by_bytes_with_their_rates(m: Metrics) -> None:
 
 
 def rich_text(renderable: Any) -> str:
+    from rich.console import Console
+
     console = Console(record=True, width=120, force_terminal=False)
     console.print(renderable)
     return console.export_text()
@@ -215,6 +217,7 @@ def test_text_view_before_any_traffic(m: Metrics) -> None:
 
 
 def test_rich_view_draws_the_same_sections(m: Metrics) -> None:
+    pytest.importorskip("rich", reason="the live view needs the 'top' extra (rich)")
     snap = busy_snapshot(m)
     out = rich_text(rich_view(snap, "http://h:1"))
     for sec in sections(snap):
@@ -374,6 +377,7 @@ async def test_top_once_against_a_running_coordinator() -> None:
 
 @pytest.mark.timeout(60)
 def test_live_view_redraws_until_ctrl_c(endpoint: Endpoint, m: Metrics) -> None:
+    pytest.importorskip("rich", reason="the live view needs the 'top' extra (rich)")
     proc = subprocess.Popen(
         [sys.executable, "-m", "conec_actors.cli", "top", "--metrics", endpoint.url,
          "--interval", "0.1"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -393,3 +397,14 @@ def test_live_view_redraws_until_ctrl_c(endpoint: Endpoint, m: Metrics) -> None:
     assert proc.returncode == 0, err
     assert "conec-actors top" in out and "Top clients by bytes (of 3)" in out
     assert "Traceback" not in err
+
+
+def test_live_view_without_rich_names_the_extra(
+        endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "rich", None)  # import fails
+    assert main(["top", "--metrics", endpoint.url]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "conec-actors: the live view needs rich: pip install 'conec-actors[top]' "
+        "(or use --once)"]
+    assert endpoint.scrapes == 0
