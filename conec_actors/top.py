@@ -151,6 +151,9 @@ class Snapshot:
     top_clients: list[ClientRow] = field(default_factory=list)
     #: The interval the rates are over (seconds), None without a previous scrape.
     interval: float | None = None
+    #: ``/clients``: how many it listed (its first page: by id, up to 1024)
+    #: and how many it said there are.
+    listed: tuple[int, int] | None = None
 
 
 _GAUGES: tuple[tuple[str, str], ...] = (
@@ -193,7 +196,9 @@ def snapshot(cur: Scrape, prev: Scrape | None = None) -> Snapshot:
         workers=workers,
         loop_lag=dict(sorted(_by_label(s, "conec_event_loop_lag_seconds", "process").items())),
         streams_open=dict(sorted(_by_label(s, "conec_streams_open", "kind").items())),
-        gauges=gauges, top_clients=_top_clients(cur, prev, dt), interval=dt)
+        gauges=gauges, top_clients=_top_clients(cur, prev, dt), interval=dt,
+        listed=None if cur.clients is None or cur.num_clients is None
+        else (len(cur.clients), cur.num_clients))
 
 
 def _moved(c: Mapping[str, Any]) -> int:
@@ -271,7 +276,10 @@ def sections(snap: Snapshot) -> list[Section]:
             (proc, _ms(lag)) for proc, lag in snap.loop_lag.items()]))
     out.append(Section("Refusals", ("reason", "total", "per s"), [
         (reason, _si(total), _si(r)) for reason, (total, r) in snap.refusals.items()]))
-    out.append(Section(f"Top clients by bytes (of {_si(snap.clients)})",
+    among = f"of {_si(snap.clients)}"
+    if snap.listed is not None and snap.listed[0] < snap.listed[1]:
+        among = f"among the first {snap.listed[0]} of {snap.listed[1]}"
+    out.append(Section(f"Top clients by bytes ({among})",
                        ("id", "address", "streams", "bytes in", "bytes out", "bytes/s", "rtt"),
                        [(c.id, c.address, str(c.streams), _si(c.bytes_in, "B"),
                          _si(c.bytes_out, "B"), _si(c.bytes_per_s, "B"), _ms(c.rtt_seconds))

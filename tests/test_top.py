@@ -161,6 +161,8 @@ def test_top_clients_by_bytes_with_their_rates(m: Metrics) -> None:
     assert snap.top_clients[1].bytes_per_s == 0
     assert snap.clients == 16  # from /clients when there is no gauge
     assert snapshot(Scrape(0.5, {}, now, 16)).top_clients[0].bytes_per_s is None
+    paged = snapshot(Scrape(0.5, {}, now, 2000))  # /clients gave its first page only
+    assert "Top clients by bytes (among the first 16 of 2000)" in render_text(paged, "u")
 
 
 # -- rendering -----------------------------------------------------------------------
@@ -396,6 +398,7 @@ def test_live_view_redraws_until_ctrl_c(endpoint: Endpoint, m: Metrics) -> None:
             proc.communicate()
     assert proc.returncode == 0, err
     assert "conec-actors top" in out and "Top clients by bytes (of 3)" in out
+    assert "alice" in out and "bob" in out
     assert "Traceback" not in err
 
 
