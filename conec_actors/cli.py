@@ -22,10 +22,11 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from cryptography import x509
 
@@ -47,7 +48,7 @@ from .cli_parser import PROG, build_parser
 from .config import CoordConfig
 from .coord import Coord
 from .errors import ConecError, CoordinatorFailed
-from .logs import setup_logging
+from .logs import LogWriter, setup_logging
 
 __all__ = ["default_state_dir", "dev_certificates", "main", "run"]
 
@@ -190,7 +191,10 @@ def _cmd_coord(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if state_dir is not None:
         ca_path, _, _ = dev_certificates(state_dir)
     setup_logging(args.log_format, args.log_level)
-    return run(serve_coordinator(cfg, ca_path=ca_path,
+    # In JSON, the messages about the coordinator's end are JSON lines too.
+    err = sys.stderr if args.log_format == "text" else \
+        cast(TextIO, LogWriter(logging.getLogger("conec_actors.cli")))  # print() needs write()
+    return run(serve_coordinator(cfg, ca_path=ca_path, err=err,
                                  cert_path=None if args.cert is None else cert_src))
 
 

@@ -11,6 +11,7 @@ both readable text and a structured event.
 from __future__ import annotations
 
 import datetime
+import io
 import ipaddress
 import json
 import logging
@@ -23,6 +24,7 @@ from typing import Any, Literal, TextIO
 __all__ = [
     "EXTRA_FIELDS",
     "JsonFormatter",
+    "LogWriter",
     "RateLimitFilter",
     "TextFormatter",
     "setup_logging",
@@ -169,6 +171,35 @@ class RateLimitFilter(logging.Filter):
         lost: nothing like them came since)."""
         for key in [k for k, s in self._seen.items() if now - s.passed_at >= self.window]:
             del self._seen[key]
+
+
+class LogWriter(io.TextIOBase):
+    """A text stream whose every line becomes a log record of `logger` at
+    `level`: with ``--log-format json``, the command line's own messages on
+    stderr are JSON lines too."""
+
+    def __init__(self, logger: logging.Logger, level: int = logging.ERROR) -> None:
+        super().__init__()
+        self._logger = logger
+        self._level = level
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            if line:
+                # The line is the template (no arguments: no % formatting), so
+                # the rate limit only holds back a line said again.
+                self._logger.log(self._level, line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._partial:
+            line, self._partial = self._partial, ""
+            self._logger.log(self._level, line)
 
 
 def setup_logging(fmt: LogFormat = "text", level: int | str = logging.INFO, *,

@@ -8,9 +8,11 @@ import asyncio
 import io
 import json
 import logging
+import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,12 @@ from conec_actors.cli_parser import build_parser
 from conec_actors.logs import (
     EXTRA_FIELDS,
     JsonFormatter,
+    LogWriter,
     RateLimitFilter,
     TextFormatter,
     setup_logging,
 )
-from tests.test_cli import env, start_coord
+from tests.test_cli import children, env, is_worker, start_coord, wait_gone
 
 __all__ = ["env"]  # the fixture, imported for the subprocess test
 
@@ -201,6 +204,21 @@ def test_setup_logging_text_and_bad_format(restore_root: None) -> None:
         setup_logging("xml", stream=out)  # type: ignore[arg-type]
 
 
+def test_log_writer_logs_each_line(restore_root: None) -> None:
+    out = io.StringIO()
+    setup_logging("json", stream=out)
+    w = LogWriter(logging.getLogger("conec_actors.cli"))
+    print("conec-actors: the coordinator failed: 100% x", file=w)
+    w.write("two\nlines\nand a ")
+    w.write("rest")
+    w.flush()
+    got = [(d["level"], d["logger"], d["message"])
+           for d in map(json.loads, out.getvalue().splitlines())]
+    assert got == [("ERROR", "conec_actors.cli", "conec-actors: the coordinator failed: 100% x"),
+                   ("ERROR", "conec_actors.cli", "two"), ("ERROR", "conec_actors.cli", "lines"),
+                   ("ERROR", "conec_actors.cli", "and a rest")]
+
+
 def test_coord_log_options() -> None:
     args = build_parser().parse_args(["coord"])
     assert (args.log_format, args.log_level) == ("text", "info")
@@ -244,3 +262,33 @@ async def test_coord_json_logs_a_refusal_as_json(tmp_path: Path,
                 or "already connected" in d["message"]]
     assert refusals, lines
     assert all(d["logger"].startswith("conec_actors.coord") for d in refusals)
+
+
+@pytest.mark.timeout(90)
+def test_coord_json_crash_loop_every_line_json_restarts_rate_limited(
+        tmp_path: Path, env: dict[str, str]) -> None:
+    """Workers killed three times: the restart warnings repeat within the
+    window, so one is logged; the coordinator's failure is a JSON line too."""
+    cli, _host, _port, _ca = start_coord(env, "--state-dir", str(tmp_path / "state"),
+                                         "--log-format", "json")
+    try:
+        killed: set[int] = set()
+        deadline = time.monotonic() + 20
+        while cli.proc.poll() is None and time.monotonic() < deadline:
+            fresh = {p for p in children(cli.pid) if is_worker(p)} - killed
+            for pid in fresh:
+                cli.workers.add(pid)
+                killed.add(pid)
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.02)
+        assert cli.wait(15) == 1, (cli.stdout, cli.stderr)
+        assert len(killed) >= 3
+        assert wait_gone(killed) == set()
+    finally:
+        cli.kill()
+    lines = [json.loads(line) for line in cli.err]  # every line is one JSON object
+    restarts = [d for d in lines if "restarting" in d["message"]]
+    assert len(restarts) == 1 and restarts[0]["level"] == "WARNING", lines
+    failed = [d for d in lines if "the coordinator failed" in d["message"]]
+    assert len(failed) == 1 and failed[0]["level"] == "ERROR", lines
+    assert "crashed" in failed[0]["message"]
