@@ -207,9 +207,9 @@ def setup_logging(fmt: LogFormat = "text", level: int | str = logging.INFO, *,
                   window: float = DEFAULT_WINDOW) -> logging.Handler:
     """Send every log record at `level` and above to `stream` (default
     stderr) as text or as JSON lines, with repeated warnings rate-limited
-    (`RateLimitFilter`); replaces the root logger's handlers and returns the
-    new one. aioquic's per-connection ``quic`` logger is kept at WARNING
-    unless `level` is DEBUG."""
+    (`RateLimitFilter`) and Python's warnings captured; replaces the root
+    logger's handlers and returns the new one. aioquic's per-connection
+    ``quic`` logger is kept at WARNING unless `level` is DEBUG."""
     if fmt not in ("text", "json"):
         raise ValueError(f"log format must be 'text' or 'json', got {fmt!r}")
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
@@ -218,6 +218,9 @@ def setup_logging(fmt: LogFormat = "text", level: int | str = logging.INFO, *,
     if isinstance(level, str):
         level = level.upper()
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # Python's own warnings (``warnings.warn``) become records too: in JSON,
+    # no line on stderr is anything but JSON.
+    logging.captureWarnings(True)
     root_level = logging.getLogger().level
     logging.getLogger("quic").setLevel(
         logging.NOTSET if root_level <= logging.DEBUG else logging.WARNING)

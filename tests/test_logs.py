@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,7 @@ def restore_root() -> Any:
     root = logging.getLogger()
     saved = (root.handlers[:], root.level, logging.getLogger("quic").level)
     yield
+    logging.captureWarnings(False)
     root.handlers[:] = saved[0]
     root.setLevel(saved[1])
     logging.getLogger("quic").setLevel(saved[2])
@@ -189,10 +191,15 @@ def test_setup_logging_json_rate_limits_through_the_handler(restore_root: None) 
         log.warning("refused a ZeroMQ peer at %s", f"peer{i}", extra={"address": "x"})
     log.info("closing %s", "a")
     logging.getLogger("quic").info("per-connection chatter")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("a Python warning", UserWarning, stacklevel=1)
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert [(d["level"], d["message"]) for d in lines] == [
+    assert [(d["level"], d["message"]) for d in lines[:2]] == [
         ("WARNING", "refused a ZeroMQ peer at peer0"), ("INFO", "closing a")]
     assert lines[0]["address"] == "x"
+    assert lines[2]["logger"] == "py.warnings" and "a Python warning" in lines[2]["message"]
+    assert len(lines) == 3
 
 
 def test_setup_logging_text_and_bad_format(restore_root: None) -> None:
