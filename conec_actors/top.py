@@ -146,8 +146,8 @@ class Snapshot:
     loop_lag: dict[str, float]
     #: kind -> streams open.
     streams_open: dict[str, float]
-    #: name on screen -> value (half-open handshakes, broadcasts, ...).
-    gauges: dict[str, float]
+    #: name on screen -> value: gauges now, counters since the start.
+    figures: dict[str, float]
     top_clients: list[ClientRow] = field(default_factory=list)
     #: The interval the rates are over (seconds), None without a previous scrape.
     interval: float | None = None
@@ -156,14 +156,15 @@ class Snapshot:
     listed: tuple[int, int] | None = None
 
 
-_GAUGES: tuple[tuple[str, str], ...] = (
+#: Figures shown as they are: label on screen -> metric.
+_FIGURES: tuple[tuple[str, str], ...] = (
     ("half-open handshakes", "conec_half_open_handshakes"),
     ("broadcasts", "conec_broadcasts"),
     ("watches", "conec_watches"),
-    ("writers paused", "conec_writers_paused_total"),
-    ("writers resumed", "conec_writers_resumed_total"),
-    ("retry packets", "conec_retry_packets_total"),
-    ("junk datagrams", "conec_junk_datagrams_total"),
+    ("writers paused (total)", "conec_writers_paused_total"),
+    ("writers resumed (total)", "conec_writers_resumed_total"),
+    ("retry packets (total)", "conec_retry_packets_total"),
+    ("junk datagrams (total)", "conec_junk_datagrams_total"),
 )
 
 
@@ -188,7 +189,7 @@ def snapshot(cur: Scrape, prev: Scrape | None = None) -> Snapshot:
     restarts = _by_label(s, "conec_restarts_total", "kind")
     workers = {kind: (up.get(kind, 0.0), restarts.get(kind, 0.0))
                for kind in sorted(up.keys() | restarts.keys())}
-    gauges = {label: v for label, name in _GAUGES if (v := _sum(s, name)) is not None}
+    figures = {label: v for label, name in _FIGURES if (v := _sum(s, name)) is not None}
     clients_gauge = _sum(s, "conec_clients")
     n_clients = int(clients_gauge) if clients_gauge is not None else cur.num_clients
     return Snapshot(
@@ -196,7 +197,7 @@ def snapshot(cur: Scrape, prev: Scrape | None = None) -> Snapshot:
         workers=workers,
         loop_lag=dict(sorted(_by_label(s, "conec_event_loop_lag_seconds", "process").items())),
         streams_open=dict(sorted(_by_label(s, "conec_streams_open", "kind").items())),
-        gauges=gauges, top_clients=_top_clients(cur, prev, dt), interval=dt,
+        figures=figures, top_clients=_top_clients(cur, prev, dt), interval=dt,
         listed=None if cur.clients is None or cur.num_clients is None
         else (len(cur.clients), cur.num_clients))
 
@@ -262,7 +263,7 @@ def sections(snap: Snapshot) -> list[Section]:
     if snap.streams_open:
         overview.append(("streams open", ", ".join(
             f"{kind} {_si(v)}" for kind, v in snap.streams_open.items())))
-    overview.extend((label, _si(v)) for label, v in snap.gauges.items())
+    overview.extend((label, _si(v)) for label, v in snap.figures.items())
     unit = {"bytes/s": "B"}
     rates = [(label, _si(v, unit.get(label, ""))) for label, v in snap.rates.items()]
     out = [Section("Coordinator", (), overview),

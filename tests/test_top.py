@@ -58,6 +58,10 @@ class Metrics:
         self.restarts = Counter("conec_restarts", "restarts", ["kind"], registry=r)
         self.up = Gauge("conec_workers_up", "up", ["kind"], registry=r)
         self.watches = Gauge("conec_watches", "watches", registry=r)
+        self.retry = Counter("conec_retry_packets", "retry", registry=r)
+        self.junk = Counter("conec_junk_datagrams", "junk", registry=r)
+        self.paused = Counter("conec_writers_paused", "paused", registry=r)
+        self.resumed = Counter("conec_writers_resumed", "resumed", registry=r)
         self.lag = Gauge("conec_event_loop_lag_seconds", "lag", ["process"], registry=r)
         for kind in ("routing", "broadcast"):
             self.up.labels(kind).set(1)
@@ -115,7 +119,7 @@ def test_first_snapshot_has_totals_but_no_rates(m: Metrics) -> None:
     assert snap.workers == {"broadcast": (1.0, 0.0), "routing": (1.0, 1.0)}
     assert snap.loop_lag == {"broadcast-0": 0.0001, "frontend": 0.0021, "routing-0": 0.0004}
     assert snap.streams_open == {"proxied": 3.0}
-    assert snap.gauges["half-open handshakes"] == 0
+    assert snap.figures["half-open handshakes"] == 0
 
 
 def test_rates_are_the_increase_between_two_scrapes(m: Metrics) -> None:
@@ -185,6 +189,8 @@ def busy_snapshot(m: Metrics) -> Any:
     m.refused.labels("duplicate_id").inc(1)
     m.up.labels("routing").set(0)
     m.restarts.labels("routing").inc()
+    m.junk.inc(1200)
+    m.paused.inc(3)
     return snapshot(Scrape(1.0, parse_metrics(m.text()),
                            [client("alice", 2_000_000, 2), client("bob", 500_000)], 2,
                            ("down", ["routing worker 0"])), before)
@@ -199,6 +205,8 @@ def test_text_view_has_every_section(m: Metrics) -> None:
     assert field(text, "messages/s") == "2.50 k"
     assert field(text, "bytes/s") == "2.50 MB"
     assert field(text, "streams/s") == "0"
+    assert field(text, "junk datagrams (total)") == "1.20 k"
+    assert field(text, "writers paused (total)") == "3"
     assert any(line.split() == ["routing", "0", "1"] for line in lines)  # down, restarted
     assert any(line.split() == ["frontend", "2.1", "ms"] for line in lines)
     assert any(line.split() == ["duplicate_id", "1", "1"] for line in lines)
