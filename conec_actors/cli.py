@@ -241,10 +241,8 @@ def _cmd_top(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         except ImportError:
             raise CliError("the live view needs rich: pip install 'conec-actors[top]' "
                            "(or use --once)") from None
-        try:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how the live view ends
             top.run_live(args.metrics, args.interval)
-        except KeyboardInterrupt:  # Ctrl-C is how the live view ends
-            return 0
         return 0
     except top.TopError as exc:
         raise CliError(str(exc)) from None
@@ -300,10 +298,13 @@ def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         return subprocess.call(cmd, cwd=bench_dir.parent)
     from . import plot
 
+    # Checked before a benchmark of minutes, not after it.
     try:
-        plot.require_matplotlib()  # before a benchmark of minutes, not after
+        plot.require_matplotlib()
     except plot.PlotUnavailable as exc:
         raise CliError(str(exc)) from None
+    if not Path(plot_path).absolute().parent.is_dir():
+        raise CliError(f"--plot {plot_path}: no such directory")
     _print(sys.stderr, f"running: {' '.join(cmd)}")
     out: list[str] = []
     with subprocess.Popen(cmd, cwd=bench_dir.parent, stdout=subprocess.PIPE, text=True,

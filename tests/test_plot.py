@@ -184,6 +184,16 @@ def test_bench_plot_end_to_end(tmp_path: Path) -> None:
     assert f"plot: {out}" in r.stderr.splitlines()
 
 
+def test_bench_plot_into_a_missing_directory_fails_before_running(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    needs_matplotlib()
+    where = tmp_path / "nowhere" / "p.png"
+    assert main(["bench", "proxied", "--plot", str(where)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"conec-actors: --plot {where}: no such directory"]
+    assert captured.out == ""  # the benchmark did not run
+
+
 @pytest.mark.timeout(60)
 def test_bench_plot_needs_a_file_name() -> None:
     r = subprocess.run([sys.executable, "-m", "conec_actors.cli", "bench", "proxied",
