@@ -7,7 +7,9 @@ Subcommands:
   directory and prints where the CA is, so clients can trust it.
 * ``certs``: make a CA, a self-signed certificate, or one issued by a CA.
 * ``demo``: a Coordinator and a few clients in one process, with live figures.
-* ``bench``: run a benchmark from ``bench/`` (source checkouts), or list them.
+* ``top``: a live view of a running Coordinator's metrics endpoint.
+* ``bench``: run a benchmark from ``bench/`` (source checkouts), or list them;
+  ``--plot FILE.png`` draws its ratios against the baselines.
 
 Everything a script may want to read is printed on stdout as ``label: value``
 lines and flushed at once; errors are one line on stderr (exit status 1, or 2
@@ -24,7 +26,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from cryptography import x509
 
@@ -46,6 +48,7 @@ from .cli_parser import PROG, build_parser
 from .config import CoordConfig
 from .coord import Coord
 from .errors import ConecError, CoordinatorFailed
+from .logs import LogWriter, setup_logging
 
 __all__ = ["default_state_dir", "dev_certificates", "main", "run"]
 
@@ -187,9 +190,11 @@ def _cmd_coord(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                            ) from None
     if state_dir is not None:
         ca_path, _, _ = dev_certificates(state_dir)
-    logging.basicConfig(level=logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(serve_coordinator(cfg, ca_path=ca_path,
+    setup_logging(args.log_format, args.log_level)
+    # In JSON, the messages about the coordinator's end are JSON lines too.
+    err = sys.stderr if args.log_format == "text" else \
+        cast(TextIO, LogWriter(logging.getLogger("conec_actors.cli")))  # print() needs write()
+    return run(serve_coordinator(cfg, ca_path=ca_path, err=err,
                                  cert_path=None if args.cert is None else cert_src))
 
 
@@ -221,6 +226,28 @@ def _cmd_certs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 0
 
 
+# -- top -----------------------------------------------------------------------------
+
+
+def _cmd_top(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from . import top
+
+    try:
+        if args.once:
+            top.run_once(args.metrics, args.interval, sys.stdout)
+            return 0
+        try:
+            import rich  # noqa: F401
+        except ImportError:
+            raise CliError("the live view needs rich: pip install 'conec-actors[top]' "
+                           "(or use --once)") from None
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how the live view ends
+            top.run_live(args.metrics, args.interval)
+        return 0
+    except top.TopError as exc:
+        raise CliError(str(exc)) from None
+
+
 # -- demo and bench ------------------------------------------------------------------
 
 
@@ -246,7 +273,10 @@ def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     # source checkout, where bench/ sits next to conec_actors/.
     bench_dir = Path(__file__).resolve().parent.parent / "bench"
     modules = bench_modules(bench_dir)
-    rest = list(args.args)
+    try:
+        rest, plot_path = split_plot(list(args.args), args.plot)
+    except ValueError as exc:
+        parser.error(str(exc))
     if not rest:
         lines = ["usage: conec-actors bench NAME [ARGS...]  (runs python -m bench.NAME)"]
         if modules:
@@ -263,12 +293,60 @@ def _cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     import subprocess
 
     cmd = [sys.executable, "-m", f"bench.{name}", *extra]
+    if plot_path is None:
+        _print(sys.stderr, f"running: {' '.join(cmd)}")
+        return subprocess.call(cmd, cwd=bench_dir.parent)
+    from . import plot
+
+    # Checked before a benchmark of minutes, not after it.
+    try:
+        plot.require_matplotlib()
+    except plot.PlotUnavailable as exc:
+        raise CliError(str(exc)) from None
+    if not Path(plot_path).absolute().parent.is_dir():
+        raise CliError(f"--plot {plot_path}: no such directory")
     _print(sys.stderr, f"running: {' '.join(cmd)}")
-    return subprocess.call(cmd, cwd=bench_dir.parent)
+    out: list[str] = []
+    with subprocess.Popen(cmd, cwd=bench_dir.parent, stdout=subprocess.PIPE, text=True,
+                          bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # still printed as they come
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            out.append(line)
+    if proc.returncode != 0:
+        _print(sys.stderr, f"{PROG}: no plot: the benchmark exited with {proc.returncode}")
+        return proc.returncode
+    bars = [r for line in plot.json_lines(out) for r in plot.ratios(line)]
+    if not bars:
+        raise CliError(f"no plot: bench.{name} printed no ratio against a baseline")
+    plot.draw(bars, " ".join([PROG, "bench", name, *extra]), plot_path)
+    _print(sys.stderr, f"plot: {Path(plot_path).resolve()}")
+    return 0
+
+
+def split_plot(rest: list[str], plot: str | None) -> tuple[list[str], str | None]:
+    """`rest` (a benchmark and its arguments) without ``--plot FILE`` /
+    ``--plot=FILE``, and that FILE (else `plot`, given before the name)."""
+    out: list[str] = []
+    it = iter(rest)
+    for arg in it:
+        if arg == "--plot":
+            plot = next(it, None)
+            if plot is None or plot.startswith("-"):
+                raise ValueError("--plot needs a file name (FILE.png)")
+        elif arg.startswith("--plot="):
+            plot = arg.removeprefix("--plot=")
+        else:
+            out.append(arg)
+    if plot is not None and not plot:
+        raise ValueError("--plot needs a file name (FILE.png)")
+    return out, plot
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, argparse.ArgumentParser], int]] = {
     "coord": _cmd_coord, "certs": _cmd_certs, "demo": _cmd_demo, "bench": _cmd_bench,
+    "top": _cmd_top,
 }
 
 

@@ -10,6 +10,9 @@ from .config import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_DATAGRAM_SIZE, DEFAULT_POR
 
 PROG = "conec-actors"
 
+#: Where `conec-actors top` looks by default (``coord --metrics 127.0.0.1:9464``).
+DEFAULT_METRICS_URL = "http://127.0.0.1:9464"
+
 
 # -- values --------------------------------------------------------------------
 
@@ -24,6 +27,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -32,6 +45,18 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be in [0, 65535], got {value}")
     return value
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _add_log_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="log lines on stderr as text or one JSON object each "
+                   "(default %(default)s)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                   help="least severe level logged (default %(default)s: refusals "
+                   "and worker restarts, nothing per message)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout", metavar="S", type=float, default=DEFAULT_IDLE_TIMEOUT,
                    help="seconds before a silent connection is dropped "
                    "(default %(default)s)")
+    _add_log_options(p)
 
     certs = add("certs", help="make certificates and keys",
                 description="Write <name>.pem and <name>.key (mode 0600) into --out.")
@@ -116,6 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", metavar="N", type=int, default=3,
                    help="number of clients (default %(default)s)")
 
-    p = add("bench", help="run a benchmark from bench/ (or list them)")
+    p = add("top", help="a live view of a running Coordinator's metrics",
+            description="Show a Coordinator's clients, rates, workers, event loop lag "
+            "and refusals, read from its metrics endpoint (coord --metrics), "
+            "redrawn every --interval seconds until Ctrl-C (needs the 'top' extra: "
+            "pip install 'conec-actors[top]').")
+    p.add_argument("--metrics", metavar="URL", default=DEFAULT_METRICS_URL,
+                   help="the endpoint (default %(default)s)")
+    p.add_argument("--once", action="store_true", help="print one plain-text snapshot "
+                   "(rates over one interval) and exit")
+    p.add_argument("--interval", metavar="SECONDS", type=_positive_float, default=1.0,
+                   help="seconds between scrapes (default %(default)s)")
+
+    p = add("bench", help="run a benchmark from bench/ (or list them)",
+            usage=f"{PROG} bench [NAME [ARGS...] [--plot FILE.png]]",
+            description="Run python -m bench.NAME ARGS from a source checkout; with "
+            "--plot, also draw its ratios against the baselines into FILE.png (needs "
+            "the 'plot' extra: pip install 'conec-actors[plot]').")
+    p.add_argument("--plot", metavar="FILE.png", help=argparse.SUPPRESS)
     p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
