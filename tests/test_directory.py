@@ -29,8 +29,11 @@ from conec_actors.coord.ipc import (
 
 
 def entry(client_id: str, frontend: str = "fe0", conn: int = 1,
-          addr: tuple[str, int] = ("192.0.2.1", 5000)) -> Entry:
-    return Entry(client_id, frontend, conn, addr, bytes(range(32)))
+          addr: tuple[str, int] = ("192.0.2.1", 5000), cert: bytes | None = None) -> Entry:
+    """An entry; each connection has its own certificate unless `cert` is given."""
+    if cert is None:
+        cert = f"{frontend}/{conn}".encode() + bytes(range(24))
+    return Entry(client_id, frontend, conn, addr, cert)
 
 
 def reply(d: Directory, msg: object) -> Reply:
