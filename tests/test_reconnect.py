@@ -136,6 +136,9 @@ async def test_tells_survive_a_coordinator_killed_and_restarted() -> None:
                       asyncio.create_task(teller(a, "b")), asyncio.create_task(teller(b, "a"))]
             await wait_for(lambda: len(got["a"]) > 50 and len(got["b"]) > 50, 20)
             assert a.connected and b.connected
+            await a.join_group("g")
+            assert await b.ask_group("g", "pre") == ["pong", "pre"]  # b follows g
+            watch = await a.watch("b")
 
             await cp.kill()
             for c in clients:
@@ -160,6 +163,10 @@ async def test_tells_survive_a_coordinator_killed_and_restarted() -> None:
             await wait_for(lambda: len(sent["a"]) > before[0] + 50
                            and len(sent["b"]) > before[1] + 50, 30)
             assert await a.ask("b", "after", timeout=10.0) == ["pong", "after"]
+            # a joined g again, and b follows it again.
+            await wait_for(lambda: b.group_members("g"), 15)
+            assert await b.group_members("g") == ["a"]
+            assert await b.ask_group("g", "post", timeout=10.0) == ["pong", "post"]
             stop.set()
             await asyncio.gather(*tasks[2:])
             # Every tell accepted arrives, once and in order.
@@ -167,12 +174,35 @@ async def test_tells_survive_a_coordinator_killed_and_restarted() -> None:
                            and len(got["b"]) >= len(sent["a"]), 30)
             assert got["b"] == sent["a"]
             assert got["a"] == sent["b"]
+            # a's watch of b was re-armed at the new Coordinator.
+            assert not watch.done()
+            await b.close()
+            assert await asyncio.wait_for(watch.wait(), 15) == ("b", "left")
         finally:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             for c in clients:
                 await c.close()
+
+
+async def test_a_client_whose_connection_drops_replaces_its_session_at_once() -> None:
+    async with coordinator(idle_timeout=60.0) as h:
+        a = await h.client("a", reconnect=True, idle_timeout=60.0)
+        b = await h.client("b")
+        await a.join_group("g")
+        events = a.events()
+        # Forget the connection here without telling the Coordinator, which
+        # keeps the session (stale) until its idle timeout, a minute away.
+        a._conn.abort()
+        assert isinstance(await next_event(events), Disconnected)
+        assert isinstance(await next_event(events), Reconnected)
+        assert a.connected and await h.coord.num_clients() == 2
+        await b.tell("a", "hello again")
+        env = await asyncio.wait_for(anext(a.mailbox), 10)
+        assert (env.sender, env.body) == ("b", "hello again")
+        await wait_for(lambda: b.group_members("g"), 10)
+        assert await b.group_members("g") == ["a"]
 
 
 class Echo(Actor):
@@ -224,7 +254,7 @@ async def test_channels_keep_running_and_proxied_streams_reset_during_the_outage
             await wait_for(lambda: b.connected and actor is not None
                            and actor.client.connected, 30)
             assert await b.ask("echo", "still here", timeout=15.0) == "still here"
-            out2, in2 = await a.new_proxied_stream("b")
+            out2, _in2 = await a.new_proxied_stream("b")
             await out2.send(b"again")
             inc2 = await asyncio.wait_for(anext(b.incoming), 10)
             assert await inc2.recv.recv() == b"again"
@@ -266,7 +296,7 @@ asyncio.run(main())
 async def test_the_same_certificate_replaces_its_stale_session_at_once() -> None:
     alice = self_signed(["alice"])
     async with coordinator(idle_timeout=60.0) as h:
-        host, port = h.coord.address
+        port = h.coord.address[1]
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", _STALE_CLIENT, str(port), h.cert.cert_pem.decode(),
             alice.cert_pem.decode(), alice.key_pem.decode(), stdout=asyncio.subprocess.PIPE)

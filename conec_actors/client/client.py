@@ -227,7 +227,7 @@ class Client:
     def _check_open(self) -> None:
         if self._close_error is not None:
             raise self._closed_error()
-        if not self._reconnector.connected:
+        if not self._reconnector.up:
             raise ConnectFailed(f"{self.id!r} is reconnecting to its Coordinator")
 
     def _adopt(self, conn: Conn, link: CoordLink, welcome: wire.Welcome) -> None:
@@ -267,7 +267,8 @@ class Client:
 
     @property
     def is_closed(self) -> bool:
-        """True once the client was closed or lost its Coordinator."""
+        """True once the client was closed or lost its Coordinator for good
+        (not while it reconnects: see `connected`)."""
         return self._close_error is not None
 
     @property

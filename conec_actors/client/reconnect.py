@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from .. import wire
+from ..config import ClientConfig
 from ..errors import ClientClosed, ConecError, ConnectFailed, NoSuchPeer, StreamReset
 from ..streams import InStream, OutStream
+from ..transport import Conn
 from .backoff import PEER_GRACE, Backoff, ClientEvent, LinkState, Presence, permanent
 from .connect import Connected, dial_coordinator
-
-if TYPE_CHECKING:
-    from .client import Client
+from .groups import Groups
+from .link import CoordLink
+from .watch import Watches
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +40,32 @@ log = logging.getLogger(__name__)
 PEER_RETRY = 0.2
 
 
+class ReconnectHost(Protocol):
+    """What a `Reconnector` uses of its `Client` (the client's own parts:
+    this module sits beside it, and the import runs one way)."""
+
+    _closed: bool
+    _link: CoordLink
+    _watches: Watches
+    _groups: Groups
+
+    @property
+    def config(self) -> ClientConfig: ...
+
+    def _closed_error(self) -> ClientClosed: ...
+
+    def _adopt(self, conn: Conn, link: CoordLink, welcome: wire.Welcome) -> None: ...
+
+    def _give_up(self, err: ConecError) -> None: ...
+
+    async def _open_proxied(self, peer: str, stream_id: int | None, purpose: str
+                            ) -> tuple[OutStream, InStream]: ...
+
+
 class Reconnector:
     """A client's connection to its Coordinator over time (see the module)."""
 
-    def __init__(self, client: Client, connected: Connected) -> None:
+    def __init__(self, client: ReconnectHost, connected: Connected) -> None:
         self._client = client
         self._cfg = client.config
         self._endpoint = connected.endpoint
@@ -49,9 +74,8 @@ class Reconnector:
         self._loop = asyncio.get_running_loop()
         self.presence = Presence(self._cfg.reconnect)
         self.backoff = Backoff()
-        #: Set while connected.
-        self._up = asyncio.Event()
-        self._up.set()
+        #: `presence.connected`, as a plain field (read per `tell_group`).
+        self.up = True
         #: Set once connected again or closed (what waiting routes wait for).
         self._settled = asyncio.Event()
         self._settled.set()
@@ -61,7 +85,7 @@ class Reconnector:
 
     @property
     def connected(self) -> bool:
-        return self.presence.connected
+        return self.up
 
     @property
     def reconnecting(self) -> bool:
@@ -100,12 +124,12 @@ class Reconnector:
         again, events = self.presence.lost(err)
         self._emit(events)
         if not again:
-            self._up.clear()
+            self.up = False
             self._end_events()
             self._settled.set()
             return False
         log.warning("client %r lost its Coordinator (%s): reconnecting", self._cfg.id, err)
-        self._up.clear()
+        self.up = False
         self._settled.clear()
         for task in self._restoring:
             task.cancel()
@@ -125,7 +149,7 @@ class Reconnector:
                 if permanent(exc):
                     log.warning("client %r cannot reconnect: %s", self._cfg.id, exc)
                     self.presence.give_up()
-                    self._up.clear()
+                    self.up = False
                     self._end_events()
                     self._settled.set()
                     client._give_up(exc)
@@ -133,14 +157,14 @@ class Reconnector:
                 log.debug("client %r: reconnect attempt %d failed: %s", self._cfg.id,
                           self.backoff.attempts, exc)
                 continue
-            except OSError as exc:  # the socket itself (closed under us)
-                log.debug("client %r: reconnect attempt failed: %s", self._cfg.id, exc)
+            except Exception as exc:  # e.g. OSError from the socket: try again
+                log.warning("client %r: reconnect attempt failed: %r", self._cfg.id, exc)
                 continue
             break
         self.backoff.reset()
         client._adopt(conn, link, welcome)
         self._emit([self.presence.reconnected()])
-        self._up.set()
+        self.up = True
         self._settled.set()
         log.warning("client %r reconnected to its Coordinator", self._cfg.id)
         task = self._loop.create_task(self._restore())
@@ -159,7 +183,7 @@ class Reconnector:
     def close(self) -> None:
         """The client closes: stop dialling at once."""
         self.presence.close()
-        self._up.clear()
+        self.up = False
         if self._task is not None:
             self._task.cancel()
         for task in self._restoring:
@@ -180,7 +204,7 @@ class Reconnector:
         deadline: float | None = None
         while True:
             await self._settled.wait()
-            if not self._up.is_set():
+            if not self.up:
                 raise client._closed_error()
             link = client._link
             try:
