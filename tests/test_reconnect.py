@@ -174,7 +174,10 @@ async def test_tells_survive_a_coordinator_killed_and_restarted() -> None:
                            and len(got["b"]) >= len(sent["a"]), 30)
             assert got["b"] == sent["a"]
             assert got["a"] == sent["b"]
-            # a's watch of b was re-armed at the new Coordinator.
+            # a's watch of b is re-armed at the new Coordinator (asked again
+            # every REARM_RETRY while b was not back yet: wait for it, or b
+            # would leave unseen and the verdict be "vanished" after the grace).
+            await wait_for(lambda: len(a._watches._active) == 1, 15)
             assert not watch.done()
             await b.close()
             assert await asyncio.wait_for(watch.wait(), 15) == ("b", "left")
