@@ -110,7 +110,8 @@ class Client:
         """Close the client, its channels and its streams (which end with
         `StreamReset` at the other ends). Tells that `tell` had accepted are
         delivered first (within `CLOSE_DRAIN`, 5 s, however slowly the
-        receivers read); new tells meanwhile raise `ClientClosed`."""
+        receivers read; at once while reconnecting); new tells meanwhile raise
+        `ClientClosed`."""
         if self._closer is None:
             self._closer = self._loop.create_task(self._close())
         await asyncio.shield(self._closer)
@@ -547,7 +548,7 @@ class Client:
         return self._mailbox
 
     def __repr__(self) -> str:
-        state = "closed" if self.is_closed else "connected"
+        state = "closed" if self.is_closed else "connected" if self.connected else "reconnecting"
         return f"<Client {self.id!r} {state}>"
 
 
