@@ -230,6 +230,7 @@ async def test_channels_keep_running_and_proxied_streams_reset_during_the_outage
             await out_p.send(b"proxied")
             incoming = await asyncio.wait_for(anext(b.incoming), 10)
             assert await incoming.recv.recv() == b"proxied"
+            _bcast_out, bcast_in = await a.new_broadcast("news")
 
             await cp.kill()
             assert isinstance(await next_event(events), Disconnected)
@@ -238,6 +239,10 @@ async def test_channels_keep_running_and_proxied_streams_reset_during_the_outage
                 await asyncio.wait_for(in_p.recv(), 10)
             with pytest.raises(StreamReset):
                 await asyncio.wait_for(incoming.recv.recv(), 10)
+            with pytest.raises(StreamReset):  # and so does the broadcast
+                await asyncio.wait_for(bcast_in.recv(), 10)
+            with pytest.raises(ConnectFailed):
+                await a.new_broadcast("news")
             # ... while the direct channel carries new streams and tells.
             assert a.channels() == ["b"]
             out_d, in_d = await a.new_direct_stream("b")
