@@ -323,6 +323,8 @@ class Client:
 
     def _do_open(self, cmd: Open) -> tuple[StreamCore, asyncio.Future[None]]:
         self._check_open()
+        if self._link.closed.done():  # just lost: `_lost` has not run yet
+            raise ConnectFailed(f"{self.id!r} lost its Coordinator")
         n = self._used_proxied.pick(cmd.n, "proxied")
         if cmd.kind == "broadcast":
             core, opened = self._link.open_stream(cmd.peer, n, kind="broadcast",

@@ -14,7 +14,19 @@ a route reopens, so per-pair order holds and nothing is duplicated. A route
 that had opened also waits up to `backoff.PEER_GRACE` for its peer, which
 may be reconnecting too, before it is dead. Calls that need the Coordinator
 itself (opening proxied streams, broadcasts, channels, watches, group
-requests) raise `ConnectFailed` while it is away.
+requests, `tell_group`/`ask_group`) raise `ConnectFailed` while it is away.
+
+Watches: the Coordinator that held them is gone, so each is asked again at
+the new one once reconnected. A peer not connected then may be reconnecting
+too: it is asked again every `watch.REARM_RETRY` until `PEER_GRACE` has
+passed, then the verdict is "vanished" (it went while nobody could see it).
+Verdicts already given stay held for their mailbox streams, as always.
+
+The Coordinator lets a reconnecting client with the same certificate take
+over its id from its stale session (not yet timed out), which it closes
+with `Code.DUPLICATE_ID`; a client whose session was so replaced does not
+reconnect (`backoff.permanent`), so two processes with one certificate do
+not take the id from each other in turns.
 """
 
 from __future__ import annotations
@@ -216,7 +228,8 @@ class Reconnector:
                     raise
                 await asyncio.sleep(PEER_RETRY)
             except (ConnectFailed, ClientClosed, StreamReset):
-                if self.presence.connected and client._link is link:
+                if self.presence.connected and client._link is link \
+                        and not link.closed.done():
                     raise  # not the outage's doing
 
 
