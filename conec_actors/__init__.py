@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .actor import Actor
     from .adapters import NonblockingInStream, TypedInStream, TypedOutStream
     from .client import Client
+    from .client.backoff import Disconnected, Reconnected
     from .client.mailbox import Envelope, Mailbox, TypedMailbox
     from .client.watch import Terminated, Watch
     from .config import ClientConfig, CoordConfig
@@ -63,6 +64,8 @@ _LAZY = {
     "Actor": ".actor",
     "ActorPool": ".pool",
     "Client": ".client",
+    "Disconnected": ".client.backoff",
+    "Reconnected": ".client.backoff",
     "Envelope": ".client.mailbox",
     "Mailbox": ".client.mailbox",
     "TypedMailbox": ".client.mailbox",
@@ -106,6 +109,7 @@ __all__ = [
     "CoordConfig",
     "CoordinatorFailed",
     "DecodeError",
+    "Disconnected",
     "DuplicateId",
     "Envelope",
     "InStream",
@@ -124,6 +128,7 @@ __all__ = [
     "PeerNotListening",
     "PoolFailed",
     "ProtocolError",
+    "Reconnected",
     "RemoteError",
     "StreamClosed",
     "StreamId",

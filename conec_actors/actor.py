@@ -152,7 +152,9 @@ class Actor:
     @classmethod
     async def spawn(cls, cfg: ClientConfig, *args: Any, **kwargs: Any) -> Self:
         """Build ``cls(*args, **kwargs)``, connect a client with `cfg`, run
-        `on_start` and start serving the mailbox."""
+        `on_start` and start serving the mailbox. With
+        ``ClientConfig(reconnect=True)`` the actor keeps running while its
+        client reconnects to a lost Coordinator (its `groups` are joined again)."""
         actor = cls(*args, **kwargs)
         client = await Client.connect(cfg)
         try:

@@ -64,6 +64,10 @@ class ClientConfig:
     `addr=(host, port)` overrides where to connect. `ca` is the trust root for
     the Coordinator (None: the system store). Without `cert`/`key` an
     ephemeral self-signed certificate for `id` is made.
+
+    With `reconnect`, a client that loses its Coordinator dials it again with
+    the same id and certificate (backoff 0.1 s doubling to 5 s, with jitter)
+    until `close()`, instead of closing with `ClientClosed`.
     """
 
     id: str
@@ -81,6 +85,7 @@ class ClientConfig:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     max_datagram_size: int = DEFAULT_MAX_DATAGRAM_SIZE
+    reconnect: bool = False
 
     def __post_init__(self) -> None:
         check_id(self.id)

@@ -29,8 +29,11 @@ from conec_actors.coord.ipc import (
 
 
 def entry(client_id: str, frontend: str = "fe0", conn: int = 1,
-          addr: tuple[str, int] = ("192.0.2.1", 5000)) -> Entry:
-    return Entry(client_id, frontend, conn, addr, bytes(range(32)))
+          addr: tuple[str, int] = ("192.0.2.1", 5000), cert: bytes | None = None) -> Entry:
+    """An entry; each connection has its own certificate unless `cert` is given."""
+    if cert is None:
+        cert = f"{frontend}/{conn}".encode() + bytes(range(24))
+    return Entry(client_id, frontend, conn, addr, cert)
 
 
 def reply(d: Directory, msg: object) -> Reply:
@@ -112,6 +115,38 @@ def test_duplicate_from_other_frontend_refused() -> None:
     assert r.code == wire.Code.DUPLICATE_ID
     assert lookup(d, "alice").entry == first
     assert len(d.entries) == 1
+
+
+def test_same_certificate_from_other_conn_replaces_the_stale_holder() -> None:
+    d = Directory()
+    stale = entry("alice", "fe0", 1, cert=b"alice-cert")
+    register(d, stale)
+    new = entry("alice", "fe0", 2, ("192.0.2.9", 6000), cert=b"alice-cert")
+    r = register(d, new, req=7)
+    assert r == Reply(7, 0, stale)  # admitted; the entry says whose to close
+    assert lookup(d, "alice").entry == new
+    f = figures(d)
+    assert (f["entries"], f["admitted"], f["replaced"], f["refused"]) == (1, 1, 1, 0)
+
+
+def test_the_stale_unregister_after_a_replacement_keeps_the_new_holder() -> None:
+    d = Directory()
+    register(d, entry("alice", "fe0", 1, cert=b"c"))
+    new = entry("alice", "fe0", 2, cert=b"c")
+    register(d, new)
+    reply(d, Unregister(3, "alice", "fe0", 1))  # the stale connection closes
+    assert lookup(d, "alice").entry == new
+    assert register(d, new, req=4) == Reply(4, 0, new)  # a replay: nothing to close
+
+
+def test_a_different_certificate_still_cannot_replace() -> None:
+    d = Directory()
+    first = entry("alice", "fe0", 1, cert=b"mine")
+    register(d, first)
+    r = register(d, entry("alice", "fe0", 2, cert=b"someone else's"))
+    assert r.code == wire.Code.DUPLICATE_ID and r.entry == first
+    assert lookup(d, "alice").entry == first
+    assert figures(d)["replaced"] == 0
 
 
 def test_replayed_register_is_idempotent() -> None:

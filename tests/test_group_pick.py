@@ -24,6 +24,16 @@ def test_an_unfollowed_group_cannot_be_picked_from() -> None:
         p.members("g")
 
 
+def test_followed_lists_the_groups_to_follow_again_after_a_reconnect() -> None:
+    p = GroupPicker()
+    assert p.followed() == []
+    p.view("g", ["a"])
+    p.view("h", [])
+    assert p.followed() == ["g", "h"]  # an empty view is still followed
+    p.forget()
+    assert p.followed() == []
+
+
 def test_an_empty_group_gives_nobody() -> None:
     p = GroupPicker()
     p.view("g", [])

@@ -29,6 +29,7 @@ from conec_actors.coord.session import (
     NewLeg,
     Register,
     RejectStream,
+    ReplaceStale,
     SendControl,
     SessionCore,
     State,
@@ -206,6 +207,30 @@ def test_a_duplicate_id_is_refused_and_says_which() -> None:
     assert c.code == wire.Code.DUPLICATE_ID
     assert c.reason == "a client with id 'alice' is already connected"
     assert not core.registered  # the worker kept the other holder
+
+
+def test_a_reconnect_that_replaced_a_stale_session_closes_it_after_the_welcome() -> None:
+    core = at_admitting()
+    acts = core.admitted(0, stale=3)
+    assert core.state is State.READY and core.registered
+    assert acts[:2] == [CancelTimer(), Admit(1350)]
+    assert len(sent(acts)) == 1  # the welcome
+    assert acts[-1] == ReplaceStale(3)  # once this session is listed
+
+
+def test_a_stale_session_is_closed_even_if_its_replacement_left_meanwhile() -> None:
+    core = at_admitting()
+    core.terminated()
+    assert core.admitted(0, stale=3) == [Unregister("alice", 7), ReplaceStale(3)]
+
+
+def test_no_replacement_for_its_own_entry_or_a_refusal() -> None:
+    core = at_admitting()
+    assert not any(isinstance(a, ReplaceStale) for a in core.admitted(0, stale=7))
+    refused = at_admitting()
+    acts = refused.admitted(wire.Code.DUPLICATE_ID, stale=3)
+    assert closes(acts).code == wire.Code.DUPLICATE_ID
+    assert not any(isinstance(a, ReplaceStale) for a in acts)
 
 
 def test_a_second_hello_is_refused() -> None:

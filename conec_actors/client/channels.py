@@ -118,6 +118,11 @@ class Channels:
             endpoint.server = ServerSettings(
                 configuration=self._quic_config(is_client=False),
                 stream_window=STREAM_WINDOW, accept=self._accept)
+        self.rebind(link)
+
+    def rebind(self, link: CoordLink) -> None:
+        """Take introductions from `link` (at start, and after a reconnect)."""
+        self._link = link
         link.on_offer = self.on_offer
         link.on_dialing = self._on_peer_dialing
         for offer in link.early_offers:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from .. import wire
 from .._util import AwaitableContext
@@ -15,6 +15,7 @@ from ..config import ClientConfig
 from ..errors import (
     ClientClosed,
     ConecError,
+    ConnectFailed,
     NoChannel,
     NoResponders,
     NoSuchBroadcast,
@@ -32,11 +33,24 @@ from ..streams import (
     OutStream,
     StreamCore,
 )
+from ..transport import Conn
 from ..used_numbers import UsedNumbers, check_stream_number
 from .channels import Channel, Channels
+from .commands import (
+    Close,
+    CloseChannel,
+    Command,
+    FindChannel,
+    Open,
+    OpenChannel,
+    Request,
+    retrieve,
+)
 from .connect import Connected, connect
 from .groups import Groups
+from .link import CoordLink
 from .mailbox import Mailbox
+from .reconnect import ClientEvents, Reconnector
 from .watch import Terminated, Watch, Watches
 
 log = logging.getLogger(__name__)
@@ -69,7 +83,7 @@ class Client:
         self._loop = asyncio.get_running_loop()
         # The client is an actor: this task alone changes its state, in the
         # order commands arrive in the mailbox.
-        self._commands: asyncio.Queue[_Command] = asyncio.Queue(COMMAND_QUEUE)
+        self._commands: asyncio.Queue[Command] = asyncio.Queue(COMMAND_QUEUE)
         self._task = self._loop.create_task(self._run())
         link.closed.add_done_callback(self._lost)
         self._chans = Channels(cfg, self._endpoint, link, self._router, self,
@@ -79,6 +93,7 @@ class Client:
         self._mailbox = Mailbox(_MailboxHost(self))
         self._watches = Watches(link, self._mailbox)
         self._groups = Groups(link, self._mailbox)
+        self._reconnector = Reconnector(self, connected)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -95,28 +110,29 @@ class Client:
         """Close the client, its channels and its streams (which end with
         `StreamReset` at the other ends). Tells that `tell` had accepted are
         delivered first (within `CLOSE_DRAIN`, 5 s, however slowly the
-        receivers read); new tells meanwhile raise `ClientClosed`."""
+        receivers read; at once while reconnecting); new tells meanwhile raise
+        `ClientClosed`."""
         if self._closer is None:
             self._closer = self._loop.create_task(self._close())
         await asyncio.shield(self._closer)
 
     async def _close(self) -> None:
-        if not self._closed:
+        if not self._closed and not self._reconnector.reconnecting:
             await self._mailbox.drain(CLOSE_DRAIN)
         if not self._closed:
             self._closed = True
             done: asyncio.Future[None] = self._loop.create_future()
-            await self._commands.put(_Close(done))
+            await self._commands.put(Close(done))
         await self._task
         await self._mailbox.wait_closed()
         await self._chans.aclose()
 
     async def _run(self) -> None:
-        cmd: _Command | None = None
+        cmd: Command | None = None
         try:
             while True:
                 cmd = await self._commands.get()
-                if isinstance(cmd, _Close):
+                if isinstance(cmd, Close):
                     self._do_close()
                     cmd.done.set_result(None)
                     break
@@ -132,7 +148,7 @@ class Client:
             log.error("client %r: the command task failed; closing the client", self.id,
                       exc_info=exc)
             self._fail(exc)
-            if isinstance(cmd, _Close):
+            if isinstance(cmd, Close):
                 if not cmd.done.done():
                     cmd.done.set_result(None)
             elif cmd is not None and not cmd.reply.done():
@@ -140,7 +156,7 @@ class Client:
         # Fail whatever was queued behind the close.
         while not self._commands.empty():
             left = self._commands.get_nowait()
-            if not isinstance(left, _Close) and not left.reply.done():
+            if not isinstance(left, Close) and not left.reply.done():
                 left.reply.set_exception(self._closed_error())
 
     def _fail(self, exc: Exception) -> None:
@@ -167,17 +183,18 @@ class Client:
         fresh.__cause__ = err.__cause__
         return fresh
 
-    def _handle(self, cmd: _Request) -> Any:
-        if isinstance(cmd, _Open):
+    def _handle(self, cmd: Request) -> Any:
+        if isinstance(cmd, Open):
             return self._do_open(cmd)
-        if isinstance(cmd, _OpenChannel):
+        if isinstance(cmd, OpenChannel):
             self._check_open()
             return self._chans.open(cmd.peer)
-        if isinstance(cmd, _FindChannel):
+        if isinstance(cmd, FindChannel):
             return self._chans.find(cmd.peer)
         return self._chans.close_channel(cmd.peer)
 
     def _do_close(self) -> None:
+        self._reconnector.close()
         if self._close_error is None:
             self._close_error = ClientClosed("the client was closed")
         self._mailbox.close()
@@ -188,9 +205,13 @@ class Client:
         self._endpoint.close()
 
     def _lost(self, fut: asyncio.Future[ConecError]) -> None:
-        """The Coordinator is gone. Direct channels keep running."""
+        """The Coordinator is gone: reconnect (`ClientConfig.reconnect`) or
+        close. Direct channels keep running."""
+        if not self._reconnector.lost(fut.result()):
+            self._give_up(fut.result())
+
+    def _give_up(self, err: ConecError) -> None:
         if self._close_error is None:
-            err = fut.result()
             self._close_error = err if isinstance(err, ClientClosed) else ClientClosed(
                 f"lost the Coordinator: {err}")
         self._watches.lost(self._closed_error())
@@ -207,6 +228,17 @@ class Client:
     def _check_open(self) -> None:
         if self._close_error is not None:
             raise self._closed_error()
+        if not self._reconnector.up:
+            raise ConnectFailed(f"{self.id!r} is reconnecting to its Coordinator")
+
+    def _adopt(self, conn: Conn, link: CoordLink, welcome: wire.Welcome) -> None:
+        """Carry on over a new connection to the Coordinator (reconnected)."""
+        self._conn, self._link, self._welcome = conn, link, welcome
+        self._incoming.timeout = welcome.idle_timeout
+        link.closed.add_done_callback(self._lost)
+        self._chans.rebind(link)
+        self._watches.rebind(link)
+        self._groups.rebind(link)
 
     def _check_not_closed(self) -> None:
         if self._closed:
@@ -236,8 +268,21 @@ class Client:
 
     @property
     def is_closed(self) -> bool:
-        """True once the client was closed or lost its Coordinator."""
+        """True once the client was closed or lost its Coordinator for good
+        (not while it reconnects: see `connected`)."""
         return self._close_error is not None
+
+    @property
+    def connected(self) -> bool:
+        """True while connected to the Coordinator (not while reconnecting,
+        when calls that need it raise `ConnectFailed`, nor once closed)."""
+        return self._close_error is None and self._reconnector.connected
+
+    def events(self) -> ClientEvents:
+        """`async for event in client.events()`: `Disconnected(reason)` when
+        the Coordinator is lost, `Reconnected()` when it is back (with
+        `ClientConfig.reconnect`), from this call on; ends at close."""
+        return self._reconnector.events()
 
     @property
     def incoming(self) -> AsyncIterator[IncomingStream]:
@@ -273,11 +318,13 @@ class Client:
         n = None if stream_id is None else check_stream_number(stream_id)
         if not is_valid_id(peer):
             raise NoSuchPeer(f"no client {peer!r} is connected (not a valid id)")
-        core, fut = await self._ask(_Open(peer, n, purpose, self._loop.create_future()))
+        core, fut = await self._ask(Open(peer, n, purpose, self._loop.create_future()))
         return await self._opened(core, fut, peer)
 
-    def _do_open(self, cmd: _Open) -> tuple[StreamCore, asyncio.Future[None]]:
+    def _do_open(self, cmd: Open) -> tuple[StreamCore, asyncio.Future[None]]:
         self._check_open()
+        if self._link.closed.done():  # just lost: `_lost` has not run yet
+            raise ConnectFailed(f"{self.id!r} lost its Coordinator")
         n = self._used_proxied.pick(cmd.n, "proxied")
         if cmd.kind == "broadcast":
             core, opened = self._link.open_stream(cmd.peer, n, kind="broadcast",
@@ -298,7 +345,7 @@ class Client:
             raise NoSuchPeer(f"no client {peer!r} is connected") from None
         return OutStream(core), InStream(core)
 
-    async def _ask(self, cmd: _Request) -> Any:
+    async def _ask(self, cmd: Request) -> Any:
         self._check_not_closed()
         await self._commands.put(cmd)
         if self._task.done() and not cmd.reply.done():
@@ -307,13 +354,13 @@ class Client:
         try:
             return await cmd.reply
         except asyncio.CancelledError:
-            if isinstance(cmd, _Open) and cmd.reply.done() and not cmd.reply.cancelled() \
+            if isinstance(cmd, Open) and cmd.reply.done() and not cmd.reply.cancelled() \
                     and cmd.reply.exception() is None:
                 # Handled just before the caller gave up: nobody will own the
                 # stream, so abort it rather than leave an orphan at the peer.
                 core, opened = cmd.reply.result()
                 core.fail_local(wire.Code.PEER_GONE, "opening was cancelled")
-                opened.add_done_callback(_retrieve)
+                opened.add_done_callback(retrieve)
             raise
 
     # -- broadcasts ----------------------------------------------------------------
@@ -326,7 +373,7 @@ class Client:
         if not isinstance(chan, str) or not 1 <= len(chan) <= wire.MAX_BROADCAST_NAME:
             raise ValueError(f"a broadcast name is a str of 1-{wire.MAX_BROADCAST_NAME} "
                              "characters")
-        core, fut = await self._ask(_Open(chan, None, "", self._loop.create_future(),
+        core, fut = await self._ask(Open(chan, None, "", self._loop.create_future(),
                                           "broadcast"))
         try:
             await fut
@@ -356,13 +403,13 @@ class Client:
         `NoSuchPeer`, `PeerNotListening`, `ChannelExists`, `ChannelToSelf`,
         `CertificateError` or `ConnectFailed` (no handshake within 5 s).
         """
-        ch: Channel = await self._ask(_OpenChannel(peer, self._loop.create_future()))
+        ch: Channel = await self._ask(OpenChannel(peer, self._loop.create_future()))
         await asyncio.shield(ch.ready)
 
     async def close_channel(self, peer: str) -> None:
         """Close the direct channel to `peer`: its streams end with
         `StreamReset` at both ends. `NoChannel` if there is none."""
-        await self._ask(_CloseChannel(peer, self._loop.create_future()))
+        await self._ask(CloseChannel(peer, self._loop.create_future()))
 
     # -- direct streams ------------------------------------------------------------
 
@@ -377,7 +424,7 @@ class Client:
         self._check_not_closed()
         n = None if stream_id is None else check_stream_number(stream_id)
         # Through the mailbox, so a new_channel called just before is seen.
-        ch: Channel = await self._ask(_FindChannel(peer, self._loop.create_future()))
+        ch: Channel = await self._ask(FindChannel(peer, self._loop.create_future()))
         try:
             link = await asyncio.shield(ch.ready)
         except ConecError as exc:
@@ -401,7 +448,7 @@ class Client:
             ch = self._channels.get(peer)
             if ch is None and not self.is_closed and self._chans.should_try(peer):
                 with contextlib.suppress(ConecError):
-                    ch = await self._ask(_OpenChannel(peer, self._loop.create_future()))
+                    ch = await self._ask(OpenChannel(peer, self._loop.create_future()))
                     ch.ready.add_done_callback(self._chans.note_outcome(peer))
             if ch is not None:
                 try:
@@ -503,7 +550,7 @@ class Client:
         return self._mailbox
 
     def __repr__(self) -> str:
-        state = "closed" if self.is_closed else "connected"
+        state = "closed" if self.is_closed else "connected" if self.connected else "reconnecting"
         return f"<Client {self.id!r} {state}>"
 
 
@@ -527,11 +574,11 @@ class _MailboxHost:
         ch = self._client._channels.get(peer)
         return ch is not None and ch.link is not None and not ch.link.closed.done()
 
-    async def open_route(self, peer: str, purpose: str, *, direct: bool
-                         ) -> tuple[OutStream, InStream]:
+    async def open_route(self, peer: str, purpose: str, *, direct: bool,
+                         reopen: bool = False) -> tuple[OutStream, InStream]:
         if direct:
             return await self._client._open_direct(peer, None, purpose)
-        return await self._client._open_proxied(peer, None, purpose)
+        return await self._client._reconnector.open_proxied(peer, purpose, reopen)
 
     def handle_purpose(self, purpose: str,
                        handler: Callable[[IncomingStream], bool] | None) -> None:
@@ -540,42 +587,6 @@ class _MailboxHost:
             handlers.pop(purpose, None)
         else:
             handlers[purpose] = handler
-
-
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
-
-
-class _Open(NamedTuple):
-    peer: str
-    n: int | None
-    purpose: str
-    reply: asyncio.Future[tuple[StreamCore, asyncio.Future[None]]]
-    kind: str = "proxied"
-
-
-class _OpenChannel(NamedTuple):
-    peer: str
-    reply: asyncio.Future[Channel]
-
-
-class _CloseChannel(NamedTuple):
-    peer: str
-    reply: asyncio.Future[None]
-
-
-class _FindChannel(NamedTuple):
-    peer: str
-    reply: asyncio.Future[Channel]
-
-
-class _Close(NamedTuple):
-    done: asyncio.Future[None]
-
-
-_Request = _Open | _OpenChannel | _FindChannel | _CloseChannel
-_Command = _Request | _Close
 
 
 __all__ = ["Client"]

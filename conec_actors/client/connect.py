@@ -43,34 +43,44 @@ async def connect(cfg: ClientConfig) -> Connected:
     else:
         ck = self_signed([cfg.id])
         cert_pem, key_pem = ck.cert_pem, ck.key_pem
+    endpoint = await Endpoint.bind(None, 0)
+    router = IncomingRouter()
+    try:
+        conn, link, welcome = await dial_coordinator(cfg, endpoint, router, cert_pem, key_pem)
+    except BaseException:
+        endpoint.close()
+        raise
+    return Connected(endpoint, conn, link, welcome, router, cert_pem, key_pem)
+
+
+async def dial_coordinator(cfg: ClientConfig, endpoint: Endpoint, router: IncomingRouter,
+                           cert_pem: bytes, key_pem: bytes
+                           ) -> tuple[Conn, CoordLink, wire.Welcome]:
+    """Dial the Coordinator from `endpoint` with this certificate, say hello
+    and wait for its welcome (also how a client reconnects)."""
     ca = load_pem(cfg.ca) if cfg.ca is not None else None
     qcfg = quic_configuration(
         is_client=True, cert_pem=cert_pem, key_pem=key_pem,
         idle_timeout=cfg.idle_timeout, max_datagram_size=cfg.max_datagram_size,
         stream_window=STREAM_WINDOW, server_name=cfg.coord, cadata=ca)
     addrs = await _resolve(cfg)
-    endpoint = await Endpoint.bind(None, 0)
-    router = IncomingRouter()
+    conn, link = await _dial(endpoint, addrs, qcfg, cfg, router)
+    link.send_hello(conn, cfg.max_message_size, cfg.idle_timeout, cfg.max_datagram_size)
     try:
-        conn, link = await _dial(endpoint, addrs, qcfg, cfg, router)
-        link.send_hello(conn, cfg.max_message_size, cfg.idle_timeout,
-                        cfg.max_datagram_size)
-        try:
-            welcome = await asyncio.wait_for(asyncio.shield(link.welcome),
-                                             CONNECT_TIMEOUT)
-        except TimeoutError:
-            conn.close(wire.Code.HELLO_TIMEOUT, "no answer to hello")
-            raise ConnectFailed(
-                f"the Coordinator at {conn.peer_address} did not answer the hello "
-                f"within {CONNECT_TIMEOUT:.0f} s") from None
+        welcome = await asyncio.wait_for(asyncio.shield(link.welcome), CONNECT_TIMEOUT)
+    except TimeoutError:
+        conn.close(wire.Code.HELLO_TIMEOUT, "no answer to hello")
+        raise ConnectFailed(
+            f"the Coordinator at {conn.peer_address} did not answer the hello "
+            f"within {CONNECT_TIMEOUT:.0f} s") from None
     except BaseException:
-        endpoint.close()
+        conn.close(wire.Code.CLIENT_CLOSED, "client closed")
         raise
     link.max_message_size = welcome.max_message_size
     conn.quic.set_max_datagram_size(welcome.max_datagram_size)
     if cfg.keepalive:
         conn.start_keepalive(welcome.idle_timeout / 3)
-    return Connected(endpoint, conn, link, welcome, router, cert_pem, key_pem)
+    return conn, link, welcome
 
 
 async def _resolve(cfg: ClientConfig) -> list[tuple[str, int]]:

@@ -120,6 +120,10 @@ class GroupPicker:
         """The (asks, tells) `member` last reported ((0, 0) if unknown)."""
         return self._reported.get(member, (0, 0))
 
+    def followed(self) -> list[str]:
+        """The groups followed."""
+        return list(self._views)
+
     def members(self, name: str) -> list[str]:
         """The members of followed group `name`; `NotFollowed` otherwise."""
         try:

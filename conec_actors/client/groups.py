@@ -59,6 +59,31 @@ class Groups:
         if self.picker.follows(view.name) or view.name in self._following:
             self.picker.view(view.name, view.members, view.asks, view.tells)
 
+    def rebind(self, link: CoordLink) -> None:
+        """Carry on over `link` (reconnected): `restore` follows."""
+        self._link = link
+        link.on_group_view = self._view
+
+    def suspend(self) -> None:
+        """The Coordinator is gone and the client reconnects: keep the groups
+        joined and the views (sends wait for their routes), stop reporting."""
+        if self._reporting is not None:
+            self._reporting.cancel()
+            self._reporting = None
+
+    async def restore(self) -> None:
+        """Reconnected: join again the groups joined, follow again those
+        followed (their views are then current), report again."""
+        for name in sorted(self._joined):
+            _check(await self._link.request_group("join", name))
+        for name in self.picker.followed():
+            reply = await self._link.request_group("follow", name)
+            _check(reply)
+            self.picker.view(name, reply.members)
+        if self._joined and self._reporting is None \
+                and self._link.session.state is SessionState.READY:
+            self._reporting = asyncio.get_running_loop().create_task(self._report())
+
     def lost(self) -> None:
         """The Coordinator is gone: no member list is current any more."""
         self.picker.forget()

@@ -15,6 +15,7 @@ by then every tell they brought is in the inbox.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
@@ -24,6 +25,8 @@ from .link import CoordLink
 from .mailbox import Mailbox
 
 Reason = Literal["left", "vanished", "not-connected"]
+#: How often a re-armed watch asks again for a peer not (yet) back.
+REARM_RETRY = 0.5
 _REASONS: dict[str, Reason] = {"left": "left", "vanished": "vanished",
                                "not-connected": "not-connected"}
 
@@ -96,6 +99,8 @@ class Watches:
         #: Verdicts waiting for their peer's mailbox streams to end.
         self._held: list[tuple[Watch, Terminated]] = []
         self._closed: ClientClosed | None = None
+        #: Watches to re-arm at the next reconnect (their Coordinator went).
+        self._parked: list[Watch] = []
         link.on_terminated = self._terminated
         mailbox.when_read_ends(self._read_ended)
 
@@ -105,7 +110,7 @@ class Watches:
             raise ClientClosed(str(self._closed))
         req, fut = self._link.request_watch(peer)
         w = Watch(peer)
-        w._on_cancel = lambda: self._cancel(req, w)
+        w._on_cancel = functools.partial(self._cancel, req, w)
         self._active[req] = w
         try:
             reply = await fut
@@ -151,6 +156,62 @@ class Watches:
                 keep.append((w, t))
         self._held = keep
 
+    # -- across a reconnect (`ClientConfig.reconnect`) -------------------------------
+
+    def rebind(self, link: CoordLink) -> None:
+        """Take verdicts from `link` (reconnected): `rearm` follows."""
+        self._link = link
+        link.on_terminated = self._terminated
+
+    def suspend(self) -> None:
+        """The Coordinator is gone and the client reconnects: its watches
+        went with it; each waits to be re-armed (verdicts already given
+        stay held for their mailbox streams)."""
+        active, self._active = self._active, {}
+        for w in active.values():
+            self._park(w)
+
+    def _park(self, w: Watch) -> None:
+        self._parked.append(w)
+        w._on_cancel = functools.partial(self._unpark, w)
+
+    def _unpark(self, w: Watch) -> None:
+        if w in self._parked:
+            self._parked.remove(w)
+
+    async def rearm(self, grace_until: float) -> None:
+        """Reconnected: watch every parked peer again at the new Coordinator.
+        A peer not connected is asked again until `grace_until` (loop time:
+        it may be reconnecting too), then its verdict is "vanished" (it went
+        while nobody could see it leave)."""
+        parked, self._parked = self._parked, []
+        await asyncio.gather(*(self._rearm(w, grace_until) for w in parked))
+
+    async def _rearm(self, w: Watch, grace_until: float) -> None:
+        loop = asyncio.get_running_loop()
+        while not w.done():
+            try:
+                req, fut = self._link.request_watch(w.peer)
+            except ClientClosed:  # lost again: the next reconnect re-arms it
+                self._park(w)
+                return
+            self._active[req] = w
+            w._on_cancel = functools.partial(self._cancel, req, w)
+            try:
+                reply = await fut
+            except ConecError:
+                if self._active.pop(req, None) is w:
+                    self._park(w)
+                return
+            if reply.code == 0 or self._active.pop(req, None) is not w:
+                return  # watching again (or cancelled meanwhile)
+            if reply.code != wire.Code.NO_SUCH_PEER:
+                w._resolve(wire.error_for(reply.code))
+            elif loop.time() < grace_until:
+                await asyncio.sleep(REARM_RETRY)
+            else:
+                w._resolve(Terminated(w.peer, "vanished"))
+
     def lost(self, err: ClientClosed) -> None:
         """The client closed or lost its Coordinator: no verdict can come, so
         every watch still waiting for one fails with `err`; verdicts already
@@ -160,5 +221,6 @@ class Watches:
             w._resolve(t)
         self._held = []
         active, self._active = self._active, {}
-        for w in active.values():
+        for w in [*active.values(), *self._parked]:
             w._resolve(ClientClosed(str(err)))
+        self._parked = []

@@ -22,6 +22,12 @@ class Directory:
 
     Every request is idempotent, so the front-end can replay requests that
     were in flight to a worker that died.
+
+    An id is held by one connection. Another connection registering it is
+    refused (`DUPLICATE_ID`) unless it authenticated with the same
+    certificate: then it is the same client reconnecting, whose old
+    connection is stale (not yet timed out). It takes the id at once, and
+    the reply carries the stale entry, which the front-end then closes.
     """
 
     def __init__(self) -> None:
@@ -30,6 +36,7 @@ class Directory:
         self.lookups = 0
         self.admitted = 0
         self.refused = 0
+        self.replaced = 0
 
     def handle(self, msg: ToWorker) -> Reply | StatsReply | None:
         self.handled += 1
@@ -43,8 +50,12 @@ class Directory:
             e = msg.entry
             held = self.entries.get(e.client_id)
             if held is not None and (held.frontend, held.conn_key) != (e.frontend, e.conn_key):
-                self.refused += 1
-                return Reply(msg.req, wire.Code.DUPLICATE_ID, held)
+                if held.cert != e.cert:
+                    self.refused += 1
+                    return Reply(msg.req, wire.Code.DUPLICATE_ID, held)
+                self.replaced += 1
+                self.entries[e.client_id] = e
+                return Reply(msg.req, 0, held)  # the stale entry: close it
             if held is None:
                 self.admitted += 1
             self.entries[e.client_id] = e
@@ -61,7 +72,7 @@ class Directory:
             return StatsReply(msg.req, {
                 "entries": len(self.entries), "handled": self.handled,
                 "lookups": self.lookups, "admitted": self.admitted,
-                "refused": self.refused,
+                "refused": self.refused, "replaced": self.replaced,
             })
         if isinstance(msg, Shutdown):
             return Reply(msg.req, 0)

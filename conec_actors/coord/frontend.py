@@ -166,6 +166,8 @@ class Session:
             elif isinstance(act, session.Admit):
                 self.fe.by_id[self.core.client_id or ""] = self
                 self.conn.quic.set_max_datagram_size(act.datagram_size)
+            elif isinstance(act, session.ReplaceStale):
+                self.fe.replace_stale(act.conn_key)
 
     def cancel_timer(self) -> None:
         if self._timer is not None:
@@ -182,7 +184,9 @@ class Session:
 
     def _admitted(self, reply: ipc.WorkerReply) -> None:
         assert isinstance(reply, ipc.Reply)
-        self.execute(self.core.admitted(reply.code))
+        held = reply.entry  # another connection's: the stale one this replaced
+        stale = held.conn_key if held is not None and held.frontend == FRONTEND_NAME else None
+        self.execute(self.core.admitted(reply.code, stale))
 
 
 class FrontEnd:
@@ -248,6 +252,14 @@ class FrontEnd:
         sup = self.supervisor
         assert sup is not None
         sup.request(sup.slot_for("broadcast", name), make, cb)
+
+    def replace_stale(self, key: int) -> None:
+        """A client reconnected with the certificate connection `key` holds
+        its id with: close that stale connection (its id stays connected)."""
+        s = self.sessions.get(key)
+        if s is not None:
+            s.execute(s.core.close(wire.Code.DUPLICATE_ID,
+                                   "replaced by a newer connection with the same certificate"))
 
     def session_gone(self, s: Session, reason: watches.Reason) -> None:
         self.sessions.pop(s.conn_key, None)

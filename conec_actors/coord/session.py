@@ -121,6 +121,14 @@ class Unregister:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplaceStale:
+    """The client reconnected with the certificate its connection `conn_key`
+    holds the id with: that connection is stale; close it."""
+
+    conn_key: int
+
+
+@dataclass(frozen=True, slots=True)
 class Admit:
     """The client is admitted: list it, and use this datagram size."""
 
@@ -169,7 +177,8 @@ class CreditControl:
 
 
 Action = (SendControl | CloseConnection | ArmTimer | CancelTimer | Register | Unregister
-          | Admit | Handle | RejectStream | NewLeg | WatchControl | CreditControl)
+          | Admit | Handle | RejectStream | NewLeg | WatchControl | CreditControl
+          | ReplaceStale)
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,19 +411,22 @@ class SessionCore:
         return ipc.Entry(self.client_id, FRONTEND_NAME, self.conn_key, self.peer_address,
                          self.cert_der)
 
-    def admitted(self, code: int) -> list[Action]:
-        """The routing worker's answer to `Register`: 0 or a `wire.Code`."""
+    def admitted(self, code: int, stale: int | None = None) -> list[Action]:
+        """The routing worker's answer to `Register`: 0 or a `wire.Code`;
+        `stale`, the connection this one took the id from (same certificate)."""
+        replace: list[Action] = [ReplaceStale(stale)] if code == 0 and stale is not None \
+            and stale != self.conn_key else []
         if code == 0:
             self.registered = True
         if self.state is State.CLOSED:
-            return self._unregister()  # left while being admitted
+            return self._unregister() + replace  # left while being admitted
         if code != 0:
             return self.close(code, f"a client with id {wire.quote(self.client_id)} is "
                               "already connected" if code == wire.Code.DUPLICATE_ID else "")
         self._move(Event.ADMITTED)
         return [CancelTimer(), Admit(self.datagram_size), SendControl(wire.Welcome(
             wire.PROTOCOL_VERSION, self.max_message_size, self.idle_timeout,
-            self.datagram_size, self.peer_address))]
+            self.datagram_size, self.peer_address)), *replace]
 
     def _channel_request(self, msg: wire.ChannelRequest) -> list[Action]:
         def answer(code: int, reason: str = "") -> list[Action]:

@@ -31,10 +31,12 @@ class MailboxHost(Protocol):
         """A direct channel to `peer` is open."""
         ...
 
-    async def open_route(self, peer: str, purpose: str, *, direct: bool
-                         ) -> tuple[OutStream, InStream]:
+    async def open_route(self, peer: str, purpose: str, *, direct: bool,
+                         reopen: bool = False) -> tuple[OutStream, InStream]:
         """Open a stream to `peer` whose header says `purpose`: over the
-        channel (`NoChannel` if there is none) or through the Coordinator."""
+        channel (`NoChannel` if there is none) or through the Coordinator
+        (`reopen`: a route to `peer` had opened before, so a client that
+        reconnects may wait for the peer to come back)."""
         ...
 
     def handle_purpose(self, purpose: str,

@@ -377,7 +377,8 @@ class Outbox:
             if pair.dead is not None:
                 raise pair.dead
             try:
-                send, recv = await self._host.open_route(pair.peer, PURPOSE, direct=direct)
+                send, recv = await self._host.open_route(pair.peer, PURPOSE, direct=direct,
+                                                         reopen=pair.opened)
             except (NoSuchPeer, ClientClosed):
                 raise
             except ConecError as exc:
