@@ -129,6 +129,10 @@ async def _serve(coord: Coord, stop: asyncio.Event, stopper: asyncio.Future[Any]
             lines.append("client certificates: self-signed, valid for the client's id")
         lines.append(f"routing workers: {cfg.routing_workers} "
                      f"(pids {', '.join(map(str, coord.worker_pids()))})")
+        if coord.metrics_address is not None:
+            mhost, mport = coord.metrics_address
+            lines.append(f"metrics: http://{_format_address(mhost, mport)}/metrics "
+                         "(also /healthz, /clients)")
         lines.append(f"event loop: {loop_name()}")
         lines.append("press Ctrl-C to stop")
         _print(out, *lines)
@@ -175,7 +179,7 @@ def _cmd_coord(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                           client_ca=args.client_ca, routing_workers=args.routing_workers,
                           broadcast_workers=args.broadcast_workers,
                           idle_timeout=args.idle_timeout,
-                          max_datagram_size=args.max_datagram_size)
+                          max_datagram_size=args.max_datagram_size, metrics=args.metrics)
     except ValueError as exc:
         parser.error(str(exc))
     if args.client_ca is not None:
