@@ -8,21 +8,25 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conec_actors import CoordConfig, DuplicateId, IncomingStream
+from conec_actors.cli import main
 from conec_actors.framing import HEADER_SIZE
 
 from .conftest import coord_cert, coordinator, wait_for
+from .test_cli import Cli
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -272,3 +276,23 @@ def test_metrics_address_is_checked() -> None:
         with pytest.raises(ValueError, match="metrics"):
             CoordConfig(cert.cert_pem, cert.key_pem, metrics=bad)
     CoordConfig(cert.cert_pem, cert.key_pem, metrics="[::1]:0")
+
+
+@pytest.mark.timeout(90)
+def test_the_cli_serves_metrics_where_asked(tmp_path: Path) -> None:
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "xdg-state"))
+    cli = Cli("coord", "--port", "0", "--metrics", "127.0.0.1:0", "--state-dir",
+              str(tmp_path / "state"), env=env)
+    try:
+        m = cli.expect(re.compile(r"^metrics: (http://127\.0\.0\.1:\d+)/metrics "))
+        status, body = _get(m.group(1) + "/healthz")
+        assert (status, json.loads(body)) == (200, {"status": "ok", "down": []})
+        cli.proc.send_signal(signal.SIGTERM)
+        assert cli.wait(15) == 0, cli.stderr
+    finally:
+        cli.kill()
+
+
+def test_the_cli_refuses_a_bad_metrics_address(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["coord", "--metrics", "nowhere"]) == 2
+    assert "metrics" in capsys.readouterr().err
