@@ -10,7 +10,11 @@ front-end take a snapshot and ask each worker for its figures over ZeroMQ).
 For every size a calibration run sizes ``N`` so a run lasts about ``--duration``
 seconds, then ``--rounds`` rounds alternate an "off" and an "on" run (the order flips
 every round). One JSON line per size gives both medians of msgs/s, the median of the
-per-round ratios on/off, the cost (1 - that ratio) and every run's figures.
+per-round ratios on/off, the cost (1 - that ratio) and every run's figures. After
+every "on" run, CPU_SCRAPES back-to-back scrapes with no traffic measure the CPU one
+scrape costs the Coordinator's processes (``scrape_cpu_ms``; over the interval, the
+share of a core it takes: ``scrape_cpu_share``), a figure less at the mercy of a
+loaded machine than the throughput ratio.
 
 ``python -m bench.metrics_cost [--rounds 5] [--sizes 64,1024,65536] [--duration 3]
 [--scrape-interval 1]``
@@ -46,10 +50,13 @@ from bench._common import (
     median,
     rates,
     start_coord,
+    tree_cpu_seconds,
 )
 
 IMPL = "conec-actors"
 MDS = 1200
+#: Back-to-back scrapes after an "on" run, to measure what one costs.
+CPU_SCRAPES = 50
 
 
 class Scraper:
@@ -86,6 +93,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def scrape_cpu_ms(url: str, pid: int) -> float:
+    """CPU milliseconds the Coordinator's processes (front-end and workers)
+    spend per scrape, from CPU_SCRAPES back-to-back scrapes with no traffic."""
+    before = tree_cpu_seconds(pid)
+    for _ in range(CPU_SCRAPES):
+        with urllib.request.urlopen(url, timeout=5) as r:
+            r.read()
+    return (tree_cpu_seconds(pid) - before) * 1000 / CPU_SCRAPES
+
+
 def run(size: int, count: int, *, metrics: bool, scrape_interval: float) -> dict[str, Any]:
     """One throughput run of *count* messages of *size* bytes, metrics on or off."""
     cert, key = make_self_signed(COORD_NAME)
@@ -108,6 +125,8 @@ def run(size: int, count: int, *, metrics: bool, scrape_interval: float) -> dict
         finally:
             if scraper is not None:
                 scraped = scraper.stop()
+        if metrics:
+            scraped["scrape_cpu_ms"] = scrape_cpu_ms(url, coord.pid)
         stats = coord.stats()
     if result["payload_bytes"] != size * count or stats["messages_forwarded"] != count:
         raise RuntimeError(f"{IMPL}: messages lost (metrics {'on' if metrics else 'off'})")
@@ -141,6 +160,10 @@ def bench_size(size: int, *, rounds: int, duration: float, scrape_interval: floa
         "ratio_on_off": ratio,
         "round_ratios": ratios,
         "cost": 1.0 - ratio,
+        # One scrape's CPU over the interval: its share of one core.
+        "scrape_cpu_ms": median(r["scrape_cpu_ms"] for r in runs["on"]),
+        "scrape_cpu_share": median(r["scrape_cpu_ms"] for r in runs["on"])
+        / (1000 * scrape_interval),
         "target_cost": "<= 0.03",
         "runs": runs,
     }
