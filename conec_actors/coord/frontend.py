@@ -154,7 +154,7 @@ class Session:
                 self.conn.stop(act.quic_id, act.code)
                 self.conn.reset(act.quic_id, act.code)
             elif isinstance(act, session.CloseConnection):
-                self._log_close(act)
+                self._record_close(act)
                 self.conn.close(act.code, act.reason)
             elif isinstance(act, session.ArmTimer):
                 if self._timer is not None:
@@ -170,7 +170,8 @@ class Session:
                 self.fe.by_id[self.core.client_id or ""] = self
                 self.conn.quic.set_max_datagram_size(act.datagram_size)
 
-    def _log_close(self, act: session.CloseConnection) -> None:
+    def _record_close(self, act: session.CloseConnection) -> None:
+        """Log a close the core decided; count it if it refuses the client."""
         address = format_address(*self.conn.peer_address)
         cid = self.core.client_id
         refusal = self.core.refusal
