@@ -45,6 +45,7 @@ from .certs import issue, load_pem, new_ca, self_signed
 from .cli_parser import PROG, build_parser
 from .config import CoordConfig
 from .coord import Coord
+from .coord.coord import METRICS_ENDPOINT
 from .errors import ConecError, CoordinatorFailed
 
 __all__ = ["default_state_dir", "dev_certificates", "main", "run"]
@@ -94,6 +95,8 @@ async def serve_coordinator(cfg: CoordConfig, *, ca_path: Path | None, cert_path
                 coord = starter.result()
             except OSError as exc:
                 where = _format_address(cfg.host, cfg.port)
+                if exc.filename == METRICS_ENDPOINT:
+                    where, exc.filename = f"{cfg.metrics} (--metrics)", None
                 _print(err, f"{PROG}: cannot listen on {where}: {describe_os_error(exc)}")
                 return 1
             except (ConecError, ValueError) as exc:

@@ -21,12 +21,13 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conec_actors import CoordConfig, DuplicateId, IncomingStream
+from conec_actors import Coord, CoordConfig, DuplicateId, IncomingStream
 from conec_actors.cli import main
+from conec_actors.coord.coord import METRICS_ENDPOINT
 from conec_actors.framing import HEADER_SIZE
 
 from .conftest import coord_cert, coordinator, wait_for
-from .test_cli import Cli
+from .test_cli import Cli, run_cli
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -300,3 +301,21 @@ def test_the_cli_serves_metrics_where_asked(tmp_path: Path) -> None:
 def test_the_cli_refuses_a_bad_metrics_address(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["coord", "--metrics", "nowhere"]) == 2
     assert "metrics" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(90)
+async def test_a_busy_metrics_port_names_the_endpoint(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        host, port = busy.getsockname()
+        cert = coord_cert()
+        cfg = CoordConfig(cert.cert_pem, cert.key_pem, port=0, metrics=f"{host}:{port}")
+        with pytest.raises(OSError) as info:
+            await Coord.start(cfg)
+        assert info.value.filename == METRICS_ENDPOINT
+        env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "xdg-state"))
+        status = await asyncio.to_thread(
+            run_cli, "coord", "--port", "0", "--metrics", f"{host}:{port}", env=env)
+        assert status.returncode == 1
+        assert f"cannot listen on {host}:{port} (--metrics)" in status.stderr

@@ -24,6 +24,10 @@ from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
+#: The `filename` of the OSError `Coord.start` raises when the metrics
+#: endpoint cannot listen (its address is `CoordConfig.metrics`).
+METRICS_ENDPOINT = "metrics endpoint"
+
 
 class Coord:
     """A running Coordinator. Start it with `await Coord.start(cfg)` or
@@ -76,6 +80,10 @@ class Coord:
             try:
                 coord._metrics = MetricsServer(asyncio.get_running_loop(), host, port, Sources(
                     coord._snapshot, coord._workers, coord._clients))
+            except OSError as exc:
+                await coord.close()
+                # Named as the metrics endpoint's, not the UDP port's.
+                raise OSError(exc.errno, exc.strerror, METRICS_ENDPOINT) from exc
             except BaseException:
                 await coord.close()
                 raise
