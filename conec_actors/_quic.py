@@ -415,6 +415,11 @@ class ConecQuicConnection(QuicConnection):
         return None
 
     @property
+    def smoothed_rtt(self) -> float:
+        """Seconds: aioquic's smoothed round-trip time (0.0 before a sample)."""
+        return float(self._loss._rtt_smoothed)
+
+    @property
     def is_closed(self) -> bool:
         return self._state in (QuicConnectionState.CLOSING, QuicConnectionState.DRAINING,
                                QuicConnectionState.TERMINATED)

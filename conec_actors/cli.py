@@ -47,6 +47,7 @@ from .certs import issue, load_pem, new_ca, self_signed
 from .cli_parser import PROG, build_parser
 from .config import CoordConfig
 from .coord import Coord
+from .coord.coord import METRICS_ENDPOINT
 from .errors import ConecError, CoordinatorFailed
 from .logs import LogWriter, setup_logging
 
@@ -97,6 +98,8 @@ async def serve_coordinator(cfg: CoordConfig, *, ca_path: Path | None, cert_path
                 coord = starter.result()
             except OSError as exc:
                 where = _format_address(cfg.host, cfg.port)
+                if exc.filename == METRICS_ENDPOINT:
+                    where, exc.filename = f"{cfg.metrics} (--metrics)", None
                 _print(err, f"{PROG}: cannot listen on {where}: {describe_os_error(exc)}")
                 return 1
             except (ConecError, ValueError) as exc:
@@ -132,6 +135,10 @@ async def _serve(coord: Coord, stop: asyncio.Event, stopper: asyncio.Future[Any]
             lines.append("client certificates: self-signed, valid for the client's id")
         lines.append(f"routing workers: {cfg.routing_workers} "
                      f"(pids {', '.join(map(str, coord.worker_pids()))})")
+        if coord.metrics_address is not None:
+            mhost, mport = coord.metrics_address
+            lines.append(f"metrics: http://{_format_address(mhost, mport)}/metrics "
+                         "(also /healthz, /clients)")
         lines.append(f"event loop: {loop_name()}")
         lines.append("press Ctrl-C to stop")
         _print(out, *lines)
@@ -178,7 +185,7 @@ def _cmd_coord(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                           client_ca=args.client_ca, routing_workers=args.routing_workers,
                           broadcast_workers=args.broadcast_workers,
                           idle_timeout=args.idle_timeout,
-                          max_datagram_size=args.max_datagram_size)
+                          max_datagram_size=args.max_datagram_size, metrics=args.metrics)
     except ValueError as exc:
         parser.error(str(exc))
     if args.client_ca is not None:

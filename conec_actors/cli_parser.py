@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout", metavar="S", type=float, default=DEFAULT_IDLE_TIMEOUT,
                    help="seconds before a silent connection is dropped "
                    "(default %(default)s)")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="serve /metrics (Prometheus), "
+                   "/healthz and /clients over HTTP there (port 0 picks a free one)")
     _add_log_options(p)
 
     certs = add("certs", help="make certificates and keys",

@@ -16,6 +16,18 @@ DEFAULT_IDLE_TIMEOUT = 10.0
 DEFAULT_MAX_DATAGRAM_SIZE = 1200
 
 
+def parse_host_port(value: str, field: str = "metrics") -> tuple[str, int]:
+    """(host, port) from "HOST:PORT" ("[::1]:PORT" for an IPv6 host; port 0
+    picks a free one); ValueError naming `field` otherwise."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{field} must be \"HOST:PORT\" with a port in [0, 65535], "
+                         f"got {value!r}")
+    return host, int(port)
+
+
 def _check_common(max_message_size: int, idle_timeout: float, max_datagram_size: int) -> None:
     if max_message_size < 0 or max_message_size > 2**32 - 1:
         raise ValueError(f"max_message_size must be in [0, 2**32), got {max_message_size}")
@@ -44,8 +56,13 @@ class CoordConfig:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_datagram_size: int = DEFAULT_MAX_DATAGRAM_SIZE
+    #: "HOST:PORT" of the HTTP endpoint serving /metrics, /healthz and
+    #: /clients (port 0 picks a free one); None: no endpoint.
+    metrics: str | None = None
 
     def __post_init__(self) -> None:
+        if self.metrics is not None:
+            parse_host_port(self.metrics, "metrics")
         if self.routing_workers < 1:
             raise ValueError("routing_workers must be at least 1")
         if self.broadcast_workers < 1:

@@ -360,6 +360,9 @@ class Endpoint:
         self.retries_sent = 0
         self.junk_dropped = 0
         self.handshakes_expired = 0
+        #: handshakes expired that nothing else had refused (counted and
+        #: logged as refusals)
+        self.handshakes_refused = 0
         self.send_dropped = 0
         self.loop.add_reader(sock.fileno(), self._on_readable)
 
@@ -521,6 +524,14 @@ class Endpoint:
         conn._handshake_deadline = None
         if conn in self._half_open:
             self.handshakes_expired += 1
+            if not conn.closed:  # else its owner refused it already, and said so
+                self.handshakes_refused += 1
+                host, port = conn.peer_address
+                address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                log.info("refused connection from %s: handshake_timeout: no handshake "
+                         "within %.0f s", address, HANDSHAKE_TIMEOUT,
+                         extra={"reason": "handshake_timeout", "address": address,
+                                "client_id": None})
             conn.abort()
 
     @property

@@ -11,6 +11,7 @@ from conec_actors.coord.fanout import BroadcastHub, MemberLeg
 from conec_actors.coord.legs import Leg
 from conec_actors.coord.session import Limits, SessionCore, State
 from conec_actors.framing import FrameDecoder, frame
+from conec_actors.stream_state import BROADCAST_HIGH_WATER, BROADCAST_LOW_WATER
 
 LIMIT = 1 << 20
 
@@ -213,3 +214,37 @@ def test_rebuild_lists_the_broadcasts_of_one_shard() -> None:
     shards = [[b.name for b in hub.rebuild(k, 9).broadcasts] for k in range(2)]
     assert sorted(shards[0] + shards[1]) == names
     assert all(ipc.shard_of(n, 2) == k for k in range(2) for n in shards[k])
+
+
+def test_each_member_counts_what_it_sent_and_what_it_was_given() -> None:
+    worker = Worker()
+    hub = BroadcastHub(worker, 1)
+    alice, bob = FakePeer(1, "alice"), FakePeer(2, "bob")
+    la, lb = join(hub, worker, alice), join(hub, worker, bob)
+    la.data(frame(b"one") + frame(b"two"), False)
+    lb.data(frame(b"three"), False)
+    tagged = [len(frame(wire.sender_tag(who) + m)) for who, m in (
+        ("alice", b"one"), ("alice", b"two"), ("bob", b"three"))]
+    assert la.figures() == (len(frame(b"one") + frame(b"two")), 2, sum(tagged), 3)
+    assert lb.figures() == (len(frame(b"three")), 1, sum(tagged), 3)
+
+
+def test_a_reader_over_the_high_watermark_pauses_the_senders_once() -> None:
+    worker = Worker()
+    hub = BroadcastHub(worker, 1)
+    alice, bob, carol = FakePeer(1, "alice"), FakePeer(2, "bob"), FakePeer(3, "carol")
+    la, lb, lc = (join(hub, worker, p) for p in (alice, bob, carol))
+    backlog = {2: 0, 3: 0}
+    bob.conn.unsent = lambda q: backlog[2]  # type: ignore[method-assign]
+    carol.conn.unsent = lambda q: backlog[3]  # type: ignore[method-assign]
+    la.data(frame(b"x"), False)
+    assert (hub.writers_paused, hub.writers_resumed) == (0, 0)
+    backlog[2] = backlog[3] = BROADCAST_HIGH_WATER + 1
+    la.data(frame(b"y"), False)  # both fall behind: the broadcast pauses once
+    assert (hub.writers_paused, hub.writers_resumed) == (1, 0)
+    backlog[2] = 0
+    lb.on_drain()  # one caught up, the other still holds everyone back
+    assert (hub.writers_paused, hub.writers_resumed) == (1, 0)
+    backlog[3] = BROADCAST_LOW_WATER
+    lc.on_drain()
+    assert (hub.writers_paused, hub.writers_resumed) == (1, 1)

@@ -9,7 +9,7 @@ from conec_actors import wire
 from conec_actors.coord import ipc
 from conec_actors.coord.fanout import BroadcastHub
 from conec_actors.coord.pairing import MAX_STREAMS_PER_PAIR
-from conec_actors.coord.proxy import HeaderLeg, ProxiedLeg, Relay
+from conec_actors.coord.proxy import PAUSE_MARK, HeaderLeg, ProxiedLeg, Relay
 from conec_actors.coord.session import MAX_PENDING_OPENS
 from conec_actors.framing import frame
 from conec_actors.stream_state import HEADER_FRAME_MAX
@@ -196,3 +196,48 @@ def test_a_message_over_the_streams_limit_resets_both_legs() -> None:
     assert alice.conn.resets[4] == wire.Code.MESSAGE_TOO_LARGE
     assert bob.conn.resets[3] == wire.Code.MESSAGE_TOO_LARGE
     assert alice.legs == {} and bob.legs == {}
+
+
+def test_a_writer_is_paused_while_its_reader_holds_much_unsent_then_resumed() -> None:
+    st = Setup()
+    alice, bob = st.peer(1, "alice"), st.peer(2, "bob")
+    st.open(alice, "bob", 0, 4)
+    st.route_all()
+    leg = alice.legs[4]
+    assert isinstance(leg, ProxiedLeg)
+    backlog = [0]
+    bob.conn.unsent = lambda q: backlog[0]  # type: ignore[method-assign]
+    leg.data(frame(b"a"), False)
+    backlog[0] = 10  # a little unsent is no pause
+    leg.data(frame(b"b"), False)
+    assert (st.relay.writers_paused, st.relay.writers_resumed) == (0, 0)
+    backlog[0] = PAUSE_MARK + 1
+    leg.data(frame(b"c"), False)
+    leg.data(frame(b"d"), False)
+    assert (st.relay.writers_paused, st.relay.writers_resumed) == (1, 0)
+    backlog[0] = 10
+    leg.credit()  # draining, not drained
+    assert st.relay.writers_resumed == 0
+    backlog[0] = 0
+    bob.conn.watching[3]()  # type: ignore[operator]  # drained: the watch fires
+    assert (st.relay.writers_paused, st.relay.writers_resumed) == (1, 1)
+    assert 3 not in bob.conn.watching
+
+
+def test_each_end_counts_what_it_sent_and_keeps_it_when_the_stream_is_over() -> None:
+    st = Setup()
+    alice, bob = st.peer(1, "alice"), st.peer(2, "bob")
+    st.open(alice, "bob", 0, 4, frame(b"early"))
+    st.route_all()
+    a_leg, b_leg = alice.legs[4], bob.legs[3]
+    a_leg.data(frame(b"more") + frame(b""), False)
+    b_leg.data(frame(b"reply"), False)
+    sent = len(frame(b"early") + frame(b"more") + frame(b""))
+    assert a_leg.figures() == (sent, 3, len(frame(b"reply")), 1)
+    assert b_leg.figures() == (len(frame(b"reply")), 1, sent, 3)
+    a_leg.data(b"", True)
+    b_leg.data(b"", True)
+    assert alice.legs == {} and bob.legs == {}
+    assert (alice.core.bytes_in, alice.core.messages_in, alice.core.bytes_out,
+            alice.core.messages_out) == (sent, 3, len(frame(b"reply")), 1)
+    assert (bob.core.messages_in, bob.core.messages_out) == (1, 3)

@@ -3,6 +3,8 @@ Coordinator and no sockets."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from conec_actors import wire
@@ -16,6 +18,7 @@ from conec_actors.coord.session import (
     MAX_PENDING_CHANNELS,
     MAX_PENDING_OPENS,
     MAX_PENDING_REQUESTS,
+    REFUSALS,
     TRANSITIONS,
     Action,
     Admit,
@@ -35,6 +38,7 @@ from conec_actors.coord.session import (
     State,
     Unregister,
     WatchControl,
+    refusal_reason,
 )
 from conec_actors.errors import CertificateError
 from conec_actors.framing import frame
@@ -504,3 +508,68 @@ def test_load_reports_go_to_the_front_end_and_count_from_zero() -> None:
     core = ready()
     assert closes(run_control(core, framed(wire.LoadReport(-1, 0)))).code \
         == wire.Code.PROTOCOL
+
+
+# -- refusal reasons and figures (what /metrics counts and the log says) ------------
+
+
+def _refused_certificate() -> tuple[SessionCore, list[Action]]:
+    core = SessionCore(1, ADDR, LIMITS, accept_any)
+    return core, core.handshake_done(None, "no")
+
+
+def _refused_hello(msg: bytes) -> tuple[SessionCore, list[Action]]:
+    core = at_hello()
+    return core, run_control(core, msg)
+
+
+def _refused_duplicate() -> tuple[SessionCore, list[Action]]:
+    core = at_admitting()
+    return core, core.admitted(wire.Code.DUPLICATE_ID)
+
+
+@pytest.mark.parametrize(("refuse", "expected"), [
+    (_refused_certificate, "bad_certificate"),
+    (lambda: _refused_hello(framed(hello("no spaces allowed"))), "invalid_id"),
+    (lambda: _refused_hello(framed(hello(version=wire.PROTOCOL_VERSION + 1))), "bad_version"),
+    (lambda: _refused_hello(frame(b"\xc1garbage")), "protocol_error"),
+    (_refused_duplicate, "duplicate_id"),
+])
+def test_a_refusal_says_why_in_one_word(
+        refuse: Callable[[], tuple[SessionCore, list[Action]]], expected: str) -> None:
+    core, acts = refuse()
+    closes(acts)
+    assert core.refusal == expected and core.state is State.CLOSED
+
+
+def test_the_hello_deadline_is_a_refusal() -> None:
+    core = at_hello()
+    c = closes(core.timer_fired(100.0 + HELLO_TIMEOUT))
+    assert c.code == wire.Code.HELLO_TIMEOUT and core.refusal == "hello_timeout"
+
+
+def test_closing_an_admitted_client_is_no_refusal() -> None:
+    core = ready()
+    assert core.refusal is None
+    c = closes(run_control(core, framed(hello())))
+    assert c.code == wire.Code.PROTOCOL and core.refusal is None
+
+
+def test_a_refusal_is_given_once() -> None:
+    core = at_hello()
+    closes(core.close(wire.Code.INVALID_ID))
+    assert core.close(wire.Code.PROTOCOL) == [] and core.refusal == "invalid_id"
+
+
+def test_refusal_reasons_are_words_for_every_code() -> None:
+    assert refusal_reason(wire.Code.TOO_MANY_STREAMS) == "too_many_streams"
+    assert refusal_reason(0x7FFF_FFFF) == "other"
+    assert all(r.isidentifier() and r.islower() for r in REFUSALS.values())
+
+
+def test_streams_over_add_to_the_clients_figures() -> None:
+    core = ready()
+    core.stream_over(100, 2, 30, 1)
+    core.stream_over(5, 1, 0, 0)
+    assert (core.bytes_in, core.messages_in, core.bytes_out, core.messages_out) == (
+        105, 3, 30, 1)

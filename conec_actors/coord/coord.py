@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -10,16 +11,22 @@ from typing import Any
 from .. import wire
 from .._util import AwaitableContext
 from ..certs import load_pem
-from ..config import CoordConfig
+from ..config import CoordConfig, parse_host_port
 from ..errors import CoordinatorFailed
 from ..streams import STREAM_WINDOW
 from ..tlsconf import quic_configuration
 from ..transport import Endpoint, ServerSettings
 from . import ipc
 from .frontend import FrontEnd
+from .metrics import ClientFigures, Snapshot, WorkerFigures
+from .metrics_http import MetricsServer, Sources
 from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+
+#: The `filename` of the OSError `Coord.start` raises when the metrics
+#: endpoint cannot listen (its address is `CoordConfig.metrics`).
+METRICS_ENDPOINT = "metrics endpoint"
 
 
 class Coord:
@@ -35,6 +42,7 @@ class Coord:
         self._closed = asyncio.Event()
         self._failure: CoordinatorFailed | None = None
         self._closing: asyncio.Task[None] | None = None
+        self._metrics: MetricsServer | None = None
         supervisor.failed.add_done_callback(self._on_failed)
 
     @classmethod
@@ -66,7 +74,20 @@ class Coord:
             await supervisor.close()
             raise
         fe.endpoint = endpoint
-        return cls(cfg, fe, endpoint, supervisor)
+        coord = cls(cfg, fe, endpoint, supervisor)
+        if cfg.metrics is not None:
+            host, port = parse_host_port(cfg.metrics)
+            try:
+                coord._metrics = MetricsServer(asyncio.get_running_loop(), host, port, Sources(
+                    coord._snapshot, coord._workers, coord._clients))
+            except OSError as exc:
+                await coord.close()
+                # Named as the metrics endpoint's, not the UDP port's.
+                raise OSError(exc.errno, exc.strerror, METRICS_ENDPOINT) from exc
+            except BaseException:
+                await coord.close()
+                raise
+        return coord
 
     # -- properties ------------------------------------------------------------
 
@@ -79,6 +100,12 @@ class Coord:
     def address(self) -> tuple[str, int]:
         """(host, port) the Coordinator listens on."""
         return self._endpoint.local_address
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) the HTTP endpoint (/metrics, /healthz, /clients)
+        listens on, None without `CoordConfig.metrics`."""
+        return self._metrics.address if self._metrics is not None else None
 
     @property
     def config(self) -> CoordConfig:
@@ -101,20 +128,10 @@ class Coord:
         """A snapshot: clients, streams, broadcasts, forwarded figures, workers."""
         fe = self._fe
         workers = self._supervisor.figures()
-        loop = asyncio.get_running_loop()
-        futs: list[asyncio.Future[ipc.WorkerReply]] = []
-        for slots in self._supervisor.by_kind.values():
-            for slot in slots:
-                fut: asyncio.Future[ipc.WorkerReply] = loop.create_future()
-                futs.append(fut)
-                self._supervisor.request(slot, ipc.StatsRequest, _resolver(fut))
-        # asyncio.wait, not wait_for: a worker too slow to answer (stopped,
-        # restarting) must leave its figures out, not cancel the others.
-        await asyncio.wait(futs, timeout=2.0)
-        for w, f in zip(workers, futs, strict=True):
-            r = f.result() if f.done() else None
-            if isinstance(r, ipc.StatsReply):
+        for w, r in zip(workers, await self._ask_workers(timeout=2.0), strict=True):
+            if r is not None:
                 w.update(r.figures)
+                w["loop_lag"] = r.loop_lag
         return {
             "clients": fe.num_clients(),
             "connections": len(self._endpoint.connections),
@@ -128,8 +145,67 @@ class Coord:
             "watches": len(fe.watches),
             "messages_forwarded": fe.messages_forwarded,
             "bytes_forwarded": fe.bytes_forwarded,
+            "connections_accepted": fe.connections_accepted,
+            "refused": dict(fe.refused),
+            "writers_paused": fe.writers_paused,
+            "writers_resumed": fe.writers_resumed,
+            "loop_lag": fe.lag.lag,
             "workers": workers,
         }
+
+    # -- the HTTP endpoint's figures (run on this loop, asked by its threads) -------
+
+    async def _workers(self) -> list[WorkerFigures]:
+        return [WorkerFigures(s.kind, s.index, s.proc.pid if s.proc else None, s.ready,
+                              s.restarts) for s in self._supervisor.slots()]
+
+    async def _snapshot(self) -> Snapshot:
+        """Every figure at once: the front-end's now, then each worker up's
+        loop lag (a worker down or too slow to answer within a second is
+        left out)."""
+        fe, ep = self._fe, self._endpoint
+        refused = dict(fe.refused)
+        if ep.handshakes_refused:
+            refused["handshake_timeout"] = ep.handshakes_refused
+        snap = Snapshot(
+            clients=fe.num_clients(), connections_accepted=fe.connections_accepted,
+            refused=refused, half_open=ep.half_open, retry_packets=ep.retries_sent,
+            junk_datagrams=ep.junk_dropped, streams_open=fe.streams_by_kind(),
+            streams_opened=fe.streams_opened, messages_forwarded=fe.messages_forwarded,
+            bytes_forwarded=fe.bytes_forwarded, broadcasts=fe.num_broadcasts(),
+            broadcast_deliveries=fe.hub.deliveries, writers_paused=fe.writers_paused,
+            writers_resumed=fe.writers_resumed, watches=len(fe.watches),
+            frontend_lag=fe.lag.lag, workers=await self._workers())
+        replies = await self._ask_workers(timeout=1.0, only_ready=True)
+        return dataclasses.replace(snap, workers=[
+            w if r is None else dataclasses.replace(w, loop_lag=r.loop_lag)
+            for w, r in zip(snap.workers, replies, strict=True)])
+
+    async def _clients(self) -> list[ClientFigures]:
+        return [s.figures() for s in self._fe.by_id.values()]
+
+    async def _ask_workers(self, timeout: float, only_ready: bool = False
+                           ) -> list[ipc.StatsReply | None]:
+        """Each worker slot's StatsReply, None where none came in time."""
+        loop = asyncio.get_running_loop()
+        futs: list[asyncio.Future[ipc.WorkerReply] | None] = []
+        for slot in self._supervisor.slots():
+            if only_ready and not slot.ready:
+                futs.append(None)
+                continue
+            fut: asyncio.Future[ipc.WorkerReply] = loop.create_future()
+            futs.append(fut)
+            self._supervisor.request(slot, ipc.StatsRequest, _resolver(fut))
+        # asyncio.wait, not wait_for: a worker too slow to answer (stopped,
+        # restarting) must leave its figures out, not cancel the others.
+        waiting = [f for f in futs if f is not None]
+        if waiting:
+            await asyncio.wait(waiting, timeout=timeout)
+        replies: list[ipc.StatsReply | None] = []
+        for f in futs:
+            r = f.result() if f is not None and f.done() else None
+            replies.append(r if isinstance(r, ipc.StatsReply) else None)
+        return replies
 
     # -- shutdown ----------------------------------------------------------------
 
@@ -153,6 +229,8 @@ class Coord:
 
     async def _shutdown(self, code: int, reason: str) -> None:
         try:
+            if self._metrics is not None:
+                await self._metrics.close()
             for conn in list(self._endpoint.connections):
                 conn.close(code, reason)
             await asyncio.sleep(0.05)  # let the closes reach the wire

@@ -93,7 +93,8 @@ class MemberIn:
 class MemberLeg(Leg):
     """A member's stream: what it sends is fanned out to every member's."""
 
-    __slots__ = ("bcast", "consumed", "member", "pending", "pending_fin", "sending", "tag")
+    __slots__ = ("bcast", "bytes_out", "consumed", "member", "messages_in", "messages_out",
+                 "pending", "pending_fin", "sending", "tag")
 
     def __init__(self, session: Peer, quic_id: int, base: int) -> None:
         super().__init__(session, quic_id, base)
@@ -104,6 +105,11 @@ class MemberLeg(Leg):
         self.pending_fin = False
         self.sending = False
         self.consumed = 0  # bytes of its payload fanned out (or parked)
+        self.messages_in = 0  # its messages fanned out
+        self.bytes_out = self.messages_out = 0  # delivered to it
+
+    def figures(self) -> tuple[int, int, int, int]:
+        return (self.consumed, self.messages_in, self.bytes_out, self.messages_out)
 
     def data(self, data: bytes, fin: bool) -> None:
         if self.in_done:
@@ -239,7 +245,7 @@ class Broadcast:
                 if need:
                     self._send_to(self.cur_receivers, frame(_PART + piece))
                     continue
-                self._send_to(self.cur_receivers, frame(tag + piece))
+                self._send_to(self.cur_receivers, frame(tag + piece), 1)
                 msgs += 1
                 m.need = -1
                 m.streaming = False
@@ -275,6 +281,7 @@ class Broadcast:
         leg.consumed += pos
         leg.session.conn.consume_to(leg.quic_id, leg.base + leg.consumed - m.parked)
         if msgs:
+            leg.messages_in += msgs
             hub.messages_forwarded += msgs
             hub.deliveries += msgs * len(self.receivers)
         hub.bytes_forwarded += nbytes
@@ -290,13 +297,19 @@ class Broadcast:
         # more than joining the frames does.
         if out:
             joined = out[0] if len(out) == 1 else b"".join(out)
+            size, msgs = len(joined), len(out)
             for r in self.receivers:
                 r.session.conn.send(r.quic_id, joined)
+                r.bytes_out += size
+                r.messages_out += msgs
 
     @staticmethod
-    def _send_to(readers: Iterable[MemberLeg], delivery: bytes) -> None:
+    def _send_to(readers: Iterable[MemberLeg], delivery: bytes, msgs: int = 0) -> None:
+        size = len(delivery)
         for r in readers:
             r.session.conn.send(r.quic_id, delivery)
+            r.bytes_out += size
+            r.messages_out += msgs
 
     def _send_sized(self, leg: MemberLeg, whole: bytes) -> None:
         """A message some reader's limit is too small for: they get a notice."""
@@ -305,6 +318,8 @@ class Broadcast:
         for r in self.receivers:
             fits = len(whole) <= r.session.max_message_size
             r.session.conn.send(r.quic_id, delivery if fits else notice)
+            r.bytes_out += len(delivery) if fits else 0
+            r.messages_out += fits
 
     def _begin(self, leg: MemberLeg, size: int) -> None:
         """Start fanning out a large message piece by piece."""
@@ -337,14 +352,21 @@ class Broadcast:
         for r in self.receivers:
             conn = r.session.conn
             if r not in self.blocked_on and conn.unsent(r.quic_id) > BROADCAST_HIGH_WATER:
+                if not self.blocked_on:
+                    self.hub.writers_paused += 1  # every sender of it waits
                 self.blocked_on.add(r)
                 conn.watch_drain(r.quic_id, r.on_drain)
+
+    def _unblock(self, r: MemberLeg) -> None:
+        self.blocked_on.discard(r)
+        r.session.conn.unwatch_drain(r.quic_id)
+        if not self.blocked_on:
+            self.hub.writers_resumed += 1
 
     def drained(self, r: MemberLeg) -> None:
         conn = r.session.conn
         if r in self.blocked_on and (conn.closed or conn.unsent(r.quic_id) <= BROADCAST_LOW_WATER):
-            self.blocked_on.discard(r)
-            conn.unwatch_drain(r.quic_id)
+            self._unblock(r)
             self.flush()
 
     # -- membership ------------------------------------------------------------
@@ -377,8 +399,7 @@ class Broadcast:
             self._limits_changed()
         self.cur_receivers.pop(leg, None)
         if leg in self.blocked_on:
-            self.blocked_on.discard(leg)
-            leg.session.conn.unwatch_drain(leg.quic_id)
+            self._unblock(leg)
         self.flush()
 
     @staticmethod
@@ -402,6 +423,10 @@ class BroadcastHub:
         self.deliveries = 0
         self.messages_forwarded = 0
         self.bytes_forwarded = 0
+        #: times a broadcast stopped fanning out, its senders held back by
+        #: a reader over the high watermark; and started again
+        self.writers_paused = 0
+        self.writers_resumed = 0
 
     def _request(self, name: str, make: ipc.MakeRequest,
                  cb: Callable[[ipc.BroadcastReply], None]) -> None:

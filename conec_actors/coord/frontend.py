@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from .. import wire
 from ..errors import CertificateError, ProtocolError
@@ -19,10 +20,12 @@ from ..framing import frame
 from ..tlsconf import check_chain, der
 from ..transport import Conn, Endpoint
 from . import groups, ipc, session, watches
-from .fanout import BroadcastHub
+from .fanout import BroadcastHub, MemberLeg
 from .intros import Introductions, Offer
+from .lag import LagMeter
 from .legs import Leg
-from .proxy import HeaderLeg, Relay
+from .metrics import ClientFigures, format_address
+from .proxy import HeaderLeg, ProxiedLeg, Relay
 from .session import FRONTEND_NAME, Limits, SessionCore, State
 from .supervisor import Supervisor
 
@@ -39,6 +42,7 @@ class Session:
         self.legs: dict[int, Leg] = {}
         self.core = SessionCore(conn_key, conn.peer_address, fe.limits, self._verify_name)
         self._timer: asyncio.TimerHandle | None = None
+        self.since = time.time()  # connected since (unix seconds)
         self.execute(self.core.start(fe.loop.time()))
 
     @property
@@ -150,8 +154,7 @@ class Session:
                 self.conn.stop(act.quic_id, act.code)
                 self.conn.reset(act.quic_id, act.code)
             elif isinstance(act, session.CloseConnection):
-                log.info("closing connection from %s: %s (%s)", self.conn.peer_address,
-                         act.reason, act.code)
+                self._record_close(act)
                 self.conn.close(act.code, act.reason)
             elif isinstance(act, session.ArmTimer):
                 if self._timer is not None:
@@ -168,6 +171,37 @@ class Session:
                 self.conn.quic.set_max_datagram_size(act.datagram_size)
             elif isinstance(act, session.ReplaceStale):
                 self.fe.replace_stale(act.conn_key)
+
+    def _record_close(self, act: session.CloseConnection) -> None:
+        """Log a close the core decided; count it if it refuses the client."""
+        address = format_address(*self.conn.peer_address)
+        cid = self.core.client_id
+        refusal = self.core.refusal
+        if refusal is None:
+            log.info("closing connection of %s from %s: %s (%#x)", wire.quote(cid), address,
+                     act.reason, act.code,
+                     extra={"reason": wire.describe(act.code), "address": address,
+                            "client_id": cid})
+            return
+        # The one line for a refused connection (the core refuses only once).
+        self.fe.refused[refusal] = self.fe.refused.get(refusal, 0) + 1
+        log.info("refused connection from %s%s: %s: %s", address,
+                 f" (id {wire.quote(cid)})" if cid is not None else "", refusal, act.reason,
+                 extra={"reason": refusal, "address": address, "client_id": cid})
+
+    def figures(self) -> ClientFigures:
+        """This client's figures for /clients."""
+        core = self.core
+        b_in, m_in, b_out, m_out = (core.bytes_in, core.messages_in, core.bytes_out,
+                                    core.messages_out)
+        for leg in self.legs.values():
+            bi, mi, bo, mo = leg.figures()
+            b_in, m_in, b_out, m_out = b_in + bi, m_in + mi, b_out + bo, m_out + mo
+        return ClientFigures(
+            id=core.client_id or "", address=format_address(*self.conn.peer_address),
+            shard=0, connected_since=self.since, streams=len(self.legs),
+            bytes_in=b_in, bytes_out=b_out, messages_in=m_in, messages_out=m_out,
+            rtt_seconds=self.conn.quic.smoothed_rtt)
 
     def cancel_timer(self) -> None:
         if self._timer is not None:
@@ -211,12 +245,17 @@ class FrontEnd:
         self.groups = groups.GroupBook()
         self._view_timer: asyncio.TimerHandle | None = None  # for groups.take_dirty()
         self._intro_timer: asyncio.TimerHandle | None = None  # for intros.next_deadline()
+        self.connections_accepted = 0
+        self.refused: dict[str, int] = {}  # connections refused, by `session.REFUSALS`
+        self.lag = LagMeter()
+        self._lag_timer = self.loop.call_at(self.lag.start(self.loop.time()), self._lag_tick)
 
     # -- wiring ------------------------------------------------------------------
 
     def accept(self, conn: Conn) -> Session:
         key = self._next_key
         self._next_key += 1
+        self.connections_accepted += 1
         s = Session(self, conn, key)
         self.sessions[key] = s
         return s
@@ -225,12 +264,16 @@ class FrontEnd:
         """Cancel every timer the front-end armed (the Coordinator stops)."""
         for s in self.sessions.values():
             s.cancel_timer()
+        self._lag_timer.cancel()
         if self._intro_timer is not None:
             self._intro_timer.cancel()
             self._intro_timer = None
         if self._view_timer is not None:
             self._view_timer.cancel()
             self._view_timer = None
+
+    def _lag_tick(self) -> None:
+        self._lag_timer = self.loop.call_at(self.lag.fired(self.loop.time()), self._lag_tick)
 
     def rebuild(self, kind: str, index: int, req: int) -> ipc.ToWorker:
         """The message a (re)started worker rebuilds its shard from."""
@@ -445,3 +488,22 @@ class FrontEnd:
 
     def num_streams(self) -> int:
         return sum(len(s.legs) for s in self.sessions.values()) // 2
+
+    def streams_by_kind(self) -> dict[str, int]:
+        """Streams carried now: proxied (two legs each) and broadcast members."""
+        legs = members = 0
+        for s in self.sessions.values():
+            for leg in s.legs.values():
+                if isinstance(leg, MemberLeg):
+                    members += 1
+                elif isinstance(leg, ProxiedLeg) and leg.other is not None:
+                    legs += 1
+        return {"proxied": legs // 2, "broadcast": members}
+
+    @property
+    def writers_paused(self) -> int:
+        return self.relay.writers_paused + self.hub.writers_paused
+
+    @property
+    def writers_resumed(self) -> int:
+        return self.relay.writers_resumed + self.hub.writers_resumed

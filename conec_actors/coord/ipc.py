@@ -144,6 +144,8 @@ class Reply(msgspec.Struct, tag="reply", array_like=True, frozen=True, gc=False)
 class StatsReply(msgspec.Struct, tag="statsr", array_like=True, frozen=True, gc=False):
     req: int
     figures: dict[str, int]
+    #: seconds: the worker's loop lag (`lag.LagMeter`), set by its process
+    loop_lag: float = 0.0
 
 
 class BroadcastReply(msgspec.Struct, tag="breply", array_like=True, frozen=True, gc=False):

@@ -90,11 +90,16 @@ class Leg:
             self.session.conn.send(self.quic_id, b"", end=True)
         self.forget_if_done()
 
+    def figures(self) -> tuple[int, int, int, int]:
+        """Bytes and messages carried from this leg's client, and to it."""
+        return (0, 0, 0, 0)
+
     def forget_if_done(self) -> None:
         if self.in_done and self.out_done:
             s = self.session
             if s.legs.pop(self.quic_id, None) is not None:
                 s.conn.forget_stream(self.quic_id)
+                s.core.stream_over(*self.figures())
             self.forgotten()
 
     def forgotten(self) -> None:

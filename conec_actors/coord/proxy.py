@@ -25,7 +25,7 @@ from ..errors import InvalidId, ProtocolError
 from ..framing import HEADER_SIZE, FrameScanner, FrameTooLarge, frame
 from ..ids import check_id
 from ..limits import effective_limit
-from ..stream_state import HEADER_FRAME_MAX
+from ..stream_state import HEADER_FRAME_MAX, STREAM_WINDOW
 from . import ipc
 from .fanout import BroadcastHub, MemberLeg
 from .legs import Leg, Peer
@@ -33,6 +33,11 @@ from .pairing import Pairing
 from .session import MAX_PENDING_OPENS, State
 
 log = logging.getLogger(__name__)
+
+#: A writer counts as paused by back-pressure once this much of what it sent
+#: waits unsent toward its reader (its credit is held back by as much, so
+#: it has at most half its window left), and as resumed once all of it left.
+PAUSE_MARK = STREAM_WINDOW // 2
 
 RequestRouting = Callable[[str, ipc.MakeRequest, ipc.ReplyCallback | None], None]
 
@@ -75,8 +80,8 @@ class HeaderLeg(Leg):
 class ProxiedLeg(Leg):
     """One end of a proxied stream, on one client's connection."""
 
-    __slots__ = ("n", "other", "pending", "pending_fin", "purpose", "relay", "scanner",
-                 "slot_of", "target", "written")
+    __slots__ = ("frames", "held", "n", "other", "pending", "pending_fin", "purpose", "relay",
+                 "scanner", "slot_of", "target", "written")
 
     def __init__(self, session: Peer, quic_id: int, base: int, n: int, purpose: str,
                  max_message_size: int, relay: Relay) -> None:
@@ -89,6 +94,10 @@ class ProxiedLeg(Leg):
         self.pending_fin = False
         self.scanner = FrameScanner(max_message_size)
         self.written = 0  # bytes forwarded from this leg to the other
+        self.frames = 0  # messages forwarded from this leg to the other
+        #: counted as paused: over PAUSE_MARK of credit held back since the
+        #: other leg's client did not read what this one sent
+        self.held = False
         #: opener legs waiting for a stream slot: the target session
         self.target: Peer | None = None
         #: target legs: the opener whose per-pair slot this stream holds
@@ -121,6 +130,7 @@ class ProxiedLeg(Leg):
             relay = self.relay
             relay.bytes_forwarded += len(data)
             relay.messages_forwarded += frames
+            self.frames += frames
             self.credit()
         if fin:
             if not self.scanner.at_boundary:
@@ -144,8 +154,20 @@ class ProxiedLeg(Leg):
         self.session.conn.consume_to(self.quic_id, self.base + self.written - unsent)
         if unsent > 0 and not oconn.closed:
             oconn.watch_drain(other.quic_id, self.credit)
+            if unsent > PAUSE_MARK and not self.held:
+                self.held = True
+                self.relay.writers_paused += 1
         else:
             oconn.unwatch_drain(other.quic_id)
+            if self.held:
+                self.held = False
+                self.relay.writers_resumed += 1
+
+    def figures(self) -> tuple[int, int, int, int]:
+        other = self.other
+        if other is None:
+            return (self.written, self.frames, 0, 0)
+        return (self.written, self.frames, other.written, other.frames)
 
     # -- ending ------------------------------------------------------------------------
 
@@ -201,6 +223,8 @@ class Relay:
         self.bytes_forwarded = 0
         self.messages_forwarded = 0
         self.streams_opened = 0
+        self.writers_paused = 0  # times a leg's credit was held back
+        self.writers_resumed = 0  # ... and given again in full
 
     def open(self, leg: HeaderLeg, raw: bytes, base: int) -> Leg | None:
         """`leg`'s header arrived: the leg that carries the stream from now

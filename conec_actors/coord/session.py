@@ -50,6 +50,28 @@ CONTROL_REPLY_LOW = 32 * 1024
 #: not read until some are answered.
 MAX_PENDING_REQUESTS = 64
 
+#: The reason a refused connection is counted and logged under (a metric
+#: label: one short word per code, never an id).
+REFUSALS: dict[int, str] = {
+    wire.Code.CERTIFICATE: "bad_certificate",
+    wire.Code.DUPLICATE_ID: "duplicate_id",
+    wire.Code.INVALID_ID: "invalid_id",
+    wire.Code.PROTOCOL: "protocol_error",
+    wire.Code.HELLO_TIMEOUT: "hello_timeout",
+    wire.Code.VERSION: "bad_version",
+}
+
+
+def refusal_reason(code: int) -> str:
+    """The reason word for refusing a connection with `code`."""
+    reason = REFUSALS.get(code)
+    if reason is not None:
+        return reason
+    try:
+        return wire.Code(code).name.lower()
+    except ValueError:
+        return "other"
+
 
 class State(enum.Enum):
     HANDSHAKE = "handshake"  # QUIC handshake under way
@@ -219,6 +241,12 @@ class SessionCore:
         self.pending_opens = 0  # streams waiting for their route or a slot
         self.pending_channels = 0  # channel introductions not settled
         self.used_numbers = UsedNumbers()  # proxied stream numbers
+        #: Why the connection was refused (closed before it was admitted),
+        #: a `REFUSALS` word; None while it was not.
+        self.refusal: str | None = None
+        #: Figures of this client's streams that are over: bytes and
+        #: messages in (from the client), out (to it).
+        self.bytes_in = self.messages_in = self.bytes_out = self.messages_out = 0
 
     def _move(self, event: Event) -> None:
         self.state = move("front-end session", TRANSITIONS, self.state, event)
@@ -255,6 +283,8 @@ class SessionCore:
         is acted on, and an admission in flight is undone when it returns."""
         if self.state is State.CLOSED:
             return []
+        if self.state is not State.READY:
+            self.refusal = refusal_reason(code)
         self._move(Event.CLOSE)
         return [CancelTimer(), CloseConnection(code, reason or wire.describe(code))]
 
@@ -264,6 +294,14 @@ class SessionCore:
         if self.state is not State.CLOSED:
             self._move(Event.CLOSE)
         return acts + self._unregister()
+
+    def stream_over(self, bytes_in: int, messages_in: int, bytes_out: int,
+                    messages_out: int) -> None:
+        """A stream of this client is over: keep its figures in the totals."""
+        self.bytes_in += bytes_in
+        self.messages_in += messages_in
+        self.bytes_out += bytes_out
+        self.messages_out += messages_out
 
     def _unregister(self) -> list[Action]:
         if not self.registered or self.client_id is None:

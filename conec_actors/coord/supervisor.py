@@ -310,6 +310,10 @@ class Supervisor:
         self._zap.close()
         self._ctx.term()
 
+    def slots(self) -> list[_Slot]:
+        """Every worker slot, in one fixed order (that of `figures`)."""
+        return list(self._slots.values())
+
     def figures(self) -> list[dict[str, object]]:
         return [{"kind": s.kind, "slot": s.index, "pid": s.proc.pid if s.proc else None,
                  "ready": s.ready, "restarts": s.restarts, "inflight": len(s.inflight)}

@@ -17,12 +17,15 @@ import ctypes
 import os
 import signal
 import sys
+import time
 
+import msgspec
 import zmq
 
 from . import ipc, zmqauth
 from .broadcasts import BroadcastBook
 from .directory import Directory
+from .lag import LagMeter
 
 PARENT_CHECK_MS = 500
 
@@ -56,9 +59,17 @@ def serve(kind: str, slot: int, endpoint: str,
     sock.send(ipc.encode_batch([ipc.Ready(kind, slot, os.getpid())]))
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
+    # The loop's lag: how late it gets round to a deadline it set itself.
+    meter = LagMeter()
+    due = meter.start(time.monotonic())
     try:
         while True:
-            if not poller.poll(PARENT_CHECK_MS):
+            wait = min(PARENT_CHECK_MS, max(0, int((due - time.monotonic()) * 1000) + 1))
+            ready = poller.poll(wait)
+            now = time.monotonic()
+            if now >= due:
+                due = meter.fired(now)
+            if not ready:
                 if os.getppid() != parent:
                     return 0
                 continue
@@ -71,6 +82,8 @@ def serve(kind: str, slot: int, endpoint: str,
                     break
                 for msg in ipc.decode_to_worker(data):
                     reply = handler.handle(msg)
+                    if isinstance(reply, ipc.StatsReply):
+                        reply = msgspec.structs.replace(reply, loop_lag=meter.lag)
                     if reply is not None:
                         out.append(reply)
                     if isinstance(msg, ipc.Shutdown):
