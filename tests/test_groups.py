@@ -62,6 +62,27 @@ async def test_empty_or_unknown_group_is_no_responders() -> None:
             await a.ask_group("g", 1)
 
 
+async def test_a_member_that_just_joined_answers_a_sender_whose_view_is_empty() -> None:
+    async with coordinator() as h:
+        a = await h.client("a")
+        b = await h.client("b")
+        with pytest.raises(NoResponders):
+            await a.ask_group("g", 0)  # a follows "g" now, with nobody in it
+        await b.join_group("g")
+        task = asyncio.create_task(_answer(b))
+        try:
+            # As if the view with b's join were still on its way (views come
+            # every VIEW_INTERVAL at most, and a reconnecting client's follow
+            # can answer before its peers have joined again): the join has
+            # returned, so b must be reached, not refused.
+            a._groups.picker.view("g", [])
+            assert await a.ask_group("g", 1) == ["b", 1]
+            a._groups.picker.view("g", [])
+            await a.tell_group("g", 2)
+        finally:
+            task.cancel()
+
+
 async def _answer(c: Client) -> None:
     async for env in c.mailbox:
         if env.is_ask:
@@ -267,8 +288,14 @@ async def test_a_stale_view_falls_back_to_a_member_that_is_there() -> None:
             await s.tell_group("g", 2)
             await s.tell_group("g", 3)
             assert s._groups.picker.members("g") == ["b"]
+            # A view with nobody left but "ghost": the Coordinator is asked
+            # before NoResponders, and "b" is still a member.
+            s._groups.picker.view("g", ["ghost"])
+            who, _ = await s.ask_group("g", 4)
+            assert who == "b"
+            await b.leave_group("g")
             s._groups.picker.view("g", ["ghost"])
             with pytest.raises(NoResponders):
-                await s.ask_group("g", 4)
+                await s.ask_group("g", 5)
         finally:
             task.cancel()

@@ -128,8 +128,8 @@ class Groups:
     def pick_now(self, name: str, *, tell: bool = False) -> str | None:
         """The member of followed group `name` to send to next (no await: the
         per-message path), picked for a tell in runs (`GroupPicker.pick_tell`);
-        None if `name` is not followed yet (then `pick`). `NoResponders` if it
-        has no members."""
+        None if `name` is not followed yet or has no members in the view
+        (then `pick`, which asks the Coordinator)."""
         picker = self.picker
         try:
             if tell:
@@ -138,8 +138,6 @@ class Groups:
                 member = picker.pick(name, self._mailbox.backlog)
         except (NotFollowed, TypeError):  # TypeError: an unhashable name (`pick` says)
             return None
-        if member is None:
-            raise NoResponders(f"group {name!r} has no members")
         return member
 
     async def pick(self, name: str) -> str:
@@ -156,6 +154,13 @@ class Groups:
             await asyncio.shield(task)
             if not self.picker.follows(name):  # the Coordinator went meanwhile
                 raise ClientClosed("lost the Coordinator")
+        else:
+            # An empty view may be behind a join (views come at most every
+            # VIEW_INTERVAL): the Coordinator's word before NoResponders.
+            epoch = self.picker.epoch
+            members = await self.members(name)
+            if members and self.picker.epoch == epoch:
+                self.picker.view(name, members)
         member = self.picker.pick(name, self._mailbox.backlog)
         if member is None:
             raise NoResponders(f"group {name!r} has no members")
