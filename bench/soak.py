@@ -36,7 +36,8 @@ Every ``--sample`` seconds the parent reads ``VmRSS`` of the Coordinator's front
 and of each of its child processes (labelled from ``coord.stats()["workers"]``) and the
 number of clients the Coordinator counts. One JSON line per minute of progress, then a
 summary: per process the RSS slope in MiB/minute (least squares over the samples after
-the first minute, or after the first half of shorter runs; target < 1), max RSS,
+the first minute, or after the first half of shorter runs; target < 1; and over the
+second half alone, which tells a plateau from a steady leak), max RSS,
 errors, lost/duplicate/reordered deliveries, idle clients dropped (targets 0),
 messages by kind, and whether every client was gone from the Coordinator after the
 end.
@@ -736,6 +737,9 @@ def run(*, minutes: float, idle: int, idle_procs: int, sample: float, rate: floa
 
     warm = min(60.0, elapsed / 2)
     slopes = {k: _slope([pt for pt in v if pt[0] >= warm]) for k, v in sorted(samples.items())}
+    # A plateau and a steady leak can have the same fit over the whole run.
+    late = {k: _slope([pt for pt in v if pt[0] >= elapsed / 2])
+            for k, v in sorted(samples.items())}
     totals = _totals(finals)
     ok = (all(s is not None and s < TARGET_SLOPE_MIB_PER_MIN for s in slopes.values())
           and totals["errors"] == 0 and totals["lost"] == 0 and totals["duplicates"] == 0
@@ -745,6 +749,7 @@ def run(*, minutes: float, idle: int, idle_procs: int, sample: float, rate: floa
         "bench": "soak", "ok": ok, "minutes": elapsed / 60, "samples": len(clients_seen),
         "idle": idle, "traffic_clients": traffic_procs * per_proc, "rate": rate,
         "rss_slope_mib_per_min": slopes, "slope_after_s": warm,
+        "rss_slope_second_half_mib_per_min": late,
         "target_slope_mib_per_min": TARGET_SLOPE_MIB_PER_MIN,
         "rss_max_kib": {k: max(kib for _, kib in v) for k, v in sorted(samples.items())},
         "rss_first_kib": {k: v[0][1] for k, v in sorted(samples.items())},
