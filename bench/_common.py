@@ -341,6 +341,22 @@ class Procs:
             self._stash.append((got, payload))
         raise TimeoutError(f"{self.label}: no {kind!r} within {timeout:.0f} s")
 
+    def poll(self, kind: str) -> list[Any]:
+        """Payloads of every *kind* message that has arrived, without waiting (others
+        are kept for :meth:`expect`). Raises like :meth:`expect` if a child failed."""
+        while True:
+            try:
+                got, payload = self.ctl.get_nowait()
+            except queue.Empty:
+                break
+            if got == "error":
+                raise RuntimeError(f"{self.label} child failed:\n{payload}")
+            self._stash.append((got, payload))
+        self._check_alive()
+        out = [payload for k, payload in self._stash if k == kind]
+        self._stash = [(k, payload) for k, payload in self._stash if k != kind]
+        return out
+
     def expect_n(self, kind: str, n: int, timeout: float = STARTUP_TIMEOUT_S) -> list[Any]:
         """Payloads of the next *n* *kind* messages, all within *timeout* seconds."""
         deadline = time.monotonic() + timeout

@@ -1,6 +1,6 @@
 """Run every conec-actors benchmark once, with small settings, for a quick look.
 
-``python -m bench.run_all`` runs, in order (about two minutes on a 2-core machine):
+``python -m bench.run_all`` runs, in order (about three minutes on a 2-core machine):
 
 * ``bench.proxied --rounds 1 --duration 1 --ping-n 100`` (all sizes, and the ping);
 * ``bench.direct --rounds 1 --duration 1 --ping-n 100``;
@@ -8,7 +8,8 @@
 * ``bench.idle_clients --clients 200 --procs 2 --workers-list 1,2 --idle 1``;
 * ``bench.stall --seconds 5``;
 * ``bench.attacks`` (every attack pattern, defaults);
-* ``bench.groups --rounds 1`` (tell_group/ask_group against tell/ask).
+* ``bench.groups --rounds 1`` (tell_group/ask_group against tell/ask);
+* ``bench.soak --minutes 0.5 --idle 100`` (endurance: leaks, losses, errors).
 
 Each prints its own JSON lines. For figures worth comparing, run the modules
 themselves with their defaults (several alternating rounds, 1,000 clients, ...).
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench import attacks, broadcast, direct, groups, idle_clients, proxied, stall
+from bench import attacks, broadcast, direct, groups, idle_clients, proxied, soak, stall
 
 QUICK: dict[str, list[str]] = {
     "proxied": ["--rounds", "1", "--duration", "1", "--ping-n", "100"],
@@ -28,6 +29,7 @@ QUICK: dict[str, list[str]] = {
     "stall": ["--seconds", "5"],
     "attacks": [],
     "groups": ["--rounds", "1"],
+    "soak": ["--minutes", "0.5", "--idle", "100"],
 }
 
 
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     runs = {"proxied": proxied.main, "direct": direct.main, "broadcast": broadcast.main,
             "idle_clients": idle_clients.main, "stall": stall.main, "attacks": attacks.main,
-            "groups": groups.main}
+            "groups": groups.main, "soak": soak.main}
     for name in args.only or list(QUICK):
         runs[name](QUICK[name])
 

@@ -5,7 +5,8 @@
   arrival), grants no unidirectional streams, requests client
   certificates on the server side, exposes a stream's unsent bytes for
   writers' watermarks, can drop handshake-only buffers, and writes the
-  steady state's packets (ACK + flow control + stream data) in one pass.
+  steady state's packets (ACK + flow control + stream data) in one pass, and
+  has its ACK-only packets acknowledged now and then (`ACK_ONLY_LIMIT`).
 - Packet-level helpers for the datagram endpoint: header parsing, Retry and
   version negotiation.
 
@@ -57,6 +58,13 @@ CONNECTION_ID_LENGTH = 8
 #: per-stream bookkeeping (a few KiB each).
 MAX_STREAMS_BIDI = 128
 _ONE_RTT = Epoch.ONE_RTT
+#: aioquic keeps every packet it sent until the peer acknowledges it, and a peer
+#: acknowledges only when it receives something ack-eliciting. A side that only
+#: answers with ACKs (the Coordinator to an idle client's keepalive PINGs) would
+#: keep one more packet (~500 B) per PING for ever (RFC 9000 13.2.4), so once
+#: this many ACK-only packets wait with nothing ack-eliciting in flight, the next
+#: packet carries a PING: the peer's ACK of it frees them all.
+ACK_ONLY_LIMIT = 16
 
 
 def initial_stream_window(connection_window: int, stream_window: int) -> int:
@@ -122,6 +130,13 @@ class ConecQuicConnection(QuicConnection):
             limit.value = limit.sent = value
 
     # -- aioquic overrides ---------------------------------------------------
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        space = self._spaces.get(_ONE_RTT)
+        if (space is not None and not space.ack_eliciting_in_flight
+                and len(space.sent_packets) >= ACK_ONLY_LIMIT and not self._ping_pending):
+            self.send_ping(0)  # its PingAcknowledged is ignored, as the keepalive's
+        return super().datagrams_to_send(now)
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)

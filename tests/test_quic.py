@@ -19,8 +19,14 @@ from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicErrorCode, pull_quic_header
+from aioquic.tls import Epoch
 
-from conec_actors._quic import CONNECTION_ID_LENGTH, MAX_STREAMS_BIDI, ConecQuicConnection
+from conec_actors._quic import (
+    ACK_ONLY_LIMIT,
+    CONNECTION_ID_LENGTH,
+    MAX_STREAMS_BIDI,
+    ConecQuicConnection,
+)
 from conec_actors.streams import STREAM_WINDOW
 from conec_actors.tlsconf import CONNECTION_WINDOW, quic_configuration
 
@@ -415,3 +421,27 @@ def test_gaps_on_every_stream_at_the_initial_windows_leave_credit_to_spare() -> 
     assert not server.is_closed and not client.is_closed
     assert _held(server) <= MAX_STREAMS_BIDI * initial <= CONNECTION_WINDOW // 4
     _credit_covers_streams(server)
+
+
+class KeepsAckOnly(ConecQuicConnection):
+    """The connection without the PING that gets its ACK-only packets acknowledged."""
+
+    datagrams_to_send = QuicConnection.datagrams_to_send
+
+
+@pytest.mark.parametrize("cls", [ConecQuicConnection, KeepsAckOnly])
+def test_acks_that_only_answer_pings_are_acknowledged_in_the_end(
+        cls: type[ConecQuicConnection]) -> None:
+    # An idle client's keepalive: the server answers each PING with an
+    # ACK-only packet, which the client never acknowledges on its own.
+    pair = Pair(cls=cls)
+    kept = []
+    for _ in range(10 * ACK_ONLY_LIMIT):
+        pair.now += 1.0
+        pair.client.send_ping(0)
+        pair.settle()
+        kept.append(len(pair.server._spaces[Epoch.ONE_RTT].sent_packets))
+    if cls is KeepsAckOnly:  # what aioquic alone does: one more packet per PING
+        assert kept[-1] >= 10 * ACK_ONLY_LIMIT
+    else:
+        assert max(kept) <= ACK_ONLY_LIMIT
