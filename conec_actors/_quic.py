@@ -39,6 +39,8 @@ from aioquic.quic.stream import QuicStream
 from aioquic.tls import Epoch
 from cryptography import x509
 
+from . import shard_ids
+
 __all__ = [
     "SMALLEST_MAX_DATAGRAM_SIZE",
     "ConecQuicConnection",
@@ -93,8 +95,18 @@ class ConecQuicConnection(QuicConnection):
     """
 
     def __init__(self, *, configuration: QuicConfiguration, stream_window: int,
-                 request_client_certificate: bool = False, **kwargs: Any) -> None:
+                 request_client_certificate: bool = False,
+                 shard: tuple[int, int] | None = None, **kwargs: Any) -> None:
+        #: (k, n): this connection is held by shard k of n, and every
+        #: connection id it issues maps to k (`shard_ids`).
+        self._shard = shard
         super().__init__(configuration=configuration, **kwargs)
+        if shard is not None:
+            # aioquic drew the first id with os.urandom in __init__, before any
+            # packet went out: swap it for one that names this shard.
+            first = self._host_cids[0]
+            first.cid = self._shard_cid()
+            self.host_cid = self._local_initial_source_connection_id = first.cid
         self._stream_window = stream_window
         self._consumed: dict[int, int] = {}
         self._windows: dict[int, int] = {}  # streams with a window of their own
@@ -122,6 +134,18 @@ class ConecQuicConnection(QuicConnection):
             limit.value = limit.sent = value
 
     # -- aioquic overrides ---------------------------------------------------
+
+    def _shard_cid(self) -> bytes:
+        assert self._shard is not None
+        k, n = self._shard
+        return shard_ids.issue(k, n, self._configuration.connection_id_length)
+
+    def _replenish_connection_ids(self) -> None:
+        before = len(self._host_cids)
+        super()._replenish_connection_ids()
+        if self._shard is not None:
+            for cid in self._host_cids[before:]:
+                cid.cid = self._shard_cid()
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
