@@ -38,6 +38,7 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 from aioquic.quic.stream import QuicStream
 from aioquic.tls import Epoch
 from cryptography import x509
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import shard_ids
 
@@ -480,14 +481,36 @@ def version_negotiation(pkt: PacketInfo, supported: list[int]) -> bytes:
 
 
 class RetryGate:
-    """Stateless Retry: builds tokens and validates those that come back."""
+    """Stateless Retry: builds tokens and validates those that come back.
 
-    def __init__(self) -> None:
+    Shards of one Coordinator share `key` (16 bytes, AES-128-GCM), so a token
+    one shard made validates at every shard. With `shard` (k, n), a Retry's
+    source connection id, which the client addresses next, names shard k, or
+    the shard `retry_packet` is asked to steer the client to."""
+
+    def __init__(self, key: bytes | None = None, shard: tuple[int, int] | None = None) -> None:
         self._handler = QuicRetryTokenHandler()
+        if key is not None:
+            # aioquic draws its own key and takes none: put the shared one in.
+            self._handler._aead = AESGCM(key)
+        self._shard = shard
 
-    def retry_packet(self, pkt: PacketInfo, addr: Any, now: float) -> bytes:
+    @staticmethod
+    def new_key() -> bytes:
+        """A key for `RetryGate(key=...)`, to share among a Coordinator's shards."""
+        return AESGCM.generate_key(bit_length=128)
+
+    def retry_packet(self, pkt: PacketInfo, addr: Any, now: float,
+                     to_shard: int | None = None) -> bytes:
+        """A Retry for `pkt`; with shards, the client's next Initial goes to
+        `to_shard` (default: this gate's own shard)."""
         assert pkt.version is not None
-        source_cid = os.urandom(CONNECTION_ID_LENGTH)
+        if self._shard is None:
+            source_cid = os.urandom(CONNECTION_ID_LENGTH)
+        else:
+            k, n = self._shard
+            source_cid = shard_ids.issue(k if to_shard is None else to_shard, n,
+                                         CONNECTION_ID_LENGTH)
         return bytes(encode_quic_retry(
             version=pkt.version,
             source_cid=source_cid,

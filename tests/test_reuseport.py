@@ -13,7 +13,7 @@ import pytest
 from aioquic.quic.configuration import QuicConfiguration
 
 from conec_actors import certs, reuseport, shard_ids, tlsconf
-from conec_actors._quic import CONNECTION_ID_LENGTH, ConecQuicConnection, parse_packet
+from conec_actors._quic import CONNECTION_ID_LENGTH, ConecQuicConnection, RetryGate, parse_packet
 
 pytestmark = pytest.mark.skipif(reuseport.supported() is not None,
                                 reason=str(reuseport.supported()))
@@ -142,3 +142,27 @@ def test_a_shard_connection_issues_only_ids_that_name_it(k: int, n: int) -> None
     issued = [c.cid for c in server._host_cids]
     assert len(issued) > 1 and len(set(issued)) == len(issued)
     assert {shard_ids.shard_of(c, n) for c in issued} == {k}
+
+
+def _initial() -> tuple[bytes, ConecQuicConnection]:
+    client_cfg = _config(True)
+    client_cfg.verify_mode = ssl.CERT_NONE
+    client = ConecQuicConnection(configuration=client_cfg, stream_window=65536)
+    client.connect(("127.0.0.1", 4433), now=0.0)
+    return next(d for d, _ in client.datagrams_to_send(now=0.0)), client
+
+
+def test_a_retry_from_one_shard_validates_at_another_and_names_the_shard_asked() -> None:
+    key = RetryGate.new_key()
+    gates = [RetryGate(key, shard=(k, 3)) for k in range(3)]
+    first, client = _initial()
+    pkt = parse_packet(first)
+    assert pkt is not None
+    addr = ("127.0.0.1", 5000)
+    retry = gates[0].retry_packet(pkt, addr, now=1.0, to_shard=2)
+    client.receive_datagram(retry, ("127.0.0.1", 4433), now=1.0)
+    again = parse_packet(next(d for d, _ in client.datagrams_to_send(now=1.0)))
+    assert again is not None and again.token
+    assert shard_ids.shard_of(again.dcid, 3) == 2
+    assert gates[2].validate(again, addr, now=1.5) == pkt.dcid
+    assert RetryGate().validate(again, addr, now=1.5) is None  # another Coordinator's key
