@@ -39,6 +39,9 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 from aioquic.quic.stream import QuicStream
 from aioquic.tls import Epoch
 from cryptography import x509
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from . import shard_ids
 
 __all__ = [
     "SMALLEST_MAX_DATAGRAM_SIZE",
@@ -101,8 +104,18 @@ class ConecQuicConnection(QuicConnection):
     """
 
     def __init__(self, *, configuration: QuicConfiguration, stream_window: int,
-                 request_client_certificate: bool = False, **kwargs: Any) -> None:
+                 request_client_certificate: bool = False,
+                 shard: tuple[int, int] | None = None, **kwargs: Any) -> None:
+        #: (k, n): this connection is held by shard k of n, and every
+        #: connection id it issues maps to k (`shard_ids`).
+        self._shard = shard
         super().__init__(configuration=configuration, **kwargs)
+        if shard is not None:
+            # aioquic drew the first id with os.urandom in __init__, before any
+            # packet went out: swap it for one that names this shard.
+            first = self._host_cids[0]
+            first.cid = self._shard_cid()
+            self.host_cid = self._local_initial_source_connection_id = first.cid
         self._stream_window = stream_window
         self._consumed: dict[int, int] = {}
         self._windows: dict[int, int] = {}  # streams with a window of their own
@@ -137,6 +150,18 @@ class ConecQuicConnection(QuicConnection):
                 and len(space.sent_packets) >= ACK_ONLY_LIMIT and not self._ping_pending):
             self.send_ping(0)  # its PingAcknowledged is ignored, as the keepalive's
         return super().datagrams_to_send(now)
+
+    def _shard_cid(self) -> bytes:
+        assert self._shard is not None
+        k, n = self._shard
+        return shard_ids.issue(k, n, self._configuration.connection_id_length)
+
+    def _replenish_connection_ids(self) -> None:
+        before = len(self._host_cids)
+        super()._replenish_connection_ids()
+        if self._shard is not None:
+            for cid in self._host_cids[before:]:
+                cid.cid = self._shard_cid()
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
@@ -476,14 +501,36 @@ def version_negotiation(pkt: PacketInfo, supported: list[int]) -> bytes:
 
 
 class RetryGate:
-    """Stateless Retry: builds tokens and validates those that come back."""
+    """Stateless Retry: builds tokens and validates those that come back.
 
-    def __init__(self) -> None:
+    Shards of one Coordinator share `key` (16 bytes, AES-128-GCM), so a token
+    one shard made validates at every shard. With `shard` (k, n), a Retry's
+    source connection id, which the client addresses next, names shard k, or
+    the shard `retry_packet` is asked to steer the client to."""
+
+    def __init__(self, key: bytes | None = None, shard: tuple[int, int] | None = None) -> None:
         self._handler = QuicRetryTokenHandler()
+        if key is not None:
+            # aioquic draws its own key and takes none: put the shared one in.
+            self._handler._aead = AESGCM(key)
+        self._shard = shard
 
-    def retry_packet(self, pkt: PacketInfo, addr: Any, now: float) -> bytes:
+    @staticmethod
+    def new_key() -> bytes:
+        """A key for `RetryGate(key=...)`, to share among a Coordinator's shards."""
+        return AESGCM.generate_key(bit_length=128)
+
+    def retry_packet(self, pkt: PacketInfo, addr: Any, now: float,
+                     to_shard: int | None = None) -> bytes:
+        """A Retry for `pkt`; with shards, the client's next Initial goes to
+        `to_shard` (default: this gate's own shard)."""
         assert pkt.version is not None
-        source_cid = os.urandom(CONNECTION_ID_LENGTH)
+        if self._shard is None:
+            source_cid = os.urandom(CONNECTION_ID_LENGTH)
+        else:
+            k, n = self._shard
+            source_cid = shard_ids.issue(k if to_shard is None else to_shard, n,
+                                         CONNECTION_ID_LENGTH)
         return bytes(encode_quic_retry(
             version=pkt.version,
             source_cid=source_cid,
