@@ -178,7 +178,7 @@ class Reconnector:
         self._emit([self.presence.reconnected()])
         self.up = True
         self._settled.set()
-        log.warning("client %r reconnected to its Coordinator", self._cfg.id)
+        log.info("client %r reconnected to its Coordinator", self._cfg.id)
         task = self._loop.create_task(self._restore())
         self._restoring.add(task)
         task.add_done_callback(self._restoring.discard)
