@@ -145,6 +145,53 @@ async def test_order_holds_across_several_path_changes() -> None:
         assert [e.body for e in await reader] == list(range(n))
 
 
+@pytest.mark.timeout(90)
+async def test_asks_are_answered_while_channels_open_and_close_under_them() -> None:
+    """An answer written on a direct stream that a closing channel resets is
+    lost with it; the asker sends the (acknowledged) ask again on the next
+    stream, and the receiver answers it again from what it kept, without
+    running it twice."""
+    async with coordinator() as h:
+        a, b = await pair(h, "proxied")
+        runs: dict[tuple[str, int], int] = {}
+
+        async def serve(c: Client) -> None:
+            async for env in c.mailbox:
+                if env.is_ask:
+                    key = (env.sender, env.body)
+                    runs[key] = runs.get(key, 0) + 1
+                    await env.reply(env.body)
+
+        servers = [asyncio.create_task(serve(c)) for c in (a, b)]
+        stop = asyncio.Event()
+
+        async def asker(x: Client, peer: str) -> int:
+            k = 0
+            while not stop.is_set():
+                k += 1
+                assert await x.ask(peer, k, timeout=10) == k
+                await asyncio.sleep(0.003)
+            return k
+
+        try:
+            askers = [asyncio.create_task(asker(a, "bob")),
+                      asyncio.create_task(asker(b, "alice"))]
+            for i in range(30):
+                await a.new_channel("bob")
+                await asyncio.sleep(0.02 + (i % 5) * 0.03)
+                await a.close_channel("bob")
+                await asyncio.sleep(0.02 + (i % 3) * 0.03)
+            stop.set()
+            asked = await asyncio.gather(*askers)
+            assert all(n > 30 for n in asked)
+            # every ask ran exactly once at its receiver
+            assert set(runs.values()) == {1}
+            assert len(runs) == sum(asked)
+        finally:
+            for t in servers:
+                t.cancel()
+
+
 # --- back-pressure and coalescing -------------------------------------------------------
 
 @pytest.mark.parametrize("path", PATHS)

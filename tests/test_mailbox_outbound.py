@@ -280,3 +280,72 @@ def test_ask_id_of_finds_asks_only() -> None:
     assert ask_id_of(encoder.encode(AskOut(42, 1.5, {"q": 1}, 1500))) == 42
     assert ask_id_of(tell(20)) is None
     assert ask_id_of(b"\xc1") is None  # not msgpack
+
+
+def ask(ask_id: int) -> bytes:
+    return encoder.encode(AskOut(ask_id, 5.0, b"q", 5000))
+
+
+def test_an_acknowledged_ask_not_answered_is_sent_again_after_a_break() -> None:
+    """Its answer may have been lost with the broken stream: the receiver,
+    which has the ask already, answers it again from what it kept."""
+    log = OutboundLog("bob", 1 << 20)
+    log.push(tell(10))  # seq 0
+    log.ask_waiting(7)
+    log.push(ask(7))  # seq 1
+    log.push(tell(10))  # seq 2
+    log.push(tell(10))  # seq 3
+    log.cut_batch(1 << 20)
+    log.acked(2)  # the ask is acknowledged, its answer has not come
+    assert [s for s, _ in log.unacked] == [3]
+    resend = log.to_resend()
+    assert [s for s, _ in resend] == [1, 3]
+    # Not consecutive: two batches, each numbered from its first item.
+    assert log.cut_resend(resend, 1 << 20) == (1, [ask(7)])
+    assert log.cut_resend(resend, 1 << 20) == (3, [tell(10)])
+    # Answered: never again.
+    log.ask_done(7)
+    assert [s for s, _ in log.to_resend()] == [3]
+
+
+def test_a_tell_only_pair_keeps_nothing_acknowledged() -> None:
+    log = filled(10, 10)
+    log.cut_batch(1 << 20)
+    log.acked(1)
+    assert not log.unacked and not log.asks_kept and not log.to_resend()
+
+
+def test_an_ask_given_up_before_its_ack_is_not_kept() -> None:
+    log = OutboundLog("bob", 1 << 20)
+    log.ask_waiting(3)
+    log.push(ask(3))
+    log.cut_batch(1 << 20)
+    log.ask_done(3)  # timed out
+    log.acked(0)
+    assert not log.asks_kept and not log.to_resend()
+
+
+def test_a_killed_pair_forgets_its_asks() -> None:
+    log = OutboundLog("bob", 1 << 20)
+    log.ask_waiting(3)
+    log.push(ask(3))
+    log.cut_batch(1 << 20)
+    log.acked(0)
+    assert 3 in log.asks_kept
+    log.kill(NoResponders("gone"))
+    assert not log.asks_kept and not log.awaiting
+
+
+def test_a_receiver_keeps_its_latest_answers_within_bounds() -> None:
+    from conec_actors.client.mailbox.limits import ANSWERS_KEPT, ANSWERS_KEPT_BYTES
+    from conec_actors.client.mailbox.receiver import _SenderRecord
+
+    sender = _SenderRecord()
+    for i in range(ANSWERS_KEPT + 10):
+        sender.keep_answer(i, b"a" * 10)
+    assert list(sender.answers) == list(range(10, ANSWERS_KEPT + 10))
+    big = b"b" * (ANSWERS_KEPT_BYTES // 2 + 1)
+    sender.keep_answer(1000, big)
+    sender.keep_answer(1001, big)  # the two do not fit together
+    assert list(sender.answers) == [1001]
+    assert sender.answers_bytes == len(big)

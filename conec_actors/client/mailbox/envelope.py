@@ -93,8 +93,8 @@ class Envelope(Generic[T]):
         self._replied = True
         self._receiver.asks_taken -= 1
         route = self._route
-        assert route is not None
-        await self._receiver.answer(self.sender, route, item)
+        assert route is not None and self._ask_id is not None
+        await self._receiver.answer(self.sender, route, item, self._ask_id)
 
     def __repr__(self) -> str:
         kind = "ask" if self.is_ask else "tell"

@@ -17,6 +17,10 @@ INBOX_ITEMS = 1024
 INBOX_BYTES = 4 * 1024 * 1024
 #: Replies waiting for a return half before `Envelope.reply` waits.
 BACK_QUEUE_ITEMS = 1024
+#: The latest answers kept per sender (count and bytes), to answer again an
+#: ask sent again after a broken stream lost its answer.
+ANSWERS_KEPT = 256
+ANSWERS_KEPT_BYTES = 1024 * 1024
 #: The receiver acknowledges after consuming this many messages (and at a
 #: stream's clean end); the sender keeps unacknowledged ones for resending.
 ACK_EVERY = 256

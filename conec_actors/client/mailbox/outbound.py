@@ -94,8 +94,8 @@ def copy_error(err: ConecError) -> ConecError:
 class OutboundLog:
     """The outbound log of one (sender, receiver) pair."""
 
-    __slots__ = ("dead", "failures", "frames", "limit", "messages", "next_seq", "opened",
-                 "peer", "queue", "queued_bytes", "state", "unacked")
+    __slots__ = ("asks_kept", "awaiting", "dead", "failures", "frames", "limit", "messages",
+                 "next_seq", "opened", "peer", "queue", "queued_bytes", "state", "unacked")
 
     def __init__(self, peer: str, limit: int) -> None:
         self.peer = peer
@@ -114,6 +114,12 @@ class OutboundLog:
         self.unacked: deque[tuple[int, bytes]] = deque()
         self.queued_bytes = 0
         self.next_seq = 0
+        #: Ids of the asks sent on this pair and not answered yet.
+        self.awaiting: set[int] = set()
+        #: ask id -> (seq, item) of those acknowledged but not answered: a
+        #: broken stream may have lost their answer, so they go again on the
+        #: next one (the receiver, which has them, answers them again).
+        self.asks_kept: dict[int, tuple[int, bytes]] = {}
         #: Stream failures in a row without progress.
         self.failures = 0
         self.frames = 0
@@ -149,6 +155,8 @@ class OutboundLog:
         self.dead = dead
         self.queue.clear()
         self.unacked.clear()
+        self.awaiting.clear()
+        self.asks_kept.clear()
         self.queued_bytes = 0
         if self.opened and not isinstance(dead, ClientClosed):
             gone = PeerGone(f"{self.peer!r} went away before answering ({dead})")
@@ -198,6 +206,8 @@ class OutboundLog:
             seq, data = src[0]
             if items and size + len(data) > soft:
                 break
+            if seq != seq0 + len(items):  # a batch's items are consecutive
+                break
             src.popleft()
             items.append(data)
             size += len(data)
@@ -223,8 +233,22 @@ class OutboundLog:
     def acked(self, seq: int) -> None:
         """The receiver consumed every message up to `seq`."""
         unacked = self.unacked
+        awaiting = self.awaiting
         while unacked and unacked[0][0] <= seq:
-            unacked.popleft()
+            s, data = unacked.popleft()
+            if awaiting:  # (a tell-only pair decodes nothing)
+                ask_id = ask_id_of(data)
+                if ask_id is not None and ask_id in awaiting:
+                    self.asks_kept[ask_id] = (s, data)
+
+    def ask_waiting(self, ask_id: int) -> None:
+        """An ask is being sent on this pair (`ask_done` when it is over)."""
+        self.awaiting.add(ask_id)
+
+    def ask_done(self, ask_id: int) -> None:
+        """An ask was answered, failed or given up: never send it again."""
+        self.awaiting.discard(ask_id)
+        self.asks_kept.pop(ask_id, None)
 
     def progressed(self) -> None:
         """The receiver answered on the current stream: the route works."""
@@ -232,8 +256,12 @@ class OutboundLog:
 
     def to_resend(self) -> deque[tuple[int, bytes]]:
         """What to send again on a new stream after a broken one: everything
-        the receiver has not acknowledged (it drops what it already has)."""
-        return deque(self.unacked)
+        the receiver has not acknowledged (it drops what it already has), and
+        the asks it acknowledged but has not answered (it answers them again
+        from what it keeps, without running them twice)."""
+        if not self.asks_kept:
+            return deque(self.unacked)
+        return deque(sorted([*self.asks_kept.values(), *self.unacked]))
 
     def route_broke(self, progress: bool, lived: float) -> float:
         """A stream broke after `lived` seconds (`progress`: the receiver had

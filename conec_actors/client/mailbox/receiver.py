@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 import msgspec
@@ -25,6 +25,8 @@ from ...wire import Code
 from .host import MailboxHost
 from .inbound import NO_DEADLINE, InboundLog, KnownSender, ask_deadline, expired
 from .limits import (
+    ANSWERS_KEPT,
+    ANSWERS_KEPT_BYTES,
     BACK_QUEUE_ITEMS,
     INBOX_BYTES,
     INBOX_ITEMS,
@@ -77,12 +79,29 @@ class InRoute(InboundLog):
 class _SenderRecord(KnownSender):
     """A `KnownSender` with its open streams and the timer that forgets it."""
 
-    __slots__ = ("expiry", "routes")
+    __slots__ = ("answers", "answers_bytes", "expiry", "routes")
 
     def __init__(self) -> None:
         super().__init__()
         self.routes: list[InRoute] = []
         self.expiry: asyncio.TimerHandle | None = None
+        #: ask id -> its answer, the latest `ANSWERS_KEPT` (and at most
+        #: `ANSWERS_KEPT_BYTES`): an ask the sender sends again after a broken
+        #: stream (its answer may have been lost with it) is answered again.
+        self.answers: OrderedDict[int, bytes] = OrderedDict()
+        self.answers_bytes = 0
+
+    def keep_answer(self, ask_id: int, item: bytes) -> None:
+        answers = self.answers
+        old = answers.pop(ask_id, None)
+        if old is not None:
+            self.answers_bytes -= len(old)
+        answers[ask_id] = item
+        self.answers_bytes += len(item)
+        while answers and (len(answers) > ANSWERS_KEPT
+                           or self.answers_bytes > ANSWERS_KEPT_BYTES):
+            _, dropped = answers.popitem(last=False)
+            self.answers_bytes -= len(dropped)
 
 
 class Delivered:
@@ -211,19 +230,25 @@ class Receiver:
                         item = items[i]
                         if not isinstance(item, _FORWARD):
                             raise ProtocolError(f"{type(item).__name__} on a forward half")
-                        if i >= fresh_from:
+                        if i < fresh_from:
+                            # Consumed already: sent again after a broken
+                            # stream. An ask's answer may have been lost
+                            # with that stream: answer it again.
                             if isinstance(item, Ask):
-                                now = self._loop.time()
-                                deadline = ask_deadline(item.ttl_ms, now)
-                                # One already expired is dropped here (its
-                                # asker has given up): never delivered.
-                                if not expired(deadline, now):
-                                    r.asked(item.timeout, now)
-                                    inbox.put(Delivered(r.peer, item.body, item.id, r,
-                                                        deadline))
-                            else:
-                                inbox.put(Delivered(r.peer, item.body, None, r,
-                                                    NO_DEADLINE))
+                                again = sender.answers.get(item.id)
+                                if again is not None and r.state is not _CLOSED:
+                                    r.back.append(again)
+                                    r.wake.set()
+                        elif isinstance(item, Ask):
+                            now = self._loop.time()
+                            deadline = ask_deadline(item.ttl_ms, now)
+                            # One already expired is dropped here (its asker
+                            # has given up): never delivered.
+                            if not expired(deadline, now):
+                                r.asked(item.timeout, now)
+                                inbox.put(Delivered(r.peer, item.body, item.id, r, deadline))
+                        else:
+                            inbox.put(Delivered(r.peer, item.body, None, r, NO_DEADLINE))
                         i += 1
                 finally:
                     r.next_item = i
@@ -350,7 +375,7 @@ class Receiver:
             limit = min(limit, back.send._core.max_message_size)
         return limit - BATCH_OVERHEAD
 
-    async def answer(self, peer: str, route: InRoute, item: bytes) -> None:
+    async def answer(self, peer: str, route: InRoute, item: bytes, ask_id: int) -> None:
         """Send the answer `item` to an ask read from `route`: on that stream,
         or on the newest open stream from the same peer if that one has
         closed; dropped if there is none."""
@@ -358,6 +383,9 @@ class Receiver:
             route.wake.set()  # the ended stream waited for this answer only
         if self.closed:
             raise self._host.closed_error()
+        sender = self._senders.get(peer)
+        if sender is not None:
+            sender.keep_answer(ask_id, item)
         back = self._route_back(peer, route)
         if back is None:
             log.debug("mailbox: no stream back to %r; reply dropped", peer)

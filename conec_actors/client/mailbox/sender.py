@@ -158,6 +158,7 @@ class Outbox:
         pair = self._pair_for(peer, item)
         fut: asyncio.Future[msgspec.Raw] = self._loop.create_future()
         self._pending[ask_id] = (peer, fut)
+        pair.ask_waiting(ask_id)
         timer: asyncio.TimerHandle | None = None
         try:
             if not self._put_nowait(pair, item):
@@ -179,6 +180,7 @@ class Outbox:
             raw = await fut
         finally:
             self._pending.pop(ask_id, None)
+            pair.ask_done(ask_id)
             if timer is not None:
                 timer.cancel()
         try:
