@@ -121,3 +121,12 @@ async def client_process(h: Harness, client_id: str, body: str,
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "State:\tZ" not in f.read()
+    except FileNotFoundError:
+        return False

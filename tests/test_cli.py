@@ -249,20 +249,27 @@ def test_coord_default_state_dir_is_under_xdg_state_home(tmp_path: Path,
         cli.kill()
 
 
+def kill_workers_until_exit(cli: Cli, within: float = 20.0) -> set[int]:
+    """SIGKILL every worker of the `coord` process `cli` as it appears (a
+    crash loop), until that process exits or `within` seconds pass; the
+    pids killed."""
+    killed: set[int] = set()
+    deadline = time.monotonic() + within
+    while cli.proc.poll() is None and time.monotonic() < deadline:
+        for pid in {p for p in children(cli.pid) if is_worker(p)} - killed:
+            cli.workers.add(pid)
+            killed.add(pid)
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)  # polling: a new worker announces itself to nobody here
+    return killed
+
+
 @pytest.mark.timeout(60)
 def test_coord_fails_loudly_on_a_worker_crash_loop(tmp_path: Path,
                                                    env: dict[str, str]) -> None:
     cli, _host, _port, _ca = start_coord(env, "--state-dir", str(tmp_path / "state"))
     try:
-        killed: set[int] = set()
-        deadline = time.monotonic() + 20
-        while cli.proc.poll() is None and time.monotonic() < deadline:
-            fresh = {p for p in children(cli.pid) if is_worker(p)} - killed
-            for pid in fresh:
-                cli.workers.add(pid)
-                killed.add(pid)
-                os.kill(pid, signal.SIGKILL)
-            time.sleep(0.02)
+        killed = kill_workers_until_exit(cli)
         rc = cli.wait(15)
         assert rc == 1, (cli.stdout, cli.stderr)
         assert len(killed) >= 3

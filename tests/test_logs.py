@@ -8,11 +8,9 @@ import asyncio
 import io
 import json
 import logging
-import os
 import re
 import signal
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from conec_actors.logs import (
     TextFormatter,
     setup_logging,
 )
-from tests.test_cli import children, env, is_worker, start_coord, wait_gone
+from tests.test_cli import env, kill_workers_until_exit, start_coord, wait_gone
 
 __all__ = ["env"]  # the fixture, imported for the subprocess test
 
@@ -279,15 +277,7 @@ def test_coord_json_crash_loop_every_line_json_restarts_rate_limited(
     cli, _host, _port, _ca = start_coord(env, "--state-dir", str(tmp_path / "state"),
                                          "--log-format", "json")
     try:
-        killed: set[int] = set()
-        deadline = time.monotonic() + 20
-        while cli.proc.poll() is None and time.monotonic() < deadline:
-            fresh = {p for p in children(cli.pid) if is_worker(p)} - killed
-            for pid in fresh:
-                cli.workers.add(pid)
-                killed.add(pid)
-                os.kill(pid, signal.SIGKILL)
-            time.sleep(0.02)
+        killed = kill_workers_until_exit(cli)
         assert cli.wait(15) == 1, (cli.stdout, cli.stderr)
         assert len(killed) >= 3
         assert wait_gone(killed) == set()

@@ -15,16 +15,8 @@ import pytest
 from conec_actors import ActorPool, NoResponders, PeerGone, PoolFailed
 from conec_actors.pool import import_path
 
-from .conftest import Harness, coordinator, wait_for
+from .conftest import Harness, coordinator, process_alive, wait_for
 from .pool_actors import CA_ENV, PORT_ENV, Echo, broken_config, echo_config
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return "State:\tZ" not in f.read()
-    except FileNotFoundError:
-        return False
 
 
 def _env(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,7 +124,7 @@ async def test_three_deaths_in_ten_seconds_stop_the_pool(
         assert not pool.pids()
         await pool.stop()  # idempotent, does not raise
         for pid in first:
-            assert not _alive(pid)
+            assert not process_alive(pid)
 
 
 @pytest.mark.timeout(60)
@@ -142,11 +134,11 @@ async def test_stop_leaves_no_process(monkeypatch: pytest.MonkeyPatch) -> None:
         caller = await h.client("caller")
         pool = await ActorPool.start(Echo, echo_config, 2, group="workers")
         pids = pool.pids()
-        assert len(pids) == 2 and all(_alive(p) for p in pids)
+        assert len(pids) == 2 and all(process_alive(p) for p in pids)
         assert sorted(await caller.group_members("workers")) == ["echo-0", "echo-1"]
         await pool.stop()
         for pid in pids:
-            assert not _alive(pid), f"instance {pid} outlived stop()"
+            assert not process_alive(pid), f"instance {pid} outlived stop()"
         assert pool.restarts == 0  # a stop is not a death
         assert await caller.group_members("workers") == []  # they left cleanly
 

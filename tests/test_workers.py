@@ -16,15 +16,7 @@ import pytest
 from conec_actors import ClientClosed, CoordinatorFailed, NoSuchBroadcast, StreamReset
 from conec_actors.coord.session import MAX_PENDING_REQUESTS
 
-from .conftest import coord_cert, coordinator, wait_for
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return "State:\tZ" not in f.read()
-    except FileNotFoundError:
-        return False
+from .conftest import coord_cert, coordinator, process_alive, wait_for
 
 
 async def _next_incoming(client: Any) -> Any:
@@ -36,10 +28,10 @@ async def test_close_leaves_no_worker_process() -> None:
         pids = h.coord.worker_pids()
         assert len(pids) == 5
         assert len(h.coord.worker_pids("routing")) == 3
-        assert all(_alive(p) for p in pids)
+        assert all(process_alive(p) for p in pids)
         assert all(os.getppid() != p for p in pids)
     for p in pids:
-        assert not _alive(p), f"worker {p} outlived close()"
+        assert not process_alive(p), f"worker {p} outlived close()"
 
 
 async def test_ids_spread_over_several_routing_workers() -> None:
@@ -107,7 +99,7 @@ async def test_crash_loop_fails_the_coordinator_loudly() -> None:
         with pytest.raises(ClientClosed):
             await a.new_proxied_stream("alice")
         for p in coord.worker_pids():
-            assert not _alive(p)
+            assert not process_alive(p)
         await h.close_clients()
     finally:
         await coord.close()
