@@ -134,7 +134,10 @@ async def _serve(coord: Coord, stop: asyncio.Event, stopper: asyncio.Future[Any]
         else:
             lines.append("client certificates: self-signed, valid for the client's id")
         lines.append(f"routing workers: {cfg.routing_workers} "
-                     f"(pids {', '.join(map(str, coord.worker_pids()))})")
+                     f"(pids {', '.join(map(str, coord.worker_pids('routing')))})")
+        if cfg.frontends > 1:
+            lines.append(f"front-end shards: {cfg.frontends} "
+                         f"(pids {', '.join(map(str, coord.worker_pids('frontend')))})")
         if coord.metrics_address is not None:
             mhost, mport = coord.metrics_address
             lines.append(f"metrics: http://{_format_address(mhost, mport)}/metrics "
@@ -184,7 +187,7 @@ def _cmd_coord(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         cfg = CoordConfig(cert_src, key_src, host=args.host, port=args.port,
                           client_ca=args.client_ca, routing_workers=args.routing_workers,
                           broadcast_workers=args.broadcast_workers,
-                          idle_timeout=args.idle_timeout,
+                          frontends=args.frontends, idle_timeout=args.idle_timeout,
                           max_datagram_size=args.max_datagram_size, metrics=args.metrics)
     except ValueError as exc:
         parser.error(str(exc))

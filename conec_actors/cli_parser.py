@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "certificates issued by this CA (default: self-signed for their id)")
     p.add_argument("--routing-workers", metavar="R", type=_positive_int, default=1)
     p.add_argument("--broadcast-workers", metavar="B", type=_positive_int, default=1)
+    p.add_argument("--frontends", metavar="N", type=_positive_int, default=1,
+                   help="front-end shard processes sharing the UDP port (default "
+                   "%(default)s: the front-end runs in this process; N > 1 needs Linux)")
     p.add_argument("--state-dir", metavar="DIR", help="where the development CA is kept "
                    "(default $XDG_STATE_HOME/conec-actors, else "
                    "~/.local/state/conec-actors)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import KW_ONLY, dataclass
 from typing import Literal
 
@@ -59,10 +60,20 @@ class CoordConfig:
     #: "HOST:PORT" of the HTTP endpoint serving /metrics, /healthz and
     #: /clients (port 0 picks a free one); None: no endpoint.
     metrics: str | None = None
+    #: front-end shard processes terminating QUIC on the one UDP port
+    #: (DESIGN section 8); more than 1 needs Linux
+    frontends: int = 1
 
     def __post_init__(self) -> None:
         if self.metrics is not None:
             parse_host_port(self.metrics, "metrics")
+        if self.frontends < 1:
+            raise ValueError("frontends must be at least 1")
+        if self.frontends > 1 and sys.platform != "linux":
+            raise ValueError(
+                f"frontends={self.frontends} needs Linux: the shards share one UDP port "
+                "through SO_REUSEPORT with a classic BPF program steering each "
+                f"datagram by connection id, which {sys.platform} does not have")
         if self.routing_workers < 1:
             raise ValueError("routing_workers must be at least 1")
         if self.broadcast_workers < 1:

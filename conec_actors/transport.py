@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 
-from ._quic import CONNECTION_ID_LENGTH, ConecQuicConnection, PacketInfo, parse_packet
+from ._quic import CONNECTION_ID_LENGTH, ConecQuicConnection, PacketInfo, RetryGate, parse_packet
 from .endpoint_rules import (
     RETRY_OFF,
     RETRY_ON,
@@ -329,6 +329,11 @@ class ServerSettings:
     accept: Callable[[Conn], ConnHandler]
     retry: RetryMode = "auto"
     request_client_certificate: bool = True
+    #: (k, n): this endpoint is front-end shard k of n; every connection id
+    #: it issues names k (`shard_ids`)
+    shard: tuple[int, int] | None = None
+    #: the Retry token key, shared by all shards (`RetryGate.new_key`)
+    retry_key: bytes | None = None
 
 
 class Endpoint:
@@ -353,7 +358,8 @@ class Endpoint:
         self._cids: dict[bytes, Conn] = {}
         self._conns: set[Conn] = set()
         self._half_open: set[Conn] = set()
-        self._admission = Admission()
+        self._admission = Admission(
+            RetryGate(server.retry_key, server.shard) if server is not None else None)
         self._light = True
         self._light_wakeups = 0
         self._closed = False
@@ -502,6 +508,7 @@ class Endpoint:
             request_client_certificate=server.request_client_certificate,
             original_destination_connection_id=verdict.original_dcid,
             retry_source_connection_id=verdict.retry_scid,
+            shard=server.shard,
         )
         conn = Conn(self, quic, addr, None)
         self._conns.add(conn)

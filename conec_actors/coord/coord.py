@@ -5,22 +5,29 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
-from .. import wire
+from .. import reuseport, wire
+from .._quic import RetryGate
 from .._util import AwaitableContext
 from ..certs import load_pem
 from ..config import CoordConfig, parse_host_port
+from ..endpoint_rules import unmap_address
 from ..errors import CoordinatorFailed
 from ..streams import STREAM_WINDOW
 from ..tlsconf import quic_configuration
 from ..transport import Endpoint, ServerSettings
+from ..udp import SOCKET_BUFFER
 from . import ipc
 from .frontend import FrontEnd
 from .metrics import ClientFigures, Snapshot, WorkerFigures
 from .metrics_http import MetricsServer, Sources
-from .supervisor import Supervisor
+from .shard import ShardSetup
+from .sharded import ShardControl
+from .supervisor import Supervisor, _Slot
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +40,13 @@ class Coord:
     """A running Coordinator. Start it with `await Coord.start(cfg)` or
     `async with Coord.start(cfg) as coord:`."""
 
-    def __init__(self, cfg: CoordConfig, fe: FrontEnd, endpoint: Endpoint,
-                 supervisor: Supervisor) -> None:
+    def __init__(self, cfg: CoordConfig, fe: FrontEnd | None, endpoint: Endpoint | None,
+                 supervisor: Supervisor, control: ShardControl | None = None) -> None:
         self._cfg = cfg
-        self._fe = fe
-        self._endpoint = endpoint
+        # One of the two: the front-end here, or shards as child processes.
+        self._fe_here = fe
+        self._endpoint_here = endpoint
+        self._control = control
         self._supervisor = supervisor
         self._closed = asyncio.Event()
         self._failure: CoordinatorFailed | None = None
@@ -54,6 +63,9 @@ class Coord:
     async def _start(cls, cfg: CoordConfig) -> Coord:
         cert_pem, key_pem = load_pem(cfg.cert), load_pem(cfg.key)
         client_ca = load_pem(cfg.client_ca) if cfg.client_ca is not None else None
+        if cfg.frontends > 1:
+            return await cls._with_metrics(cfg, await cls._start_sharded(
+                cfg, cert_pem, key_pem, client_ca))
         qcfg = quic_configuration(
             is_client=False, cert_pem=cert_pem, key_pem=key_pem,
             idle_timeout=cfg.idle_timeout, max_datagram_size=cfg.max_datagram_size,
@@ -64,7 +76,7 @@ class Coord:
                       broadcast_workers=cfg.broadcast_workers)
         supervisor = Supervisor({"routing": cfg.routing_workers,
                                  "broadcast": cfg.broadcast_workers}, fe.rebuild)
-        fe.supervisor = supervisor
+        fe.requests = supervisor
         try:
             await supervisor.start()
             settings = ServerSettings(configuration=qcfg, stream_window=STREAM_WINDOW,
@@ -74,7 +86,34 @@ class Coord:
             await supervisor.close()
             raise
         fe.endpoint = endpoint
-        coord = cls(cfg, fe, endpoint, supervisor)
+        return await cls._with_metrics(cfg, cls(cfg, fe, endpoint, supervisor))
+
+    @classmethod
+    async def _start_sharded(cls, cfg: CoordConfig, cert_pem: bytes, key_pem: bytes,
+                             client_ca: bytes | None) -> Coord:
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        sockets = reuseport.steered_group(cfg.host, cfg.port, cfg.frontends, family=family,
+                                          buffer_size=SOCKET_BUFFER)
+        control = ShardControl(sockets, ShardSetup(
+            cert_pem, key_pem, client_ca, cfg.max_message_size, cfg.max_datagram_size,
+            cfg.idle_timeout, cfg.stateless_retry, cfg.routing_workers,
+            cfg.broadcast_workers, RetryGate.new_key(), logging.getLogger().getEffectiveLevel()))
+        supervisor = Supervisor({"routing": cfg.routing_workers,
+                                 "broadcast": cfg.broadcast_workers,
+                                 "frontend": cfg.frontends}, control.rebuild,
+                                spawn=control.spawn, on_message=control.on_message,
+                                on_exit=control.on_exit)
+        control.supervisor = supervisor
+        try:
+            await supervisor.start()
+        except BaseException:
+            await supervisor.close()
+            control.close()
+            raise
+        return cls(cfg, None, None, supervisor, control)
+
+    @classmethod
+    async def _with_metrics(cls, cfg: CoordConfig, coord: Coord) -> Coord:
         if cfg.metrics is not None:
             host, port = parse_host_port(cfg.metrics)
             try:
@@ -92,13 +131,25 @@ class Coord:
     # -- properties ------------------------------------------------------------
 
     @property
+    def _fe(self) -> FrontEnd:
+        assert self._fe_here is not None, "the front-end runs in shard processes"
+        return self._fe_here
+
+    @property
+    def _endpoint(self) -> Endpoint:
+        assert self._endpoint_here is not None, "the front-end runs in shard processes"
+        return self._endpoint_here
+
+    @property
     def port(self) -> int:
         """The bound UDP port (real even when configured with port 0)."""
-        return self._endpoint.local_address[1]
+        return self.address[1]
 
     @property
     def address(self) -> tuple[str, int]:
         """(host, port) the Coordinator listens on."""
+        if self._control is not None:
+            return unmap_address(self._control.sockets[0].getsockname())
         return self._endpoint.local_address
 
     @property
@@ -112,26 +163,38 @@ class Coord:
         return self._cfg
 
     def worker_pids(self, kind: str | None = None) -> list[int]:
-        """Process ids of the worker processes, all or of one kind ("routing",
-        "broadcast"), for supervision and tests."""
+        """Process ids of the child processes, all or of one kind ("routing",
+        "broadcast", "frontend": the front-end shards), for supervision and tests."""
         return self._supervisor.pids(kind)
 
     async def num_clients(self) -> int:
         """Clients connected and admitted."""
+        if self._control is not None:
+            return int((await self._sharded_stats())["clients"])
         return self._fe.num_clients()
 
     async def num_broadcasts(self) -> int:
         """Broadcasts that exist."""
+        if self._control is not None:
+            return int((await self._sharded_stats())["broadcasts"])
         return self._fe.num_broadcasts()
 
     async def stats(self) -> dict[str, Any]:
-        """A snapshot: clients, streams, broadcasts, forwarded figures, workers."""
-        fe = self._fe
+        """A snapshot: clients, streams, broadcasts, forwarded figures, workers,
+        and each front-end shard's figures (`frontends`)."""
+        slots = self._supervisor.slots()
         workers = self._supervisor.figures()
         for w, r in zip(workers, await self._ask_workers(timeout=2.0), strict=True):
             if r is not None:
                 w.update(r.figures)
                 w["loop_lag"] = r.loop_lag
+        workers = [w for w, slot in zip(workers, slots, strict=True) if slot.kind != "frontend"]
+        if self._control is not None:
+            out = await self._sharded_stats()
+            out["workers"] = workers
+            return out
+        fe = self._fe
+        t = os.times()
         return {
             "clients": fe.num_clients(),
             "connections": len(self._endpoint.connections),
@@ -151,7 +214,42 @@ class Coord:
             "writers_resumed": fe.writers_resumed,
             "loop_lag": fe.lag.lag,
             "workers": workers,
+            "frontends": [{
+                "shard": 0, "pid": os.getpid(), "clients": fe.num_clients(),
+                "messages_forwarded": fe.messages_forwarded,
+                "bytes_forwarded": fe.bytes_forwarded,
+                "cpu_seconds": t.user + t.system}],
         }
+
+    async def _sharded_stats(self) -> dict[str, Any]:
+        """The shards' figures, summed, and `frontends`: each shard's."""
+        shards = self._supervisor.by_kind["frontend"]
+        replies = await self._ask(shards, timeout=2.0)
+        totals: dict[str, Any] = {k: 0 for k in _SUMMED}
+        refused: dict[str, int] = {}
+        frontends = []
+        lag = 0.0
+        for slot, r in zip(shards, replies, strict=True):
+            fig = r.figures if r is not None else {}
+            for k in _SUMMED:
+                totals[k] += fig.get(k, 0)
+            for k, v in fig.items():
+                if k.startswith("refused."):
+                    refused[k[8:]] = refused.get(k[8:], 0) + v
+            if r is not None:
+                lag = max(lag, r.loop_lag)
+            frontends.append({
+                "shard": slot.index, "pid": slot.proc.pid if slot.proc else None,
+                "ready": slot.ready, "restarts": slot.restarts,
+                "clients": fig.get("clients", 0),
+                "messages_forwarded": fig.get("messages_forwarded", 0),
+                "bytes_forwarded": fig.get("bytes_forwarded", 0),
+                "cpu_seconds": fig.get("cpu_ms", 0) / 1000, "loop_lag": r.loop_lag
+                if r is not None else None})
+        totals["refused"] = refused
+        totals["loop_lag"] = lag
+        totals["frontends"] = frontends
+        return totals
 
     # -- the HTTP endpoint's figures (run on this loop, asked by its threads) -------
 
@@ -187,9 +285,14 @@ class Coord:
     async def _ask_workers(self, timeout: float, only_ready: bool = False
                            ) -> list[ipc.StatsReply | None]:
         """Each worker slot's StatsReply, None where none came in time."""
+        return await self._ask(self._supervisor.slots(), timeout, only_ready)
+
+    async def _ask(self, slots: list[_Slot], timeout: float, only_ready: bool = False
+                   ) -> list[ipc.StatsReply | None]:
+        """Each slot's StatsReply, None where none came in time."""
         loop = asyncio.get_running_loop()
         futs: list[asyncio.Future[ipc.WorkerReply] | None] = []
-        for slot in self._supervisor.slots():
+        for slot in slots:
             if only_ready and not slot.ready:
                 futs.append(None)
                 continue
@@ -231,12 +334,15 @@ class Coord:
         try:
             if self._metrics is not None:
                 await self._metrics.close()
-            for conn in list(self._endpoint.connections):
-                conn.close(code, reason)
-            await asyncio.sleep(0.05)  # let the closes reach the wire
-            self._endpoint.close()
-            self._fe.close()
+            if self._control is None:
+                for conn in list(self._endpoint.connections):
+                    conn.close(code, reason)
+                await asyncio.sleep(0.05)  # let the closes reach the wire
+                self._endpoint.close()
+                self._fe.close()
             await self._supervisor.close()
+            if self._control is not None:
+                self._control.close()
         finally:
             self._closed.set()
 
@@ -246,6 +352,13 @@ class Coord:
         await self._closed.wait()
         if self._failure is not None:
             raise self._failure
+
+
+#: Figures of the shards that `stats()` sums.
+_SUMMED = ("clients", "connections", "half_open", "retries_sent", "junk_dropped", "streams",
+           "streams_opened", "broadcasts", "broadcast_deliveries", "watches",
+           "messages_forwarded", "bytes_forwarded", "connections_accepted",
+           "writers_paused", "writers_resumed")
 
 
 def _resolver(fut: asyncio.Future[ipc.WorkerReply]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING, Protocol
 
 from .. import wire
 from ..errors import CertificateError, ProtocolError
@@ -26,8 +27,10 @@ from .lag import LagMeter
 from .legs import Leg
 from .metrics import ClientFigures, format_address
 from .proxy import HeaderLeg, ProxiedLeg, Relay
-from .session import FRONTEND_NAME, Limits, SessionCore, State
-from .supervisor import Supervisor
+from .session import Limits, SessionCore, State
+
+if TYPE_CHECKING:
+    from .tunnel import Tunnels
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +202,7 @@ class Session:
             b_in, m_in, b_out, m_out = b_in + bi, m_in + mi, b_out + bo, m_out + mo
         return ClientFigures(
             id=core.client_id or "", address=format_address(*self.conn.peer_address),
-            shard=0, connected_since=self.since, streams=len(self.legs),
+            shard=self.fe.shard[0], connected_since=self.since, streams=len(self.legs),
             bytes_in=b_in, bytes_out=b_out, messages_in=m_in, messages_out=m_out,
             rtt_seconds=self.conn.quic.smoothed_rtt)
 
@@ -213,31 +216,46 @@ class Session:
                                 self._admitted)
 
     def _unregister(self, cid: str, key: int) -> None:
-        self.fe.request_routing(cid, lambda req: ipc.Unregister(req, cid, FRONTEND_NAME, key),
+        name = self.fe.limits.frontend
+        self.fe.request_routing(cid, lambda req: ipc.Unregister(req, cid, name, key),
                                 None)
 
     def _admitted(self, reply: ipc.WorkerReply) -> None:
         assert isinstance(reply, ipc.Reply)
         held = reply.entry  # another connection's: the stale one this replaced
-        stale = held.conn_key if held is not None and held.frontend == FRONTEND_NAME else None
+        stale = held.conn_key if held is not None and held.frontend == self.fe.limits.frontend \
+            else None
         self.execute(self.core.admitted(reply.code, stale))
 
 
+class Requests(Protocol):
+    """Where the front-end's control requests go: the supervisor of its
+    workers, or a shard's link to the Coordinator that holds them."""
+
+    def request_for(self, kind: str, key: str, make: ipc.MakeRequest,
+                    cb: ipc.ReplyCallback | None) -> int: ...
+
+
 class FrontEnd:
-    """All sessions and proxied streams of one Coordinator process."""
+    """All sessions and proxied streams of one front-end (the Coordinator's
+    process, or shard k of n)."""
 
     def __init__(self, *, client_ca: bytes | None, max_message_size: int,
                  max_datagram_size: int, idle_timeout: float, routing_workers: int,
-                 broadcast_workers: int = 1) -> None:
+                 broadcast_workers: int = 1, shard: tuple[int, int] = (0, 1)) -> None:
         self.loop = asyncio.get_running_loop()
         self.client_ca = client_ca
-        self.limits = Limits(max_message_size, max_datagram_size, idle_timeout)
+        self.shard = shard
+        self.limits = Limits(max_message_size, max_datagram_size, idle_timeout,
+                             f"fe{shard[0]}")
         self.routing_workers = routing_workers
         self.endpoint: Endpoint | None = None
-        self.supervisor: Supervisor | None = None
+        self.requests: Requests | None = None
         self.sessions: dict[int, Session] = {}
         self.by_id: dict[str, Session] = {}
-        self._next_key = 1
+        # Connection keys are unique among the shards: key % n is its shard.
+        self._next_key = shard[1] + shard[0]
+        self.tunnels: Tunnels | None = None
         self.hub = BroadcastHub(self._request_broadcast, broadcast_workers)
         self.relay = Relay(self.sessions.get, self.hub, self.request_routing)
         self.intros = Introductions()
@@ -254,7 +272,7 @@ class FrontEnd:
 
     def accept(self, conn: Conn) -> Session:
         key = self._next_key
-        self._next_key += 1
+        self._next_key += self.shard[1]
         self.connections_accepted += 1
         s = Session(self, conn, key)
         self.sessions[key] = s
@@ -286,15 +304,13 @@ class FrontEnd:
 
     def request_routing(self, client_id: str, make: ipc.MakeRequest,
                         cb: ipc.ReplyCallback | None) -> None:
-        sup = self.supervisor
-        assert sup is not None
-        sup.request(sup.slot_for("routing", client_id), make, cb)
+        assert self.requests is not None
+        self.requests.request_for("routing", client_id, make, cb)
 
     def _request_broadcast(self, name: str, make: ipc.MakeRequest,
                            cb: ipc.ReplyCallback) -> None:
-        sup = self.supervisor
-        assert sup is not None
-        sup.request(sup.slot_for("broadcast", name), make, cb)
+        assert self.requests is not None
+        self.requests.request_for("broadcast", name, make, cb)
 
     def replace_stale(self, key: int) -> None:
         """A client reconnected with the certificate connection `key` holds
@@ -318,6 +334,8 @@ class FrontEnd:
             leg.session_gone()
         s.legs.clear()
         self.relay.target_gone(s)
+        if self.tunnels is not None:
+            self.tunnels.session_gone(s)
         if admitted:
             self._push_views(self.groups.member_gone(s.client_id or ""))
             # After its legs were ended above, so the watcher's mailbox

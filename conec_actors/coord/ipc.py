@@ -120,6 +120,38 @@ class RebuildBroadcasts(msgspec.Struct, tag="rebuildb", array_like=True, frozen=
     broadcasts: list[BroadcastState]
 
 
+# Coordinator -> front-end shard (frontends > 1) -------------------------------
+
+class ShardPeer(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """Where shard `index` takes the other shards' batches (`mesh`), and
+    the CURVE public key (Z85) it speaks to them with."""
+
+    index: int
+    endpoint: str
+    public: bytes
+
+
+class ShardPeers(msgspec.Struct, tag="peers", array_like=True, frozen=True, gc=False):
+    """Sent to a (re)started shard before anything else: the other shards up."""
+
+    req: int
+    peers: list[ShardPeer]
+
+
+class PeerUp(msgspec.Struct, tag="peerup", array_like=True, frozen=True, gc=False):
+    """A shard (re)started: link to it."""
+
+    req: int
+    peer: ShardPeer
+
+
+class PeerDown(msgspec.Struct, tag="peerdown", array_like=True, frozen=True, gc=False):
+    """Shard `index` died: its clients are gone."""
+
+    req: int
+    index: int
+
+
 ToWorker = (Register | Unregister | Lookup | Rebuild | StatsRequest | Shutdown | Join
             | Leave | Count | RebuildBroadcasts)
 
@@ -127,10 +159,14 @@ ToWorker = (Register | Unregister | Lookup | Rebuild | StatsRequest | Shutdown |
 # worker -> front-end ----------------------------------------------------------
 
 class Ready(msgspec.Struct, tag="ready", array_like=True, frozen=True, gc=False):
+    """A worker (or front-end shard) started; a shard says where its mesh is."""
+
     kind: str
     slot: int
     pid: int
     version: int = IPC_VERSION
+    endpoint: str = ""
+    public: bytes = b""
 
 
 class Reply(msgspec.Struct, tag="reply", array_like=True, frozen=True, gc=False):
@@ -162,7 +198,17 @@ class BroadcastReply(msgspec.Struct, tag="breply", array_like=True, frozen=True,
     ended: str = ""
 
 
-FromWorker = Ready | Reply | StatsReply | BroadcastReply
+class Forward(msgspec.Struct, tag="fwd", array_like=True, frozen=True, gc=False):
+    """shard -> Coordinator: pass `request` to the worker of `kind` that holds
+    `key`; its reply comes back as `Forwarded(req, ...)`."""
+
+    req: int
+    kind: str
+    key: str
+    request: ToWorker
+
+
+FromWorker = Ready | Reply | StatsReply | BroadcastReply | Forward
 
 #: What the front-end gets back for a request, and who gets it.
 WorkerReply = Reply | StatsReply | BroadcastReply
@@ -170,12 +216,23 @@ ReplyCallback = Callable[[WorkerReply], None]
 #: Builds a request once its id is known.
 MakeRequest = Callable[[int], ToWorker]
 
+class Forwarded(msgspec.Struct, tag="fwdr", array_like=True, frozen=True, gc=False):
+    """Coordinator -> shard: a worker's reply to the shard's `Forward` `req`."""
+
+    req: int
+    reply: WorkerReply
+
+
+#: What a front-end shard reads from the Coordinator.
+ToShard = ShardPeers | PeerUp | PeerDown | Forwarded | StatsRequest | Shutdown
+
 _enc = msgspec.msgpack.Encoder()
+_to_shard = msgspec.msgpack.Decoder(list[ToShard])
 _to_worker = msgspec.msgpack.Decoder(list[ToWorker])
 _from_worker = msgspec.msgpack.Decoder(list[FromWorker])
 
 
-def encode_batch(msgs: Sequence[ToWorker] | Sequence[FromWorker]) -> bytes:
+def encode_batch(msgs: Sequence[ToWorker | ToShard] | Sequence[FromWorker]) -> bytes:
     return _enc.encode(msgs)
 
 
@@ -185,3 +242,7 @@ def decode_to_worker(data: bytes) -> list[ToWorker]:
 
 def decode_from_worker(data: bytes) -> list[FromWorker]:
     return _from_worker.decode(data)
+
+
+def decode_to_shard(data: bytes) -> list[ToShard]:
+    return _to_shard.decode(data)

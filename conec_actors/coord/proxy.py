@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .. import wire
 from ..errors import InvalidId, ProtocolError
@@ -27,10 +28,14 @@ from ..ids import check_id
 from ..limits import effective_limit
 from ..stream_state import HEADER_FRAME_MAX, STREAM_WINDOW
 from . import ipc
+from . import shard_wire as sw
 from .fanout import BroadcastHub, MemberLeg
 from .legs import Leg, Peer
 from .pairing import Pairing
 from .session import MAX_PENDING_OPENS, State
+
+if TYPE_CHECKING:
+    from .tunnel import Tunnels
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +224,8 @@ class Relay:
         self._find = find  # a session by its conn_key
         self.hub = hub
         self.request_routing = request_routing
+        #: with front-end shards: this shard's streams to and from the others
+        self.tunnels: Tunnels | None = None
         self.pairing: Pairing[ProxiedLeg] = Pairing()
         self.bytes_forwarded = 0
         self.messages_forwarded = 0
@@ -255,15 +262,31 @@ class Relay:
                       f"more than {MAX_PENDING_OPENS} streams waiting to open")
             return None
         if hdr.kind == "broadcast":
-            member = s.legs[leg.quic_id] = MemberLeg(s, leg.quic_id, base)
-            self.hub.join(member, hdr.broadcast)
-            return member
+            tunnels = self.tunnels
+            if tunnels is not None and \
+                    (far := tunnels.home_of(hdr.broadcast)) != tunnels.index:
+                return tunnels.carry(s, leg.quic_id, base, far, sw.Open(
+                    s.conn_key, leg.quic_id, s.client_id or "", s.max_message_size, base,
+                    "broadcast", broadcast=hdr.broadcast), [], False)
+            return self.open_member(s, leg.quic_id, base, hdr.broadcast)
         new = s.legs[leg.quic_id] = ProxiedLeg(s, leg.quic_id, base, hdr.n, hdr.purpose,
                                            s.max_message_size, self)
         src, dst = s.client_id or "", hdr.peer
         self.request_routing(dst, lambda req: ipc.Lookup(req, src, dst),
                              lambda reply: self._routed(new, dst, reply))
         return new
+
+    def open_member(self, s: Peer, quic_id: int, base: int, name: str) -> MemberLeg:
+        """Stream `quic_id` of `s` joins broadcast `name` here."""
+        member = s.legs[quic_id] = MemberLeg(s, quic_id, base)
+        self.hub.join(member, name)
+        return member
+
+    def open_from_remote(self, s: Peer, msg: sw.Open) -> None:
+        """A client of another shard opens a proxied stream to a client here."""
+        leg = s.legs[msg.stream] = ProxiedLeg(s, msg.stream, msg.base, msg.n, msg.purpose,
+                                              msg.max_message_size, self)
+        self._to_target(leg, msg.target_id, self._find(msg.target_conn), 0)
 
     def _routed(self, leg: ProxiedLeg, dst: str, reply: ipc.WorkerReply) -> None:
         s = leg.session
@@ -272,12 +295,26 @@ class Relay:
             return
         assert isinstance(reply, ipc.Reply)
         target = None
-        if reply.code == 0 and reply.entry is not None:
-            target = self._find(reply.entry.conn_key)
+        entry = reply.entry
+        if reply.code == 0 and entry is not None:
+            tunnels = self.tunnels
+            if tunnels is not None and \
+                    (far := tunnels.shard_of_key(entry.conn_key)) != tunnels.index:
+                # Spliced at the target's shard; this one carries the bytes.
+                tunnels.carry(s, leg.quic_id, leg.base, far, sw.Open(
+                    s.conn_key, leg.quic_id, s.client_id or "", s.max_message_size,
+                    leg.base, "proxied", leg.n, leg.purpose, entry.conn_key, dst),
+                    leg.pending, leg.pending_fin)
+                return
+            target = self._find(entry.conn_key)
+        self._to_target(leg, dst, target, reply.code)
+
+    def _to_target(self, leg: ProxiedLeg, dst: str, target: Peer | None, code: int) -> None:
+        s = leg.session
         if target is None or target.core.state is not State.READY or \
                 target.client_id != dst:
             s.core.open_settled()
-            code = reply.code or wire.Code.NO_SUCH_PEER
+            code = code or wire.Code.NO_SUCH_PEER
             leg.abort(code, f"no client {wire.quote(dst)} is connected"
                       if code == wire.Code.NO_SUCH_PEER else "")
             return

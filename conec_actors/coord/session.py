@@ -210,6 +210,8 @@ class Limits:
     max_message_size: int
     max_datagram_size: int
     idle_timeout: float
+    #: the name directory entries give this front-end (shard k: "fe{k}")
+    frontend: str = FRONTEND_NAME
 
 
 class SessionCore:
@@ -446,7 +448,7 @@ class SessionCore:
     def entry(self) -> ipc.Entry:
         """This client's directory entry."""
         assert self.client_id is not None
-        return ipc.Entry(self.client_id, FRONTEND_NAME, self.conn_key, self.peer_address,
+        return ipc.Entry(self.client_id, self._limits.frontend, self.conn_key, self.peer_address,
                          self.cert_der)
 
     def admitted(self, code: int, stale: int | None = None) -> list[Action]:

@@ -47,6 +47,20 @@ RETRY_DELAY = 0.01
 PIPE_HWM = 1000
 
 
+#: What the supervisor sends: requests to workers, and to front-end shards.
+Outgoing = ipc.ToWorker | ipc.ToShard
+
+
+@dataclass
+class Spawn:
+    """How to start a slot's process (other than a worker's default)."""
+
+    args: list[str]
+    pass_fds: tuple[int, ...] = ()
+    #: written to its stdin after the keys line
+    stdin: bytes = b""
+
+
 @dataclass
 class _Slot:
     kind: str
@@ -64,10 +78,12 @@ class _Slot:
     restarts: int = 0
     crashes: RestartBudget = field(
         default_factory=lambda: RestartBudget(CRASH_LIMIT, CRASH_WINDOW))
-    outbox: list[ipc.ToWorker] = field(default_factory=list)
+    outbox: list[Outgoing] = field(default_factory=list)
     # req id -> (request, callback); dicts keep insertion order for replay
-    inflight: dict[int, tuple[ipc.ToWorker, ipc.ReplyCallback | None]] = field(
+    inflight: dict[int, tuple[Outgoing, ipc.ReplyCallback | None]] = field(
         default_factory=dict)
+    #: the current process's Ready (a shard's says where its mesh is)
+    info: ipc.Ready | None = None
     watcher: asyncio.Task[None] | None = None
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -80,9 +96,15 @@ class Supervisor:
     """Owns the worker processes and the ZeroMQ socket that reaches them."""
 
     def __init__(self, kinds: dict[str, int],
-                 rebuild: Callable[[str, int, int], ipc.ToWorker]) -> None:
+                 rebuild: Callable[[str, int, int], Outgoing], *,
+                 spawn: Callable[[_Slot], Spawn | None] | None = None,
+                 on_message: Callable[[_Slot, ipc.Forward], None] | None = None,
+                 on_exit: Callable[[_Slot], None] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._rebuild = rebuild
+        self._spawn_hook = spawn
+        self._on_message = on_message
+        self._on_exit = on_exit
         self._slots: dict[bytes, _Slot] = {}
         self.by_kind: dict[str, list[_Slot]] = {}
         for kind, n in kinds.items():
@@ -131,15 +153,19 @@ class Supervisor:
         public, secret = zmq.curve_keypair()
         slot.key = public
         self._zap.allowed[public] = slot.identity
+        how = self._spawn_hook(slot) if self._spawn_hook is not None else None
+        if how is None:
+            how = Spawn(["-m", "conec_actors.coord.worker", "--kind", slot.kind,
+                         "--slot", str(slot.index)])
+        slot.info = None
         slot.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "conec_actors.coord.worker",
-            "--kind", slot.kind, "--slot", str(slot.index), "--endpoint", self.endpoint,
-            stdin=asyncio.subprocess.PIPE,
+            sys.executable, *how.args, "--endpoint", self.endpoint,
+            stdin=asyncio.subprocess.PIPE, pass_fds=how.pass_fds,
         )
         # The keys go through the pipe, never argv or the environment, which
         # other users can read.
         assert slot.proc.stdin is not None
-        slot.proc.stdin.write(zmqauth.encode_keys(self._public, public, secret))
+        slot.proc.stdin.write(zmqauth.encode_keys(self._public, public, secret) + how.stdin)
         slot.proc.stdin.close()
         slot.watcher = self._loop.create_task(self._watch(slot, slot.proc))
 
@@ -151,6 +177,12 @@ class Supervisor:
         log.warning("%s worker %d (pid %d) exited with %s; restarting",
                     slot.kind, slot.index, proc.pid, code)
         slot.ready = False
+        slot.info = None
+        if self._on_exit is not None:
+            try:
+                self._on_exit(slot)
+            except Exception:
+                log.exception("error handling the exit of %s %d", slot.kind, slot.index)
         if not may_restart:
             if not self.failed.done():
                 self.failed.set_exception(CoordinatorFailed(
@@ -175,9 +207,22 @@ class Supervisor:
         slots = self.by_kind[kind]
         return slots[ipc.shard_of(key, len(slots))]
 
+    def request_for(self, kind: str, key: str, make: ipc.MakeRequest,
+                    cb: ipc.ReplyCallback | None) -> int:
+        """`request` to the worker of `kind` that holds `key`."""
+        return self.request(self.slot_for(kind, key), make, cb)
+
+    def notify(self, slot: _Slot, msg: Outgoing) -> None:
+        """Send `msg` to the slot's current process, if it is up: no reply, and
+        not replayed to a successor."""
+        if slot.ready:
+            slot.outbox.append(msg)
+            self._flush_soon()
+
     # -- requests ------------------------------------------------------------
 
-    def request(self, slot: _Slot, make: ipc.MakeRequest, cb: ipc.ReplyCallback | None) -> int:
+    def request(self, slot: _Slot, make: Callable[[int], Outgoing],
+                cb: ipc.ReplyCallback | None) -> int:
         req = self._next_req
         self._next_req += 1
         msg = make(req)
@@ -257,7 +302,15 @@ class Supervisor:
                 continue
             for msg in msgs:
                 if isinstance(msg, ipc.Ready):
+                    slot.info = msg
                     self._on_ready(slot, route.bytes)
+                elif isinstance(msg, ipc.Forward):
+                    if self._on_message is not None:
+                        try:
+                            self._on_message(slot, msg)
+                        except Exception:
+                            log.exception("error handling a message from %s %d",
+                                          slot.kind, slot.index)
                 else:
                     pending = slot.inflight.pop(msg.req, None)
                     if pending is not None and pending[1] is not None:
@@ -282,19 +335,9 @@ class Supervisor:
 
     async def close(self) -> None:
         self._closing = True
-        for slot in self._slots.values():
-            if slot.ready:
-                slot.outbox.append(ipc.Shutdown(0))
-        self._flush()
-        procs = [s.proc for s in self._slots.values() if s.proc is not None]
-        if procs:
-            waits = [asyncio.wait_for(p.wait(), STOP_GRACE) for p in procs]
-            results = await asyncio.gather(*waits, return_exceptions=True)
-            for p, r in zip(procs, results, strict=True):
-                if isinstance(r, BaseException):
-                    with contextlib.suppress(ProcessLookupError):
-                        p.kill()
-                    await p.wait()
+        # Front-end shards first: closing their clients still asks the workers.
+        await self._stop([s for s in self._slots.values() if s.kind == "frontend"])
+        await self._stop([s for s in self._slots.values() if s.kind != "frontend"])
         # The watchers are ours: cancelled and awaited, none outlives us.
         watchers = [s.watcher for s in self._slots.values() if s.watcher is not None]
         for w in watchers:
@@ -309,6 +352,22 @@ class Supervisor:
         self._sock.close(0)
         self._zap.close()
         self._ctx.term()
+
+    async def _stop(self, slots: list[_Slot]) -> None:
+        """Tell `slots`' processes to stop; kill those that do not in time."""
+        for slot in slots:
+            if slot.ready:
+                slot.outbox.append(ipc.Shutdown(0))
+        self._flush()
+        procs = [s.proc for s in slots if s.proc is not None]
+        if procs:
+            waits = [asyncio.wait_for(p.wait(), STOP_GRACE) for p in procs]
+            results = await asyncio.gather(*waits, return_exceptions=True)
+            for p, r in zip(procs, results, strict=True):
+                if isinstance(r, BaseException):
+                    with contextlib.suppress(ProcessLookupError):
+                        p.kill()
+                    await p.wait()
 
     def slots(self) -> list[_Slot]:
         """Every worker slot, in one fixed order (that of `figures`)."""
