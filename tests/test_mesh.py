@@ -319,6 +319,33 @@ async def test_decode_and_deliver_errors_are_logged_and_survived(
             b.close()
 
 
+async def test_an_unencodable_batch_is_logged_and_dropped(
+        caplog: pytest.LogCaptureFixture) -> None:
+    def picky_encode(batch: list[bytes]) -> bytes:
+        if b"bad" in batch:
+            raise ValueError("cannot encode")
+        return encode(batch)
+
+    b = Node(1)
+    public, secret = zmq.curve_keypair()
+    a: Mesh[bytes] = Mesh(0, public, secret, picky_encode, decode, b.deliver, log)
+    try:
+        a.set_peer(1, b.mesh.endpoint, b.mesh.public)
+        b.mesh.set_peer(0, a.endpoint, a.public)
+        with caplog.at_level(logging.ERROR, logger=log.name):
+            a.send(1, b"bad")
+            a.send(1, b"x")
+            await asyncio.sleep(0)
+            a.send(1, b"ok")
+            await wait_for(lambda: b.got == [(0, [b"ok"])])
+        assert a.queued(1) == 0
+        assert [r.message for r in caplog.records] == \
+            ["cannot encode 2 messages for shard 1; dropped"]
+    finally:
+        a.close()
+        b.mesh.close()
+
+
 async def test_close_twice_leaves_no_reader() -> None:
     loop = asyncio.get_running_loop()
     selector = loop._selector  # type: ignore[attr-defined]

@@ -290,8 +290,14 @@ class Mesh(Generic[M]):
     def _send(self, peer: _Peer[M]) -> None:
         while peer.held is not None or peer.outbox:
             if peer.held is None:
-                peer.held, peer.held_count = self._encode(peer.outbox), len(peer.outbox)
-                peer.outbox = []
+                batch, peer.outbox = peer.outbox, []
+                try:
+                    peer.held = self._encode(batch)
+                except Exception:  # a bug upstream must not wedge the link
+                    self._log.exception("cannot encode %d messages for shard %d; "
+                                        "dropped", len(batch), peer.index)
+                    continue
+                peer.held_count = len(batch)
             try:
                 peer.sock.send(peer.held, zmq.NOBLOCK)
             except zmq.Again:
