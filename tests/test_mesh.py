@@ -229,6 +229,24 @@ async def test_unknown_key_delivers_nothing() -> None:
         assert a.got == [(1, [b"real"])]
 
 
+async def test_handshakes_held_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mesh_mod, "MAX_HELD", 2)
+    async with meshes(2) as (a, b):
+        with raw_socket(zmq.DEALER) as (ctx, first):
+            others = [first, ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)]
+            for sock in others:
+                sock.setsockopt(zmq.LINGER, 0)
+                zmqauth.curve_client(sock, a.mesh.public, *zmq.curve_keypair())
+                sock.connect(a.mesh.endpoint)
+            await wait_for(lambda: a.mesh._gate.held == 2 and a.mesh._gate.refused == 1)
+            # A shard's key is still admitted at once.
+            link([a, b])
+            b.mesh.send(0, b"real")
+            await wait_for(lambda: a.got == [(1, [b"real"])])
+            for sock in others[1:]:
+                sock.close(0)
+
+
 async def test_drop_peer() -> None:
     async with meshes(2) as (a, b):
         link([a, b])

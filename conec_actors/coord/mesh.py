@@ -93,8 +93,6 @@ class _Gate:
         self._retired[key] = None
         if len(self._retired) > RETIRED_KEPT:
             del self._retired[next(iter(self._retired))]
-        for _, request in self._held.pop(key, ()):
-            self._refuse(request, b"key retired")
 
     def _on_readable(self) -> None:
         sock = self._sock
