@@ -209,11 +209,16 @@ async def host_main(host: int, cmd: Cmd, *, ctl: Ctl, stop: Stop) -> None:
                    w1: float) -> None:
         senders = [asyncio.create_task(_send_until(streams[k][0], size, t_start, t_end))
                    for k in keys if k in streams]
-        await _sleep_until(w0)
-        t0, c0 = time.perf_counter(), {cid: cell[0] for cid, cell in counts.items()}
-        await _sleep_until(w1)
-        t1, c1 = time.perf_counter(), {cid: cell[0] for cid, cell in counts.items()}
-        sent = sum(await asyncio.gather(*senders))
+        try:
+            await _sleep_until(w0)
+            t0, c0 = time.perf_counter(), {cid: cell[0] for cid, cell in counts.items()}
+            await _sleep_until(w1)
+            t1, c1 = time.perf_counter(), {cid: cell[0] for cid, cell in counts.items()}
+            sent = sum(await asyncio.gather(*senders))
+        finally:  # stopped early: the senders end with this task
+            for task in senders:
+                task.cancel()
+            await asyncio.gather(*senders, return_exceptions=True)
         ctl.put(("load", {"host": host, "t0": t0, "t1": t1, "sent": sent,
                           "delivered": {cid: c1[cid] - c0[cid] for cid in c0}}))
 
@@ -411,8 +416,11 @@ def run_quota(n: int, size: int, duration: float, quota: float, r: int) -> dict[
     with session(f"shards-quota-n{n}", n, HOSTS) as s:
         keys, crossed, _ = place_pairs(s)
         with _cgroup.CpuQuota(quota, label="conec-bench-shards") as q:
+            held: set[int] = set()
             for k, pid in sorted(s.pids().items()):
-                q.limit(pid, f"shard{k}")
+                if pid not in held:  # a process hosting two shards gets one quota
+                    q.limit(pid, f"shard{k}")
+                    held.add(pid)
             run = s.load(keys, size, duration)
     line = {"bench": "shards-quota-round", "round": r, "frontends": n, "quota": quota,
             "pairs": PAIRS, "cross_pairs": crossed, **run,
@@ -507,7 +515,15 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--rounds, --ping-n and every --frontends must be >= 1, --duration and "
                 "--quota > 0, --sizes not empty")
     # SIGTERM ends the run like Ctrl-C: the finally blocks (cgroups, processes) run.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Everything `main` measures, with its parsed options."""
     skipped: list[str] = []
     ns = sorted(set(args.frontends) | {1})
     if not frontends_supported():  # until frontends land
