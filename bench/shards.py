@@ -1,38 +1,39 @@
 """Front-end shards (DESIGN.md section 8): CPU per message, quota'd throughput, cross-shard.
 
 ``python -m bench.shards [--rounds 3] [--duration 2] [--sizes 1024,64]
-[--frontends 1,2,4] [--quota 0.2] [--skip-quota]``
+[--frontends 1,2,4] [--quota 0.2] [--skip-quota] [--ping-n 200]``
 
 Processes: the Coordinator (``CoordConfig(frontends=N)``, :func:`bench._common.start_coord`)
-and client "hosts", each a process holding several clients (:func:`host_main`). The
-parent connects every client ONE AT A TIME and sees which shard's ``clients`` grew in
-``stats()["frontends"]``: that is where the kernel placed it (there is no way to choose).
-A load run: every sender sends ``size``-byte messages on a proxied stream to its
-receiver as fast as back-pressure lets it, for a warm-up then ``--duration`` seconds;
-the Coordinator's ``stats()`` is read at both ends of that window, and every receiver's
-count too (all clocks are the machine's monotonic clock).
+and client "hosts", each holding several clients (:func:`host_main`). The parent
+connects the clients ONE AT A TIME and sees which shard's ``clients`` grew in
+``stats()["frontends"]``: where the kernel placed it (there is no way to choose). A load
+run: every sender sends ``size``-byte messages on a proxied stream to its receiver as
+fast as back-pressure lets it, for a warm-up, then ``--duration`` seconds (the window),
+at whose ends the parent reads ``stats()`` and every host its receivers' counts. Every
+load line has ``msgs_per_s`` (messages the receivers got per second), ``forwarded_per_s``
+(``messages_forwarded``, all shards), ``cpu_us_per_msg`` (the shards' ``cpu_seconds``
+over the window, summed, per forwarded message, microseconds), ``cpu_us_per_delivered``
+(the same per message received), ``shard_cpu`` (each shard's CPUs used), ``window_s``.
 
-(a) ``bench: shards-cpu-round``, one line per (round, N, size): 8 pairs (16 clients
-    on 4 hosts) placed wherever the kernel puts them (``cross_pairs`` of them have
-    sender and receiver on different shards). ``cpu_us_per_msg``: the front-end
-    CPU-seconds over the window, summed over shards (``cpu_seconds``), divided by
-    the ``messages_forwarded`` over it, in microseconds; ``cpu_us_per_delivered`` the
-    same per message the receivers got, ``msgs_per_s`` what they got per second.
-    Ratio N/N=1 per size, the median of per-round ratios; target N=4 <= 1.3x N=1.
+(a) ``bench: shards-cpu-round``, per (round, N, size): 8 pairs (16 clients on 4 hosts)
+    wherever the kernel puts them: ``placement`` [sender shard, receiver shard] per
+    pair, ``cross_pairs`` how many differ. Summary: ``cpu_us_per_msg`` medians and
+    ``ratio_cpu_per_msg_SIZE_nN`` (N / N=1), each the median of per-round ratios;
+    target N=4 <= 1.3.
 (b) ``bench: shards-quota-round``, per (round, N): every shard process (at N=1 the
     Coordinator's own) held to ``--quota`` CPU by a cgroup (:mod:`bench._cgroup`, as
-    root), the same 8 pairs at the first ``--sizes`` size; ``msgs_per_s`` delivered in
-    all, ``shard_cpu`` each shard's CPU use over the window (about ``--quota`` when
-    saturated). Ratio N=3 / N=1, median of per-round ratios; target >= 2.1.
-(c) ``bench: shards-cross-round``, per (round, path): at N=2, one same-shard and one
-    cross-shard pair (found by connecting clients until both exist); ``msgs_per_s``
-    of 1 KiB messages and the 64 B echo round trip ``p50_us``/``p99_us``. Ratios
-    cross/same, medians of per-round ratios (no target: context).
+    root), the same 8 pairs at the first of ``--sizes``; ``saturated`` if every shard
+    used >= 80% of its quota. Summary: ``ratio_quota_msgs_per_s_n3`` (msgs/s at N=3 /
+    N=1, median of per-round ratios); target >= 2.1.
+(c) ``bench: shards-cross-round``, per (round, path): at N=2, a same-shard and a
+    cross-shard pair (clients connected until both exist), ``msgs_per_s`` of 1 KiB
+    messages, then ``--ping-n`` 64 B echo round trips (``p50_us``, ``p99_us``).
+    Summary: ``ratio_cross_{msgs_per_s,p50,p99}`` (cross / same; context, no target).
 
-Each runner is a fresh Coordinator; within a round the order of the runners rotates
+Each run is a fresh Coordinator; the runners' order rotates every round
 (:func:`bench._common.alternate`) so machine drift cancels in the per-round ratios.
-The last line (``bench: shards``) has the medians, the ratios with their targets and an
-``ok_...`` flag each (None when not measured), and ``skipped``: what did not run and why.
+The last line (``bench: shards``) has the medians, the ratios, ``target_...`` and
+``ok_...`` (None when not measured) for each, and ``skipped``: what did not run, why.
 ``--frontends 1`` runs everything at N=1 only ((b) without N=3, (c) same-shard only).
 """
 
@@ -531,72 +532,91 @@ def run(args: argparse.Namespace) -> None:
             skipped.append(f"N={','.join(map(str, ns[1:]))}: CoordConfig has no "
                            "frontends option yet (frontends=1 only)")
         ns = [1]
-    multi = len(ns) > 1
     summary: dict[str, Any] = {"bench": "shards", "rounds": args.rounds,
                                "duration": args.duration, "pairs": PAIRS, "frontends": ns}
-
-    # (a)
-    cpu_runs = _by_n(alternate(
-        {str(n): functools.partial(run_cpu, n, args.sizes, args.duration) for n in ns},
-        args.rounds, progress="bench.shards (a)"))
-    summary["cross_pairs"] = {str(n): [runs[args.sizes[0]]["cross_pairs"] for runs in rs]
-                              for n, rs in cpu_runs.items()}
-    summary["cpu_us_per_msg"] = {
-        str(size): {str(n): median(runs[size]["cpu_us_per_msg"] for runs in rs)
-                    for n, rs in cpu_runs.items()} for size in args.sizes}
-    for size in args.sizes:
-        by_n = {n: [runs[size] for runs in rs] for n, rs in cpu_runs.items()}
-        for n in (2, 4):
-            summary[f"ratio_cpu_per_msg_{size}_n{n}"] = _ratio(by_n, n, 1, "cpu_us_per_msg")
-        key = f"ratio_cpu_per_msg_{size}_n4"
-        summary[f"target_{key}"] = f"<= {TARGET_CPU_N4}"
-        summary[f"ok_cpu_per_msg_{size}_n4"] = _ok(summary[key], TARGET_CPU_N4, False)
-
-    # (b)
-    why = "--skip-quota" if args.skip_quota else _cgroup.unavailable()
-    key = f"ratio_quota_msgs_per_s_n{QUOTA_N}"
-    summary.update({"quota": args.quota, "quota_size": args.sizes[0], key: None,
-                    f"target_{key}": f">= {TARGET_QUOTA_N3}"})
-    if why is not None:
-        skipped.append(f"(b) quota: {why}")
-        emit({"bench": "shards-quota", "skipped": why})
-    else:
-        qns = [1, QUOTA_N] if multi else [1]
-        quota_runs = _by_n(alternate(
-            {str(n): functools.partial(run_quota, n, args.sizes[0], args.duration, args.quota)
-             for n in qns}, args.rounds, progress="bench.shards (b)"))
-        summary["quota_msgs_per_s"] = {str(n): median(x["msgs_per_s"] for x in rs)
-                                       for n, rs in quota_runs.items()}
-        summary["quota_saturated"] = all(x["saturated"] for rs in quota_runs.values()
-                                         for x in rs)
-        summary[key] = _ratio(quota_runs, QUOTA_N, 1, "msgs_per_s")
-        if not multi:
-            skipped.append(f"(b) N={QUOTA_N}: needs frontends > 1")
-    summary[f"ok_quota_msgs_per_s_n{QUOTA_N}"] = _ok(summary[key], TARGET_QUOTA_N3, True)
-
-    # (c)
-    cn = CROSS_N if multi else 1
-    cross_runs: dict[str, list[dict[str, Any]]] = {}
-    for line in run_cross(cn, args.rounds, args.duration, args.ping_n):
-        cross_runs.setdefault(line["path"], []).append(line)
-    if "cross" not in cross_runs:
-        skipped.append(f"(c) cross-shard: needs frontends >= 2 (ran N={cn}: "
-                       + ("no cross-shard pair found)" if cn > 1 else "same-shard only)"))
-        emit({"bench": "shards-cross", "skipped": "cross-shard needs frontends >= 2"})
-    summary["cross_frontends"] = cn
-    for path, lines in cross_runs.items():
-        summary[f"{path}_msgs_per_s"] = median(x["msgs_per_s"] for x in lines)
-        summary[f"{path}_p50_us"] = median(x["p50_us"] for x in lines)
-        summary[f"{path}_p99_us"] = median(x["p99_us"] for x in lines)
-    for stat in ("msgs_per_s", "p50", "p99"):
-        field = stat if stat == "msgs_per_s" else f"{stat}_us"
-        summary[f"ratio_cross_{stat}"] = _ratio(cross_runs, "cross", "same", field)
-
+    summary.update(_cpu_part(args, ns))
+    summary.update(_quota_part(args, len(ns) > 1, skipped))
+    summary.update(_cross_part(args, len(ns) > 1, skipped))
     summary["baseline_impl"] = "frontends=1 (cross: a same-shard stream)"
     flags = [v for k, v in summary.items() if k.startswith("ok_") and v is not None]
     summary["ok"] = all(flags) if flags else None
     summary["skipped"] = skipped
     emit(summary)
+
+
+def _med(values: Iterator[float | None]) -> float | None:
+    got = [v for v in values if v is not None]
+    return median(got) if got else None
+
+
+def _cpu_part(args: argparse.Namespace, ns: list[int]) -> dict[str, Any]:
+    """(a): its summary fields."""
+    runs = _by_n(alternate(
+        {str(n): functools.partial(run_cpu, n, args.sizes, args.duration) for n in ns},
+        args.rounds, progress="bench.shards (a)"))
+    out: dict[str, Any] = {
+        "cross_pairs": {str(n): [x[args.sizes[0]]["cross_pairs"] for x in rs]
+                        for n, rs in runs.items()},
+        "cpu_us_per_msg": {str(size): {str(n): _med(x[size]["cpu_us_per_msg"] for x in rs)
+                                       for n, rs in runs.items()} for size in args.sizes}}
+    for size in args.sizes:
+        by_n = {n: [x[size] for x in rs] for n, rs in runs.items()}
+        for n in (2, 4):
+            out[f"ratio_cpu_per_msg_{size}_n{n}"] = _ratio(by_n, n, 1, "cpu_us_per_msg")
+        key = f"ratio_cpu_per_msg_{size}_n4"
+        out[f"target_{key}"] = f"<= {TARGET_CPU_N4}"
+        out[f"ok_cpu_per_msg_{size}_n4"] = _ok(out[key], TARGET_CPU_N4, False)
+    return out
+
+
+def _quota_part(args: argparse.Namespace, multi: bool, skipped: list[str]) -> dict[str, Any]:
+    """(b): its summary fields; what it skipped goes to *skipped*."""
+    key = f"ratio_quota_msgs_per_s_n{QUOTA_N}"
+    out: dict[str, Any] = {"quota": args.quota, "quota_size": args.sizes[0], key: None,
+                           f"target_{key}": f">= {TARGET_QUOTA_N3}"}
+    why = "--skip-quota" if args.skip_quota else _cgroup.unavailable()
+    if why is None:
+        qns = [1, QUOTA_N] if multi else [1]
+        try:
+            runs = _by_n(alternate(
+                {str(n): functools.partial(run_quota, n, args.sizes[0], args.duration,
+                                           args.quota) for n in qns},
+                args.rounds, progress="bench.shards (b)"))
+        except _cgroup.CgroupError as e:
+            why = str(e)
+        else:
+            out["quota_msgs_per_s"] = {str(n): median(x["msgs_per_s"] for x in rs)
+                                       for n, rs in runs.items()}
+            out["quota_saturated"] = all(x["saturated"] for rs in runs.values() for x in rs)
+            out[key] = _ratio(runs, QUOTA_N, 1, "msgs_per_s")
+            if not multi:
+                skipped.append(f"(b) N={QUOTA_N}: needs frontends > 1")
+    if why is not None:
+        skipped.append(f"(b) quota: {why}")
+        emit({"bench": "shards-quota", "skipped": why})
+    out[f"ok_quota_msgs_per_s_n{QUOTA_N}"] = _ok(out[key], TARGET_QUOTA_N3, True)
+    return out
+
+
+def _cross_part(args: argparse.Namespace, multi: bool, skipped: list[str]) -> dict[str, Any]:
+    """(c): its summary fields; what it skipped goes to *skipped*."""
+    n = CROSS_N if multi else 1
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for line in run_cross(n, args.rounds, args.duration, args.ping_n):
+        runs.setdefault(line["path"], []).append(line)
+    if "cross" not in runs:
+        why = (f"no cross-shard pair among {MAX_SEARCH} clients" if multi
+               else "cross-shard needs frontends >= 2")
+        skipped.append(f"(c) {why}")
+        emit({"bench": "shards-cross", "skipped": why})
+    out: dict[str, Any] = {"cross_frontends": n}
+    for path, lines in runs.items():
+        for field in ("msgs_per_s", "p50_us", "p99_us"):
+            out[f"{path}_{field}"] = median(x[field] for x in lines)
+    for stat in ("msgs_per_s", "p50", "p99"):
+        field = stat if stat == "msgs_per_s" else f"{stat}_us"
+        out[f"ratio_cross_{stat}"] = _ratio(runs, "cross", "same", field)
+    return out
 
 
 if __name__ == "__main__":
