@@ -9,6 +9,7 @@
 * ``bench.stall --seconds 5``;
 * ``bench.attacks`` (every attack pattern, defaults);
 * ``bench.groups --rounds 1`` (tell_group/ask_group against tell/ask);
+* ``bench.shards --rounds 1 --duration 1`` (front-end shards: CPU/msg, quota, cross-shard);
 * ``bench.soak --minutes 0.5 --idle 100`` (endurance: leaks, losses, errors).
 
 Each prints its own JSON lines. For figures worth comparing, run the modules
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench import attacks, broadcast, direct, groups, idle_clients, proxied, soak, stall
+from bench import attacks, broadcast, direct, groups, idle_clients, proxied, shards, soak, stall
 
 QUICK: dict[str, list[str]] = {
     "proxied": ["--rounds", "1", "--duration", "1", "--ping-n", "100"],
@@ -29,6 +30,7 @@ QUICK: dict[str, list[str]] = {
     "stall": ["--seconds", "5"],
     "attacks": [],
     "groups": ["--rounds", "1"],
+    "shards": ["--rounds", "1", "--duration", "1"],
     "soak": ["--minutes", "0.5", "--idle", "100"],
 }
 
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     runs = {"proxied": proxied.main, "direct": direct.main, "broadcast": broadcast.main,
             "idle_clients": idle_clients.main, "stall": stall.main, "attacks": attacks.main,
-            "groups": groups.main, "soak": soak.main}
+            "groups": groups.main, "shards": shards.main, "soak": soak.main}
     for name in args.only or list(QUICK):
         runs[name](QUICK[name])
 
