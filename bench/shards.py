@@ -63,7 +63,6 @@ from bench._common import (
     Procs,
     Stop,
     alternate,
-    cpu_seconds,
     emit,
     int_list,
     make_self_signed,
@@ -101,25 +100,6 @@ _R = TypeVar("_R")
 # --------------------------------------------------------------------------- stats
 
 
-def frontends_supported() -> bool:
-    """Whether this conec_actors has ``CoordConfig(frontends=N)``."""
-    from conec_actors import CoordConfig
-
-    return "frontends" in {f.name for f in dataclasses.fields(CoordConfig)}
-
-
-def frontends(stats: dict[str, Any], coord_pid: int) -> list[dict[str, Any]]:
-    """``stats["frontends"]``: one dict per shard (shard, pid, clients,
-    messages_forwarded, bytes_forwarded, cpu_seconds)."""
-    fes: list[dict[str, Any]] | None = stats.get("frontends")
-    if fes is None:  # until frontends land: the one in-process front-end
-        fes = [{"shard": 0, "pid": coord_pid, "clients": stats["clients"],
-                "messages_forwarded": stats["messages_forwarded"],
-                "bytes_forwarded": stats["bytes_forwarded"],
-                "cpu_seconds": cpu_seconds(coord_pid)}]
-    return fes
-
-
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
     """The shards' figures at one moment (``t``: the middle of the ``stats()`` call)."""
@@ -135,7 +115,8 @@ def snapshot(coord: CoordHandle) -> Snapshot:
     t0 = time.perf_counter()
     stats = coord.stats()
     t1 = time.perf_counter()
-    return Snapshot((t0 + t1) / 2, {fe["shard"]: fe for fe in frontends(stats, coord.pid)})
+    # One dict per shard: shard, pid, clients, messages_forwarded, cpu_seconds, ...
+    return Snapshot((t0 + t1) / 2, {fe["shard"]: fe for fe in stats["frontends"]})
 
 
 # --------------------------------------------------------------------------- client hosts
@@ -269,11 +250,9 @@ class Session:
 
     def __init__(self, procs: Procs, n: int, hosts: int) -> None:
         cert, key = make_self_signed(COORD_NAME)
-        # frontends=1 is the default: pass it only when asking for more shards.
-        options = {"frontends": n} if n > 1 else {}
         self.procs = procs
         self.n = n
-        self.coord = start_coord(procs, cert, key, **options)
+        self.coord = start_coord(procs, cert, key, frontends=n)
         self.target: Target = (self.coord.port, cert, 1200)
         self.cmds: list[Cmd] = []
         for h in range(hosts):
@@ -363,8 +342,9 @@ class Session:
         return rtts
 
     def pids(self) -> dict[int, int]:
-        """shard -> the pid of its process."""
-        return {k: int(fe["pid"]) for k, fe in snapshot(self.coord).shards.items()}
+        """shard -> the pid of its process (a shard down has none)."""
+        return {k: int(fe["pid"]) for k, fe in snapshot(self.coord).shards.items()
+                if fe["pid"] is not None}
 
     def close(self) -> None:
         """Stop the hosts (their clients close while the Coordinator still runs)."""
@@ -527,11 +507,6 @@ def run(args: argparse.Namespace) -> None:
     """Everything `main` measures, with its parsed options."""
     skipped: list[str] = []
     ns = sorted(set(args.frontends) | {1})
-    if not frontends_supported():  # until frontends land
-        if len(ns) > 1:
-            skipped.append(f"N={','.join(map(str, ns[1:]))}: CoordConfig has no "
-                           "frontends option yet (frontends=1 only)")
-        ns = [1]
     summary: dict[str, Any] = {"bench": "shards", "rounds": args.rounds,
                                "duration": args.duration, "pairs": PAIRS, "frontends": ns}
     summary.update(_cpu_part(args, ns))

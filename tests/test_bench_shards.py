@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from bench import _cgroup
-from bench.shards import frontends
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,21 +53,6 @@ def test_smoke_run_at_one_frontend() -> None:
     assert summary["same_msgs_per_s"] == same["msgs_per_s"]
     assert summary["ratio_cross_msgs_per_s"] is None
     assert any("--skip-quota" in s for s in summary["skipped"])
-
-
-def test_frontends_figures_are_taken_as_given() -> None:
-    shards = [{"shard": k, "pid": 100 + k, "clients": k, "messages_forwarded": 7 * k,
-               "bytes_forwarded": 70 * k, "cpu_seconds": 0.5 * k} for k in range(3)]
-    assert frontends({"clients": 3, "frontends": shards}, 1) == shards
-
-
-def test_one_frontend_without_the_key_is_the_coordinator_itself() -> None:
-    stats = {"clients": 4, "messages_forwarded": 10, "bytes_forwarded": 640}
-    [fe] = frontends(stats, 1)  # pid 1 exists: its CPU time is read from /proc
-    assert {k: fe[k] for k in ("shard", "pid", "clients", "messages_forwarded",
-                               "bytes_forwarded")} == {
-        "shard": 0, "pid": 1, "clients": 4, "messages_forwarded": 10, "bytes_forwarded": 640}
-    assert fe["cpu_seconds"] >= 0.0
 
 
 needs_cgroup = pytest.mark.skipif(_cgroup.unavailable() is not None,
