@@ -391,6 +391,11 @@ class SessionCore:
             acts += self.close(wire.Code.PROTOCOL, "the control stream was closed")
         return acts
 
+    def request_started(self) -> None:
+        """A request passed on (`Handle`) is answered later, after another
+        process: it counts against MAX_PENDING_REQUESTS until `request_done`."""
+        self.requests_pending += 1
+
     def request_done(self) -> bool:
         """A control request's answer came back: True if the control stream
         should be read again (it was held back for it)."""

@@ -137,6 +137,7 @@ async def serve(index: int, count: int, fd: int, endpoint: str,
     from . import shard_wire
     from .frontend import FrontEnd
     from .mesh import Mesh
+    from .shard_control import CrossShard
     from .tunnel import Tunnels
 
     loop = asyncio.get_running_loop()
@@ -163,6 +164,8 @@ async def serve(index: int, count: int, fd: int, endpoint: str,
                                            shard_wire.decode, deliver, log)
     tunnels = fe.tunnels = fe.relay.tunnels = Tunnels(fe.sessions, fe.relay, index, count,
                                                      mesh.send)
+    cross = fe.plane.cross = CrossShard(fe.plane, index, count, mesh.send)
+    tunnels.control = cross.deliver
 
     def on_message(msg: ipc.ToShard) -> None:
         if isinstance(msg, ipc.ShardPeers):
@@ -173,6 +176,7 @@ async def serve(index: int, count: int, fd: int, endpoint: str,
         elif isinstance(msg, ipc.PeerDown):
             mesh.drop_peer(msg.index)
             tunnels.shard_down(msg.index)
+            cross.shard_down(msg.entries)
         elif isinstance(msg, ipc.StatsRequest):
             link.send(ipc.StatsReply(msg.req, figures(fe, ep), fe.lag.lag))
         elif isinstance(msg, ipc.Shutdown):

@@ -103,14 +103,14 @@ class ShardControl:
             return
         sup = self.supervisor
         assert sup is not None
+        name = f"fe{slot.index}"
+        gone = [e for d in self._routing for e in d.entries.values() if e.frontend == name]
         for other in sup.by_kind["frontend"]:
             if other is not slot:
-                sup.notify(other, ipc.PeerDown(0, slot.index))
-        name = f"fe{slot.index}"
-        for d in self._routing:
-            for e in [e for e in d.entries.values() if e.frontend == name]:
-                self._forward("routing", e.client_id, ipc.Unregister(
-                    0, e.client_id, e.frontend, e.conn_key))
+                sup.notify(other, ipc.PeerDown(0, slot.index, gone))
+        for e in gone:
+            self._forward("routing", e.client_id, ipc.Unregister(
+                0, e.client_id, e.frontend, e.conn_key))
         # Its members leave every broadcast; the broadcasts it was the home
         # of are gone with it (their members elsewhere saw their streams reset).
         for book in self._books:
