@@ -128,6 +128,9 @@ class ControlPlane:
         """After its streams ended: its groups' followers and its watchers
         hear (the watcher's mailbox streams from it end first; the watcher
         holds the verdict until they have been read), here and elsewhere."""
+        # A session replaced by its own client's newer one (on another shard)
+        # is no departure.
+        admitted = admitted and not s.core.replaced
         if admitted:
             self._push_views(self.groups.member_gone(s.client_id or ""))
             self._tell_watchers(self.watches.target_gone(s.client_id or "", reason))
@@ -148,8 +151,11 @@ class ControlPlane:
         its id with: close that stale connection (its id stays connected)."""
         s = self.sessions.get(key)
         if s is not None:
+            s.core.replaced = True
             s.execute(s.core.close(wire.Code.DUPLICATE_ID,
                                    "replaced by a newer connection with the same certificate"))
+        elif self.cross is not None and not self.cross.is_local(key):
+            self.cross.replace(key)
 
     # -- watches -----------------------------------------------------------------------
 

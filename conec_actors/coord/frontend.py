@@ -223,13 +223,9 @@ class Session:
     def _admitted(self, reply: ipc.WorkerReply) -> None:
         assert isinstance(reply, ipc.Reply)
         held = reply.entry  # another connection's: the stale one this replaced
-        stale = None
-        if held is not None and held.conn_key != self.conn_key:
-            cross = self.fe.plane.cross
-            if held.frontend == self.fe.limits.frontend or cross is None:
-                stale = held.conn_key
-            else:
-                cross.replace(held.conn_key)  # on its own shard
+        # On this shard or another (conn_key % n): the core decides, the
+        # control plane closes it where it is.
+        stale = held.conn_key if held is not None else None
         self.execute(self.core.admitted(reply.code, stale))
 
 

@@ -234,6 +234,9 @@ class SessionCore:
         self.idle_timeout = limits.idle_timeout
         self.deadline = 0.0  # for the hello
         self.registered = False  # the routing worker holds our entry
+        #: closed because a newer connection with the same certificate took
+        #: the id: its client did not leave
+        self.replaced = False
         self.control_quic_id: int | None = None
         #: holds control messages not acted on yet (while replies back up)
         self.control = ControlReader()
