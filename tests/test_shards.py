@@ -379,7 +379,7 @@ async def test_same_certificate_replaces_its_session_on_any_shard() -> None:
         for _ in range(6):
             before = await shard_counts(h)
             new = await h.client("alice", cert=alice.cert_pem, key=alice.key_pem)
-            await wait_for(lambda p=prev: p.is_closed, timeout=5)  # type: ignore[misc]
+            await wait_for(lambda p=prev: p.is_closed, timeout=10)  # type: ignore[misc]
             assert not new.is_closed
             # The same counts: the new session is on the old one's shard.
             crossed += await shard_counts(h) != before
@@ -388,6 +388,6 @@ async def test_same_certificate_replaces_its_session_on_any_shard() -> None:
         async def four() -> bool:
             return await h.coord.num_clients() == 4
 
-        await wait_for(four)
+        await wait_for(four, timeout=10)
         if not crossed:
             pytest.skip("the kernel put every connection on one shard")
