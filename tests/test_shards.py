@@ -20,7 +20,9 @@ from conec_actors import (
     CoordConfig,
     CoordinatorFailed,
     DuplicateId,
+    MessageTooLarge,
     NoSuchPeer,
+    StreamReset,
     Terminated,
 )
 from conec_actors.certs import self_signed
@@ -267,8 +269,12 @@ async def test_killed_shard_loses_only_its_clients_and_comes_back() -> None:
 
             pumping = asyncio.create_task(pump())
             await wait_for(lambda: len(echoed) > 50)
+            # A stream the honest x shares with a client of the victim shard.
+            _shared_send, shared_recv = await x.new_proxied_stream(by_shard[victim][0].id)
             pid = h.coord.worker_pids("frontend")[victim]
             os.kill(pid, signal.SIGKILL)
+            with pytest.raises(StreamReset):
+                await asyncio.wait_for(shared_recv.recv(), 10)
             lost = by_shard[victim]
             await wait_for(lambda: all(c.is_closed for c in lost), timeout=10)
             stop.set()
@@ -391,3 +397,16 @@ async def test_same_certificate_replaces_its_session_on_any_shard() -> None:
         await wait_for(four, timeout=10)
         if not crossed:
             pytest.skip("the kernel put every connection on one shard")
+
+
+async def test_size_limits_hold_across_shards() -> None:
+    async with coordinator(frontends=2) as h:
+        clients = await spread(h, 4)
+        small, shard = await placed(h, "small", max_message_size=4096)
+        sender = next((c for c, s in clients if s != shard), None)
+        if sender is None:
+            pytest.skip("every other client is on small's shard")
+        send, _recv = await sender.new_proxied_stream(small.id)
+        await send.send(b"x" * 4096)
+        with pytest.raises(MessageTooLarge):
+            await send.send(b"x" * 4097)
