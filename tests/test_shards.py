@@ -128,6 +128,7 @@ async def test_proxied_streams_across_shards_keep_order_and_whole_messages() -> 
             for m in msgs:
                 await send.send(m)
             assert await reader == msgs
+            assert (await h.coord.stats())["streams"] == 1  # counted once, where spliced
             await send.finish()
             with pytest.raises(StopAsyncIteration):
                 await anext(aiter(recv))

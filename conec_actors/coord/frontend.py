@@ -28,9 +28,10 @@ from .legs import Leg
 from .metrics import ClientFigures, format_address
 from .proxy import HeaderLeg, ProxiedLeg, Relay
 from .session import Limits, SessionCore, State
+from .tunnel import TunnelLeg, Tunnels
 
 if TYPE_CHECKING:
-    from .tunnel import Tunnels
+    from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -352,18 +353,27 @@ class FrontEnd:
     def num_broadcasts(self) -> int:
         return len(self.hub.broadcasts)
 
+    def _legs(self) -> Iterator[Leg]:
+        """Every leg carried here: of this shard's clients (but those only
+        moved to another shard) and of other shards' clients."""
+        for s in self.sessions.values():
+            yield from s.legs.values()
+        if self.tunnels is not None:
+            for r in self.tunnels.remote.values():
+                yield from r.legs.values()
+
     def num_streams(self) -> int:
-        return sum(len(s.legs) for s in self.sessions.values()) // 2
+        """Streams carried here (a proxied one counts where it is spliced)."""
+        return sum(1 for leg in self._legs() if not isinstance(leg, TunnelLeg)) // 2
 
     def streams_by_kind(self) -> dict[str, int]:
         """Streams carried now: proxied (two legs each) and broadcast members."""
         legs = members = 0
-        for s in self.sessions.values():
-            for leg in s.legs.values():
-                if isinstance(leg, MemberLeg):
-                    members += 1
-                elif isinstance(leg, ProxiedLeg) and leg.other is not None:
-                    legs += 1
+        for leg in self._legs():
+            if isinstance(leg, MemberLeg):
+                members += 1
+            elif isinstance(leg, ProxiedLeg) and leg.other is not None:
+                legs += 1
         return {"proxied": legs // 2, "broadcast": members}
 
     @property
