@@ -411,3 +411,23 @@ async def test_size_limits_hold_across_shards() -> None:
         await send.send(b"x" * 4096)
         with pytest.raises(MessageTooLarge):
             await send.send(b"x" * 4097)
+
+
+async def test_clients_come_through_a_retry_on_every_shard() -> None:
+    async with coordinator(frontends=2, stateless_retry=True) as h:
+        clients = await spread(h, 4)
+        st = await h.coord.stats()
+        assert st["retries_sent"] >= len(clients)
+        a, b = cross_pair(clients)
+        got: list[Any] = []
+
+        async def serve() -> None:
+            async for env in b.mailbox:
+                got.append(env.body)
+
+        server = asyncio.create_task(serve())
+        try:
+            await a.tell(b.id, "through")
+            await wait_for(lambda: got == ["through"])
+        finally:
+            server.cancel()
