@@ -45,7 +45,8 @@ class ShardControl:
             return None
         fd = self.sockets[slot.index].fileno()
         return Spawn(["-m", "conec_actors.coord.shard", "--index", str(slot.index),
-                      "--count", str(self.count), "--fd", str(fd)], (fd,), self._setup)
+                      "--count", str(self.count), "--fd", str(fd),
+                      "--start", str(slot.generation << 32)], (fd,), self._setup)
 
     def rebuild(self, kind: str, index: int, req: int) -> Outgoing:
         if kind == "routing":
