@@ -225,9 +225,15 @@ class TunnelLeg(Leg):
             s.conn.forget_stream(self.quic_id)
             s.core.stream_over(*figures)
 
+    def forget_if_done(self) -> None:
+        # Over both ways by the far shard's Reset/Stop is not forgotten yet:
+        # its Forget follows with the stream's figures (`forget`).
+        pass
+
     def cut(self) -> None:
         """The far shard died: end the stream both ways, as a peer gone."""
         self.end_both(wire.Code.PEER_GONE)
+        Leg.forget_if_done(self)
 
 
 class Tunnels:
