@@ -305,6 +305,28 @@ async def test_a_fake_reset_does_not_close_a_client() -> None:
         await wait_for(lambda: a.is_closed, timeout=2)
 
 
+async def test_a_channel_the_target_dropped_ends_on_its_reset() -> None:
+    """A client that accepts channels answers with resets (its own key): the
+    opener's channel ends as soon as it sends, and its Coordinator link stays."""
+    async with coordinator() as h:
+        a, b = await h.client("a"), await h.client("b")
+        await a.new_channel("b")
+        assert "b" in a.channels()
+        accepted = [c for c in b._endpoint.connections if c is not b._conn]
+        assert len(accepted) == 1
+        dialled = [c for c in a._endpoint.connections if c is not a._conn]
+        assert len(dialled) == 1
+        accepted[0].abort()
+        await a.tell("b", "into the void")
+        await wait_for(lambda: dialled[0].closed and "b" not in a.channels(), timeout=5)
+        assert dialled[0].close_reason == "stateless reset"
+        assert b._endpoint.resets_sent >= 1
+        assert not a.is_closed
+        # The mailbox carried the tell on, proxied, in order.
+        await a.tell("b", "proxied")
+        assert [await told(b), await told(b)] == ["into the void", "proxied"]
+
+
 async def placed(h: Harness, cid: str) -> tuple[Client, int]:
     before = [f["clients"] for f in (await h.coord.stats())["frontends"]]
     c = await h.client(cid)
