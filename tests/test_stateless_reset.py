@@ -18,6 +18,7 @@ import socket
 import sys
 
 import pytest
+from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnectionState
 from aioquic.quic.packet import QuicErrorCode
 
@@ -121,18 +122,22 @@ def test_a_short_key_is_refused() -> None:
 # -- tokens and detection in ConecQuicConnection ------------------------------------------
 
 
-def configs() -> tuple[object, object]:
+def configs() -> tuple[QuicConfiguration, QuicConfiguration]:
     cert = coord_cert()
-    common = dict(cert_pem=cert.cert_pem, key_pem=cert.key_pem, idle_timeout=30.0,
-                  max_datagram_size=1200, stream_window=65536)
-    return (quic_configuration(is_client=True, server_name="localhost",
-                               cadata=cert.cert_pem, **common),
-            quic_configuration(is_client=False, **common))
+
+    def make(is_client: bool) -> QuicConfiguration:
+        return quic_configuration(
+            is_client=is_client, cert_pem=cert.cert_pem, key_pem=cert.key_pem,
+            idle_timeout=30.0, max_datagram_size=1200, stream_window=65536,
+            server_name="localhost" if is_client else None,
+            cadata=cert.cert_pem if is_client else None)
+
+    return make(True), make(False)
 
 
 def server_conn(key: bytes | None, shard: tuple[int, int] | None = None) -> ConecQuicConnection:
     _, scfg = configs()
-    return ConecQuicConnection(configuration=scfg, stream_window=65536,  # type: ignore[arg-type]
+    return ConecQuicConnection(configuration=scfg, stream_window=65536,
                                original_destination_connection_id=os.urandom(8),
                                reset_key=key, shard=shard)
 
@@ -144,12 +149,12 @@ class Pair:
     def __init__(self, key: bytes | None = KEY) -> None:
         ccfg, scfg = configs()
         self.now = 1000.0
-        self.client = ConecQuicConnection(configuration=ccfg,  # type: ignore[arg-type]
+        self.client = ConecQuicConnection(configuration=ccfg,
                                           stream_window=65536)
         self.client.connect(SERVER_ADDR, now=self.now)
         first = self.client.datagrams_to_send(now=self.now)
         self.server = ConecQuicConnection(
-            configuration=scfg, stream_window=65536,  # type: ignore[arg-type]
+            configuration=scfg, stream_window=65536,
             original_destination_connection_id=first[0][0][6:6 + CONNECTION_ID_LENGTH],
             reset_key=key)
         for data, _ in first:
@@ -298,7 +303,9 @@ async def test_a_fake_reset_does_not_close_a_client() -> None:
         assert not a.is_closed
         await a.tell("b", "unharmed")
         assert await told(b) == "unharmed"
-        key = h.coord._endpoint.server.reset_key  # type: ignore[union-attr]
+        assert h.coord._endpoint.server is not None
+        key = h.coord._endpoint.server.reset_key
+        assert key is not None
         real = StatelessResets(key).consider(short_header(60, peer_cid), 0.0)
         assert real is not None
         a._endpoint.datagram_received(real, coord_addr)
