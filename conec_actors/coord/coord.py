@@ -15,7 +15,7 @@ from .._quic import RetryGate
 from .._util import AwaitableContext
 from ..certs import load_pem
 from ..config import CoordConfig, parse_host_port
-from ..endpoint_rules import unmap_address
+from ..endpoint_rules import StatelessResets, unmap_address
 from ..errors import CoordinatorFailed
 from ..streams import STREAM_WINDOW
 from ..tlsconf import quic_configuration
@@ -80,7 +80,8 @@ class Coord:
         try:
             await supervisor.start()
             settings = ServerSettings(configuration=qcfg, stream_window=STREAM_WINDOW,
-                                      accept=fe.accept, retry=cfg.stateless_retry)
+                                      accept=fe.accept, retry=cfg.stateless_retry,
+                                      reset_key=StatelessResets.new_key())
             endpoint = await Endpoint.bind(cfg.host, cfg.port, settings)
         except BaseException:
             await supervisor.close()
@@ -97,7 +98,8 @@ class Coord:
         control = ShardControl(sockets, ShardSetup(
             cert_pem, key_pem, client_ca, cfg.max_message_size, cfg.max_datagram_size,
             cfg.idle_timeout, cfg.stateless_retry, cfg.routing_workers,
-            cfg.broadcast_workers, RetryGate.new_key(), logging.getLogger().getEffectiveLevel()))
+            cfg.broadcast_workers, RetryGate.new_key(), logging.getLogger().getEffectiveLevel(),
+            reset_key=StatelessResets.new_key()))
         supervisor = Supervisor({"routing": cfg.routing_workers,
                                  "broadcast": cfg.broadcast_workers,
                                  "frontend": cfg.frontends}, control.rebuild,

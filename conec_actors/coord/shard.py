@@ -53,6 +53,8 @@ class ShardSetup(msgspec.Struct, array_like=True, frozen=True):
     broadcast_workers: int
     retry_key: bytes
     log_level: int = logging.INFO
+    #: the stateless reset key (`ServerSettings.reset_key`), the same for a restarted shard
+    reset_key: bytes | None = None
 
 
 class CoordLink:
@@ -188,7 +190,8 @@ async def serve(index: int, count: int, fd: int, endpoint: str,
     settings = ServerSettings(configuration=qcfg, stream_window=STREAM_WINDOW,
                               accept=fe.accept,
                               retry=setup.stateless_retry,  # type: ignore[arg-type]
-                              shard=(index, count), retry_key=setup.retry_key)
+                              shard=(index, count), retry_key=setup.retry_key,
+                              reset_key=setup.reset_key)
     ep = Endpoint(sock, settings)
     fe.endpoint = ep
     link.send(ipc.Ready("frontend", index, os.getpid(), endpoint=mesh.endpoint,
