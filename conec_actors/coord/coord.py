@@ -203,6 +203,8 @@ class Coord:
             "half_open": self._endpoint.half_open,
             "retries_sent": self._endpoint.retries_sent,
             "junk_dropped": self._endpoint.junk_dropped,
+            "resets_sent": self._endpoint.resets_sent,
+            "resets_limited": self._endpoint.resets_limited,
             "streams": fe.num_streams(),
             "streams_opened": fe.streams_opened,
             "broadcasts": fe.num_broadcasts(),
@@ -357,7 +359,8 @@ class Coord:
 
 
 #: Figures of the shards that `stats()` sums.
-_SUMMED = ("clients", "connections", "half_open", "retries_sent", "junk_dropped", "streams",
+_SUMMED = ("clients", "connections", "half_open", "retries_sent", "junk_dropped",
+           "resets_sent", "resets_limited", "streams",
            "streams_opened", "broadcasts", "broadcast_deliveries", "watches",
            "messages_forwarded", "bytes_forwarded", "connections_accepted",
            "writers_paused", "writers_resumed")

@@ -221,7 +221,8 @@ def figures(fe: FrontEnd, ep: Endpoint) -> dict[str, int]:
     out = {
         "clients": fe.num_clients(), "connections": len(ep.connections),
         "half_open": ep.half_open, "retries_sent": ep.retries_sent,
-        "junk_dropped": ep.junk_dropped, "streams": fe.num_streams(),
+        "junk_dropped": ep.junk_dropped, "resets_sent": ep.resets_sent,
+        "resets_limited": ep.resets_limited, "streams": fe.num_streams(),
         "streams_opened": fe.streams_opened, "broadcasts": fe.num_broadcasts(),
         "broadcast_deliveries": fe.hub.deliveries, "watches": len(fe.watches),
         "messages_forwarded": fe.messages_forwarded, "bytes_forwarded": fe.bytes_forwarded,
