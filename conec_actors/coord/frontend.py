@@ -15,7 +15,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from .. import wire
+from .. import heap, wire
 from ..errors import CertificateError
 from ..framing import frame
 from ..tlsconf import check_chain, der
@@ -269,6 +269,7 @@ class FrontEnd:
         self.refused: dict[str, int] = {}  # connections refused, by `session.REFUSALS`
         self.lag = LagMeter()
         self._lag_timer = self.loop.call_at(self.lag.start(self.loop.time()), self._lag_tick)
+        self._trim_timer = self.loop.call_later(heap.TRIM_INTERVAL, self._trim)
 
     # -- wiring ------------------------------------------------------------------
 
@@ -285,7 +286,12 @@ class FrontEnd:
         for s in self.sessions.values():
             s.cancel_timer()
         self._lag_timer.cancel()
+        self._trim_timer.cancel()
         self.plane.close()
+
+    def _trim(self) -> None:
+        heap.trim()
+        self._trim_timer = self.loop.call_later(heap.TRIM_INTERVAL, self._trim)
 
     def _lag_tick(self) -> None:
         self._lag_timer = self.loop.call_at(self.lag.fired(self.loop.time()), self._lag_tick)
