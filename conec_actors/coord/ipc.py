@@ -152,6 +152,12 @@ class PeerDown(msgspec.Struct, tag="peerdown", array_like=True, frozen=True, gc=
     index: int
 
 
+class ClientsRequest(msgspec.Struct, tag="clients", array_like=True, frozen=True, gc=False):
+    """Coordinator -> shard: every admitted client's figures (/clients)."""
+
+    req: int
+
+
 ToWorker = (Register | Unregister | Lookup | Rebuild | StatsRequest | Shutdown | Join
             | Leave | Count | RebuildBroadcasts)
 
@@ -208,10 +214,19 @@ class Forward(msgspec.Struct, tag="fwd", array_like=True, frozen=True, gc=False)
     request: ToWorker
 
 
-FromWorker = Ready | Reply | StatsReply | BroadcastReply | Forward
+class ClientsReply(msgspec.Struct, tag="clientsr", array_like=True, frozen=True, gc=False):
+    """shard -> Coordinator: its clients, a msgpack list of
+    `metrics.ClientFigures` left encoded (decoded where it is read, so
+    that this module and the workers need not import `metrics`)."""
+
+    req: int
+    clients: msgspec.Raw = msgspec.Raw(b"\x90")  # an empty list
+
+
+FromWorker = Ready | Reply | StatsReply | BroadcastReply | Forward | ClientsReply
 
 #: What the front-end gets back for a request, and who gets it.
-WorkerReply = Reply | StatsReply | BroadcastReply
+WorkerReply = Reply | StatsReply | BroadcastReply | ClientsReply
 ReplyCallback = Callable[[WorkerReply], None]
 #: Builds a request once its id is known.
 MakeRequest = Callable[[int], ToWorker]
@@ -224,7 +239,8 @@ class Forwarded(msgspec.Struct, tag="fwdr", array_like=True, frozen=True, gc=Fal
 
 
 #: What a front-end shard reads from the Coordinator.
-ToShard = ShardPeers | PeerUp | PeerDown | Forwarded | StatsRequest | Shutdown
+ToShard = (ShardPeers | PeerUp | PeerDown | Forwarded | StatsRequest | Shutdown
+           | ClientsRequest)
 
 _enc = msgspec.msgpack.Encoder()
 _to_shard = msgspec.msgpack.Decoder(list[ToShard])
