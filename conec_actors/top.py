@@ -30,6 +30,7 @@ __all__ = [
     "ClientRow",
     "Scrape",
     "Section",
+    "ShardRow",
     "Snapshot",
     "TopError",
     "fetch",
@@ -131,6 +132,20 @@ class ClientRow:
 
 
 @dataclass(frozen=True)
+class ShardRow:
+    """One front-end shard (the ``shard`` label of ``conec_shard_*``)."""
+
+    shard: str
+    clients: float
+    #: Per second since the previous scrape (None: no previous scrape).
+    messages_per_s: float | None
+    bytes_per_s: float | None
+    #: CPU seconds per second (1.0: one core busy), None as for the rates.
+    cpu: float | None
+    loop_lag: float | None
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """What ``top`` shows at one moment (rates need a previous scrape)."""
 
@@ -154,6 +169,10 @@ class Snapshot:
     #: ``/clients``: how many it listed (its first page: by id, up to 1024)
     #: and how many it said there are.
     listed: tuple[int, int] | None = None
+    #: The front-end shards, by number.
+    shards: list[ShardRow] = field(default_factory=list)
+    #: The busiest shard's clients over the mean (``conec_frontends_imbalance``).
+    imbalance: float | None = None
 
 
 #: Figures shown as they are: label on screen -> metric.
@@ -199,7 +218,25 @@ def snapshot(cur: Scrape, prev: Scrape | None = None) -> Snapshot:
         streams_open=dict(sorted(_by_label(s, "conec_streams_open", "kind").items())),
         figures=figures, top_clients=_top_clients(cur, prev, dt), interval=dt,
         listed=None if cur.clients is None or cur.num_clients is None
-        else (len(cur.clients), cur.num_clients))
+        else (len(cur.clients), cur.num_clients),
+        shards=_shards(s, p, rate), imbalance=_sum(s, "conec_frontends_imbalance"))
+
+
+def _shards(s: Mapping[SampleKey, float], p: Mapping[SampleKey, float],
+            rate: Callable[[float | None, float | None], float | None]) -> list[ShardRow]:
+    def by_shard(samples: Mapping[SampleKey, float], name: str) -> dict[str, float]:
+        return _by_label(samples, name, "shard")
+
+    clients = by_shard(s, "conec_shard_clients")
+    per_s = [(by_shard(s, name), by_shard(p, name)) for name in (
+        "conec_shard_messages_forwarded_total", "conec_shard_bytes_forwarded_total",
+        "conec_shard_cpu_seconds_total")]
+    lag = by_shard(s, "conec_shard_event_loop_lag_seconds")
+    rows = []
+    for shard in sorted(clients, key=lambda k: (len(k), k)):  # numerically
+        msgs, nbytes, cpu = (rate(now.get(shard), before.get(shard)) for now, before in per_s)
+        rows.append(ShardRow(shard, clients[shard], msgs, nbytes, cpu, lag.get(shard)))
+    return rows
 
 
 def _moved(c: Mapping[str, Any]) -> int:
@@ -263,12 +300,20 @@ def sections(snap: Snapshot) -> list[Section]:
     if snap.streams_open:
         overview.append(("streams open", ", ".join(
             f"{kind} {_si(v)}" for kind, v in snap.streams_open.items())))
+    if snap.imbalance is not None and len(snap.shards) > 1:
+        overview.append(("shard imbalance", f"{snap.imbalance:.2f} (busiest / mean)"))
     overview.extend((label, _si(v)) for label, v in snap.figures.items())
     unit = {"bytes/s": "B"}
     rates = [(label, _si(v, unit.get(label, ""))) for label, v in snap.rates.items()]
     out = [Section("Coordinator", (), overview),
            Section("Rates" + ("" if snap.interval is not None else " (after the next scrape)"),
                    (), rates)]
+    if snap.shards:
+        out.append(Section("Front-end shards", (
+            "shard", "clients", "msgs/s", "bytes/s", "cpu", "lag"), [
+            (r.shard, _si(r.clients), _si(r.messages_per_s), _si(r.bytes_per_s, "B"),
+             "-" if r.cpu is None else f"{r.cpu * 100:.0f}%",
+             "-" if r.loop_lag is None else _ms(r.loop_lag)) for r in snap.shards]))
     if snap.workers:
         out.append(Section("Workers", ("kind", "up", "restarts"), [
             (kind, _si(up), _si(restarts)) for kind, (up, restarts) in snap.workers.items()]))
