@@ -297,13 +297,22 @@ class Coord:
     async def _clients(self) -> list[ClientFigures]:
         if self._control is None:
             return [s.figures() for s in self._fe.by_id.values()]
-        # Every shard up's clients (a shard too slow to answer is left out).
-        out: list[ClientFigures] = []
-        for r in await self._replies(self._supervisor.by_kind["frontend"], ipc.ClientsRequest,
-                                     timeout=1.0, only_ready=True):
-            if isinstance(r, ipc.ClientsReply):
-                out.extend(_CLIENTS.decode(r.clients))
-        return out
+        # Every shard up's clients (a shard too slow to answer is left out),
+        # with what their streams carried at other shards so far.
+        replies = [r for r in await self._replies(
+            self._supervisor.by_kind["frontend"], ipc.ClientsRequest, timeout=1.0,
+            only_ready=True) if isinstance(r, ipc.ClientsReply)]
+        out = {(c.id, c.shard): c for r in replies for c in _CLIENTS.decode(r.clients)}
+        for r in replies:
+            for far in _CLIENTS.decode(r.carried):
+                c = out.get((far.id, far.shard))
+                if c is not None:
+                    out[far.id, far.shard] = dataclasses.replace(
+                        c, bytes_in=c.bytes_in + far.bytes_in,
+                        bytes_out=c.bytes_out + far.bytes_out,
+                        messages_in=c.messages_in + far.messages_in,
+                        messages_out=c.messages_out + far.messages_out)
+        return list(out.values())
 
     async def _ask_workers(self, timeout: float, only_ready: bool = False
                            ) -> list[ipc.StatsReply | None]:

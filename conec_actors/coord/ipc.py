@@ -215,12 +215,16 @@ class Forward(msgspec.Struct, tag="fwd", array_like=True, frozen=True, gc=False)
 
 
 class ClientsReply(msgspec.Struct, tag="clientsr", array_like=True, frozen=True, gc=False):
-    """shard -> Coordinator: its clients, a msgpack list of
-    `metrics.ClientFigures` left encoded (decoded where it is read, so
-    that this module and the workers need not import `metrics`)."""
+    """shard -> Coordinator: its clients (`clients`), and what the streams
+    of other shards' clients carried here moved so far (`carried`: id and
+    home shard, bytes and messages; added to the home shard's figures).
+    Each a msgpack list of `metrics.ClientFigures` left encoded (decoded
+    where it is read, so that this module and the workers need not import
+    `metrics`)."""
 
     req: int
     clients: msgspec.Raw = msgspec.Raw(b"\x90")  # an empty list
+    carried: msgspec.Raw = msgspec.Raw(b"\x90")
 
 
 FromWorker = Ready | Reply | StatsReply | BroadcastReply | Forward | ClientsReply

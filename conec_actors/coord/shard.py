@@ -32,6 +32,7 @@ from .worker import _die_with_parent
 if TYPE_CHECKING:
     from ..transport import Endpoint
     from .frontend import FrontEnd
+    from .metrics import ClientFigures
 
 log = logging.getLogger("conec_actors.coord.shard")
 
@@ -176,8 +177,8 @@ async def serve(index: int, count: int, fd: int, endpoint: str,
         elif isinstance(msg, ipc.StatsRequest):
             link.send(ipc.StatsReply(msg.req, figures(fe, ep), fe.lag.lag))
         elif isinstance(msg, ipc.ClientsRequest):
-            link.send(ipc.ClientsReply(msg.req, msgspec.Raw(msgspec.msgpack.encode(
-                [s.figures() for s in fe.by_id.values()]))))
+            link.send(ipc.ClientsReply(msg.req, *(
+                msgspec.Raw(msgspec.msgpack.encode(c)) for c in clients_here(fe))))
         elif isinstance(msg, ipc.Shutdown):
             stop.set()
 
@@ -208,6 +209,24 @@ async def serve(index: int, count: int, fd: int, endpoint: str,
     mesh.close()
     link.close()
     return 0
+
+
+def clients_here(fe: FrontEnd) -> tuple[list[ClientFigures], list[ClientFigures]]:
+    """This shard's clients' figures, and those of the streams of other
+    shards' clients carried here (the home shard's `TunnelLeg` counts none
+    of it until the stream is over): id, home shard, bytes and messages."""
+    from .metrics import ClientFigures
+
+    carried = []
+    for rs in fe.tunnels.remote.values() if fe.tunnels is not None else ():
+        b_in = m_in = b_out = m_out = 0
+        for leg in rs.legs.values():
+            bi, mi, bo, mo = leg.figures()
+            b_in, m_in, b_out, m_out = b_in + bi, m_in + mi, b_out + bo, m_out + mo
+        if b_in or m_in or b_out or m_out:
+            carried.append(ClientFigures(rs.core.client_id, "", rs.conn.home, 0.0, 0,
+                                         b_in, b_out, m_in, m_out, 0.0))
+    return [s.figures() for s in fe.by_id.values()], carried
 
 
 def streams_here(fe: FrontEnd) -> dict[str, int]:
