@@ -192,12 +192,13 @@ def families(s: Snapshot) -> list[Metric]:
 
 
 def _shard_families(s: Snapshot) -> list[Metric]:
-    """Per front-end shard (`shard` label), and how evenly they are filled."""
+    """Per front-end shard (`shard` label), and how evenly they are filled
+    (while any shard answered)."""
     def per_shard(family: CounterMetricFamily | GaugeMetricFamily, attr: str
                   ) -> CounterMetricFamily | GaugeMetricFamily:
         return _by_label(family, ((str(f.shard), getattr(f, attr)) for f in s.shards))
 
-    return [
+    out: list[Metric] = [
         per_shard(GaugeMetricFamily("conec_shard_clients", "Clients held, by front-end shard.",
                                     labels=["shard"]), "clients"),
         per_shard(CounterMetricFamily(
@@ -215,10 +216,12 @@ def _shard_families(s: Snapshot) -> list[Metric]:
             "conec_shard_event_loop_lag_seconds",
             "Worst lateness of a periodic timer in the last seconds, by front-end shard.",
             labels=["shard"]), "loop_lag"),
-        _gauge("conec_frontends_imbalance",
-               "The busiest front-end shard's clients over the mean (1: even).",
-               s.frontends_imbalance),
     ]
+    if s.shards:
+        out.append(_gauge("conec_frontends_imbalance",
+                          "The busiest front-end shard's clients over the mean (1: even).",
+                          s.frontends_imbalance))
+    return out
 
 
 class SnapshotCollector(Collector):
