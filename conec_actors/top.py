@@ -129,6 +129,8 @@ class ClientRow:
     #: Bytes per second both ways since the previous scrape (None: first seen).
     bytes_per_s: float | None
     rtt_seconds: float
+    #: The front-end shard holding it (None: not said).
+    shard: int | None = None
 
 
 @dataclass(frozen=True)
@@ -258,7 +260,8 @@ def _top_clients(cur: Scrape, prev: Scrape | None, dt: float | None) -> list[Cli
             id=cid, address=str(c.get("address", "")), streams=int(c.get("streams", 0)),
             bytes_in=int(c.get("bytes_in", 0)), bytes_out=int(c.get("bytes_out", 0)),
             bytes_per_s=None if inc is None or dt is None else inc / dt,
-            rtt_seconds=float(c.get("rtt_seconds", 0.0))))
+            rtt_seconds=float(c.get("rtt_seconds", 0.0)),
+            shard=None if c.get("shard") is None else int(c["shard"])))
     return rows
 
 
@@ -325,11 +328,16 @@ def sections(snap: Snapshot) -> list[Section]:
     among = f"of {_si(snap.clients)}"
     if snap.listed is not None and snap.listed[0] < snap.listed[1]:
         among = f"among the first {snap.listed[0]} of {snap.listed[1]}"
-    out.append(Section(f"Top clients by bytes ({among})",
-                       ("id", "address", "streams", "bytes in", "bytes out", "bytes/s", "rtt"),
-                       [(c.id, c.address, str(c.streams), _si(c.bytes_in, "B"),
-                         _si(c.bytes_out, "B"), _si(c.bytes_per_s, "B"), _ms(c.rtt_seconds))
-                        for c in snap.top_clients], text_columns=2))
+    header: tuple[str, ...] = ("id", "address", "streams", "bytes in", "bytes out", "bytes/s",
+                               "rtt")
+    rows: list[tuple[str, ...]] = [
+        (c.id, c.address, str(c.streams), _si(c.bytes_in, "B"), _si(c.bytes_out, "B"),
+         _si(c.bytes_per_s, "B"), _ms(c.rtt_seconds)) for c in snap.top_clients]
+    if len(snap.shards) > 1:  # which shard holds each one
+        header = (*header[:2], "shard", *header[2:])
+        rows = [(*r[:2], "-" if c.shard is None else str(c.shard), *r[2:])
+                for r, c in zip(rows, snap.top_clients, strict=True)]
+    out.append(Section(f"Top clients by bytes ({among})", header, rows, text_columns=2))
     return out
 
 

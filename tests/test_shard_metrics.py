@@ -320,6 +320,10 @@ async def test_top_once_against_a_sharded_coordinator() -> None:
                                             for f in st["frontends"]]
     assert any(line.split() == ["frontend", "2", "0"] for line in lines)  # up, no restart
     assert any(line.split()[:1] == ["frontend-1"] for line in lines)  # its loop lag
+    top = lines.index(f"Top clients by bytes (of {len(clients)})")
+    assert lines[top + 1].split()[:3] == ["id", "address", "shard"]
+    assert {r.split()[0]: int(r.split()[2]) for r in lines[top + 2:top + 2 + len(clients)]} \
+        == {c.id: shard for c, shard in clients}
 
 
 @linux_only
