@@ -20,6 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from conec_actors.coord.metrics import (
+    ShardCounters,
     ShardFigures,
     Snapshot,
     SnapshotCollector,
@@ -106,6 +107,22 @@ def test_a_shard_that_did_not_answer_has_no_per_shard_series() -> None:
     m = parse_metrics(_exposition(snap))
     assert [dict(labels)["shard"] for name, labels in m if name == "conec_shard_clients"] \
         == ["1"]
+
+
+def test_counters_summed_over_shards_carry_a_restarted_shard_s_counts() -> None:
+    c = ShardCounters()
+    c.seen(0, 1, {"messages_forwarded": 5, "clients": 2, "refused.duplicate_id": 1})
+    c.seen(1, 1, {"messages_forwarded": 7})
+    c.seen(0, 1, {"messages_forwarded": 9, "clients": 3, "refused.duplicate_id": 1})
+    assert c.carried() == {}  # the same processes: nothing to carry
+    # Shard 0 restarted: what its first process last said is carried; a
+    # gauge (clients) is not.
+    c.seen(0, 2, {"messages_forwarded": 1, "clients": 1})
+    assert c.carried() == {"messages_forwarded": 9, "refused.duplicate_id": 1}
+    c.seen(0, 2, {"messages_forwarded": 4})
+    c.seen(0, 3, {"messages_forwarded": 0})
+    c.seen(1, 2, {"messages_forwarded": 0})
+    assert c.carried() == {"messages_forwarded": 9 + 4 + 7, "refused.duplicate_id": 1}
 
 
 def test_health_names_a_shard_down_like_a_worker_down() -> None:
@@ -264,8 +281,18 @@ async def test_healthz_is_503_while_a_shard_is_killed_and_200_once_it_is_back() 
     async with coordinator(frontends=2, metrics="127.0.0.1:0") as h:
         status, body = await get_json(h, "/healthz")
         assert (status, body) == (200, {"status": "ok", "down": []})
-        pid = h.coord.worker_pids("frontend")[1]
-        os.kill(pid, signal.SIGKILL)
+        a, b = cross_pair(await spread(h, 2))
+        send, _ = await a.new_proxied_stream(b.id)
+        for _ in range(5):
+            await send.send(b"x" * 10)
+        inc = await next_incoming(b)
+        for _ in range(5):
+            await inc.recv.recv()
+        counted = await scrape(h)
+        # Kill the shard that counted the messages.
+        victim = next(f for f in (await h.coord.stats())["frontends"]
+                      if f["messages_forwarded"])
+        os.kill(victim["pid"], signal.SIGKILL)
         seen: list[tuple[int, Any]] = []
 
         async def down() -> bool:
@@ -273,7 +300,7 @@ async def test_healthz_is_503_while_a_shard_is_killed_and_200_once_it_is_back() 
             return seen[-1][0] == 503
 
         await wait_for(down, timeout=10, interval=0.005)
-        assert seen[-1][1] == {"status": "down", "down": ["frontend shard 1"]}
+        assert seen[-1][1] == {"status": "down", "down": [f"frontend shard {victim['shard']}"]}
         # /metrics still answers, from the shard that is up.
         status, _ = await get(h, "/metrics")
         assert status == 200
@@ -282,12 +309,18 @@ async def test_healthz_is_503_while_a_shard_is_killed_and_200_once_it_is_back() 
             return (await get_json(h, "/healthz"))[0] == 200
 
         await wait_for(back, timeout=10)
-        assert pid not in h.coord.worker_pids("frontend")
+        assert victim["pid"] not in h.coord.worker_pids("frontend")
         m = await scrape(h)
         assert value(m, "conec_restarts_total", kind="frontend") == 1
         assert value(m, "conec_workers_up", kind="frontend") == 2
+        # Its new process counts from 0; the totals keep what the old one counted.
+        shard = str(victim["shard"])
+        assert value(m, "conec_shard_messages_forwarded_total", shard=shard) == 0
+        for name in ("conec_messages_forwarded_total", "conec_bytes_forwarded_total",
+                     "conec_connections_accepted_total", "conec_streams_opened_total"):
+            assert value(m, name) >= value(counted, name) > 0, name
         # The restarted shard serves and is counted again.
-        await spread(h, 2)
+        await spread(h, 2, prefix="again")
         assert {dict(labels)["shard"] for name, labels in await scrape(h)
                 if name == "conec_shard_clients"} == {"0", "1"}
 

@@ -25,7 +25,14 @@ from ..transport import Endpoint, ServerSettings
 from ..udp import SOCKET_BUFFER
 from . import ipc
 from .frontend import FrontEnd
-from .metrics import ClientFigures, ShardFigures, Snapshot, WorkerFigures, imbalance
+from .metrics import (
+    ClientFigures,
+    ShardCounters,
+    ShardFigures,
+    Snapshot,
+    WorkerFigures,
+    imbalance,
+)
 from .metrics_http import MetricsServer, Sources
 from .shard import ShardSetup
 from .sharded import ShardControl
@@ -54,6 +61,8 @@ class Coord:
         self._failure: CoordinatorFailed | None = None
         self._closing: asyncio.Task[None] | None = None
         self._metrics: MetricsServer | None = None
+        # /metrics' totals carry the counts of shards' previous processes.
+        self._shard_counters = ShardCounters()
         supervisor.failed.add_done_callback(self._on_failed)
 
     @classmethod
@@ -268,6 +277,8 @@ class Coord:
             for w, r in zip(snap.workers, replies, strict=True)])
 
     async def _sharded_snapshot(self) -> Snapshot:
+        """The shards' figures summed (counters with what their previous
+        processes counted: they never go down), and each one's."""
         slots = self._supervisor.slots()
         replies = await self._ask(slots, timeout=1.0, only_ready=True)
         workers = [WorkerFigures(s.kind, s.index, s.proc.pid if s.proc else None, s.ready,
@@ -275,6 +286,14 @@ class Coord:
                    for s, r in zip(slots, replies, strict=True)]
         shards = [(s, r) for s, r in zip(slots, replies, strict=True) if s.kind == "frontend"]
         t = _shard_totals(shards)
+        for s, r in shards:
+            if r is not None:
+                self._shard_counters.seen(s.index, s.generation, r.figures)
+        for k, v in self._shard_counters.carried().items():
+            if k.startswith("refused."):
+                t["refused"][k[8:]] = t["refused"].get(k[8:], 0) + v
+            else:
+                t[k] += v
         streams_open: dict[str, int] = {}
         for _, r in shards:
             for k, v in (r.figures if r is not None else {}).items():

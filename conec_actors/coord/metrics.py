@@ -68,6 +68,40 @@ def imbalance(clients: Iterable[int]) -> float:
     return max(counts) * len(counts) / total
 
 
+#: The shards' figures (`shard.figures` keys) that are counters: totals
+#: that must not go down when a shard restarts (`ShardCounters`).
+SHARD_COUNTERS = ("connections_accepted", "retries_sent", "junk_dropped", "streams_opened",
+                  "messages_forwarded", "bytes_forwarded", "broadcast_deliveries",
+                  "writers_paused", "writers_resumed")
+
+
+class ShardCounters:
+    """Keeps the counters summed over shards from going down when a shard
+    restarts (its new process counts from 0; Prometheus would read the drop
+    of the sum as a reset of all of it): what each shard's previous
+    processes counted, as last seen, is carried into the totals. Counts
+    between a shard's last answer and its death are lost."""
+
+    def __init__(self) -> None:
+        #: shard -> (generation, its counters as last seen)
+        self._seen: dict[int, tuple[int, dict[str, int]]] = {}
+        self._carried: dict[str, int] = {}
+
+    def seen(self, shard: int, generation: int, figures: dict[str, int]) -> None:
+        """Shard `shard`'s process of `generation` (one per start) answered."""
+        counters = {k: v for k, v in figures.items()
+                    if k in SHARD_COUNTERS or k.startswith("refused.")}
+        last = self._seen.get(shard)
+        if last is not None and last[0] != generation:
+            for k, v in last[1].items():
+                self._carried[k] = self._carried.get(k, 0) + v
+        self._seen[shard] = (generation, counters)
+
+    def carried(self) -> dict[str, int]:
+        """What previous processes of the shards counted (`figures` keys)."""
+        return dict(self._carried)
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """The Coordinator's figures at one moment."""
