@@ -15,7 +15,16 @@ from typing import Any
 
 import pytest
 
-from conec_actors import Client, CoordConfig, CoordinatorFailed, DuplicateId
+from conec_actors import (
+    Client,
+    CoordConfig,
+    CoordinatorFailed,
+    DuplicateId,
+    MessageTooLarge,
+    NoSuchPeer,
+    StreamReset,
+    Terminated,
+)
 from conec_actors.certs import self_signed
 
 from .conftest import Harness, coord_cert, coordinator, process_alive, wait_for
@@ -119,6 +128,7 @@ async def test_proxied_streams_across_shards_keep_order_and_whole_messages() -> 
             for m in msgs:
                 await send.send(m)
             assert await reader == msgs
+            assert (await h.coord.stats())["streams"] == 1  # counted once, where spliced
             await send.finish()
             with pytest.raises(StopAsyncIteration):
                 await anext(aiter(recv))
@@ -260,8 +270,12 @@ async def test_killed_shard_loses_only_its_clients_and_comes_back() -> None:
 
             pumping = asyncio.create_task(pump())
             await wait_for(lambda: len(echoed) > 50)
+            # A stream the honest x shares with a client of the victim shard.
+            _shared_send, shared_recv = await x.new_proxied_stream(by_shard[victim][0].id)
             pid = h.coord.worker_pids("frontend")[victim]
             os.kill(pid, signal.SIGKILL)
+            with pytest.raises(StreamReset):
+                await asyncio.wait_for(shared_recv.recv(), 10)
             lost = by_shard[victim]
             await wait_for(lambda: all(c.is_closed for c in lost), timeout=10)
             stop.set()
@@ -293,3 +307,127 @@ async def test_three_shard_crashes_fail_the_coordinator() -> None:
             assert not process_alive(p)
     finally:
         await coord.close()
+
+
+async def test_channel_introductions_across_shards() -> None:
+    async with coordinator(frontends=2) as h:
+        clients = await spread(h, 4)
+        a, b = cross_pair(clients)
+        await asyncio.wait_for(a.new_channel(b.id), 10)
+        assert b.id in a.channels()
+        await wait_for(lambda: a.id in b.channels())
+        with pytest.raises(NoSuchPeer):
+            await a.new_channel("nobody-here")
+
+
+async def test_watches_across_shards() -> None:
+    async with coordinator(frontends=3) as h:
+        clients = await spread(h, 6, idle_timeout=2.0)
+        w, p = cross_pair(clients)
+        watch = await w.watch(p.id)
+        assert not watch.done()
+        await p.close()
+        assert await asyncio.wait_for(watch.wait(), 10) == Terminated(p.id, "left")
+        assert await (await w.watch("nobody")).wait() == Terminated("nobody", "not-connected")
+        # A peer whose shard is killed has vanished.
+        w_shard = next(s for c, s in clients if c is w)
+        victims = [(c, s) for c, s in clients if s != w_shard and not c.is_closed]
+        if not victims:
+            pytest.skip("no live client off the watcher's shard")
+        v, v_shard = victims[0]
+        watch = await w.watch(v.id)
+        os.kill(h.coord.worker_pids("frontend")[v_shard], signal.SIGKILL)
+        assert await asyncio.wait_for(watch.wait(), 10) == Terminated(v.id, "vanished")
+
+
+async def test_groups_across_shards() -> None:
+    async with coordinator(frontends=2) as h:
+        clients = await spread(h, 6)
+        members = [c for c, _ in clients[:4]]
+        follower = clients[-1][0]
+
+        async def serve(c: Client) -> None:
+            async for env in c.mailbox:
+                await env.reply(c.id)
+
+        servers = [asyncio.create_task(serve(c)) for c in members]
+        try:
+            for c in members:
+                await c.join_group("g")
+            want = sorted(c.id for c in members)
+            assert sorted(await follower.group_members("g")) == want
+            answers = {await follower.ask_group("g", "who") for _ in range(40)}
+            assert answers <= set(want) and len(answers) >= 2
+            await members[0].leave_group("g")
+            assert sorted(await follower.group_members("g")) == sorted(
+                c.id for c in members[1:])
+            await members[1].close()
+            left = sorted(c.id for c in members[2:])
+
+            async def settled() -> bool:
+                return sorted(await follower.group_members("g")) == left
+
+            for _ in range(100):
+                if await settled():
+                    break
+                await asyncio.sleep(0.05)
+            assert await settled()
+        finally:
+            for t in servers:
+                t.cancel()
+
+
+async def test_same_certificate_replaces_its_session_on_any_shard() -> None:
+    alice = self_signed(["alice"])
+    async with coordinator(frontends=3) as h:
+        await spread(h, 3)
+        prev = await h.client("alice", cert=alice.cert_pem, key=alice.key_pem)
+        crossed = 0
+        for _ in range(6):
+            before = await shard_counts(h)
+            new = await h.client("alice", cert=alice.cert_pem, key=alice.key_pem)
+            await wait_for(lambda p=prev: p.is_closed, timeout=10)  # type: ignore[misc]
+            assert not new.is_closed
+            # The same counts: the new session is on the old one's shard.
+            crossed += await shard_counts(h) != before
+            prev = new
+
+        async def four() -> bool:
+            return await h.coord.num_clients() == 4
+
+        await wait_for(four, timeout=10)
+        if not crossed:
+            pytest.skip("the kernel put every connection on one shard")
+
+
+async def test_size_limits_hold_across_shards() -> None:
+    async with coordinator(frontends=2) as h:
+        clients = await spread(h, 4)
+        small, shard = await placed(h, "small", max_message_size=4096)
+        sender = next((c for c, s in clients if s != shard), None)
+        if sender is None:
+            pytest.skip("every other client is on small's shard")
+        send, _recv = await sender.new_proxied_stream(small.id)
+        await send.send(b"x" * 4096)
+        with pytest.raises(MessageTooLarge):
+            await send.send(b"x" * 4097)
+
+
+async def test_clients_come_through_a_retry_on_every_shard() -> None:
+    async with coordinator(frontends=2, stateless_retry=True) as h:
+        clients = await spread(h, 4)
+        st = await h.coord.stats()
+        assert st["retries_sent"] >= len(clients)
+        a, b = cross_pair(clients)
+        got: list[Any] = []
+
+        async def serve() -> None:
+            async for env in b.mailbox:
+                got.append(env.body)
+
+        server = asyncio.create_task(serve())
+        try:
+            await a.tell(b.id, "through")
+            await wait_for(lambda: got == ["through"])
+        finally:
+            server.cancel()

@@ -16,21 +16,22 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from .. import wire
-from ..errors import CertificateError, ProtocolError
+from ..errors import CertificateError
 from ..framing import frame
 from ..tlsconf import check_chain, der
 from ..transport import Conn, Endpoint
-from . import groups, ipc, session, watches
+from . import ipc, session, watches
+from .control_plane import ControlPlane
 from .fanout import BroadcastHub, MemberLeg
-from .intros import Introductions, Offer
 from .lag import LagMeter
 from .legs import Leg
 from .metrics import ClientFigures, format_address
 from .proxy import HeaderLeg, ProxiedLeg, Relay
 from .session import Limits, SessionCore, State
+from .tunnel import TunnelLeg, Tunnels
 
 if TYPE_CHECKING:
-    from .tunnel import Tunnels
+    from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +224,9 @@ class Session:
     def _admitted(self, reply: ipc.WorkerReply) -> None:
         assert isinstance(reply, ipc.Reply)
         held = reply.entry  # another connection's: the stale one this replaced
-        stale = held.conn_key if held is not None and held.frontend == self.fe.limits.frontend \
-            else None
+        # On this shard or another (conn_key % n): the core decides, the
+        # control plane closes it where it is.
+        stale = held.conn_key if held is not None else None
         self.execute(self.core.admitted(reply.code, stale))
 
 
@@ -242,7 +244,8 @@ class FrontEnd:
 
     def __init__(self, *, client_ca: bytes | None, max_message_size: int,
                  max_datagram_size: int, idle_timeout: float, routing_workers: int,
-                 broadcast_workers: int = 1, shard: tuple[int, int] = (0, 1)) -> None:
+                 broadcast_workers: int = 1, shard: tuple[int, int] = (0, 1),
+                 start: int = 0) -> None:
         self.loop = asyncio.get_running_loop()
         self.client_ca = client_ca
         self.shard = shard
@@ -253,16 +256,15 @@ class FrontEnd:
         self.requests: Requests | None = None
         self.sessions: dict[int, Session] = {}
         self.by_id: dict[str, Session] = {}
-        # Connection keys are unique among the shards: key % n is its shard.
-        self._next_key = shard[1] + shard[0]
+        # Connection keys are unique among the shards: key % n is its shard;
+        # a restarted shard starts further on (`start`), so no key of its
+        # predecessor's comes back.
+        self._next_key = start * shard[1] + shard[1] + shard[0]
         self.tunnels: Tunnels | None = None
         self.hub = BroadcastHub(self._request_broadcast, broadcast_workers)
         self.relay = Relay(self.sessions.get, self.hub, self.request_routing)
-        self.intros = Introductions()
-        self.watches = watches.Watches()
-        self.groups = groups.GroupBook()
-        self._view_timer: asyncio.TimerHandle | None = None  # for groups.take_dirty()
-        self._intro_timer: asyncio.TimerHandle | None = None  # for intros.next_deadline()
+        self.plane = ControlPlane(self.loop, self.sessions, self.by_id, self.request_routing,
+                                  self.hub.count, shard, start)
         self.connections_accepted = 0
         self.refused: dict[str, int] = {}  # connections refused, by `session.REFUSALS`
         self.lag = LagMeter()
@@ -283,12 +285,7 @@ class FrontEnd:
         for s in self.sessions.values():
             s.cancel_timer()
         self._lag_timer.cancel()
-        if self._intro_timer is not None:
-            self._intro_timer.cancel()
-            self._intro_timer = None
-        if self._view_timer is not None:
-            self._view_timer.cancel()
-            self._view_timer = None
+        self.plane.close()
 
     def _lag_tick(self) -> None:
         self._lag_timer = self.loop.call_at(self.lag.fired(self.loop.time()), self._lag_tick)
@@ -315,174 +312,29 @@ class FrontEnd:
     def replace_stale(self, key: int) -> None:
         """A client reconnected with the certificate connection `key` holds
         its id with: close that stale connection (its id stays connected)."""
-        s = self.sessions.get(key)
-        if s is not None:
-            s.execute(s.core.close(wire.Code.DUPLICATE_ID,
-                                   "replaced by a newer connection with the same certificate"))
+        self.plane.replace_stale(key)
 
     def session_gone(self, s: Session, reason: watches.Reason) -> None:
         self.sessions.pop(s.conn_key, None)
-        self.watches.watcher_gone(s.conn_key)
-        self.groups.follower_gone(s.conn_key)
         admitted = s.client_id is not None and self.by_id.get(s.client_id) is s
         if admitted:
             del self.by_id[s.client_id or ""]
-        for offer in self.intros.drop(s.conn_key):
-            self._intro_failed(offer, wire.Code.NO_SUCH_PEER,
-                               f"{wire.quote(offer.target.client_id)} left")
+        self.plane.leaving(s)
         for leg in list(s.legs.values()):
             leg.session_gone()
         s.legs.clear()
         self.relay.target_gone(s)
         if self.tunnels is not None:
             self.tunnels.session_gone(s)
-        if admitted:
-            self._push_views(self.groups.member_gone(s.client_id or ""))
-            # After its legs were ended above, so the watcher's mailbox
-            # streams from it end first (the watcher holds the verdict until
-            # they have been read).
-            self._tell_watchers(self.watches.target_gone(s.client_id or "", reason))
-
-    def _tell_watchers(self, notes: list[watches.Notify]) -> None:
-        for note in notes:
-            w = self.sessions.get(note.watcher)
-            if w is not None:
-                w.send_control(wire.PeerTerminated(note.req, note.reason))
-
-    def _push_views(self, names: list[str]) -> None:
-        """The members of groups `names` changed: tell their followers."""
-        for name in names:
-            view = self.groups.view(name)
-            for key in self.groups.followers(name):
-                f = self.sessions.get(key)
-                if f is not None:
-                    f.send_control(view)
-
-    def _load_report(self, s: Session, msg: wire.LoadReport) -> None:
-        if (self.groups.report(s.client_id or "", msg.asks, msg.tells)
-                and self._view_timer is None):
-            self._view_timer = self.loop.call_later(groups.VIEW_INTERVAL, self._views_due)
-
-    def _views_due(self) -> None:
-        self._view_timer = None
-        self._push_views(self.groups.take_dirty())
-
-    def _group_request(self, s: Session, msg: wire.GroupRequest) -> None:
-        member = s.client_id or ""
-        code = 0
-        if msg.op == "join":
-            code, changed = self.groups.join(member, msg.name)
-            if changed:
-                self._push_views([msg.name])
-        elif msg.op == "leave":
-            # The followers hear first, so that once `leave_group` returns
-            # no view sent after it still names this member.
-            if self.groups.leave(member, msg.name):
-                self._push_views([msg.name])
-        elif msg.op == "follow":
-            code = self.groups.follow(s.conn_key, msg.name)
-        s.send_control(wire.GroupReply(msg.req, code, self.groups.members(msg.name)))
+        self.plane.left(s, admitted, reason)
 
     def handle(self, s: Session, msg: session.Request) -> None:
         """A request of an admitted client that its core passed on."""
-        if isinstance(msg, wire.LoadReport):
-            self._load_report(s, msg)
-        elif isinstance(msg, wire.GroupRequest):
-            self._group_request(s, msg)
-        elif isinstance(msg, wire.WatchRequest):
-            target = self.by_id.get(msg.peer)
-            connected = target is not None and target.core.state is State.READY
-            try:
-                code = self.watches.watch(s.conn_key, msg.req, msg.peer, connected)
-            except ProtocolError as exc:
-                s.execute(s.core.close(wire.Code.PROTOCOL, str(exc)))
-                return
-            s.send_control(wire.WatchReply(msg.req, code))
-        elif isinstance(msg, wire.WatchCancel):
-            self.watches.cancel(s.conn_key, msg.req)
-        elif isinstance(msg, wire.ChannelRequest):
-            self._channel_request(s, msg)
-        elif isinstance(msg, wire.ChannelAnswer):
-            self._channel_answer(s, msg)
-        elif isinstance(msg, wire.ChannelDialing):
-            self._channel_dialing(s, msg)
-        else:
-            req = msg.req
+        self.plane.handle(s, msg)
 
-            def counted(r: ipc.BroadcastReply) -> None:
-                s.send_control(wire.BroadcastCountReply(req, r.code, r.senders, r.receivers))
-                s.request_done()
-
-            self.hub.count(msg.name, counted)
-
-    # -- channel introductions -------------------------------------------------------
-
-    def _channel_request(self, s: Session, msg: wire.ChannelRequest) -> None:
-        """Find the peer of a request the core accepted (it counts as a
-        pending channel until settled) and offer it the channel."""
-        src, dst = s.client_id or "", msg.peer
-
-        def routed(reply: ipc.WorkerReply) -> None:
-            if s.core.state is not State.READY:
-                s.core.channel_settled()
-                return
-            entry = reply.entry if isinstance(reply, ipc.Reply) else None
-            target = self.sessions.get(entry.conn_key) if entry is not None else None
-            if entry is None or target is None or target.core.state is not State.READY \
-                    or target.client_id != dst:
-                s.core.channel_settled()
-                s.send_control(wire.ChannelIntro(
-                    msg.req, wire.Code.NO_SUCH_PEER, msg.peer[:wire.QUOTE_MAX],
-                    reason=f"no client {wire.quote(dst)} is connected"))
-                return
-            offer = self.intros.offer(s.conn_key, msg.req, entry, self.loop.time())
-            self._arm_intros()
-            target.send_control(wire.ChannelOffer(offer, src, s.core.cert_der,
-                                                  s.conn.peer_address, msg.holepunch))
-
-        self.request_routing(dst, lambda req: ipc.Lookup(req, src, dst), routed)
-
-    def _channel_answer(self, target: Session, msg: wire.ChannelAnswer) -> None:
-        offer = self.intros.answered(msg.offer, target.conn_key)
-        opener = self.sessions.get(offer.opener) if offer is not None else None
-        if offer is None or opener is None:
-            return  # late, or not this client's to answer
-        opener.core.channel_settled()
-        entry = offer.target
-        if msg.code == 0:
-            opener.send_control(wire.ChannelIntro(offer.req, 0, entry.client_id, entry.cert,
-                                                  entry.addr))
-            self.intros.accepted(offer, opener.client_id or "", self.loop.time())
-            self._arm_intros()
-        else:
-            opener.send_control(wire.ChannelIntro(offer.req, msg.code, entry.client_id))
-
-    def _channel_dialing(self, opener: Session, msg: wire.ChannelDialing) -> None:
-        found = self.intros.dialed(opener.conn_key, msg.req)
-        target = self.sessions.get(found.target) if found is not None else None
-        if found is not None and target is not None:
-            target.send_control(wire.PeerDialing(found.opener_id))
-
-    def _arm_intros(self) -> None:
-        # Deadlines only grow: an armed timer is never later than a new one.
-        deadline = self.intros.next_deadline()
-        if self._intro_timer is None and deadline is not None:
-            self._intro_timer = self.loop.call_at(deadline, self._intros_due)
-
-    def _intros_due(self) -> None:
-        self._intro_timer = None
-        for offer in self.intros.expire(self.loop.time()):
-            self._intro_failed(offer, wire.Code.PEER_GONE,
-                               f"{wire.quote(offer.target.client_id)} did not answer the "
-                               "introduction")
-        self._arm_intros()
-
-    def _intro_failed(self, offer: Offer, code: int, reason: str) -> None:
-        opener = self.sessions.get(offer.opener)
-        if opener is not None:
-            opener.core.channel_settled()
-            opener.send_control(wire.ChannelIntro(offer.req, code, offer.target.client_id,
-                                                  reason=reason))
+    @property
+    def watches(self) -> watches.Watches:
+        return self.plane.watches
 
     # -- figures -------------------------------------------------------------------
 
@@ -504,18 +356,27 @@ class FrontEnd:
     def num_broadcasts(self) -> int:
         return len(self.hub.broadcasts)
 
+    def _legs(self) -> Iterator[Leg]:
+        """Every leg carried here: of this shard's clients (but those only
+        moved to another shard) and of other shards' clients."""
+        for s in self.sessions.values():
+            yield from s.legs.values()
+        if self.tunnels is not None:
+            for r in self.tunnels.remote.values():
+                yield from r.legs.values()
+
     def num_streams(self) -> int:
-        return sum(len(s.legs) for s in self.sessions.values()) // 2
+        """Streams carried here (a proxied one counts where it is spliced)."""
+        return sum(1 for leg in self._legs() if not isinstance(leg, TunnelLeg)) // 2
 
     def streams_by_kind(self) -> dict[str, int]:
         """Streams carried now: proxied (two legs each) and broadcast members."""
         legs = members = 0
-        for s in self.sessions.values():
-            for leg in s.legs.values():
-                if isinstance(leg, MemberLeg):
-                    members += 1
-                elif isinstance(leg, ProxiedLeg) and leg.other is not None:
-                    legs += 1
+        for leg in self._legs():
+            if isinstance(leg, MemberLeg):
+                members += 1
+            elif isinstance(leg, ProxiedLeg) and leg.other is not None:
+                legs += 1
         return {"proxied": legs // 2, "broadcast": members}
 
     @property

@@ -42,8 +42,11 @@ class Introductions:
     both tables are in deadline order: the earliest is always the first.
     """
 
-    def __init__(self) -> None:
-        self._next_offer = 1
+    def __init__(self, first: int = 1, step: int = 1) -> None:
+        # Offer ids first, first + step, ...: with shards, `id % n` names
+        # the shard that holds the offer.
+        self._next_offer = first
+        self._step = step
         self.offers: dict[int, Offer] = {}
         #: (opener conn_key, request id) -> the accepted introduction
         self.dialing: dict[tuple[int, int], Dialing] = {}
@@ -51,7 +54,7 @@ class Introductions:
     def offer(self, opener: int, req: int, target: ipc.Entry, now: float) -> int:
         """Record an offer to `target`: its id (what the target answers)."""
         offer_id = self._next_offer
-        self._next_offer += 1
+        self._next_offer += self._step
         self.offers[offer_id] = Offer(opener, req, target, now + OFFER_TIMEOUT)
         return offer_id
 
@@ -63,6 +66,10 @@ class Introductions:
             return None
         del self.offers[offer_id]
         return offer
+
+    def cancel(self, offer_id: int) -> Offer | None:
+        """Forget `offer_id` (its target was not there): the offer, if known."""
+        return self.offers.pop(offer_id, None)
 
     def accepted(self, offer: Offer, opener_id: str, now: float) -> None:
         """The target accepted: remember whom to tell once the opener dials."""

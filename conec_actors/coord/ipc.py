@@ -146,10 +146,11 @@ class PeerUp(msgspec.Struct, tag="peerup", array_like=True, frozen=True, gc=Fals
 
 
 class PeerDown(msgspec.Struct, tag="peerdown", array_like=True, frozen=True, gc=False):
-    """Shard `index` died: its clients are gone."""
+    """Shard `index` died: its clients (`entries`) are gone."""
 
     req: int
     index: int
+    entries: list[Entry] = []
 
 
 class ClientsRequest(msgspec.Struct, tag="clients", array_like=True, frozen=True, gc=False):

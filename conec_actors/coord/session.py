@@ -234,6 +234,9 @@ class SessionCore:
         self.idle_timeout = limits.idle_timeout
         self.deadline = 0.0  # for the hello
         self.registered = False  # the routing worker holds our entry
+        #: closed because a newer connection with the same certificate took
+        #: the id: its client did not leave
+        self.replaced = False
         self.control_quic_id: int | None = None
         #: holds control messages not acted on yet (while replies back up)
         self.control = ControlReader()
@@ -390,6 +393,11 @@ class SessionCore:
         if self.control.ended:
             acts += self.close(wire.Code.PROTOCOL, "the control stream was closed")
         return acts
+
+    def request_started(self) -> None:
+        """A request passed on (`Handle`) is answered later, after another
+        process: it counts against MAX_PENDING_REQUESTS until `request_done`."""
+        self.requests_pending += 1
 
     def request_done(self) -> bool:
         """A control request's answer came back: True if the control stream

@@ -128,7 +128,7 @@ class CoordLink:
 
 
 async def serve(index: int, count: int, fd: int, endpoint: str,
-                keys: tuple[bytes, bytes, bytes], setup: ShardSetup) -> int:
+                keys: tuple[bytes, bytes, bytes], setup: ShardSetup, start: int = 0) -> int:
     # Imported here, not at the top: `python -m` start-up stays light
     # until the keys and setup have been read.
     from ..certs import load_pem
@@ -138,6 +138,7 @@ async def serve(index: int, count: int, fd: int, endpoint: str,
     from . import shard_wire
     from .frontend import FrontEnd
     from .mesh import Mesh
+    from .shard_control import CrossShard
     from .tunnel import Tunnels
 
     loop = asyncio.get_running_loop()
@@ -152,7 +153,8 @@ async def serve(index: int, count: int, fd: int, endpoint: str,
     fe = FrontEnd(client_ca=setup.client_ca, max_message_size=setup.max_message_size,
                   max_datagram_size=setup.max_datagram_size, idle_timeout=setup.idle_timeout,
                   routing_workers=setup.routing_workers,
-                  broadcast_workers=setup.broadcast_workers, shard=(index, count))
+                  broadcast_workers=setup.broadcast_workers, shard=(index, count),
+                  start=start)
     public, secret = zmq.curve_keypair()
     tunnels: Tunnels | None = None
 
@@ -164,6 +166,8 @@ async def serve(index: int, count: int, fd: int, endpoint: str,
                                            shard_wire.decode, deliver, log)
     tunnels = fe.tunnels = fe.relay.tunnels = Tunnels(fe.sessions, fe.relay, index, count,
                                                      mesh.send)
+    cross = fe.plane.cross = CrossShard(fe.plane, index, count, mesh.send)
+    tunnels.control = cross.deliver
 
     def on_message(msg: ipc.ToShard) -> None:
         if isinstance(msg, ipc.ShardPeers):
@@ -174,6 +178,7 @@ async def serve(index: int, count: int, fd: int, endpoint: str,
         elif isinstance(msg, ipc.PeerDown):
             mesh.drop_peer(msg.index)
             tunnels.shard_down(msg.index)
+            cross.shard_down(msg.entries)
         elif isinstance(msg, ipc.StatsRequest):
             link.send(ipc.StatsReply(msg.req, figures(fe, ep), fe.lag.lag))
         elif isinstance(msg, ipc.ClientsRequest):
@@ -283,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", type=int, required=True)
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--fd", type=int, required=True)
+    p.add_argument("--start", type=int, default=0,
+                   help="where this start's connection keys begin (times --count)")
     p.add_argument("--endpoint", required=True)
     args = p.parse_args(argv)
     _die_with_parent()
@@ -299,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     # a signal sent to the whole process group must not look like a crash.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    return asyncio.run(serve(args.index, args.count, args.fd, args.endpoint, keys, setup))
+    return asyncio.run(serve(args.index, args.count, args.fd, args.endpoint, keys, setup,
+                             args.start))
 
 
 if __name__ == "__main__":

@@ -111,7 +111,94 @@ class Gone(msgspec.Struct, tag="gone", array_like=True, frozen=True, gc=False):
     conn: int
 
 
-ShardMsg = Open | Data | Consumed | Drained | Window | Reset | Stop | Forget | Settled | Gone
+# -- the control plane between shards (`shard_control`) -------------------------
+
+class Control(msgspec.Struct, tag="ctl", array_like=True, frozen=True, gc=False):
+    """Send control message `msg` (`wire.encode`d) to client connection `conn`."""
+
+    conn: int
+    msg: bytes
+
+
+class Offer(msgspec.Struct, tag="offer", array_like=True, frozen=True, gc=False):
+    """A channel offer (`msg`, encoded) for client `client_id` on connection
+    `conn`; `NoPeer(offer)` comes back if it is not there."""
+
+    conn: int
+    client_id: str
+    offer: int
+    msg: bytes
+
+
+class NoPeer(msgspec.Struct, tag="nopeer", array_like=True, frozen=True, gc=False):
+    offer: int
+
+
+class Answer(msgspec.Struct, tag="answer", array_like=True, frozen=True, gc=False):
+    """Connection `conn` answered channel offer `offer` with `code`."""
+
+    offer: int
+    conn: int
+    code: int
+
+
+class WatchAsk(msgspec.Struct, tag="wask", array_like=True, frozen=True, gc=False):
+    """Is `peer` connected here? Asked for watch `req` of connection `conn`."""
+
+    conn: int
+    req: int
+    peer: str
+
+
+class WatchState(msgspec.Struct, tag="wstate", array_like=True, frozen=True, gc=False):
+    conn: int
+    req: int
+    peer: str
+    connected: bool
+
+
+class GroupOp(msgspec.Struct, tag="gop", array_like=True, frozen=True, gc=False):
+    """A group request of client `client_id` (connection `conn`), sent to
+    the group's home shard."""
+
+    conn: int
+    client_id: str
+    op: str
+    name: str
+    req: int
+
+
+class Load(msgspec.Struct, tag="load", array_like=True, frozen=True, gc=False):
+    """A member's load report, for the groups homed on the receiving shard."""
+
+    client_id: str
+    asks: int
+    tells: int
+
+
+class Left(msgspec.Struct, tag="left", array_like=True, frozen=True, gc=False):
+    """Client `client_id` (connection `conn`) left, for `reason` (`watches.Reason`)."""
+
+    conn: int
+    client_id: str
+    reason: str
+
+
+class Replace(msgspec.Struct, tag="repl", array_like=True, frozen=True, gc=False):
+    """Close connection `conn`: its client reconnected with the same certificate."""
+
+    conn: int
+
+
+ControlMsg = (Control | Offer | NoPeer | Answer | WatchAsk | WatchState | GroupOp | Load
+              | Left | Replace)
+
+#: A tunnelled stream's messages (`tunnel`).
+StreamMsg = Open | Data | Consumed | Drained | Window | Reset | Stop | Forget | Settled | Gone
+
+ShardMsg = (Open | Data | Consumed | Drained | Window | Reset | Stop | Forget | Settled | Gone
+            | Control | Offer | NoPeer | Answer | WatchAsk | WatchState | GroupOp | Load
+            | Left | Replace)
 
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(list[ShardMsg])

@@ -45,7 +45,8 @@ class ShardControl:
             return None
         fd = self.sockets[slot.index].fileno()
         return Spawn(["-m", "conec_actors.coord.shard", "--index", str(slot.index),
-                      "--count", str(self.count), "--fd", str(fd)], (fd,), self._setup)
+                      "--count", str(self.count), "--fd", str(fd),
+                      "--start", str(slot.generation << 32)], (fd,), self._setup)
 
     def rebuild(self, kind: str, index: int, req: int) -> Outgoing:
         if kind == "routing":
@@ -103,14 +104,14 @@ class ShardControl:
             return
         sup = self.supervisor
         assert sup is not None
+        name = f"fe{slot.index}"
+        gone = [e for d in self._routing for e in d.entries.values() if e.frontend == name]
         for other in sup.by_kind["frontend"]:
             if other is not slot:
-                sup.notify(other, ipc.PeerDown(0, slot.index))
-        name = f"fe{slot.index}"
-        for d in self._routing:
-            for e in [e for e in d.entries.values() if e.frontend == name]:
-                self._forward("routing", e.client_id, ipc.Unregister(
-                    0, e.client_id, e.frontend, e.conn_key))
+                sup.notify(other, ipc.PeerDown(0, slot.index, gone))
+        for e in gone:
+            self._forward("routing", e.client_id, ipc.Unregister(
+                0, e.client_id, e.frontend, e.conn_key))
         # Its members leave every broadcast; the broadcasts it was the home
         # of are gone with it (their members elsewhere saw their streams reset).
         for book in self._books:

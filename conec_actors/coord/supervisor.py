@@ -174,8 +174,8 @@ class Supervisor:
         if self._closing or slot.proc is not proc:
             return
         may_restart = slot.crashes.record(time.monotonic())
-        log.warning("%s worker %d (pid %d) exited with %s; restarting",
-                    slot.kind, slot.index, proc.pid, code)
+        log.warning("%s %s %d (pid %d) exited with %s; restarting",
+                    slot.kind, _noun(slot), slot.index, proc.pid, code)
         slot.ready = False
         slot.info = None
         if self._on_exit is not None:
@@ -186,7 +186,7 @@ class Supervisor:
         if not may_restart:
             if not self.failed.done():
                 self.failed.set_exception(CoordinatorFailed(
-                    f"{slot.kind} worker {slot.index} crashed {slot.crashes.recent} times "
+                    f"{slot.kind} {_noun(slot)} {slot.index} crashed {slot.crashes.recent} times "
                     f"within {CRASH_WINDOW:.0f} s (last exit status {code}); "
                     "the Coordinator shut down"))
             return
@@ -196,7 +196,7 @@ class Supervisor:
         except OSError as exc:
             if not self.failed.done():
                 self.failed.set_exception(CoordinatorFailed(
-                    f"cannot restart {slot.kind} worker {slot.index}: {exc}"))
+                    f"cannot restart {slot.kind} {_noun(slot)} {slot.index}: {exc}"))
 
     def pids(self, kind: str | None = None) -> list[int]:
         return [s.proc.pid for s in self._slots.values()
@@ -269,8 +269,9 @@ class Supervisor:
         # Its connection is gone (EHOSTUNREACH): the worker died, or cannot
         # be reached and so must be restarted. What it had is in flight and
         # is replayed to its successor.
-        log.warning("cannot reach %s worker %d (%s); it is restarted",
-                    slot.kind, slot.index, exc)
+        if not self._closing:
+            log.warning("cannot reach %s %s %d (%s); it is restarted",
+                        slot.kind, _noun(slot), slot.index, exc)
         slot.ready = False
         slot.held, slot.outbox = None, []
         if slot.proc is not None and slot.proc.returncode is None:
@@ -377,3 +378,8 @@ class Supervisor:
         return [{"kind": s.kind, "slot": s.index, "pid": s.proc.pid if s.proc else None,
                  "ready": s.ready, "restarts": s.restarts, "inflight": len(s.inflight)}
                 for s in self._slots.values()]
+
+
+def _noun(slot: _Slot) -> str:
+    """What a slot's process is called in messages."""
+    return "shard" if slot.kind == "frontend" else "worker"

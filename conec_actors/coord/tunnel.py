@@ -42,6 +42,9 @@ class Opener(Protocol):
     def open_from_remote(self, s: Peer, msg: sw.Open) -> None: ...
 
 
+_CONTROL = frozenset(sw.ControlMsg.__args__)
+
+
 class RemoteConn:
     """A client connection held by shard `home`, as the far shard's legs use it."""
 
@@ -222,9 +225,15 @@ class TunnelLeg(Leg):
             s.conn.forget_stream(self.quic_id)
             s.core.stream_over(*figures)
 
+    def forget_if_done(self) -> None:
+        # Over both ways by the far shard's Reset/Stop is not forgotten yet:
+        # its Forget follows with the stream's figures (`forget`).
+        pass
+
     def cut(self) -> None:
         """The far shard died: end the stream both ways, as a peer gone."""
         self.end_both(wire.Code.PEER_GONE)
+        Leg.forget_if_done(self)
 
 
 class Tunnels:
@@ -242,6 +251,8 @@ class Tunnels:
         self.remote: dict[int, RemoteSession] = {}
         #: per local connection key: the far shards its streams are carried at
         self._far: dict[int, set[int]] = {}
+        #: where the control plane's messages between shards go (`shard_control`)
+        self.control: Callable[[int, sw.ControlMsg], None] | None = None
 
     def shard_of_key(self, conn_key: int) -> int:
         return conn_key % self.count
@@ -268,7 +279,7 @@ class Tunnels:
         for far in self._far.pop(s.conn_key, ()):
             self.send(far, sw.Gone(s.conn_key))
 
-    def _home_side(self, msg: sw.ShardMsg) -> None:
+    def _home_side(self, msg: sw.StreamMsg) -> None:
         s = self.sessions.get(msg.conn)
         if s is None:
             return
@@ -296,7 +307,7 @@ class Tunnels:
 
     # -- the far side ---------------------------------------------------------------
 
-    def _far_side(self, home: int, msg: sw.ShardMsg) -> None:
+    def _far_side(self, home: int, msg: sw.StreamMsg) -> None:
         if isinstance(msg, sw.Open):
             self._open(home, msg)
             return
@@ -344,7 +355,13 @@ class Tunnels:
 
     def deliver(self, shard: int, msgs: list[sw.ShardMsg]) -> None:
         """A batch from shard `shard`, in its order."""
+        control = self.control
         for msg in msgs:
+            if type(msg) in _CONTROL:
+                if control is not None:
+                    control(shard, cast(sw.ControlMsg, msg))
+                continue
+            msg = cast(sw.StreamMsg, msg)
             # Which end a message is for: its connection's home is here or not.
             if msg.conn % self.count == self.index:
                 self._home_side(msg)

@@ -1,0 +1,174 @@
+"""The control plane between front-end shards: introductions, watches,
+groups and stale sessions for clients on different shards.
+
+Each fact stays where it was with one front-end, and messages (`shard_wire`)
+reach the shard that holds the other party:
+
+- A channel introduction lives on the opener's shard. Offer ids name that
+  shard (`id % n`), so the target's shard sends the answer back to it (`Answer`).
+  An offer whose target is not where the directory said comes back as `NoPeer`.
+- A watch lives on the watcher's shard. The target's own shard says whether it
+  is connected (`WatchAsk`/`WatchState`). Its departure (`Left`, sent to every
+  shard) comes after that answer on the same ordered link, so none is missed.
+- A group lives on its home shard (`stable_hash(name) % n`, as broadcasts).
+  Requests (`GroupOp`) and members' load reports (`Load`) go there; replies
+  and views come back as `Control`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from .. import wire
+from ..ids import stable_hash
+from . import ipc
+from . import shard_wire as sw
+from .intros import Introductions, Offer
+from .session import SessionCore, State
+from .watches import Reason
+
+Send = Callable[[int, sw.ShardMsg], None]
+
+
+class Client(Protocol):
+    """A session, as the control plane uses it."""
+
+    core: SessionCore
+
+    @property
+    def client_id(self) -> str | None: ...
+
+    def send_control(self, msg: wire.Control) -> None: ...
+
+
+class Host(Protocol):
+    """What the control plane needs of its shard's `FrontEnd`."""
+
+    @property
+    def sessions(self) -> Mapping[int, Client]: ...
+
+    @property
+    def by_id(self) -> Mapping[str, Client]: ...
+
+    @property
+    def intros(self) -> Introductions: ...
+
+    def intro_failed(self, offer: Offer, code: int, reason: str) -> None: ...
+
+    def answered(self, offer_id: int, target: int, code: int) -> None: ...
+
+    def watch_known(self, watcher: int, req: int, peer: str, connected: bool) -> None: ...
+
+    def group_op(self, conn: int, member: str, op: str, name: str, req: int) -> None: ...
+
+    def load(self, member: str, asks: int, tells: int) -> None: ...
+
+    def gone_elsewhere(self, conn: int, client_id: str, reason: Reason) -> None: ...
+
+    def replace_stale(self, key: int) -> None: ...
+
+
+class CrossShard:
+    """One shard's side of the control plane between shards."""
+
+    def __init__(self, host: Host, index: int, count: int, send: Send) -> None:
+        self.host = host
+        self.index = index
+        self.count = count
+        self._send = send
+        #: per local connection key: the shards homing groups it joined
+        self._group_homes: dict[int, set[int]] = {}
+
+    def shard_of(self, key: int) -> int:
+        return key % self.count
+
+    def home_of_group(self, name: str) -> int:
+        return stable_hash(name) % self.count
+
+    def is_local(self, key: int) -> bool:
+        return key % self.count == self.index
+
+    # -- outgoing ----------------------------------------------------------------------
+
+    def control(self, conn: int, msg: wire.Control) -> None:
+        """Send `msg` to connection `conn` of another shard."""
+        self._send(conn % self.count, sw.Control(conn, wire.encode(msg)))
+
+    def offer(self, entry: ipc.Entry, offer_id: int, msg: wire.ChannelOffer) -> None:
+        self._send(entry.conn_key % self.count,
+                   sw.Offer(entry.conn_key, entry.client_id, offer_id, wire.encode(msg)))
+
+    def answer(self, offer_id: int, target: int, code: int) -> None:
+        self._send(offer_id % self.count, sw.Answer(offer_id, target, code))
+
+    def watch_ask(self, shard: int, watcher: int, req: int, peer: str) -> None:
+        self._send(shard, sw.WatchAsk(watcher, req, peer))
+
+    def group_op(self, conn: int, member: str, msg: wire.GroupRequest) -> bool:
+        """Send a group request to its group's home shard: False if that is here."""
+        home = self.home_of_group(msg.name)
+        if home == self.index:
+            return False
+        if msg.op == "join":
+            self._group_homes.setdefault(conn, set()).add(home)
+        self._send(home, sw.GroupOp(conn, member, msg.op, msg.name, msg.req))
+        return True
+
+    def load(self, conn: int, member: str, msg: wire.LoadReport) -> None:
+        for home in self._group_homes.get(conn, ()):
+            self._send(home, sw.Load(member, msg.asks, msg.tells))
+
+    def left(self, conn: int, client_id: str | None, reason: Reason) -> None:
+        """A client of this shard left: every other shard hears of it."""
+        self._group_homes.pop(conn, None)
+        if client_id is None:
+            return
+        for k in range(self.count):
+            if k != self.index:
+                self._send(k, sw.Left(conn, client_id, reason))
+
+    def replace(self, conn: int) -> None:
+        self._send(conn % self.count, sw.Replace(conn))
+
+    # -- incoming ----------------------------------------------------------------------
+
+    def deliver(self, shard: int, msg: sw.ControlMsg) -> None:
+        host = self.host
+        if isinstance(msg, sw.Control):
+            s = host.sessions.get(msg.conn)
+            if s is not None:
+                s.send_control(wire.decode(msg.msg))
+        elif isinstance(msg, sw.Offer):
+            s = host.sessions.get(msg.conn)
+            if s is None or s.core.state is not State.READY or s.client_id != msg.client_id:
+                self._send(shard, sw.NoPeer(msg.offer))
+            else:
+                s.send_control(wire.decode(msg.msg))
+        elif isinstance(msg, sw.NoPeer):
+            offer = host.intros.cancel(msg.offer)
+            if offer is not None:
+                host.intro_failed(offer, wire.Code.NO_SUCH_PEER,
+                                  f"no client {wire.quote(offer.target.client_id)} is connected")
+        elif isinstance(msg, sw.Answer):
+            host.answered(msg.offer, msg.conn, msg.code)
+        elif isinstance(msg, sw.WatchAsk):
+            t = host.by_id.get(msg.peer)
+            connected = t is not None and t.core.state is State.READY
+            self._send(shard, sw.WatchState(msg.conn, msg.req, msg.peer, connected))
+        elif isinstance(msg, sw.WatchState):
+            host.watch_known(msg.conn, msg.req, msg.peer, msg.connected)
+        elif isinstance(msg, sw.GroupOp):
+            host.group_op(msg.conn, msg.client_id, msg.op, msg.name, msg.req)
+        elif isinstance(msg, sw.Load):
+            host.load(msg.client_id, msg.asks, msg.tells)
+        elif isinstance(msg, sw.Left):
+            host.gone_elsewhere(msg.conn, msg.client_id,
+                                "left" if msg.reason == "left" else "vanished")
+        elif isinstance(msg, sw.Replace):
+            host.replace_stale(msg.conn)
+
+    def shard_down(self, entries: list[ipc.Entry]) -> None:
+        """A shard died: its clients are gone, as if each had vanished."""
+        for e in entries:
+            self.host.gone_elsewhere(e.conn_key, e.client_id, "vanished")
