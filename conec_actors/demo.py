@@ -44,8 +44,6 @@ from .demo_checks import (
     Flows,
     Printer,
     Room,
-    actor_pairs,
-    channel_pair,
     check_message,
     client_names,
     make_message,
@@ -255,22 +253,16 @@ async def _traffic(coord: Coord, clients: list[Client], placement: dict[str, int
             f"({' -> '.join(c.id for c in clients)} -> {clients[0].id}), "
             f"{STREAMS_PER_CLIENT} per client, messages of {MIN_SIZE} B to "
             f"{MAX_SIZE // 1024} KiB")
-        pair = channel_pair([c.id for c in clients], placement)
-        if pair is not None:
-            a, b = (next(c for c in clients if c.id == cid) for cid in pair)
+        if n >= 2:
+            a, b = clients[0], clients[1]
             await a.new_channel(b.id)
             send, recv = await a.new_direct_stream(b.id)
             flow = flows.get(a.id, b.id, "direct", send.stream_id.n)
             writers.append(asyncio.ensure_future(
                 _write(flow, send, recv, stop, random.Random(4242))))
             say(f"1 direct stream over a channel {a.id} <-> {b.id}: the Coordinator "
-                "introduced them and carries none of its bytes")
-            if len(set(placement.values())) > 1:
-                say(f"  ({a.id} and {b.id} share shard {placement[a.id]}: channel "
-                    "introductions do not cross shards yet)")
-        elif n >= 2:
-            say("no direct channel: no two clients share a shard, and channel "
-                "introductions do not cross shards yet")
+                "introduced them and carries none of its bytes"
+                + _across(placement, a.id, b.id))
         room = Room()
         members = [(c, *(await c.new_broadcast("demo-room"))) for c in clients]
         # Everyone listens before anyone speaks, so all hear the same things.
@@ -317,28 +309,33 @@ async def _traffic(coord: Coord, clients: list[Client], placement: dict[str, int
 
 async def _actors(clients: list[Client], placement: dict[str, int], duration: float,
                   say: Printer) -> bool:
-    """tell/ask between two clients over their direct channel (if they have
-    one), and with a third client, or without a channel, through the
-    Coordinator (`actor_pairs`)."""
+    """tell/ask between two clients: over the direct channel (alice -> bob)
+    and, with a third client, through the Coordinator (bob -> carol)."""
     from .actor import demo_tell_ask
 
     seconds = min(1.0, max(0.2, duration / 4))
-    by_id = {c.id: c for c in clients}
-    pair = channel_pair(list(by_id), placement)
+    pairs = [(clients[0], clients[1])]
+    if len(clients) >= 3:
+        pairs.append((clients[1], clients[2]))
     try:
-        for a_id, b_id in actor_pairs(list(by_id), placement, pair):
-            a, b = by_id[a_id], by_id[b_id]
+        for a, b in pairs:
             f = await demo_tell_ask(a, b, seconds)
             path = a.mailbox.route(b.id) or "?"
-            if placement.get(a_id) != placement.get(b_id):
-                path += ", across shards"
             say(f"  tell/ask {a.id} -> {b.id} ({path}): {f['tells']:,.0f} tells "
                 f"({f['tells_per_s']:,.0f}/s), {f['asks']:,.0f} asks, ask round trip "
-                f"p50 {f['ask_p50_ms']:.2f} ms, p99 {f['ask_p99_ms']:.2f} ms")
+                f"p50 {f['ask_p50_ms']:.2f} ms, p99 {f['ask_p99_ms']:.2f} ms"
+                + _across(placement, a.id, b.id))
     except ConecError as exc:
         say(f"  tell/ask FAILED: {exc}")
         return False
     return True
+
+
+def _across(placement: dict[str, int], a: str, b: str) -> str:
+    """A note when `a` and `b` are on different front-end shards."""
+    if placement.get(a) == placement.get(b):
+        return ""
+    return f" ({a} on shard {placement.get(a)}, {b} on shard {placement.get(b)})"
 
 
 async def _tick(coord: Coord, flows: Flows, start: float, duration: float,

@@ -220,32 +220,6 @@ def summary(flows: Flows, clients: list[str], stats: dict[str, Any], elapsed: fl
 
 
 
-def channel_pair(ids: list[str], shard_of: dict[str, int]) -> tuple[str, str] | None:
-    """The two clients the demo opens a direct channel between: the first
-    two (in `ids`' order) on one front-end shard, since channel
-    introductions do not cross shards yet; None if no two share one."""
-    for i, a in enumerate(ids):
-        for b in ids[i + 1:]:
-            if shard_of.get(a) == shard_of.get(b):
-                return a, b
-    return None
-
-
-def actor_pairs(ids: list[str], shard_of: dict[str, int],
-                channel: tuple[str, str] | None) -> list[tuple[str, str]]:
-    """Who tells and asks whom: the channel's pair (over it), then its
-    second client and a third one through the Coordinator, on another
-    shard if one is; without a channel, the first two through it."""
-    if channel is None:
-        return [(ids[0], ids[1])] if len(ids) >= 2 else []
-    b = channel[1]
-    others = [c for c in ids if c not in channel]
-    if not others:
-        return [channel]
-    far = [c for c in others if shard_of.get(c) != shard_of.get(b)]
-    return [channel, (b, (far or others)[0])]
-
-
 def shard_lines(stats: dict[str, Any]) -> list[str]:
     """Where the clients landed, from `Coord.stats()`: each front-end shard's
     pid and clients (nothing for a Coordinator of one front-end)."""

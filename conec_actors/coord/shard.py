@@ -234,33 +234,6 @@ def clients_here(fe: FrontEnd) -> tuple[list[ClientFigures], list[ClientFigures]
     return [s.figures() for s in fe.by_id.values()], carried
 
 
-def streams_here(fe: FrontEnd) -> dict[str, int]:
-    """The streams this shard carries, by kind, and all of them (`streams`,
-    counted as `FrontEnd.num_streams` counts them): the legs of its own
-    clients and those of other shards' clients whose streams run here. A
-    `TunnelLeg` only moves bytes for a leg at another shard, which counts
-    it there: each stream is counted once among the shards."""
-    from .fanout import MemberLeg
-    from .proxy import ProxiedLeg
-    from .tunnel import TunnelLeg
-
-    held = [s.legs for s in fe.sessions.values()]
-    if fe.tunnels is not None:
-        held += [r.legs for r in fe.tunnels.remote.values()]
-    legs = proxied = members = 0
-    for by_id in held:
-        for leg in by_id.values():
-            if isinstance(leg, TunnelLeg):
-                continue
-            legs += 1
-            if isinstance(leg, MemberLeg):
-                members += 1
-            elif isinstance(leg, ProxiedLeg) and leg.other is not None:
-                proxied += 1
-    return {"streams": legs // 2, "streams.proxied": proxied // 2,
-            "streams.broadcast": members}
-
-
 def figures(fe: FrontEnd, ep: Endpoint) -> dict[str, int]:
     """A shard's figures for the Coordinator's `stats()` and /metrics (CPU
     in ms; `refused.REASON` and `streams.KIND` by reason and kind)."""
@@ -268,7 +241,7 @@ def figures(fe: FrontEnd, ep: Endpoint) -> dict[str, int]:
     out = {
         "clients": fe.num_clients(), "connections": len(ep.connections),
         "half_open": ep.half_open, "retries_sent": ep.retries_sent,
-        "junk_dropped": ep.junk_dropped, **streams_here(fe),
+        "junk_dropped": ep.junk_dropped, "streams": fe.num_streams(),
         "streams_opened": fe.streams_opened, "broadcasts": fe.num_broadcasts(),
         "broadcast_deliveries": fe.hub.deliveries, "watches": len(fe.watches),
         "messages_forwarded": fe.messages_forwarded, "bytes_forwarded": fe.bytes_forwarded,
@@ -280,6 +253,8 @@ def figures(fe: FrontEnd, ep: Endpoint) -> dict[str, int]:
         out[f"refused.{reason}"] = n
     if ep.handshakes_refused:
         out["refused.handshake_timeout"] = ep.handshakes_refused
+    for kind, n in fe.streams_by_kind().items():
+        out[f"streams.{kind}"] = n
     return out
 
 
