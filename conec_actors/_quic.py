@@ -7,6 +7,8 @@
   writers' watermarks, can drop handshake-only buffers, and writes the
   steady state's packets (ACK + flow control + stream data) in one pass, and
   has its ACK-only packets acknowledged now and then (`ACK_ONLY_LIMIT`).
+  With a reset key, a server connection's ids carry stateless reset tokens
+  (`reset_token`); `receive_stateless_reset` spots a peer's (aioquic: neither).
 - Packet-level helpers for the datagram endpoint: header parsing, Retry and
   version negotiation.
 
@@ -15,19 +17,23 @@ An aioquic upgrade should only ever need this file changed.
 
 from __future__ import annotations
 
+import hmac
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 from aioquic.asyncio.server import _encode_invalid_token_close
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
+from aioquic.quic import events
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import (
     CONNECTION_LIMIT_FRAME_CAPACITY,
+    END_STATES,
     MAX_STREAM_DATA_FRAME_CAPACITY,
     QuicConnection,
     QuicConnectionState,
 )
 from aioquic.quic.packet import (
+    QuicErrorCode,
     QuicFrameType,
     QuicPacketType,
     encode_quic_retry,
@@ -49,6 +55,7 @@ __all__ = [
     "PacketInfo",
     "RetryGate",
     "parse_packet",
+    "reset_token",
     "version_negotiation",
 ]
 
@@ -68,6 +75,15 @@ _ONE_RTT = Epoch.ONE_RTT
 #: this many ACK-only packets wait with nothing ack-eliciting in flight, the next
 #: packet carries a PING: the peer's ACK of it frees them all.
 ACK_ONLY_LIMIT = 16
+#: RFC 9000 10.3: a stateless reset is at least 5 bytes that look like a
+#: short header, then a 16-byte token.
+RESET_MIN_SIZE = 21
+
+
+def reset_token(key: bytes, cid: bytes) -> bytes:
+    """Connection id `cid`'s stateless reset token: whoever holds `key` can
+    end a connection it lost (RFC 9000 10.3.2)."""
+    return hmac.digest(key, cid, "sha256")[:16]
 
 
 def initial_stream_window(connection_window: int, stream_window: int) -> int:
@@ -105,17 +121,21 @@ class ConecQuicConnection(QuicConnection):
 
     def __init__(self, *, configuration: QuicConfiguration, stream_window: int,
                  request_client_certificate: bool = False,
-                 shard: tuple[int, int] | None = None, **kwargs: Any) -> None:
+                 shard: tuple[int, int] | None = None, reset_key: bytes | None = None,
+                 **kwargs: Any) -> None:
         #: (k, n): this connection is held by shard k of n, and every
         #: connection id it issues maps to k (`shard_ids`).
         self._shard = shard
+        self._reset_key = None if configuration.is_client else reset_key  # servers' ids only
         super().__init__(configuration=configuration, **kwargs)
+        first = self._host_cids[0]
         if shard is not None:
             # aioquic drew the first id with os.urandom in __init__, before any
             # packet went out: swap it for one that names this shard.
-            first = self._host_cids[0]
             first.cid = self._shard_cid()
             self.host_cid = self._local_initial_source_connection_id = first.cid
+        if self._reset_key is not None:  # goes out in the transport parameters
+            first.stateless_reset_token = reset_token(self._reset_key, first.cid)
         self._stream_window = stream_window
         self._consumed: dict[int, int] = {}
         self._windows: dict[int, int] = {}  # streams with a window of their own
@@ -159,9 +179,12 @@ class ConecQuicConnection(QuicConnection):
     def _replenish_connection_ids(self) -> None:
         before = len(self._host_cids)
         super()._replenish_connection_ids()
-        if self._shard is not None:
-            for cid in self._host_cids[before:]:
+        key = self._reset_key
+        for cid in self._host_cids[before:]:
+            if self._shard is not None:
                 cid.cid = self._shard_cid()
+            if key is not None:
+                cid.stateless_reset_token = reset_token(key, cid.cid)
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
@@ -445,6 +468,27 @@ class ConecQuicConnection(QuicConnection):
             return False
         return any(space.largest_received_packet >= 0 for space in spaces.values())
 
+    def receive_stateless_reset(self, data: bytes, now: float) -> bool:
+        """True if datagram `data`, naming none of our ids, is the peer's
+        stateless reset: it ends in the token of a peer id we may use (not a
+        retired one, RFC 9000 10.3.1). The connection then drains, sends
+        nothing more, and `peer_closed` says "stateless reset"."""
+        if len(data) < RESET_MIN_SIZE or self._state in END_STATES:
+            return False
+        tail = data[-16:]
+        ids = [self._peer_cid, *self._peer_cid_available,
+               *(p.peer_cid for p in self._network_paths if p.peer_cid is not None)]
+        # compare_digest: the comparison must not leak the token (10.3.1)
+        if not any(c.stateless_reset_token and hmac.compare_digest(c.stateless_reset_token, tail)
+                   for c in ids):
+            return False
+        # The idle timeout's code: the connection was lost, not closed by choice.
+        self._close_event = events.ConnectionTerminated(
+            error_code=QuicErrorCode.INTERNAL_ERROR, frame_type=None,
+            reason_phrase="stateless reset")
+        self._close_begin(is_initiator=False, now=now)
+        return True
+
     def peer_closed(self) -> tuple[int, str] | None:
         """(code, reason) once the peer's CONNECTION_CLOSE arrived. aioquic
         reports termination only after the draining period (3 PTO); the
@@ -465,20 +509,15 @@ class ConecQuicConnection(QuicConnection):
                                QuicConnectionState.TERMINATED)
 
 
-class PacketInfo:
+class PacketInfo(NamedTuple):
     """What the endpoint needs from a packet header."""
 
-    __slots__ = ("dcid", "is_initial", "is_version_negotiation", "scid", "token",
-                 "version")
-
-    def __init__(self, dcid: bytes, scid: bytes, version: int | None, is_initial: bool,
-                 is_version_negotiation: bool, token: bytes) -> None:
-        self.dcid = dcid
-        self.scid = scid
-        self.version = version
-        self.is_initial = is_initial
-        self.is_version_negotiation = is_version_negotiation
-        self.token = token
+    dcid: bytes
+    scid: bytes
+    version: int | None
+    is_initial: bool
+    is_version_negotiation: bool
+    token: bytes
 
 
 def parse_packet(data: bytes) -> PacketInfo | None:

@@ -1,15 +1,25 @@
 """Rules of a UDP endpoint that need no socket: the forms of a peer's
-address, and the admission of new connections (which datagrams may start
+address, the admission of new connections (which datagrams may start
 one, version negotiation, and when to demand a Retry, i.e. address
-validation, under a flood of half-open handshakes)."""
+validation, under a flood of half-open handshakes), and when to answer a
+datagram for a connection it does not hold with a stateless reset."""
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 from typing import Any, Literal, NamedTuple
 
-from ._quic import SMALLEST_MAX_DATAGRAM_SIZE, PacketInfo, RetryGate, version_negotiation
+from ._quic import (
+    CONNECTION_ID_LENGTH,
+    RESET_MIN_SIZE,
+    SMALLEST_MAX_DATAGRAM_SIZE,
+    PacketInfo,
+    RetryGate,
+    reset_token,
+    version_negotiation,
+)
 
 Addr = tuple[Any, ...]
 """A socket address as the socket module gives it: (host, port) for IPv4,
@@ -21,6 +31,14 @@ RetryMode = bool | Literal["auto"]
 #: it stops again.
 RETRY_ON = 256
 RETRY_OFF = 128
+#: Stateless resets an endpoint sends per second at most, and in one burst:
+#: a peer spraying datagrams for unknown ids gets no more answers than this,
+#: for no more HMACs (a reset is always shorter than what triggered it).
+RESET_RATE = 100.0
+RESET_BURST = 100
+#: The longest reset sent. RFC 9000 10.3 asks for one byte less than a
+#: trigger of up to 43 bytes; a longer trigger needs no longer answer.
+RESET_MAX_SIZE = 43
 
 
 def unmap_address(addr: Addr) -> tuple[str, int]:
@@ -124,3 +142,55 @@ class Admission:
         if self._demand.needed(retry, half_open):
             return Reply(self._gate.retry_packet(pkt, addr, now), is_retry=True)
         return Accept(pkt.dcid, None)
+
+
+class StatelessResets:
+    """When a server endpoint answers a short-header datagram whose
+    connection id routes to no connection it holds (late packets of a
+    connection it lost, say in a shard that was restarted) with a stateless
+    reset (RFC 9000 10.3), and the reset's bytes: the fixed bits, random
+    bytes, then the id's token under `key` (`reset_token`), which the peer
+    holds if that id came from a connection of a process with the same key.
+
+    Only a datagram of more than RESET_MIN_SIZE bytes gets an answer, and the
+    answer is shorter than it (10.3.3: two endpoints cannot loop resets, and
+    none is an amplifier); at most `rate` a second, `burst` at once.
+    """
+
+    __slots__ = ("_at", "_budget", "burst", "key", "limited", "rate", "sent")
+
+    def __init__(self, key: bytes, rate: float = RESET_RATE, burst: int = RESET_BURST) -> None:
+        if len(key) < 16:
+            raise ValueError("a stateless reset key needs at least 16 bytes")
+        self.key = key
+        self.rate = rate
+        self.burst = burst
+        self._budget = float(burst)  # the token bucket...
+        self._at = float("-inf")  # ...last filled then
+        #: resets answered; datagrams that would have had one but for the rate
+        self.sent = 0
+        self.limited = 0
+
+    @staticmethod
+    def new_key() -> bytes:
+        """A key: one per Coordinator start, shared by its shards."""
+        return os.urandom(32)
+
+    def consider(self, data: bytes, now: float) -> bytes | None:
+        """The stateless reset that answers datagram `data` (whose id, if it
+        has a short header, names no connection here) at time `now`, or
+        None: not a short header, too short, or over the rate."""
+        size = len(data)
+        if size <= RESET_MIN_SIZE or data[0] & 0xC0 != 0x40:
+            return None  # a long header, no fixed bit, or too short to undercut
+        if now > self._at:
+            self._budget = min(float(self.burst), self._budget + (now - self._at) * self.rate)
+            self._at = now
+        if self._budget < 1.0:
+            self.limited += 1
+            return None
+        self._budget -= 1.0
+        self.sent += 1
+        token = reset_token(self.key, data[1:1 + CONNECTION_ID_LENGTH])
+        head = os.urandom(min(size - 1, RESET_MAX_SIZE) - len(token))
+        return bytes((0x40 | head[0] & 0x3F,)) + head[1:] + token

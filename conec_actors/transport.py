@@ -30,6 +30,7 @@ from .endpoint_rules import (
     Addr,
     Admission,
     RetryMode,
+    StatelessResets,
     normalize_address,
     unmap_address,
 )
@@ -334,6 +335,8 @@ class ServerSettings:
     shard: tuple[int, int] | None = None
     #: the Retry token key, shared by all shards (`RetryGate.new_key`)
     retry_key: bytes | None = None
+    #: the stateless reset key (tokens of our ids), shared by all shards (`StatelessResets.new_key`)
+    reset_key: bytes | None = None
 
 
 class Endpoint:
@@ -358,6 +361,8 @@ class Endpoint:
         self._cids: dict[bytes, Conn] = {}
         self._conns: set[Conn] = set()
         self._half_open: set[Conn] = set()
+        self._dialled: set[Conn] = set()  # client connections: those a reset may end
+        self._resets: StatelessResets | None = None  # made with `server.reset_key`
         self._admission = Admission(
             RetryGate(server.retry_key, server.shard) if server is not None else None)
         self._light = True
@@ -370,6 +375,7 @@ class Endpoint:
         #: logged as refusals)
         self.handshakes_refused = 0
         self.send_dropped = 0
+        self.resets_sent = self.resets_limited = 0  # stateless resets: sent, over the rate
         self.loop.add_reader(sock.fileno(), self._on_readable)
 
     @classmethod
@@ -463,6 +469,7 @@ class Endpoint:
         addr = self.normalize(addr)
         conn = Conn(self, quic, addr, handler)
         self._conns.add(conn)
+        self._dialled.add(conn)
         self._route(quic.host_cid, conn)
         quic.connect(addr, now=self.loop.time())
         conn.transmit()
@@ -476,8 +483,8 @@ class Endpoint:
             known = self._cids.get(data[1:1 + CONNECTION_ID_LENGTH])
             if known is not None:
                 known.receive(data, addr)
-            # Unknown: late packets of a forgotten connection, or junk. Only
-            # an Initial (a long header) can start a connection.
+            else:
+                self._unknown_id(data, addr)
             return
         pkt = parse_packet(data)
         if pkt is None:
@@ -503,13 +510,11 @@ class Endpoint:
     def _accept(self, pkt: PacketInfo, data: bytes, addr: Addr, server: ServerSettings,
                 verdict: Accept) -> None:
         quic = ConecQuicConnection(
-            configuration=server.configuration,
-            stream_window=server.stream_window,
+            configuration=server.configuration, stream_window=server.stream_window,
             request_client_certificate=server.request_client_certificate,
             original_destination_connection_id=verdict.original_dcid,
-            retry_source_connection_id=verdict.retry_scid,
-            shard=server.shard,
-        )
+            retry_source_connection_id=verdict.retry_scid, shard=server.shard,
+            reset_key=server.reset_key)
         conn = Conn(self, quic, addr, None)
         self._conns.add(conn)
         self._half_open.add(conn)
@@ -541,6 +546,24 @@ class Endpoint:
                                 "client_id": None})
             conn.abort()
 
+    def _unknown_id(self, data: bytes, addr: Addr) -> None:
+        """A short header for no connection here: a stateless reset (RFC 9000
+        10.3.1: a random id, a token at the end) for one we dialled, or late
+        packets of one we lost (a server with a reset key answers), or junk."""
+        now = self.loop.time()
+        for conn in self._dialled:
+            if conn.addr == addr and conn.quic.receive_stateless_reset(data, now):
+                conn._process()  # it terminates
+                return
+        key = self.server.reset_key if self.server is not None else None
+        if key is not None:
+            if self._resets is None or self._resets.key is not key:
+                self._resets = StatelessResets(key)  # a client's `server` comes late
+            reply = self._resets.consider(data, now)
+            self.resets_sent, self.resets_limited = self._resets.sent, self._resets.limited
+            if reply is not None:
+                self.sendto(reply, addr)
+
     @property
     def half_open(self) -> int:
         return len(self._half_open)
@@ -548,6 +571,7 @@ class Endpoint:
     def _forget(self, conn: Conn) -> None:
         self._conns.discard(conn)
         self._half_open.discard(conn)
+        self._dialled.discard(conn)
         for cid in conn.cids:
             if self._cids.get(cid) is conn:
                 del self._cids[cid]

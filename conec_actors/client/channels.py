@@ -24,6 +24,7 @@ from .. import wire
 from ..certs import load_pem
 from ..closing import refusal_error
 from ..config import ClientConfig
+from ..endpoint_rules import StatelessResets
 from ..errors import ChannelExists, ChannelToSelf, ConecError, ConnectFailed, NoChannel, NoSuchPeer
 from ..ids import is_valid_id
 from ..streams import STREAM_WINDOW
@@ -117,7 +118,8 @@ class Channels:
         if cfg.listen:
             endpoint.server = ServerSettings(
                 configuration=self._quic_config(is_client=False),
-                stream_window=STREAM_WINDOW, accept=self._accept)
+                stream_window=STREAM_WINDOW, accept=self._accept,
+                reset_key=StatelessResets.new_key())
         self.rebind(link)
 
     def rebind(self, link: CoordLink) -> None:

@@ -17,7 +17,7 @@ from .._quic import RetryGate
 from .._util import AwaitableContext
 from ..certs import load_pem
 from ..config import CoordConfig, parse_host_port
-from ..endpoint_rules import unmap_address
+from ..endpoint_rules import StatelessResets, unmap_address
 from ..errors import CoordinatorFailed
 from ..streams import STREAM_WINDOW
 from ..tlsconf import quic_configuration
@@ -91,7 +91,8 @@ class Coord:
         try:
             await supervisor.start()
             settings = ServerSettings(configuration=qcfg, stream_window=STREAM_WINDOW,
-                                      accept=fe.accept, retry=cfg.stateless_retry)
+                                      accept=fe.accept, retry=cfg.stateless_retry,
+                                      reset_key=StatelessResets.new_key())
             endpoint = await Endpoint.bind(cfg.host, cfg.port, settings)
         except BaseException:
             await supervisor.close()
@@ -108,7 +109,8 @@ class Coord:
         control = ShardControl(sockets, ShardSetup(
             cert_pem, key_pem, client_ca, cfg.max_message_size, cfg.max_datagram_size,
             cfg.idle_timeout, cfg.stateless_retry, cfg.routing_workers,
-            cfg.broadcast_workers, RetryGate.new_key(), logging.getLogger().getEffectiveLevel()))
+            cfg.broadcast_workers, RetryGate.new_key(), logging.getLogger().getEffectiveLevel(),
+            reset_key=StatelessResets.new_key()))
         supervisor = Supervisor({"routing": cfg.routing_workers,
                                  "broadcast": cfg.broadcast_workers,
                                  "frontend": cfg.frontends}, control.rebuild,
@@ -216,6 +218,8 @@ class Coord:
             "half_open": self._endpoint.half_open,
             "retries_sent": self._endpoint.retries_sent,
             "junk_dropped": self._endpoint.junk_dropped,
+            "resets_sent": self._endpoint.resets_sent,
+            "resets_limited": self._endpoint.resets_limited,
             "streams": fe.num_streams(),
             "streams_opened": fe.streams_opened,
             "broadcasts": fe.num_broadcasts(),
@@ -411,7 +415,8 @@ class Coord:
 _CLIENTS = msgspec.msgpack.Decoder(list[ClientFigures])
 
 #: Figures of the shards that `stats()` sums.
-_SUMMED = ("clients", "connections", "half_open", "retries_sent", "junk_dropped", "streams",
+_SUMMED = ("clients", "connections", "half_open", "retries_sent", "junk_dropped",
+           "resets_sent", "resets_limited", "streams",
            "streams_opened", "broadcasts", "broadcast_deliveries", "watches",
            "messages_forwarded", "bytes_forwarded", "connections_accepted",
            "writers_paused", "writers_resumed")

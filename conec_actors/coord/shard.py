@@ -54,6 +54,8 @@ class ShardSetup(msgspec.Struct, array_like=True, frozen=True):
     broadcast_workers: int
     retry_key: bytes
     log_level: int = logging.INFO
+    #: the stateless reset key (`ServerSettings.reset_key`), the same for a restarted shard
+    reset_key: bytes | None = None
 
 
 class CoordLink:
@@ -192,7 +194,8 @@ async def serve(index: int, count: int, fd: int, endpoint: str,
     settings = ServerSettings(configuration=qcfg, stream_window=STREAM_WINDOW,
                               accept=fe.accept,
                               retry=setup.stateless_retry,  # type: ignore[arg-type]
-                              shard=(index, count), retry_key=setup.retry_key)
+                              shard=(index, count), retry_key=setup.retry_key,
+                              reset_key=setup.reset_key)
     ep = Endpoint(sock, settings)
     fe.endpoint = ep
     link.send(ipc.Ready("frontend", index, os.getpid(), endpoint=mesh.endpoint,
@@ -241,7 +244,8 @@ def figures(fe: FrontEnd, ep: Endpoint) -> dict[str, int]:
     out = {
         "clients": fe.num_clients(), "connections": len(ep.connections),
         "half_open": ep.half_open, "retries_sent": ep.retries_sent,
-        "junk_dropped": ep.junk_dropped, "streams": fe.num_streams(),
+        "junk_dropped": ep.junk_dropped, "resets_sent": ep.resets_sent,
+        "resets_limited": ep.resets_limited, "streams": fe.num_streams(),
         "streams_opened": fe.streams_opened, "broadcasts": fe.num_broadcasts(),
         "broadcast_deliveries": fe.hub.deliveries, "watches": len(fe.watches),
         "messages_forwarded": fe.messages_forwarded, "bytes_forwarded": fe.bytes_forwarded,
