@@ -268,7 +268,7 @@ def _cmd_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--duration must be positive")
     if not 1 <= args.clients <= 64:
         parser.error("--clients must be between 1 and 64")
-    return run_demo(args.duration, args.clients)
+    return run_demo(args.duration, args.clients, args.frontends)
 
 
 def bench_modules(bench_dir: Path) -> list[str]:

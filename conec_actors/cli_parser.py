@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long to send (default %(default)s)")
     p.add_argument("--clients", metavar="N", type=int, default=3,
                    help="number of clients (default %(default)s)")
+    p.add_argument("--frontends", metavar="N", type=_positive_int, default=None,
+                   help="front-end shard processes of the Coordinator (default 2 on "
+                   "Linux, 1 elsewhere)")
 
     p = add("top", help="a live view of a running Coordinator's metrics",
             description="Show a Coordinator's clients, rates, workers, event loop lag "

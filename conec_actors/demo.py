@@ -1,5 +1,10 @@
 """``conec-actors demo``: a Coordinator and a few clients in one process.
 
+The Coordinator runs its front-end in `frontends` shard processes (2 by
+default on Linux, where the kernel steers each client to one of them by its
+first connection id; the demo prints where they landed), so the ring's
+streams mostly cross shards.
+
 The clients (alice, bob, carol, ...) sit in a ring: each opens proxied
 streams to the next one and sends messages of mixed sizes (64 B to 16 KiB)
 as fast as the path lets it, while the next one reads them from
@@ -43,12 +48,15 @@ from .demo_checks import (
     client_names,
     make_message,
     random_size,
+    shard_lines,
+    shard_summary,
     summary,
 )
 from .errors import ConecError, StreamClosed
 from .streams import BroadcastInStream, IncomingStream, InStream, OutStream
 
-__all__ = ["check_message", "client_names", "demo", "make_message", "run_demo"]
+__all__ = ["check_message", "client_names", "default_frontends", "demo", "make_message",
+           "run_demo"]
 
 #: Streams each client opens to the next one in the ring.
 STREAMS_PER_CLIENT = 2
@@ -56,6 +64,8 @@ STREAMS_PER_CLIENT = 2
 BROADCAST_EVERY = 0.05
 #: How long stopping may take before the demo reports a stuck stream.
 DRAIN_TIMEOUT = 10.0
+#: How long the demo waits for its clients to show in the shards' figures.
+PLACED_WAIT = 2.0
 
 
 # -- the ends of a stream ----------------------------------------------------------
@@ -152,15 +162,25 @@ async def _connect_all(cfgs: list[ClientConfig]) -> list[Client]:
     return clients
 
 
-async def demo(duration: float = 5.0, clients: int = 3, out: TextIO | None = None) -> int:
-    """Run the demo (see the module docstring) in the running event loop and
-    return the exit status: 0 if every check passed, 1 if one failed, 130 if
-    interrupted by SIGINT/SIGTERM (after stopping cleanly and printing the
-    summary)."""
+def default_frontends() -> int:
+    """The demo's front-end shards by default: 2 on Linux (where
+    `CoordConfig.frontends` > 1 works), 1 elsewhere."""
+    return 2 if sys.platform == "linux" else 1
+
+
+async def demo(duration: float = 5.0, clients: int = 3, out: TextIO | None = None,
+               frontends: int | None = None) -> int:
+    """Run the demo (see the module docstring) in the running event loop,
+    with a Coordinator of `frontends` front-end shards (`default_frontends()`
+    if None), and return the exit status: 0 if every check passed, 1 if one
+    failed, 130 if interrupted by SIGINT/SIGTERM (after stopping cleanly and
+    printing the summary)."""
     if not duration > 0:
         raise ValueError(f"duration must be positive, got {duration}")
     if clients < 1:
         raise ValueError(f"clients must be at least 1, got {clients}")
+    if frontends is None:
+        frontends = default_frontends()
     say = Printer(out if out is not None else sys.stdout)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -178,7 +198,7 @@ async def demo(duration: float = 5.0, clients: int = 3, out: TextIO | None = Non
     ck = self_signed(["localhost"])
     with on_stop_signals(interrupt):
         async with Coord.start(CoordConfig(ck.cert_pem, ck.key_pem, host="127.0.0.1",
-                                           port=0)) as coord:
+                                           port=0, frontends=frontends)) as coord:
             host, port = coord.address
             say(f"coordinator listening on {host}:{port} (routing worker pid "
                 f"{', '.join(map(str, coord.worker_pids('routing')))}, broadcast worker "
@@ -188,14 +208,31 @@ async def demo(duration: float = 5.0, clients: int = 3, out: TextIO | None = Non
             conns = await _connect_all(cfgs)
             try:
                 say(f"connected {', '.join(names)}")
-                return await _traffic(coord, conns, duration, stop, say,
+                placement = await _placed(coord, len(conns))
+                for line in shard_lines(await coord.stats()):
+                    say(line)
+                return await _traffic(coord, conns, placement, duration, stop, say,
                                       lambda: interrupted, loop)
             finally:
                 for c in conns:
                     await c.close()
 
 
-async def _traffic(coord: Coord, clients: list[Client], duration: float,
+async def _placed(coord: Coord, clients: int) -> dict[str, int]:
+    """Each client id's front-end shard, once every client is listed (as
+    /clients lists them; or after PLACED_WAIT s)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PLACED_WAIT
+    while True:
+        # The figures the metrics endpoint's /clients serves.
+        placement = {c.id: c.shard for c in await coord._clients()}
+        if len(placement) >= clients or loop.time() > deadline:
+            return placement
+        await asyncio.sleep(0.02)
+
+
+async def _traffic(coord: Coord, clients: list[Client], placement: dict[str, int],
+                   duration: float,
                    stop: asyncio.Event, say: Printer, interrupted: Callable[[], bool],
                    loop: asyncio.AbstractEventLoop) -> int:
     flows = Flows()
@@ -224,7 +261,8 @@ async def _traffic(coord: Coord, clients: list[Client], duration: float,
             writers.append(asyncio.ensure_future(
                 _write(flow, send, recv, stop, random.Random(4242))))
             say(f"1 direct stream over a channel {a.id} <-> {b.id}: the Coordinator "
-                "introduced them and carries none of its bytes")
+                "introduced them and carries none of its bytes"
+                + _across(placement, a.id, b.id))
         room = Room()
         members = [(c, *(await c.new_broadcast("demo-room"))) for c in clients]
         # Everyone listens before anyone speaks, so all hear the same things.
@@ -258,15 +296,19 @@ async def _traffic(coord: Coord, clients: list[Client], duration: float,
         f"Coordinator: {'ok, every member heard everything in one order' if room_ok else 'FAILED'}")
     for problem in room.problems:
         say(f"    {problem}")
+    if len(stats["frontends"]) > 1:
+        for line in shard_summary(stats):
+            say(line)
     ok = ok and room_ok
     if len(clients) >= 2 and not interrupted():
-        ok = await _actors(clients, duration, say) and ok
+        ok = await _actors(clients, placement, duration, say) and ok
     if not ok:
         return 1
     return 130 if interrupted() else 0
 
 
-async def _actors(clients: list[Client], duration: float, say: Printer) -> bool:
+async def _actors(clients: list[Client], placement: dict[str, int], duration: float,
+                  say: Printer) -> bool:
     """tell/ask between two clients: over the direct channel (alice -> bob)
     and, with a third client, through the Coordinator (bob -> carol)."""
     from .actor import demo_tell_ask
@@ -281,11 +323,19 @@ async def _actors(clients: list[Client], duration: float, say: Printer) -> bool:
             path = a.mailbox.route(b.id) or "?"
             say(f"  tell/ask {a.id} -> {b.id} ({path}): {f['tells']:,.0f} tells "
                 f"({f['tells_per_s']:,.0f}/s), {f['asks']:,.0f} asks, ask round trip "
-                f"p50 {f['ask_p50_ms']:.2f} ms, p99 {f['ask_p99_ms']:.2f} ms")
+                f"p50 {f['ask_p50_ms']:.2f} ms, p99 {f['ask_p99_ms']:.2f} ms"
+                + _across(placement, a.id, b.id))
     except ConecError as exc:
         say(f"  tell/ask FAILED: {exc}")
         return False
     return True
+
+
+def _across(placement: dict[str, int], a: str, b: str) -> str:
+    """A note when `a` and `b` are on different front-end shards."""
+    if placement.get(a) == placement.get(b):
+        return ""
+    return f" ({a} on shard {placement.get(a)}, {b} on shard {placement.get(b)})"
 
 
 async def _tick(coord: Coord, flows: Flows, start: float, duration: float,
@@ -342,15 +392,15 @@ async def _wait_readers(flows: Flows, readers: set[asyncio.Task[None]],
                          "messages arrived)")
 
 
-def run_demo(duration: float = 5.0, clients: int = 3) -> int:
+def run_demo(duration: float = 5.0, clients: int = 3, frontends: int | None = None) -> int:
     """Run the demo in a new event loop (uvloop if installed) and return the
     exit status: 0 if every check passed, 1 if one failed or the demo could
     not start, 130 if interrupted."""
     try:
-        return run(demo(duration, clients))
+        return run(demo(duration, clients, frontends=frontends))
     except OSError as exc:
         print(f"conec-actors demo: {describe_os_error(exc)}", file=sys.stderr, flush=True)
-    except ConecError as exc:
+    except (ConecError, ValueError) as exc:  # ValueError: frontends > 1 off Linux
         print(f"conec-actors demo: {exc}", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         print("conec-actors demo: interrupted", file=sys.stderr, flush=True)

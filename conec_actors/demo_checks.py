@@ -218,3 +218,31 @@ def summary(flows: Flows, clients: list[str], stats: dict[str, Any], elapsed: fl
     return not failed and not stuck and bool(all_flows)
 
 
+
+
+def shard_lines(stats: dict[str, Any]) -> list[str]:
+    """Where the clients landed, from `Coord.stats()`: each front-end shard's
+    pid and clients (nothing for a Coordinator of one front-end)."""
+    shards = stats["frontends"]
+    if len(shards) < 2:
+        return []
+    held = [f for f in shards if f["clients"]]
+    lines = [f"{len(shards)} front-end shards on one UDP port (the kernel steers each "
+             "client by its first connection id):",
+             "  " + "; ".join(f"shard {f['shard']} (pid {f['pid']}): {f['clients']} "
+                              f"client{'s' * (f['clients'] != 1)}" for f in shards)
+             + f"; imbalance {stats['frontends_imbalance']:.2f} (busiest / mean)"]
+    if len(held) == 1:
+        lines.append(f"  every client landed on shard {held[0]['shard']} this time: "
+                     "nothing crosses shards (more clients make that unlikely)")
+    return lines
+
+
+def shard_summary(stats: dict[str, Any]) -> list[str]:
+    """What each front-end shard forwarded, and its CPU time since it started."""
+    rows = [["shard", "pid", "clients", "msgs forwarded", "MB forwarded", "cpu s"]]
+    for f in stats["frontends"]:
+        rows.append([str(f["shard"]), str(f["pid"]), str(f["clients"]),
+                     f"{f['messages_forwarded']:,}", mb(f["bytes_forwarded"]),
+                     f"{f['cpu_seconds']:.2f}"])
+    return ["  front-end shards:", *table(rows, right={1, 2, 3, 4, 5}, indent="    ")]

@@ -30,6 +30,7 @@ __all__ = [
     "ClientRow",
     "Scrape",
     "Section",
+    "ShardRow",
     "Snapshot",
     "TopError",
     "fetch",
@@ -128,6 +129,22 @@ class ClientRow:
     #: Bytes per second both ways since the previous scrape (None: first seen).
     bytes_per_s: float | None
     rtt_seconds: float
+    #: The front-end shard holding it (None: not said).
+    shard: int | None = None
+
+
+@dataclass(frozen=True)
+class ShardRow:
+    """One front-end shard (the ``shard`` label of ``conec_shard_*``)."""
+
+    shard: str
+    clients: float
+    #: Per second since the previous scrape (None: no previous scrape).
+    messages_per_s: float | None
+    bytes_per_s: float | None
+    #: CPU seconds per second (1.0: one core busy), None as for the rates.
+    cpu: float | None
+    loop_lag: float | None
 
 
 @dataclass(frozen=True)
@@ -154,6 +171,10 @@ class Snapshot:
     #: ``/clients``: how many it listed (its first page: by id, up to 1024)
     #: and how many it said there are.
     listed: tuple[int, int] | None = None
+    #: The front-end shards, by number.
+    shards: list[ShardRow] = field(default_factory=list)
+    #: The busiest shard's clients over the mean (``conec_frontends_imbalance``).
+    imbalance: float | None = None
 
 
 #: Figures shown as they are: label on screen -> metric.
@@ -199,7 +220,25 @@ def snapshot(cur: Scrape, prev: Scrape | None = None) -> Snapshot:
         streams_open=dict(sorted(_by_label(s, "conec_streams_open", "kind").items())),
         figures=figures, top_clients=_top_clients(cur, prev, dt), interval=dt,
         listed=None if cur.clients is None or cur.num_clients is None
-        else (len(cur.clients), cur.num_clients))
+        else (len(cur.clients), cur.num_clients),
+        shards=_shards(s, p, rate), imbalance=_sum(s, "conec_frontends_imbalance"))
+
+
+def _shards(s: Mapping[SampleKey, float], p: Mapping[SampleKey, float],
+            rate: Callable[[float | None, float | None], float | None]) -> list[ShardRow]:
+    def by_shard(samples: Mapping[SampleKey, float], name: str) -> dict[str, float]:
+        return _by_label(samples, name, "shard")
+
+    clients = by_shard(s, "conec_shard_clients")
+    per_s = [(by_shard(s, name), by_shard(p, name)) for name in (
+        "conec_shard_messages_forwarded_total", "conec_shard_bytes_forwarded_total",
+        "conec_shard_cpu_seconds_total")]
+    lag = by_shard(s, "conec_shard_event_loop_lag_seconds")
+    rows = []
+    for shard in sorted(clients, key=lambda k: (len(k), k)):  # numerically
+        msgs, nbytes, cpu = (rate(now.get(shard), before.get(shard)) for now, before in per_s)
+        rows.append(ShardRow(shard, clients[shard], msgs, nbytes, cpu, lag.get(shard)))
+    return rows
 
 
 def _moved(c: Mapping[str, Any]) -> int:
@@ -221,7 +260,8 @@ def _top_clients(cur: Scrape, prev: Scrape | None, dt: float | None) -> list[Cli
             id=cid, address=str(c.get("address", "")), streams=int(c.get("streams", 0)),
             bytes_in=int(c.get("bytes_in", 0)), bytes_out=int(c.get("bytes_out", 0)),
             bytes_per_s=None if inc is None or dt is None else inc / dt,
-            rtt_seconds=float(c.get("rtt_seconds", 0.0))))
+            rtt_seconds=float(c.get("rtt_seconds", 0.0)),
+            shard=None if c.get("shard") is None else int(c["shard"])))
     return rows
 
 
@@ -263,12 +303,20 @@ def sections(snap: Snapshot) -> list[Section]:
     if snap.streams_open:
         overview.append(("streams open", ", ".join(
             f"{kind} {_si(v)}" for kind, v in snap.streams_open.items())))
+    if snap.imbalance is not None and len(snap.shards) > 1:
+        overview.append(("shard imbalance", f"{snap.imbalance:.2f} (busiest / mean)"))
     overview.extend((label, _si(v)) for label, v in snap.figures.items())
     unit = {"bytes/s": "B"}
     rates = [(label, _si(v, unit.get(label, ""))) for label, v in snap.rates.items()]
     out = [Section("Coordinator", (), overview),
            Section("Rates" + ("" if snap.interval is not None else " (after the next scrape)"),
                    (), rates)]
+    if snap.shards:
+        out.append(Section("Front-end shards", (
+            "shard", "clients", "msgs/s", "bytes/s", "cpu", "lag"), [
+            (r.shard, _si(r.clients), _si(r.messages_per_s), _si(r.bytes_per_s, "B"),
+             "-" if r.cpu is None else f"{r.cpu * 100:.0f}%",
+             "-" if r.loop_lag is None else _ms(r.loop_lag)) for r in snap.shards]))
     if snap.workers:
         out.append(Section("Workers", ("kind", "up", "restarts"), [
             (kind, _si(up), _si(restarts)) for kind, (up, restarts) in snap.workers.items()]))
@@ -280,11 +328,16 @@ def sections(snap: Snapshot) -> list[Section]:
     among = f"of {_si(snap.clients)}"
     if snap.listed is not None and snap.listed[0] < snap.listed[1]:
         among = f"among the first {snap.listed[0]} of {snap.listed[1]}"
-    out.append(Section(f"Top clients by bytes ({among})",
-                       ("id", "address", "streams", "bytes in", "bytes out", "bytes/s", "rtt"),
-                       [(c.id, c.address, str(c.streams), _si(c.bytes_in, "B"),
-                         _si(c.bytes_out, "B"), _si(c.bytes_per_s, "B"), _ms(c.rtt_seconds))
-                        for c in snap.top_clients], text_columns=2))
+    header: tuple[str, ...] = ("id", "address", "streams", "bytes in", "bytes out", "bytes/s",
+                               "rtt")
+    rows: list[tuple[str, ...]] = [
+        (c.id, c.address, str(c.streams), _si(c.bytes_in, "B"), _si(c.bytes_out, "B"),
+         _si(c.bytes_per_s, "B"), _ms(c.rtt_seconds)) for c in snap.top_clients]
+    if len(snap.shards) > 1:  # which shard holds each one
+        header = (*header[:2], "shard", *header[2:])
+        rows = [(*r[:2], "-" if c.shard is None else str(c.shard), *r[2:])
+                for r, c in zip(rows, snap.top_clients, strict=True)]
+    out.append(Section(f"Top clients by bytes ({among})", header, rows, text_columns=2))
     return out
 
 

@@ -10,6 +10,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from .. import reuseport, wire
 from .._quic import RetryGate
 from .._util import AwaitableContext
@@ -23,11 +25,18 @@ from ..transport import Endpoint, ServerSettings
 from ..udp import SOCKET_BUFFER
 from . import ipc
 from .frontend import FrontEnd
-from .metrics import ClientFigures, Snapshot, WorkerFigures
+from .metrics import (
+    ClientFigures,
+    ShardCounters,
+    ShardFigures,
+    Snapshot,
+    WorkerFigures,
+    imbalance,
+)
 from .metrics_http import MetricsServer, Sources
 from .shard import ShardSetup
 from .sharded import ShardControl
-from .supervisor import Supervisor, _Slot
+from .supervisor import Outgoing, Supervisor, _Slot
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +61,8 @@ class Coord:
         self._failure: CoordinatorFailed | None = None
         self._closing: asyncio.Task[None] | None = None
         self._metrics: MetricsServer | None = None
+        # /metrics' totals carry the counts of shards' previous processes.
+        self._shard_counters = ShardCounters()
         supervisor.failed.add_done_callback(self._on_failed)
 
     @classmethod
@@ -183,16 +194,20 @@ class Coord:
 
     async def stats(self) -> dict[str, Any]:
         """A snapshot: clients, streams, broadcasts, forwarded figures, workers,
-        and each front-end shard's figures (`frontends`)."""
+        each front-end shard's figures (`frontends`) and how unevenly the
+        shards are filled (`frontends_imbalance`: the busiest one's clients
+        over the mean, 1.0 when even)."""
         slots = self._supervisor.slots()
         workers = self._supervisor.figures()
-        for w, r in zip(workers, await self._ask_workers(timeout=2.0), strict=True):
+        replies = await self._ask(slots, timeout=2.0)
+        for w, r in zip(workers, replies, strict=True):
             if r is not None:
                 w.update(r.figures)
                 w["loop_lag"] = r.loop_lag
         workers = [w for w, slot in zip(workers, slots, strict=True) if slot.kind != "frontend"]
         if self._control is not None:
-            out = await self._sharded_stats()
+            out = _shard_totals([(slot, r) for slot, r in zip(slots, replies, strict=True)
+                                 if slot.kind == "frontend"])
             out["workers"] = workers
             return out
         fe = self._fe
@@ -222,38 +237,15 @@ class Coord:
                 "shard": 0, "pid": os.getpid(), "clients": fe.num_clients(),
                 "messages_forwarded": fe.messages_forwarded,
                 "bytes_forwarded": fe.bytes_forwarded,
-                "cpu_seconds": t.user + t.system}],
+                "cpu_seconds": t.user + t.system, "loop_lag": fe.lag.lag}],
+            "frontends_imbalance": 1.0,
         }
 
     async def _sharded_stats(self) -> dict[str, Any]:
         """The shards' figures, summed, and `frontends`: each shard's."""
         shards = self._supervisor.by_kind["frontend"]
         replies = await self._ask(shards, timeout=2.0)
-        totals: dict[str, Any] = {k: 0 for k in _SUMMED}
-        refused: dict[str, int] = {}
-        frontends = []
-        lag = 0.0
-        for slot, r in zip(shards, replies, strict=True):
-            fig = r.figures if r is not None else {}
-            for k in _SUMMED:
-                totals[k] += fig.get(k, 0)
-            for k, v in fig.items():
-                if k.startswith("refused."):
-                    refused[k[8:]] = refused.get(k[8:], 0) + v
-            if r is not None:
-                lag = max(lag, r.loop_lag)
-            frontends.append({
-                "shard": slot.index, "pid": slot.proc.pid if slot.proc else None,
-                "ready": slot.ready, "restarts": slot.restarts,
-                "clients": fig.get("clients", 0),
-                "messages_forwarded": fig.get("messages_forwarded", 0),
-                "bytes_forwarded": fig.get("bytes_forwarded", 0),
-                "cpu_seconds": fig.get("cpu_ms", 0) / 1000, "loop_lag": r.loop_lag
-                if r is not None else None})
-        totals["refused"] = refused
-        totals["loop_lag"] = lag
-        totals["frontends"] = frontends
-        return totals
+        return _shard_totals(list(zip(shards, replies, strict=True)))
 
     # -- the HTTP endpoint's figures (run on this loop, asked by its threads) -------
 
@@ -262,13 +254,16 @@ class Coord:
                               s.restarts) for s in self._supervisor.slots()]
 
     async def _snapshot(self) -> Snapshot:
-        """Every figure at once: the front-end's now, then each worker up's
-        loop lag (a worker down or too slow to answer within a second is
-        left out)."""
+        """Every figure at once: the front-end's now (or each shard up's, as
+        they answer), then each worker up's loop lag (a worker or shard down
+        or too slow to answer within a second is left out)."""
+        if self._control is not None:
+            return await self._sharded_snapshot()
         fe, ep = self._fe, self._endpoint
         refused = dict(fe.refused)
         if ep.handshakes_refused:
             refused["handshake_timeout"] = ep.handshakes_refused
+        t = os.times()
         snap = Snapshot(
             clients=fe.num_clients(), connections_accepted=fe.connections_accepted,
             refused=refused, half_open=ep.half_open, retry_packets=ep.retries_sent,
@@ -277,14 +272,70 @@ class Coord:
             bytes_forwarded=fe.bytes_forwarded, broadcasts=fe.num_broadcasts(),
             broadcast_deliveries=fe.hub.deliveries, writers_paused=fe.writers_paused,
             writers_resumed=fe.writers_resumed, watches=len(fe.watches),
-            frontend_lag=fe.lag.lag, workers=await self._workers())
+            frontend_lag=fe.lag.lag, workers=await self._workers(),
+            shards=[ShardFigures(0, fe.num_clients(), fe.messages_forwarded,
+                                 fe.bytes_forwarded, t.user + t.system, fe.lag.lag)])
         replies = await self._ask_workers(timeout=1.0, only_ready=True)
         return dataclasses.replace(snap, workers=[
             w if r is None else dataclasses.replace(w, loop_lag=r.loop_lag)
             for w, r in zip(snap.workers, replies, strict=True)])
 
+    async def _sharded_snapshot(self) -> Snapshot:
+        """The shards' figures summed (counters with what their previous
+        processes counted: they never go down), and each one's."""
+        slots = self._supervisor.slots()
+        replies = await self._ask(slots, timeout=1.0, only_ready=True)
+        workers = [WorkerFigures(s.kind, s.index, s.proc.pid if s.proc else None, s.ready,
+                                 s.restarts, None if r is None else r.loop_lag)
+                   for s, r in zip(slots, replies, strict=True)]
+        shards = [(s, r) for s, r in zip(slots, replies, strict=True) if s.kind == "frontend"]
+        t = _shard_totals(shards)
+        for s, r in shards:
+            if r is not None:
+                self._shard_counters.seen(s.index, s.generation, r.figures)
+        for k, v in self._shard_counters.carried().items():
+            if k.startswith("refused."):
+                t["refused"][k[8:]] = t["refused"].get(k[8:], 0) + v
+            else:
+                t[k] += v
+        streams_open: dict[str, int] = {}
+        for _, r in shards:
+            for k, v in (r.figures if r is not None else {}).items():
+                if k.startswith("streams."):
+                    streams_open[k[8:]] = streams_open.get(k[8:], 0) + v
+        return Snapshot(
+            clients=t["clients"], connections_accepted=t["connections_accepted"],
+            refused=t["refused"], half_open=t["half_open"], retry_packets=t["retries_sent"],
+            junk_datagrams=t["junk_dropped"], streams_open=streams_open,
+            streams_opened=t["streams_opened"], messages_forwarded=t["messages_forwarded"],
+            bytes_forwarded=t["bytes_forwarded"], broadcasts=t["broadcasts"],
+            broadcast_deliveries=t["broadcast_deliveries"],
+            writers_paused=t["writers_paused"], writers_resumed=t["writers_resumed"],
+            watches=t["watches"], frontend_lag=None, workers=workers,
+            shards=[ShardFigures(f["shard"], f["clients"], f["messages_forwarded"],
+                                 f["bytes_forwarded"], f["cpu_seconds"], f["loop_lag"])
+                    for f in t["frontends"] if f["loop_lag"] is not None],
+            frontends_imbalance=t["frontends_imbalance"])
+
     async def _clients(self) -> list[ClientFigures]:
-        return [s.figures() for s in self._fe.by_id.values()]
+        if self._control is None:
+            return [s.figures() for s in self._fe.by_id.values()]
+        # Every shard up's clients (a shard too slow to answer is left out),
+        # with what their streams carried at other shards so far.
+        replies = [r for r in await self._replies(
+            self._supervisor.by_kind["frontend"], ipc.ClientsRequest, timeout=1.0,
+            only_ready=True) if isinstance(r, ipc.ClientsReply)]
+        out = {(c.id, c.shard): c for r in replies for c in _CLIENTS.decode(r.clients)}
+        for r in replies:
+            for far in _CLIENTS.decode(r.carried):
+                c = out.get((far.id, far.shard))
+                if c is not None:
+                    out[far.id, far.shard] = dataclasses.replace(
+                        c, bytes_in=c.bytes_in + far.bytes_in,
+                        bytes_out=c.bytes_out + far.bytes_out,
+                        messages_in=c.messages_in + far.messages_in,
+                        messages_out=c.messages_out + far.messages_out)
+        return list(out.values())
 
     async def _ask_workers(self, timeout: float, only_ready: bool = False
                            ) -> list[ipc.StatsReply | None]:
@@ -294,6 +345,13 @@ class Coord:
     async def _ask(self, slots: list[_Slot], timeout: float, only_ready: bool = False
                    ) -> list[ipc.StatsReply | None]:
         """Each slot's StatsReply, None where none came in time."""
+        return [r if isinstance(r, ipc.StatsReply) else None
+                for r in await self._replies(slots, ipc.StatsRequest, timeout, only_ready)]
+
+    async def _replies(self, slots: list[_Slot], make: Callable[[int], Outgoing],
+                       timeout: float, only_ready: bool = False
+                       ) -> list[ipc.WorkerReply | None]:
+        """Each slot's reply to `make(req)`, None where none came in time."""
         loop = asyncio.get_running_loop()
         futs: list[asyncio.Future[ipc.WorkerReply] | None] = []
         for slot in slots:
@@ -302,17 +360,13 @@ class Coord:
                 continue
             fut: asyncio.Future[ipc.WorkerReply] = loop.create_future()
             futs.append(fut)
-            self._supervisor.request(slot, ipc.StatsRequest, _resolver(fut))
+            self._supervisor.request(slot, make, _resolver(fut))
         # asyncio.wait, not wait_for: a worker too slow to answer (stopped,
         # restarting) must leave its figures out, not cancel the others.
         waiting = [f for f in futs if f is not None]
         if waiting:
             await asyncio.wait(waiting, timeout=timeout)
-        replies: list[ipc.StatsReply | None] = []
-        for f in futs:
-            r = f.result() if f is not None and f.done() else None
-            replies.append(r if isinstance(r, ipc.StatsReply) else None)
-        return replies
+        return [f.result() if f is not None and f.done() else None for f in futs]
 
     # -- shutdown ----------------------------------------------------------------
 
@@ -358,12 +412,46 @@ class Coord:
             raise self._failure
 
 
+_CLIENTS = msgspec.msgpack.Decoder(list[ClientFigures])
+
 #: Figures of the shards that `stats()` sums.
 _SUMMED = ("clients", "connections", "half_open", "retries_sent", "junk_dropped",
            "resets_sent", "resets_limited", "streams",
            "streams_opened", "broadcasts", "broadcast_deliveries", "watches",
            "messages_forwarded", "bytes_forwarded", "connections_accepted",
            "writers_paused", "writers_resumed")
+
+
+def _shard_totals(shards: list[tuple[_Slot, ipc.StatsReply | None]]) -> dict[str, Any]:
+    """`stats()` of the shards' replies (None: a shard that did not answer,
+    counted with 0 clients): their figures summed, each one's (`frontends`),
+    and `frontends_imbalance`."""
+    totals: dict[str, Any] = {k: 0 for k in _SUMMED}
+    refused: dict[str, int] = {}
+    frontends: list[dict[str, Any]] = []
+    lag = 0.0
+    for slot, r in sorted(shards, key=lambda sr: sr[0].index):
+        fig = r.figures if r is not None else {}
+        for k in _SUMMED:
+            totals[k] += fig.get(k, 0)
+        for k, v in fig.items():
+            if k.startswith("refused."):
+                refused[k[8:]] = refused.get(k[8:], 0) + v
+        if r is not None:
+            lag = max(lag, r.loop_lag)
+        frontends.append({
+            "shard": slot.index, "pid": slot.proc.pid if slot.proc else None,
+            "ready": slot.ready, "restarts": slot.restarts,
+            "clients": fig.get("clients", 0),
+            "messages_forwarded": fig.get("messages_forwarded", 0),
+            "bytes_forwarded": fig.get("bytes_forwarded", 0),
+            "cpu_seconds": fig.get("cpu_ms", 0) / 1000, "loop_lag": r.loop_lag
+            if r is not None else None})
+    totals["refused"] = refused
+    totals["loop_lag"] = lag
+    totals["frontends"] = frontends
+    totals["frontends_imbalance"] = imbalance(f["clients"] for f in frontends)
+    return totals
 
 
 def _resolver(fut: asyncio.Future[ipc.WorkerReply]

@@ -153,6 +153,12 @@ class PeerDown(msgspec.Struct, tag="peerdown", array_like=True, frozen=True, gc=
     entries: list[Entry] = []
 
 
+class ClientsRequest(msgspec.Struct, tag="clients", array_like=True, frozen=True, gc=False):
+    """Coordinator -> shard: every admitted client's figures (/clients)."""
+
+    req: int
+
+
 ToWorker = (Register | Unregister | Lookup | Rebuild | StatsRequest | Shutdown | Join
             | Leave | Count | RebuildBroadcasts)
 
@@ -209,10 +215,23 @@ class Forward(msgspec.Struct, tag="fwd", array_like=True, frozen=True, gc=False)
     request: ToWorker
 
 
-FromWorker = Ready | Reply | StatsReply | BroadcastReply | Forward
+class ClientsReply(msgspec.Struct, tag="clientsr", array_like=True, frozen=True, gc=False):
+    """shard -> Coordinator: its clients (`clients`), and what the streams
+    of other shards' clients carried here moved so far (`carried`: id and
+    home shard, bytes and messages; added to the home shard's figures).
+    Each a msgpack list of `metrics.ClientFigures` left encoded (decoded
+    where it is read, so that this module and the workers need not import
+    `metrics`)."""
+
+    req: int
+    clients: msgspec.Raw = msgspec.Raw(b"\x90")  # an empty list
+    carried: msgspec.Raw = msgspec.Raw(b"\x90")
+
+
+FromWorker = Ready | Reply | StatsReply | BroadcastReply | Forward | ClientsReply
 
 #: What the front-end gets back for a request, and who gets it.
-WorkerReply = Reply | StatsReply | BroadcastReply
+WorkerReply = Reply | StatsReply | BroadcastReply | ClientsReply
 ReplyCallback = Callable[[WorkerReply], None]
 #: Builds a request once its id is known.
 MakeRequest = Callable[[int], ToWorker]
@@ -225,7 +244,8 @@ class Forwarded(msgspec.Struct, tag="fwdr", array_like=True, frozen=True, gc=Fal
 
 
 #: What a front-end shard reads from the Coordinator.
-ToShard = ShardPeers | PeerUp | PeerDown | Forwarded | StatsRequest | Shutdown
+ToShard = (ShardPeers | PeerUp | PeerDown | Forwarded | StatsRequest | Shutdown
+           | ClientsRequest)
 
 _enc = msgspec.msgpack.Encoder()
 _to_shard = msgspec.msgpack.Decoder(list[ToShard])

@@ -1,7 +1,8 @@
 """What the Coordinator's HTTP endpoint serves, without I/O.
 
 The front-end's figures are taken at once, on its event loop, into a
-`Snapshot` (workers' figures come in it, over ZeroMQ); `families` turns one
+`Snapshot` (workers' and front-end shards' figures come in it, over
+ZeroMQ); `families` turns one
 into Prometheus metric families, `SnapshotCollector` gives them to a
 prometheus-client registry (its own, never the global one), `health` and
 `clients_page` build the JSON of /healthz and /clients. `metrics_http`
@@ -45,6 +46,63 @@ class WorkerFigures:
 
 
 @dataclass(frozen=True, slots=True)
+class ShardFigures:
+    """One front-end shard that answered (`stats()["frontends"]`' figures);
+    with `frontends=1`, the Coordinator's own front-end as shard 0."""
+
+    shard: int
+    clients: int
+    messages_forwarded: int
+    bytes_forwarded: int
+    cpu_seconds: float
+    loop_lag: float
+
+
+def imbalance(clients: Iterable[int]) -> float:
+    """The busiest shard's clients over the mean of all shards': 1.0 when
+    they are even, for one shard, and for no clients at all."""
+    counts = list(clients)
+    total = sum(counts)
+    if not counts or total == 0:
+        return 1.0
+    return max(counts) * len(counts) / total
+
+
+#: The shards' figures (`shard.figures` keys) that are counters: totals
+#: that must not go down when a shard restarts (`ShardCounters`).
+SHARD_COUNTERS = ("connections_accepted", "retries_sent", "junk_dropped", "streams_opened",
+                  "messages_forwarded", "bytes_forwarded", "broadcast_deliveries",
+                  "writers_paused", "writers_resumed")
+
+
+class ShardCounters:
+    """Keeps the counters summed over shards from going down when a shard
+    restarts (its new process counts from 0; Prometheus would read the drop
+    of the sum as a reset of all of it): what each shard's previous
+    processes counted, as last seen, is carried into the totals. Counts
+    between a shard's last answer and its death are lost."""
+
+    def __init__(self) -> None:
+        #: shard -> (generation, its counters as last seen)
+        self._seen: dict[int, tuple[int, dict[str, int]]] = {}
+        self._carried: dict[str, int] = {}
+
+    def seen(self, shard: int, generation: int, figures: dict[str, int]) -> None:
+        """Shard `shard`'s process of `generation` (one per start) answered."""
+        counters = {k: v for k, v in figures.items()
+                    if k in SHARD_COUNTERS or k.startswith("refused.")}
+        last = self._seen.get(shard)
+        if last is not None and last[0] != generation:
+            for k, v in last[1].items():
+                self._carried[k] = self._carried.get(k, 0) + v
+        self._seen[shard] = (generation, counters)
+
+    def carried(self) -> dict[str, int]:
+        """What previous processes of the shards counted (`figures` keys)."""
+        return dict(self._carried)
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """The Coordinator's figures at one moment."""
 
@@ -63,8 +121,14 @@ class Snapshot:
     writers_paused: int = 0
     writers_resumed: int = 0
     watches: int = 0
-    frontend_lag: float = 0.0
+    #: the in-process front-end's loop lag; None when it runs in shards,
+    #: whose lag is their `WorkerFigures.loop_lag` (process `frontend-K`)
+    frontend_lag: float | None = 0.0
     workers: list[WorkerFigures] = field(default_factory=list)
+    #: the shards that answered
+    shards: list[ShardFigures] = field(default_factory=list)
+    #: `imbalance` over every shard, those that did not answer as 0 clients
+    frontends_imbalance: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +177,8 @@ def _by_label(family: CounterMetricFamily | GaugeMetricFamily,
 def families(s: Snapshot) -> list[Metric]:
     """Every metric of the endpoint, from one snapshot."""
     kinds = sorted({w.kind for w in s.workers})
-    lag = [("frontend", s.frontend_lag)] + [
-        (w.process, w.loop_lag) for w in s.workers if w.loop_lag is not None]
+    lag = [] if s.frontend_lag is None else [("frontend", s.frontend_lag)]
+    lag += [(w.process, w.loop_lag) for w in s.workers if w.loop_lag is not None]
     return [
         _gauge("conec_clients", "Clients connected and admitted.", s.clients),
         _counter("conec_connections_accepted",
@@ -144,10 +208,12 @@ def families(s: Snapshot) -> list[Metric]:
                  s.writers_paused),
         _counter("conec_writers_resumed",
                  "Times writers held back by a slow reader could go on.", s.writers_resumed),
-        _by_label(CounterMetricFamily("conec_restarts", "Worker restarts, by kind.",
+        _by_label(CounterMetricFamily("conec_restarts",
+                                      "Worker and front-end shard restarts, by kind.",
                                       labels=["kind"]),
                   ((k, sum(w.restarts for w in s.workers if w.kind == k)) for k in kinds)),
-        _by_label(GaugeMetricFamily("conec_workers_up", "Workers up, by kind.",
+        _by_label(GaugeMetricFamily("conec_workers_up",
+                                    "Workers and front-end shards up, by kind.",
                                     labels=["kind"]),
                   ((k, sum(w.up for w in s.workers if w.kind == k)) for k in kinds)),
         _gauge("conec_watches", "Death watches held.", s.watches),
@@ -155,7 +221,41 @@ def families(s: Snapshot) -> list[Metric]:
             "conec_event_loop_lag_seconds",
             "Worst lateness of a periodic timer in the last seconds, by process.",
             labels=["process"]), lag),
+        *_shard_families(s),
     ]
+
+
+def _shard_families(s: Snapshot) -> list[Metric]:
+    """Per front-end shard (`shard` label), and how evenly they are filled
+    (while any shard answered)."""
+    def per_shard(family: CounterMetricFamily | GaugeMetricFamily, attr: str
+                  ) -> CounterMetricFamily | GaugeMetricFamily:
+        return _by_label(family, ((str(f.shard), getattr(f, attr)) for f in s.shards))
+
+    out: list[Metric] = [
+        per_shard(GaugeMetricFamily("conec_shard_clients", "Clients held, by front-end shard.",
+                                    labels=["shard"]), "clients"),
+        per_shard(CounterMetricFamily(
+            "conec_shard_messages_forwarded",
+            "Messages forwarded, by front-end shard (since its last start).",
+            labels=["shard"]), "messages_forwarded"),
+        per_shard(CounterMetricFamily(
+            "conec_shard_bytes_forwarded",
+            "Bytes forwarded, by front-end shard (since its last start).",
+            labels=["shard"]), "bytes_forwarded"),
+        per_shard(CounterMetricFamily(
+            "conec_shard_cpu_seconds", "CPU time used, by front-end shard process.",
+            labels=["shard"]), "cpu_seconds"),
+        per_shard(GaugeMetricFamily(
+            "conec_shard_event_loop_lag_seconds",
+            "Worst lateness of a periodic timer in the last seconds, by front-end shard.",
+            labels=["shard"]), "loop_lag"),
+    ]
+    if s.shards:
+        out.append(_gauge("conec_frontends_imbalance",
+                          "The busiest front-end shard's clients over the mean (1: even).",
+                          s.frontends_imbalance))
+    return out
 
 
 class SnapshotCollector(Collector):
@@ -171,9 +271,10 @@ class SnapshotCollector(Collector):
 
 
 def health(workers: Iterable[WorkerFigures]) -> tuple[int, dict[str, Any]]:
-    """(HTTP status, body) of /healthz: 200 while every worker is up, else
-    503 naming those down."""
-    down = [f"{w.kind} worker {w.slot}" for w in workers if not w.up]
+    """(HTTP status, body) of /healthz: 200 while every worker and front-end
+    shard (kind "frontend") is up, else 503 naming those down."""
+    down = [f"frontend shard {w.slot}" if w.kind == "frontend" else f"{w.kind} worker {w.slot}"
+            for w in workers if not w.up]
     if down:
         return 503, {"status": "down", "down": down}
     return 200, {"status": "ok", "down": []}

@@ -32,6 +32,7 @@ from .worker import _die_with_parent
 if TYPE_CHECKING:
     from ..transport import Endpoint
     from .frontend import FrontEnd
+    from .metrics import ClientFigures
 
 log = logging.getLogger("conec_actors.coord.shard")
 
@@ -182,6 +183,9 @@ async def serve(index: int, count: int, fd: int, endpoint: str,
             cross.shard_down(msg.entries)
         elif isinstance(msg, ipc.StatsRequest):
             link.send(ipc.StatsReply(msg.req, figures(fe, ep), fe.lag.lag))
+        elif isinstance(msg, ipc.ClientsRequest):
+            link.send(ipc.ClientsReply(msg.req, *(
+                msgspec.Raw(msgspec.msgpack.encode(c)) for c in clients_here(fe))))
         elif isinstance(msg, ipc.Shutdown):
             stop.set()
 
@@ -215,8 +219,27 @@ async def serve(index: int, count: int, fd: int, endpoint: str,
     return 0
 
 
+def clients_here(fe: FrontEnd) -> tuple[list[ClientFigures], list[ClientFigures]]:
+    """This shard's clients' figures, and those of the streams of other
+    shards' clients carried here (the home shard's `TunnelLeg` counts none
+    of it until the stream is over): id, home shard, bytes and messages."""
+    from .metrics import ClientFigures
+
+    carried = []
+    for rs in fe.tunnels.remote.values() if fe.tunnels is not None else ():
+        b_in = m_in = b_out = m_out = 0
+        for leg in rs.legs.values():
+            bi, mi, bo, mo = leg.figures()
+            b_in, m_in, b_out, m_out = b_in + bi, m_in + mi, b_out + bo, m_out + mo
+        if b_in or m_in or b_out or m_out:
+            carried.append(ClientFigures(rs.core.client_id, "", rs.conn.home, 0.0, 0,
+                                         b_in, b_out, m_in, m_out, 0.0))
+    return [s.figures() for s in fe.by_id.values()], carried
+
+
 def figures(fe: FrontEnd, ep: Endpoint) -> dict[str, int]:
-    """A shard's figures for the Coordinator's `stats()` (CPU in ms)."""
+    """A shard's figures for the Coordinator's `stats()` and /metrics (CPU
+    in ms; `refused.REASON` and `streams.KIND` by reason and kind)."""
     t = os.times()
     out = {
         "clients": fe.num_clients(), "connections": len(ep.connections),
@@ -232,6 +255,10 @@ def figures(fe: FrontEnd, ep: Endpoint) -> dict[str, int]:
     }
     for reason, n in fe.refused.items():
         out[f"refused.{reason}"] = n
+    if ep.handshakes_refused:
+        out["refused.handshake_timeout"] = ep.handshakes_refused
+    for kind, n in fe.streams_by_kind().items():
+        out[f"streams.{kind}"] = n
     return out
 
 
