@@ -29,9 +29,10 @@ from ..errors import ChannelExists, ChannelToSelf, ConecError, ConnectFailed, No
 from ..ids import is_valid_id
 from ..streams import STREAM_WINDOW
 from ..tlsconf import quic_configuration
-from ..transport import Conn, Endpoint, ServerSettings
+from ..transport import Addr, Conn, Endpoint, ServerSettings
 from .channel import ChannelLink
 from .hello import peer_wins_tie
+from .knocks import KNOCK, Knock, Knocks
 from .link import CoordLink, IncomingRouter
 
 #: A channel that has not completed its handshake and hello by then fails.
@@ -45,18 +46,6 @@ CHANNEL_RETRY_AFTER = 30.0
 TIE_WAIT = 2.0
 #: A target forgets an introduction nobody dialled within this time.
 INTRODUCTION_TTL = 10.0
-#: Knocks toward an opener's address: a small datagram that no QUIC
-#: endpoint acts upon, sent from the socket the channel will use.
-KNOCK = b"conec-actors knock"
-#: A knock must not reach the opener's NAT before the opener's first packet
-#: has left through it: a NAT that accepts it records an inbound flow on the
-#: opener's port and moves the dial to another port, which the target's NAT
-#: then refuses. So the target knocks in two phases: from the offer on, with a
-#: TTL that crosses its own NAT and dies soon after; once the Coordinator
-#: relays that the opener is dialing, with the system's TTL.
-EARLY_KNOCK_TTL = 2
-EARLY_KNOCKS = (0.0,) + (0.05,) * 10 + (0.25,) * 18
-FULL_KNOCKS = (0.0,) + (0.05,) * 20 + (0.25,) * 16
 
 
 @dataclass(eq=False)
@@ -71,7 +60,9 @@ class Channel:
     #: This channel's tasks (cancelled when it ends; `Channels` awaits them).
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     expire: asyncio.TimerHandle | None = None
-    knock_addr: tuple[str, int] | None = None
+    #: The target's knocks toward the opener (holepunching), and where to.
+    knocks: Knocks | None = None
+    knock_addr: Addr | None = None
     #: The Coordinator introduced the opener: the peer accepted our attempt.
     introduced: bool = False
     #: The opener's attempt gave way to the peer's simultaneous one; its
@@ -79,6 +70,8 @@ class Channel:
     superseded: bool = False
 
     def stop_tasks(self) -> None:
+        if self.knocks is not None:
+            self.knocks.stop()
         for t in self.tasks:
             t.cancel()
         if self.expire is not None:
@@ -257,8 +250,10 @@ class Channels:
         self.by_peer[offer.peer] = ch
         self._introductions[offer.cert] = offer.peer
         if self._cfg.holepunch and offer.holepunch:
-            ch.knock_addr = offer.addr
-            self._spawn(ch, self._knock(offer.addr, EARLY_KNOCKS, EARLY_KNOCK_TTL))
+            # The first knock leaves before the answer: the opener dials only
+            # once it has our answer, so its first packet finds our NAT's
+            # mapping already there (knocks.py says why that matters).
+            self._start_knocks(ch, offer.addr)
         ch.expire = self._loop.call_later(INTRODUCTION_TTL, self._introduction_expired, ch)
         self._link.answer(offer.offer, 0)
 
@@ -291,26 +286,44 @@ class Channels:
 
         theirs.ready.add_done_callback(settle)
 
-    async def _knock(self, addr: tuple[str, int], schedule: tuple[float, ...],
-                     ttl: int | None) -> None:
-        """Open our NAT's mapping toward the opener while it dials us."""
+    def _start_knocks(self, ch: Channel, addr: tuple[str, int]) -> None:
+        """Send the first knock toward the opener at `addr` now; the rest
+        as they fall due."""
         try:
             target = self._endpoint.normalize(addr)
         except ValueError:
             return
-        for delay in schedule:
-            await asyncio.sleep(delay)
-            self._endpoint.sendto_ttl(KNOCK, target, ttl)
+        ch.knock_addr = target
+        ch.knocks = knocks = Knocks()
+        self._send_knock(target, knocks.accept(self._loop.time()))
+        self._spawn(ch, self._knock_loop(target, knocks))
+
+    def _send_knock(self, target: Addr, knock: Knock) -> None:
+        self._endpoint.sendto_ttl(KNOCK, target, knock.ttl)
+
+    async def _knock_loop(self, target: Addr, knocks: Knocks) -> None:
+        """Keep our NAT's mapping toward the opener open while it dials us."""
+        while (at := knocks.deadline) is not None:
+            await asyncio.sleep(at - self._loop.time())
+            knock = knocks.due(self._loop.time())
+            if knock is not None:
+                self._send_knock(target, knock)
 
     def _on_peer_dialing(self, peer: str) -> None:
-        """The opener's first packets are out: knocks may go all the way now."""
+        """The opener's first packets are out: knocks may go all the way now,
+        the first one at once."""
         ch = self.by_peer.get(peer)
-        if ch is None or ch.opener or ch.link is not None or ch.knock_addr is None:
+        if (ch is None or ch.opener or ch.link is not None or ch.knocks is None
+                or ch.knock_addr is None):
             return
-        for t in ch.tasks:
+        knock = ch.knocks.peer_dialing(self._loop.time())
+        if knock is None:
+            return
+        self._send_knock(ch.knock_addr, knock)
+        for t in ch.tasks:  # the early phase's loop sleeps toward its own deadline
             t.cancel()
         ch.tasks = []
-        self._spawn(ch, self._knock(ch.knock_addr, FULL_KNOCKS, None))
+        self._spawn(ch, self._knock_loop(ch.knock_addr, ch.knocks))
 
     def _introduction_expired(self, ch: Channel) -> None:
         if ch.link is None and self.by_peer.get(ch.peer) is ch:
