@@ -237,6 +237,15 @@ def test_no_replacement_for_its_own_entry_or_a_refusal() -> None:
     assert not any(isinstance(a, ReplaceStale) for a in acts)
 
 
+def test_a_replaced_session_closes_as_duplicate_and_says_so() -> None:
+    core = ready()
+    assert not core.replaced
+    c = closes(core.replace())
+    assert c.code == wire.Code.DUPLICATE_ID
+    assert "same certificate" in c.reason
+    assert core.replaced and core.state is State.CLOSED
+
+
 def test_a_second_hello_is_refused() -> None:
     core = ready()
     c = closes(run_control(core, framed(hello())))

@@ -367,11 +367,7 @@ async def test_groups_across_shards() -> None:
             async def settled() -> bool:
                 return sorted(await follower.group_members("g")) == left
 
-            for _ in range(100):
-                if await settled():
-                    break
-                await asyncio.sleep(0.05)
-            assert await settled()
+            await wait_for(settled)
         finally:
             for t in servers:
                 t.cancel()

@@ -151,9 +151,7 @@ class ControlPlane:
         its id with: close that stale connection (its id stays connected)."""
         s = self.sessions.get(key)
         if s is not None:
-            s.core.replaced = True
-            s.execute(s.core.close(wire.Code.DUPLICATE_ID,
-                                   "replaced by a newer connection with the same certificate"))
+            s.execute(s.core.replace())
         elif self.cross is not None and not self.cross.is_local(key):
             self.cross.replace(key)
 

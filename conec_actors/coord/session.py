@@ -394,6 +394,13 @@ class SessionCore:
             acts += self.close(wire.Code.PROTOCOL, "the control stream was closed")
         return acts
 
+    def replace(self) -> list[Action]:
+        """A newer connection with this client's certificate took its id
+        (on this front-end or another): close this one, as no departure."""
+        self.replaced = True
+        return self.close(wire.Code.DUPLICATE_ID,
+                          "replaced by a newer connection with the same certificate")
+
     def request_started(self) -> None:
         """A request passed on (`Handle`) is answered later, after another
         process: it counts against MAX_PENDING_REQUESTS until `request_done`."""
