@@ -34,7 +34,7 @@ from .metrics import (
     imbalance,
 )
 from .metrics_http import MetricsServer, Sources
-from .shard import ShardSetup
+from .shard import ShardSetup, figures
 from .sharded import ShardControl
 from .supervisor import Outgoing, Supervisor, _Slot
 
@@ -206,46 +206,22 @@ class Coord:
                 w["loop_lag"] = r.loop_lag
         workers = [w for w, slot in zip(workers, slots, strict=True) if slot.kind != "frontend"]
         if self._control is not None:
-            out = _shard_totals([(slot, r) for slot, r in zip(slots, replies, strict=True)
-                                 if slot.kind == "frontend"])
+            out = _shard_totals([_shard_reply(slot, r) for slot, r in
+                                 zip(slots, replies, strict=True) if slot.kind == "frontend"])
             out["workers"] = workers
             return out
-        fe = self._fe
-        t = os.times()
-        return {
-            "clients": fe.num_clients(),
-            "connections": len(self._endpoint.connections),
-            "half_open": self._endpoint.half_open,
-            "retries_sent": self._endpoint.retries_sent,
-            "junk_dropped": self._endpoint.junk_dropped,
-            "resets_sent": self._endpoint.resets_sent,
-            "resets_limited": self._endpoint.resets_limited,
-            "streams": fe.num_streams(),
-            "streams_opened": fe.streams_opened,
-            "broadcasts": fe.num_broadcasts(),
-            "broadcast_deliveries": fe.hub.deliveries,
-            "watches": len(fe.watches),
-            "messages_forwarded": fe.messages_forwarded,
-            "bytes_forwarded": fe.bytes_forwarded,
-            "connections_accepted": fe.connections_accepted,
-            "refused": dict(fe.refused),
-            "writers_paused": fe.writers_paused,
-            "writers_resumed": fe.writers_resumed,
-            "loop_lag": fe.lag.lag,
-            "workers": workers,
-            "frontends": [{
-                "shard": 0, "pid": os.getpid(), "clients": fe.num_clients(),
-                "messages_forwarded": fe.messages_forwarded,
-                "bytes_forwarded": fe.bytes_forwarded,
-                "cpu_seconds": t.user + t.system, "loop_lag": fe.lag.lag}],
-            "frontends_imbalance": 1.0,
-        }
+        # The front-end here: its figures as a shard's would be.
+        here: dict[str, Any] = {"shard": 0, "pid": os.getpid(), "ready": True,
+                                "restarts": 0}
+        out = _shard_totals([(here, figures(self._fe, self._endpoint), self._fe.lag.lag)])
+        out["workers"] = workers
+        return out
 
     async def _sharded_stats(self) -> dict[str, Any]:
         """The shards' figures, summed, and `frontends`: each shard's."""
         shards = self._supervisor.by_kind["frontend"]
         replies = await self._ask(shards, timeout=2.0)
-        return _shard_totals(list(zip(shards, replies, strict=True)))
+        return _shard_totals([_shard_reply(s, r) for s, r in zip(shards, replies, strict=True)])
 
     # -- the HTTP endpoint's figures (run on this loop, asked by its threads) -------
 
@@ -289,7 +265,7 @@ class Coord:
                                  s.restarts, None if r is None else r.loop_lag)
                    for s, r in zip(slots, replies, strict=True)]
         shards = [(s, r) for s, r in zip(slots, replies, strict=True) if s.kind == "frontend"]
-        t = _shard_totals(shards)
+        t = _shard_totals([_shard_reply(s, r) for s, r in shards])
         for s, r in shards:
             if r is not None:
                 self._shard_counters.seen(s.index, s.generation, r.figures)
@@ -422,31 +398,38 @@ _SUMMED = ("clients", "connections", "half_open", "retries_sent", "junk_dropped"
            "writers_paused", "writers_resumed")
 
 
-def _shard_totals(shards: list[tuple[_Slot, ipc.StatsReply | None]]) -> dict[str, Any]:
-    """`stats()` of the shards' replies (None: a shard that did not answer,
-    counted with 0 clients): their figures summed, each one's (`frontends`),
-    and `frontends_imbalance`."""
+#: One front-end's place, figures (`shard.figures`; None: it did not answer)
+#: and loop lag.
+_Front = tuple[dict[str, Any], dict[str, int] | None, float | None]
+
+
+def _shard_reply(slot: _Slot, r: ipc.StatsReply | None) -> _Front:
+    return ({"shard": slot.index, "pid": slot.proc.pid if slot.proc else None,
+             "ready": slot.ready, "restarts": slot.restarts},
+            r.figures if r is not None else None, r.loop_lag if r is not None else None)
+
+
+def _shard_totals(shards: list[_Front]) -> dict[str, Any]:
+    """`stats()` of the front-ends' figures (a shard that did not answer is
+    counted with 0 clients): summed, each one's (`frontends`), and
+    `frontends_imbalance`."""
     totals: dict[str, Any] = {k: 0 for k in _SUMMED}
     refused: dict[str, int] = {}
     frontends: list[dict[str, Any]] = []
     lag = 0.0
-    for slot, r in sorted(shards, key=lambda sr: sr[0].index):
-        fig = r.figures if r is not None else {}
+    for place, fig, loop_lag in sorted(shards, key=lambda s: int(s[0]["shard"])):
+        fig = fig or {}
         for k in _SUMMED:
             totals[k] += fig.get(k, 0)
         for k, v in fig.items():
             if k.startswith("refused."):
                 refused[k[8:]] = refused.get(k[8:], 0) + v
-        if r is not None:
-            lag = max(lag, r.loop_lag)
+        lag = max(lag, loop_lag or 0.0)
         frontends.append({
-            "shard": slot.index, "pid": slot.proc.pid if slot.proc else None,
-            "ready": slot.ready, "restarts": slot.restarts,
-            "clients": fig.get("clients", 0),
+            **place, "clients": fig.get("clients", 0),
             "messages_forwarded": fig.get("messages_forwarded", 0),
             "bytes_forwarded": fig.get("bytes_forwarded", 0),
-            "cpu_seconds": fig.get("cpu_ms", 0) / 1000, "loop_lag": r.loop_lag
-            if r is not None else None})
+            "cpu_seconds": fig.get("cpu_ms", 0) / 1000, "loop_lag": loop_lag})
     totals["refused"] = refused
     totals["loop_lag"] = lag
     totals["frontends"] = frontends
