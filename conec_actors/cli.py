@@ -138,6 +138,10 @@ async def _serve(coord: Coord, stop: asyncio.Event, stopper: asyncio.Future[Any]
         if cfg.frontends > 1:
             lines.append(f"front-end shards: {cfg.frontends} "
                          f"(pids {', '.join(map(str, coord.worker_pids('frontend')))})")
+        fed = coord.federation
+        if fed is not None:
+            lines.append(f"federation: {fed.name!r} (number {fed.cnum}) over "
+                         f"{','.join(fed.servers)}")
         if coord.metrics_address is not None:
             mhost, mport = coord.metrics_address
             lines.append(f"metrics: http://{_format_address(mhost, mport)}/metrics "
@@ -188,7 +192,9 @@ def _cmd_coord(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                           client_ca=args.client_ca, routing_workers=args.routing_workers,
                           broadcast_workers=args.broadcast_workers,
                           frontends=args.frontends, idle_timeout=args.idle_timeout,
-                          max_datagram_size=args.max_datagram_size, metrics=args.metrics)
+                          max_datagram_size=args.max_datagram_size, metrics=args.metrics,
+                          cluster=args.cluster, name=args.name, cluster_ca=args.cluster_ca,
+                          cluster_creds=args.cluster_creds)
     except ValueError as exc:
         parser.error(str(exc))
     if args.client_ca is not None:

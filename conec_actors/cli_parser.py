@@ -101,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default %(default)s)")
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve /metrics (Prometheus), "
                    "/healthz and /clients over HTTP there (port 0 picks a free one)")
+    p.add_argument("--cluster", metavar="URL[,URL...]", help="NATS servers (JetStream on) "
+                   "of the cluster whose Coordinators form one federation (needs the "
+                   "'cluster' extra: nats-py)")
+    p.add_argument("--name", metavar="N", help="this Coordinator's unique name in the "
+                   "federation (default: host name:port)")
+    p.add_argument("--cluster-ca", metavar="F", help="TLS to NATS: the CA its servers' "
+                   "certificates are checked against (this Coordinator's certificate is "
+                   "presented)")
+    p.add_argument("--cluster-creds", metavar="F", help="a NATS credentials file to "
+                   "authenticate to NATS with")
     _add_log_options(p)
 
     certs = add("certs", help="make certificates and keys",

@@ -63,8 +63,27 @@ class CoordConfig:
     #: front-end shard processes terminating QUIC on the one UDP port
     #: (DESIGN section 8); more than 1 needs Linux
     frontends: int = 1
+    #: NATS server URLs ("nats://h:p,nats://h2:p", or a list) of the cluster
+    #: whose Coordinators form one federation (DESIGN section 9); None: alone.
+    #: Needs the `cluster` extra (nats-py).
+    cluster: str | list[str] | None = None
+    #: this Coordinator's unique name in the federation (default: host:port)
+    name: str | None = None
+    #: CA (PEM) the NATS servers' certificates are checked against: TLS to
+    #: NATS, presenting this Coordinator's own certificate and key
+    cluster_ca: PemSource | None = None
+    #: a NATS credentials file (JWT and nkey seed) to authenticate to NATS with
+    cluster_creds: str | None = None
 
     def __post_init__(self) -> None:
+        if self.cluster is not None and not cluster_urls(self.cluster):
+            raise ValueError("cluster needs at least one NATS server URL")
+        if self.cluster is None and (self.name is not None or self.cluster_ca is not None
+                                     or self.cluster_creds is not None):
+            raise ValueError("name, cluster_ca and cluster_creds need cluster")
+        if self.cluster is not None and self.frontends > 1:
+            raise ValueError("cluster with frontends > 1 is not supported yet: "
+                             "a federated Coordinator has one front-end")
         if self.metrics is not None:
             parse_host_port(self.metrics, "metrics")
         if self.frontends < 1:
@@ -81,6 +100,12 @@ class CoordConfig:
         if self.stateless_retry not in (True, False, "auto"):
             raise ValueError("stateless_retry must be True, False or 'auto'")
         _check_common(self.max_message_size, self.idle_timeout, self.max_datagram_size)
+
+
+def cluster_urls(cluster: str | list[str]) -> list[str]:
+    """The NATS server URLs of `CoordConfig.cluster`."""
+    items = cluster.split(",") if isinstance(cluster, str) else cluster
+    return [u.strip() for u in items if u.strip()]
 
 
 @dataclass

@@ -58,6 +58,7 @@ class Code(IntEnum):
     TOO_MANY_WATCHES = 0x10019
     TOO_MANY_GROUPS = 0x1001A
     GROUP_FULL = 0x1001B
+    FEDERATION_UNAVAILABLE = 0x1001C
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,9 @@ CODES: dict[int, CodeInfo] = {
                  "this client already belongs to (or follows) the most groups it may"),
         CodeInfo(Code.GROUP_FULL, errors.ProtocolError,
                  "the group has reached its member limit"),
+        CodeInfo(Code.FEDERATION_UNAVAILABLE, errors.ConnectFailed,
+                 "federation unavailable: the federation's id directory (NATS) did not "
+                 "answer in time"),
     )
 }
 

@@ -49,13 +49,14 @@ class ControlPlane:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sessions: Mapping[int, Client],
                  by_id: Mapping[str, Client], request_routing: RequestRouting,
-                 count: Count, shard: tuple[int, int] = (0, 1), start: int = 0) -> None:
+                 count: Count, shard: tuple[int, int] = (0, 1), start: int = 0,
+                 base: int = 0) -> None:
         self.loop = loop
         self.sessions = sessions
         self.by_id = by_id
         self.request_routing = request_routing
         self._count = count
-        self.intros = Introductions(start * shard[1] + shard[1] + shard[0], shard[1])
+        self.intros = Introductions(base + start * shard[1] + shard[1] + shard[0], shard[1])
         self.watches = watches.Watches()
         self.groups = groups.GroupBook()
         #: with shards: the other shards' side of introductions, watches, groups

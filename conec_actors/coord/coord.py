@@ -23,7 +23,8 @@ from ..streams import STREAM_WINDOW
 from ..tlsconf import quic_configuration
 from ..transport import Endpoint, ServerSettings
 from ..udp import SOCKET_BUFFER
-from . import ipc
+from . import federated, ipc
+from .federation import Federation
 from .frontend import FrontEnd
 from .metrics import (
     ClientFigures,
@@ -63,6 +64,8 @@ class Coord:
         self._metrics: MetricsServer | None = None
         # /metrics' totals carry the counts of shards' previous processes.
         self._shard_counters = ShardCounters()
+        #: this Coordinator's membership of a federation (`CoordConfig.cluster`)
+        self.federation: Federation | None = None
         supervisor.failed.add_done_callback(self._on_failed)
 
     @classmethod
@@ -81,13 +84,19 @@ class Coord:
             is_client=False, cert_pem=cert_pem, key_pem=key_pem,
             idle_timeout=cfg.idle_timeout, max_datagram_size=cfg.max_datagram_size,
             stream_window=STREAM_WINDOW)
+        # In a federation, the Coordinator's number (claimed on joining) is
+        # part of every connection key: join before the front-end exists.
+        fed = await federated.join(cfg) if cfg.cluster is not None else None
         fe = FrontEnd(client_ca=client_ca, max_message_size=cfg.max_message_size,
                       max_datagram_size=cfg.max_datagram_size,
                       idle_timeout=cfg.idle_timeout, routing_workers=cfg.routing_workers,
-                      broadcast_workers=cfg.broadcast_workers)
+                      broadcast_workers=cfg.broadcast_workers,
+                      base=fed.peers.base if fed is not None and fed.peers else 0)
         supervisor = Supervisor({"routing": cfg.routing_workers,
                                  "broadcast": cfg.broadcast_workers}, fe.rebuild)
         fe.requests = supervisor
+        if fed is not None:
+            federated.attach(fe, fed)
         try:
             await supervisor.start()
             settings = ServerSettings(configuration=qcfg, stream_window=STREAM_WINDOW,
@@ -96,9 +105,13 @@ class Coord:
             endpoint = await Endpoint.bind(cfg.host, cfg.port, settings)
         except BaseException:
             await supervisor.close()
+            if fed is not None:
+                await fed.close()
             raise
         fe.endpoint = endpoint
-        return await cls._with_metrics(cfg, cls(cfg, fe, endpoint, supervisor))
+        coord = cls(cfg, fe, endpoint, supervisor)
+        coord.federation = fed
+        return await cls._with_metrics(cfg, coord)
 
     @classmethod
     async def _start_sharded(cls, cfg: CoordConfig, cert_pem: bytes, key_pem: bytes,
@@ -374,6 +387,8 @@ class Coord:
                 await asyncio.sleep(0.05)  # let the closes reach the wire
                 self._endpoint.close()
                 self._fe.close()
+            if self.federation is not None:
+                await self.federation.close()
             await self._supervisor.close()
             if self._control is not None:
                 self._control.close()

@@ -245,7 +245,7 @@ class FrontEnd:
     def __init__(self, *, client_ca: bytes | None, max_message_size: int,
                  max_datagram_size: int, idle_timeout: float, routing_workers: int,
                  broadcast_workers: int = 1, shard: tuple[int, int] = (0, 1),
-                 start: int = 0) -> None:
+                 start: int = 0, base: int = 0) -> None:
         self.loop = asyncio.get_running_loop()
         self.client_ca = client_ca
         self.shard = shard
@@ -258,13 +258,14 @@ class FrontEnd:
         self.by_id: dict[str, Session] = {}
         # Connection keys are unique among the shards: key % n is its shard;
         # a restarted shard starts further on (`start`), so no key of its
-        # predecessor's comes back.
-        self._next_key = start * shard[1] + shard[1] + shard[0]
+        # predecessor's comes back; in a federation, `base` (`peers.Peers`)
+        # sets them apart from other Coordinators'.
+        self._next_key = base + start * shard[1] + shard[1] + shard[0]
         self.tunnels: Tunnels | None = None
         self.hub = BroadcastHub(self._request_broadcast, broadcast_workers)
         self.relay = Relay(self.sessions.get, self.hub, self.request_routing)
         self.plane = ControlPlane(self.loop, self.sessions, self.by_id, self.request_routing,
-                                  self.hub.count, shard, start)
+                                  self.hub.count, shard, start, base)
         self.connections_accepted = 0
         self.refused: dict[str, int] = {}  # connections refused, by `session.REFUSALS`
         self.lag = LagMeter()

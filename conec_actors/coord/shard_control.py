@@ -25,6 +25,7 @@ from ..ids import stable_hash
 from . import ipc
 from . import shard_wire as sw
 from .intros import Introductions, Offer
+from .peers import Peers
 from .session import SessionCore, State
 from .watches import Reason
 
@@ -72,37 +73,52 @@ class Host(Protocol):
 class CrossShard:
     """One shard's side of the control plane between shards."""
 
-    def __init__(self, host: Host, index: int, count: int, send: Send) -> None:
+    def __init__(self, host: Host, index: int, count: int, send: Send,
+                 peers: Peers | None = None) -> None:
         self.host = host
         self.index = index
         self.count = count
         self._send = send
+        #: where keys live; `send` addresses its peer numbers (other shards, other hosts)
+        self.peers = peers if peers is not None else Peers(index, count)
         #: per local connection key: the shards homing groups it joined
         self._group_homes: dict[int, set[int]] = {}
+        #: clients of other Coordinators watched or offered channels from here:
+        #: id -> (connection key or -1, peer), so their Coordinator's death is
+        #: their departure (`coordinator_down`)
+        self._remote: dict[str, tuple[int, int]] = {}
+        #: watches asked of other Coordinators, not answered yet
+        self._asked: dict[tuple[int, int], tuple[str, int]] = {}
 
     def shard_of(self, key: int) -> int:
-        return key % self.count
+        return self.peers.peer_of(key)
 
     def home_of_group(self, name: str) -> int:
         return stable_hash(name) % self.count
 
     def is_local(self, key: int) -> bool:
-        return key % self.count == self.index
+        return self.peers.is_local(key)
 
     # -- outgoing ----------------------------------------------------------------------
 
     def control(self, conn: int, msg: wire.Control) -> None:
         """Send `msg` to connection `conn` of another shard."""
-        self._send(conn % self.count, sw.Control(conn, wire.encode(msg)))
+        self._send(self.peers.peer_of(conn), sw.Control(conn, wire.encode(msg)))
 
     def offer(self, entry: ipc.Entry, offer_id: int, msg: wire.ChannelOffer) -> None:
-        self._send(entry.conn_key % self.count,
+        peer = self.peers.peer_of(entry.conn_key)
+        if self.peers.is_remote(peer):
+            self._remote[entry.client_id] = (entry.conn_key, peer)
+        self._send(peer,
                    sw.Offer(entry.conn_key, entry.client_id, offer_id, wire.encode(msg)))
 
     def answer(self, offer_id: int, target: int, code: int) -> None:
-        self._send(offer_id % self.count, sw.Answer(offer_id, target, code))
+        self._send(self.peers.peer_of(offer_id), sw.Answer(offer_id, target, code))
 
     def watch_ask(self, shard: int, watcher: int, req: int, peer: str) -> None:
+        if self.peers.is_remote(shard):
+            self._remote.setdefault(peer, (-1, shard))
+            self._asked[watcher, req] = (peer, shard)
         self._send(shard, sw.WatchAsk(watcher, req, peer))
 
     def group_op(self, conn: int, member: str, msg: wire.GroupRequest) -> bool:
@@ -124,12 +140,11 @@ class CrossShard:
         self._group_homes.pop(conn, None)
         if client_id is None:
             return
-        for k in range(self.count):
-            if k != self.index:
-                self._send(k, sw.Left(conn, client_id, reason))
+        for k in self.peers.others():
+            self._send(k, sw.Left(conn, client_id, reason))
 
     def replace(self, conn: int) -> None:
-        self._send(conn % self.count, sw.Replace(conn))
+        self._send(self.peers.peer_of(conn), sw.Replace(conn))
 
     # -- incoming ----------------------------------------------------------------------
 
@@ -157,16 +172,32 @@ class CrossShard:
             connected = t is not None and t.core.state is State.READY
             self._send(shard, sw.WatchState(msg.conn, msg.req, msg.peer, connected))
         elif isinstance(msg, sw.WatchState):
+            self._asked.pop((msg.conn, msg.req), None)
             host.watch_known(msg.conn, msg.req, msg.peer, msg.connected)
         elif isinstance(msg, sw.GroupOp):
             host.group_op(msg.conn, msg.client_id, msg.op, msg.name, msg.req)
         elif isinstance(msg, sw.Load):
             host.load(msg.client_id, msg.asks, msg.tells)
         elif isinstance(msg, sw.Left):
+            self._remote.pop(msg.client_id, None)
             host.gone_elsewhere(msg.conn, msg.client_id,
                                 "left" if msg.reason == "left" else "vanished")
         elif isinstance(msg, sw.Replace):
             host.replace_stale(msg.conn)
+
+    def coordinator_down(self, peers: list[int]) -> None:
+        """Another Coordinator (its shards: `peers`) died: its clients this
+        one knows of are gone, as if each had vanished; watches it was asked
+        about are of peers not connected."""
+        down = set(peers)
+        for (watcher, req), (peer, shard) in list(self._asked.items()):
+            if shard in down:
+                del self._asked[watcher, req]
+                self.host.watch_known(watcher, req, peer, False)
+        for cid, (conn, shard) in list(self._remote.items()):
+            if shard in down:
+                del self._remote[cid]
+                self.host.gone_elsewhere(conn, cid, "vanished")
 
     def shard_down(self, entries: list[ipc.Entry]) -> None:
         """A shard died: its clients are gone, as if each had vanished."""

@@ -27,6 +27,7 @@ from .. import wire
 from ..ids import stable_hash
 from . import shard_wire as sw
 from .legs import Leg, Peer
+from .peers import Peers
 from .session import State
 
 log = logging.getLogger(__name__)
@@ -242,12 +243,14 @@ class Tunnels:
     (`RemoteSession`s)."""
 
     def __init__(self, sessions: Mapping[int, Peer], opener: Opener, index: int,
-                 count: int, send: Send) -> None:
+                 count: int, send: Send, peers: Peers | None = None) -> None:
         self.sessions = sessions
         self.opener = opener
         self.index = index
         self.count = count
         self.send = send
+        #: where keys live; `send` addresses its peer numbers (other shards, other hosts)
+        self.peers = peers if peers is not None else Peers(index, count)
         self.remote: dict[int, RemoteSession] = {}
         #: per local connection key: the far shards its streams are carried at
         self._far: dict[int, set[int]] = {}
@@ -255,7 +258,8 @@ class Tunnels:
         self.control: Callable[[int, sw.ControlMsg], None] | None = None
 
     def shard_of_key(self, conn_key: int) -> int:
-        return conn_key % self.count
+        """The peer (shard, or shard of another Coordinator) holding `conn_key`."""
+        return self.peers.peer_of(conn_key)
 
     def home_of(self, broadcast: str) -> int:
         """The shard a broadcast's members' streams are fanned out at."""
@@ -356,6 +360,7 @@ class Tunnels:
     def deliver(self, shard: int, msgs: list[sw.ShardMsg]) -> None:
         """A batch from shard `shard`, in its order."""
         control = self.control
+        is_local = self.peers.is_local
         for msg in msgs:
             if type(msg) in _CONTROL:
                 if control is not None:
@@ -363,7 +368,7 @@ class Tunnels:
                 continue
             msg = cast(sw.StreamMsg, msg)
             # Which end a message is for: its connection's home is here or not.
-            if msg.conn % self.count == self.index:
+            if is_local(msg.conn):
                 self._home_side(msg)
             else:
                 self._far_side(shard, msg)

@@ -1,0 +1,141 @@
+"""A front-end in a federation: its control requests consult the
+federation's id space (`federation.Federation`) as well as its own workers,
+and its streams to other Coordinators' clients go over NATS.
+
+- `Register`: the id is claimed federation-wide first (create-if-absent);
+  only then does the local routing worker decide (same-certificate
+  replacement, `DuplicateId` among this Coordinator's own clients).
+- `Unregister`: the federation's entry goes too.
+- `Lookup`: the local directory first; a miss asks the federation, whose
+  entry names another Coordinator's connection (`peers`), where the stream
+  is then carried (`tunnel`), as to another shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Coroutine
+
+from .. import wire
+from ..certs import load_pem
+from ..config import CoordConfig, cluster_urls
+from . import ipc
+from .federation import Federation, FederationError
+from .frontend import FrontEnd, Requests
+from .shard_control import CrossShard
+from .tunnel import Tunnels
+
+log = logging.getLogger(__name__)
+
+
+class FederatedRequests:
+    """`Requests` of a federated front-end: its workers' (`inner`), with
+    admissions and lookups through the federation's id space."""
+
+    def __init__(self, inner: Requests, fed: Federation) -> None:
+        self.inner = inner
+        self.fed = fed
+        self._loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        t = self._loop.create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    def request_for(self, kind: str, key: str, make: ipc.MakeRequest,
+                    cb: ipc.ReplyCallback | None) -> int:
+        if kind != "routing":
+            return self.inner.request_for(kind, key, make, cb)
+        probe = make(0)
+        if isinstance(probe, ipc.Register):
+            self._spawn(self._register(key, make, probe.entry, cb))
+            return 0
+        if isinstance(probe, ipc.Unregister):
+            self.fed.release(probe.client_id, probe.conn_key)
+        elif isinstance(probe, ipc.Lookup) and cb is not None:
+            dst, answer = probe.dst, cb
+
+            def local(reply: ipc.WorkerReply) -> None:
+                if isinstance(reply, ipc.Reply) and reply.code == wire.Code.NO_SUCH_PEER:
+                    self._spawn(self._lookup(dst, reply, answer))
+                else:
+                    answer(reply)
+            return self.inner.request_for(kind, key, make, local)
+        return self.inner.request_for(kind, key, make, cb)
+
+    async def _register(self, key: str, make: ipc.MakeRequest, entry: ipc.Entry,
+                        cb: ipc.ReplyCallback | None) -> None:
+        code = await self.fed.admit(entry)
+        if code != 0:
+            if cb is not None:
+                cb(ipc.Reply(0, code))
+            return
+
+        def registered(reply: ipc.WorkerReply) -> None:
+            if isinstance(reply, ipc.Reply):
+                if reply.code != 0:
+                    self.fed.release(entry.client_id, entry.conn_key)
+                else:
+                    self.fed.repoint(entry)
+            if cb is not None:
+                cb(reply)
+        self.inner.request_for("routing", key, make, registered)
+
+    async def _lookup(self, dst: str, miss: ipc.Reply, cb: ipc.ReplyCallback) -> None:
+        entry = await self.fed.lookup(dst)
+        cb(ipc.Reply(miss.req, 0, entry) if entry is not None else miss)
+
+
+def cluster_tls(cfg: CoordConfig) -> ssl.SSLContext | None:
+    """TLS to the NATS servers: their certificates checked against
+    `cluster_ca`, this Coordinator's own certificate presented."""
+    if cfg.cluster_ca is None:
+        return None
+    ctx = ssl.create_default_context(cadata=load_pem(cfg.cluster_ca).decode())
+    import tempfile
+
+    # ssl loads a certificate chain from files only: a private temporary
+    # directory, gone once loaded.
+    with tempfile.TemporaryDirectory() as d:
+        cert, key = f"{d}/cert.pem", f"{d}/key.pem"
+        with open(cert, "wb") as f:
+            f.write(load_pem(cfg.cert))
+        with open(key, "wb") as f:
+            f.write(load_pem(cfg.key))
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def default_name(cfg: CoordConfig) -> str:
+    return f"{socket.gethostname()}:{cfg.port}"
+
+
+async def join(cfg: CoordConfig) -> Federation:
+    """Join the federation `cfg.cluster` (before the front-end exists: its
+    connection keys carry the Coordinator number claimed here)."""
+    assert cfg.cluster is not None
+    try:
+        import nats  # noqa: F401
+    except ImportError as exc:
+        raise FederationError("cluster= needs nats-py: pip install "
+                              "'conec-actors[cluster]'") from exc
+    fed = Federation(cluster_urls(cfg.cluster), cfg.name or default_name(cfg),
+                     count=cfg.frontends, tls=cluster_tls(cfg), creds=cfg.cluster_creds)
+    await fed.start()
+    return fed
+
+
+def attach(fe: FrontEnd, fed: Federation) -> None:
+    """Carry `fe`'s streams and control messages to other Coordinators."""
+    peers = fed.peers
+    assert peers is not None and fe.requests is not None
+    tunnels = fe.tunnels = fe.relay.tunnels = Tunnels(
+        fe.sessions, fe.relay, peers.index, peers.count, fed.send, peers)
+    cross = fe.plane.cross = CrossShard(fe.plane, peers.index, peers.count, fed.send, peers)
+    tunnels.control = cross.deliver
+    fe.requests = FederatedRequests(fe.requests, fed)
+    fed.attach(tunnels, cross)

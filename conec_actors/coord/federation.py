@@ -1,0 +1,549 @@
+"""Coordinators on several hosts as one federation, over a NATS cluster
+(`CoordConfig(cluster=..., name=...)`; nats-py, the `cluster` extra).
+
+- **One id space**: a JetStream key-value bucket (`conec_ids`, replicated on
+  three nodes when the cluster has them) maps each client id to the
+  Coordinator holding it (`IdRecord`). Admission is create-if-absent, so
+  `DuplicateId` holds across hosts; an entry whose Coordinator is dead
+  (`federation_core.Members`, or its record gone from `conec_coords`) is
+  taken over with a compare-and-set. Entries also lapse with the bucket's
+  age limit unless their Coordinator refreshes them.
+- **Coordinator numbers**: each Coordinator claims a number (create-if-absent
+  in `conec_coords`, refreshed each second, lapsing in `COORD_TTL`); its
+  connection keys carry it (`peers`), so a key names its host and shard.
+- **Payload** between Coordinators: `tunnel` and `shard_control` messages to
+  a remote peer are batched per loop turn onto the subject of that
+  Coordinator's shard (`conec.d.CNUM.SHARD`), numbered per link so that a
+  loss ends the streams concerned (`federation_core`). Flow control is the
+  streams' own credit, end to end: NATS never holds more than the streams'
+  windows for us, so it has no reason to call us a slow consumer.
+- **Liveness**: heartbeats on `conec.hb` each second; a Coordinator silent
+  for 3 s is dead: its ids are free, streams with its clients end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import ssl
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .. import wire
+from ..errors import ConecError
+from . import federation_core as fc
+from . import ipc
+from . import shard_wire as sw
+from .peers import MAX_COORDINATORS, Peers, remote_peer, split_peer
+
+if TYPE_CHECKING:
+    from .shard_control import CrossShard
+    from .tunnel import Tunnels
+
+log = logging.getLogger(__name__)
+
+IDS_BUCKET = "conec_ids"
+COORDS_BUCKET = "conec_coords"
+HEARTBEATS = "conec.hb"
+#: Seconds an id entry lives unless its Coordinator refreshes it (it does,
+#: every `IDS_REFRESH`): only entries of dead Coordinators lapse.
+IDS_TTL = 3600.0
+IDS_REFRESH = 900.0
+#: Seconds a Coordinator's number stays claimed without a refresh.
+COORD_TTL = 4.0
+#: How long an admission waits for the ids bucket before it is refused
+#: (`Code.FEDERATION_UNAVAILABLE`), and a lookup before it says "no such peer".
+ADMIT_WAIT = 2.0
+#: How long `start` waits for a first connection to the cluster.
+CONNECT_WAIT = 5.0
+#: A batch is split so that no NATS message exceeds this (servers default to 1 MiB).
+MAX_BATCH = 256 * 1024
+
+
+class FederationError(ConecError):
+    """The federation could not be joined (no NATS server answered, no
+    bucket could be made, no Coordinator number was free)."""
+
+
+def payload_subject(cnum: int, shard: int) -> str:
+    return f"conec.d.{cnum}.{shard}"
+
+
+class Federation:
+    """This Coordinator's membership of a federation."""
+
+    def __init__(self, servers: list[str], name: str, *, count: int = 1,
+                 tls: ssl.SSLContext | None = None, creds: str | None = None) -> None:
+        self.servers = servers
+        self.name = name
+        self.count = count
+        self._tls = tls
+        self._creds = creds
+        self.incarnation = secrets.randbits(62)
+        self.cnum = 0
+        self.peers: Peers | None = None
+        self.members: fc.Members | None = None
+        self.tunnels: Tunnels | None = None
+        self.cross: CrossShard | None = None
+        self._loop = asyncio.get_running_loop()
+        self._nc: Any = None
+        self._ids: Any = None
+        self._coords: Any = None
+        self._coord_rev = 0
+        self._out: dict[int, list[sw.ShardMsg]] = {}
+        self._seq: dict[int, int] = {}  # per remote peer: the next batch number
+        self._flush_handle: asyncio.Handle | None = None
+        self._publish: deque[tuple[str, bytes]] = deque()
+        self._publisher: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        #: ids this Coordinator holds: id -> (connection key, revision, record)
+        self._owned: dict[str, tuple[int, int, bytes]] = {}
+        self._releases: dict[str, int] = {}  # ids to delete when NATS answers
+        self._closed = False
+        self.connected = False
+        self.cuts = 0  # times streams with another Coordinator were ended
+        self.batches_sent = 0
+        self.batches_received = 0
+
+    # -- joining ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        import nats
+        from nats.js.api import KeyValueConfig
+
+        opts: dict[str, Any] = {
+            "servers": self.servers, "name": f"conec-coord-{self.name}",
+            "allow_reconnect": True, "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.25, "connect_timeout": 2,
+            "disconnected_cb": self._disconnected, "reconnected_cb": self._reconnected,
+            "error_cb": self._error, "ping_interval": 2, "max_outstanding_pings": 2,
+        }
+        if self._tls is not None:
+            opts["tls"] = self._tls
+        if self._creds is not None:
+            opts["user_credentials"] = self._creds
+        try:
+            self._nc = await asyncio.wait_for(nats.connect(**opts), CONNECT_WAIT)
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            raise FederationError(f"no NATS server of {','.join(self.servers)} "
+                                  f"answered: {exc!r}") from exc
+        self.connected = True
+        js = self._nc.jetstream()
+        try:
+            self._ids = await self._bucket(js, KeyValueConfig, IDS_BUCKET, IDS_TTL)
+            self._coords = await self._bucket(js, KeyValueConfig, COORDS_BUCKET, COORD_TTL)
+            await self._claim_number()
+        except BaseException:
+            await self._nc.close()
+            raise
+        self.peers = Peers(0, self.count, self.cnum)
+        self.members = fc.Members(self.cnum, self.incarnation)
+        await self._nc.subscribe(HEARTBEATS, cb=self._on_heartbeat)
+        for shard in range(self.count):
+            await self._nc.subscribe(payload_subject(self.cnum, shard), cb=self._on_payload)
+        await self._beat()
+        self._tasks = [self._loop.create_task(self._beating()),
+                       self._loop.create_task(self._refreshing())]
+        log.info("joined the federation as %r (number %d) over %s", self.name, self.cnum,
+                 ",".join(self.servers))
+
+    async def _bucket(self, js: Any, config: Any, name: str, ttl: float) -> Any:
+        """Bind to bucket `name`, making it if needed: replicated on 3 nodes
+        (on 1 when the cluster has fewer)."""
+        import nats
+
+        try:
+            return await js.key_value(name)
+        except nats.js.errors.BucketNotFoundError:
+            pass
+        last: Exception | None = None
+        for replicas in (3, 1):
+            try:
+                return await js.create_key_value(config(bucket=name, history=1, ttl=ttl,
+                                                        replicas=replicas))
+            except nats.js.errors.APIError as exc:
+                last = exc
+                try:  # another Coordinator made it meanwhile
+                    return await js.key_value(name)
+                except nats.js.errors.BucketNotFoundError:
+                    continue
+        raise FederationError(f"cannot make the bucket {name}: {last}")
+
+    async def _claim_number(self) -> None:
+        import nats
+
+        value = msgspec.msgpack.encode(fc.CoordRecord(self.name, self.incarnation, self.count))
+        for _ in range(64):
+            cnum = secrets.randbelow(MAX_COORDINATORS) + 1
+            try:
+                self._coord_rev = await self._coords.create(fc.coord_key(cnum), value)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            self.cnum = cnum
+            return
+        raise FederationError("no free Coordinator number in the federation")
+
+    def attach(self, tunnels: Tunnels, cross: CrossShard) -> None:
+        """Carry `tunnels`' and `cross`' messages to other Coordinators."""
+        self.tunnels = tunnels
+        self.cross = cross
+
+    # -- liveness -----------------------------------------------------------------------
+
+    def _heartbeat(self, leaving: bool = False) -> bytes:
+        assert self.members is not None
+        return msgspec.msgpack.encode(fc.Heartbeat(self.cnum, self.incarnation, self.name,
+                                                   self.count, self.members.epoch, leaving))
+
+    async def _beat(self) -> None:
+        if self.connected:
+            with contextlib.suppress(Exception):
+                await self._nc.publish(HEARTBEATS, self._heartbeat())
+
+    async def _beating(self) -> None:
+        assert self.members is not None
+        while True:
+            await asyncio.sleep(fc.HEARTBEAT / 2)
+            self._apply(self.members.expire(self._loop.time()))
+            await self._beat()
+
+    async def _refreshing(self) -> None:
+        """Keep this Coordinator's number claimed, its ids' entries alive,
+        and delete the entries of clients that left while NATS did not answer."""
+        import nats
+
+        record = msgspec.msgpack.encode(
+            fc.CoordRecord(self.name, self.incarnation, self.count))
+        ids_at = self._loop.time()
+        while True:
+            await asyncio.sleep(fc.HEARTBEAT)
+            try:
+                try:
+                    self._coord_rev = await self._coords.update(
+                        fc.coord_key(self.cnum), record, last=self._coord_rev)
+                except (nats.js.errors.KeyWrongLastSequenceError,
+                        nats.js.errors.KeyNotFoundError):
+                    # Lapsed while NATS was away: claim it again.
+                    self._coord_rev = await self._coords.create(fc.coord_key(self.cnum),
+                                                                record)
+                for cid, last in list(self._releases.items()):
+                    with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError,
+                                             nats.js.errors.KeyNotFoundError):
+                        await self._ids.delete(fc.id_key(cid), last=last)
+                    self._releases.pop(cid, None)
+                if self._loop.time() - ids_at > IDS_REFRESH:
+                    ids_at = self._loop.time()
+                    for cid, (key, rev, value) in list(self._owned.items()):
+                        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                            rev = await self._ids.update(fc.id_key(cid), value, last=rev)
+                            if self._owned.get(cid, (0,))[0] == key:
+                                self._owned[cid] = (key, rev, value)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                log.error("Coordinator number %d was claimed by another Coordinator while "
+                          "NATS was unreachable", self.cnum)
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.debug("federation refresh failed: %r", exc)
+
+    async def _on_heartbeat(self, msg: Any) -> None:
+        assert self.members is not None
+        try:
+            hb = msgspec.msgpack.decode(msg.data, type=fc.Heartbeat)
+        except msgspec.DecodeError:
+            return
+        self._apply(self.members.heard(hb, self._loop.time()))
+
+    def _apply(self, events: list[fc.Event]) -> None:
+        assert self.peers is not None
+        for ev in events:
+            if isinstance(ev, fc.Joined):
+                self.peers.add_coordinator(ev.cnum, ev.count)
+                for k in range(ev.count):
+                    self._seq[remote_peer(ev.cnum, k)] = 0
+                log.info("Coordinator number %d joined the federation", ev.cnum)
+            elif isinstance(ev, fc.Died):
+                dropped = self.peers.drop_coordinator(ev.cnum)
+                for p in dropped:
+                    self._seq.pop(p, None)
+                    self._out.pop(p, None)
+                self._cut(dropped)
+                if self.cross is not None:
+                    self.cross.coordinator_down(dropped)
+                log.warning("Coordinator number %d left the federation or died", ev.cnum)
+            elif isinstance(ev, fc.Cut):
+                count = self.peers.coordinators().get(ev.cnum, 0)
+                self._cut([remote_peer(ev.cnum, k) for k in range(count)])
+
+    def _cut(self, peers: list[int]) -> None:
+        if self.tunnels is not None and peers:
+            self.cuts += 1
+            for p in peers:
+                self.tunnels.shard_down(p)
+
+    def _lost(self) -> None:
+        """Our connection to NATS broke (or came back): anything between may
+        be lost. Streams between hosts end; links number from 0 again."""
+        if self.members is None:
+            return
+        self._apply(self.members.lost_connection())
+        for p in self._seq:
+            self._seq[p] = 0
+        self._out.clear()
+        self._publish.clear()
+
+    async def _disconnected(self) -> None:
+        self.connected = False
+        if not self._closed:
+            log.warning("lost the connection to NATS; streams to other hosts end")
+            self._lost()
+
+    async def _reconnected(self) -> None:
+        self.connected = True
+        log.info("reconnected to NATS at %s", getattr(self._nc, "connected_url", None))
+        self._lost()
+        await self._beat()
+
+    async def _error(self, exc: Exception) -> None:
+        log.debug("NATS: %r", exc)
+
+    # -- payload --------------------------------------------------------------------------
+
+    def send(self, peer: int, msg: sw.ShardMsg) -> None:
+        """Queue `msg` for remote peer `peer` (sent at the end of this turn)."""
+        out = self._out.get(peer)
+        if out is None:
+            if peer not in self._seq:
+                return  # not (or no longer) a member: its streams were cut
+            out = self._out[peer] = []
+        out.append(msg)
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        assert self.members is not None
+        outs, self._out = self._out, {}
+        if not self.connected:
+            return  # the streams were cut when the connection broke
+        for peer, msgs in outs.items():
+            seq = self._seq.get(peer)
+            if seq is None:
+                continue
+            cnum, shard = split_peer(peer)
+            subject = payload_subject(cnum, shard)
+            for chunk in _chunks(msgs):
+                head = fc.pack_head(self.cnum, 0, self.count, self.incarnation,
+                                    self.members.epoch, seq)
+                seq += 1
+                self._publish.append((subject, head + sw.encode(chunk)))
+            self._seq[peer] = seq
+        if self._publish and self._publisher is None:
+            self._publisher = self._loop.create_task(self._publishing())
+
+    async def _publishing(self) -> None:
+        try:
+            while self._publish:
+                subject, data = self._publish.popleft()
+                try:
+                    await self._nc.publish(subject, data)
+                    self.batches_sent += 1
+                except Exception as exc:
+                    # The connection broke under it: `_disconnected` cuts.
+                    log.debug("publish failed: %r", exc)
+        finally:
+            self._publisher = None
+
+    async def _on_payload(self, msg: Any) -> None:
+        members, tunnels = self.members, self.tunnels
+        if members is None or tunnels is None:
+            return
+        data = msg.data
+        try:
+            cnum, shard, count, inc, epoch, seq = fc.unpack_head(data)
+            msgs = sw.decode(data[fc.HEAD_SIZE:])
+        except (fc.BadBatch, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("dropped a malformed batch from the federation: %s", exc)
+            return
+        ok, events = members.batch(cnum, shard, count, inc, epoch, seq, self._loop.time())
+        self._apply(events)
+        if ok:
+            self.batches_received += 1
+            tunnels.deliver(remote_peer(cnum, shard), msgs)
+
+    # -- the id space ---------------------------------------------------------------------
+
+    async def admit(self, entry: ipc.Entry) -> int:
+        """Claim `entry.client_id` federation-wide: 0, `Code.DUPLICATE_ID`
+        (a live Coordinator holds it) or `Code.FEDERATION_UNAVAILABLE`."""
+        try:
+            return await asyncio.wait_for(self._admit(entry), ADMIT_WAIT)
+        except TimeoutError:
+            return wire.Code.FEDERATION_UNAVAILABLE
+
+    async def _admit(self, entry: ipc.Entry) -> int:
+        import nats
+
+        cid = entry.client_id
+        key = fc.id_key(cid)
+        value = msgspec.msgpack.encode(fc.IdRecord(self.cnum, self.incarnation, entry))
+        while True:
+            if not self.connected:
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                try:
+                    rev = await self._ids.create(key, value)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    try:
+                        cur = await self._ids.get(key)
+                    except nats.js.errors.KeyNotFoundError:
+                        continue
+                    rec = msgspec.msgpack.decode(cur.value, type=fc.IdRecord)
+                    if (rec.cnum, rec.incarnation) == (self.cnum, self.incarnation):
+                        # Ours: the local directory decides (`repoint` follows
+                        # a same-certificate replacement).
+                        return 0
+                    if await self._alive(rec.cnum, rec.incarnation):
+                        return wire.Code.DUPLICATE_ID
+                    # A dead Coordinator's: take it over.
+                    rev = await self._ids.update(key, value, last=cur.revision)
+                self._releases.pop(cid, None)
+                self._owned[cid] = (entry.conn_key, rev, value)
+                return 0
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # raced with another admission: look again
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.debug("admission of %r: %r", cid, exc)
+                await asyncio.sleep(0.1)
+
+    async def _alive(self, cnum: int, incarnation: int) -> bool:
+        import nats
+
+        assert self.members is not None
+        verdict = self.members.verdict(cnum, incarnation)
+        if verdict is not None:
+            return verdict
+        try:
+            cur = await self._coords.get(fc.coord_key(cnum))
+        except nats.js.errors.KeyNotFoundError:
+            return False
+        rec = msgspec.msgpack.decode(cur.value, type=fc.CoordRecord)
+        if rec.incarnation != incarnation:
+            return False
+        self._apply(self.members.known(cnum, incarnation, rec.count, rec.name,
+                                       self._loop.time()))
+        return True
+
+    def release(self, client_id: str, conn_key: int) -> None:
+        """Client `client_id` (connection `conn_key`) left: its id is free."""
+        held = self._owned.get(client_id)
+        if held is None or held[0] != conn_key:
+            return
+        del self._owned[client_id]
+        self._releases[client_id] = held[1]
+        self._loop.create_task(self._release(client_id, held[1]))
+
+    async def _release(self, cid: str, rev: int) -> None:
+        import nats
+
+        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError,
+                                 nats.js.errors.KeyNotFoundError):
+            try:
+                await asyncio.wait_for(self._ids.delete(fc.id_key(cid), last=rev), ADMIT_WAIT)
+            except (TimeoutError, nats.errors.Error):
+                return  # `_refreshing` tries again
+        if self._releases.get(cid) == rev:
+            del self._releases[cid]
+
+    def repoint(self, entry: ipc.Entry) -> None:
+        """The local directory gave `entry.client_id` to connection
+        `entry.conn_key` (a new one of its own client replaced a stale
+        session): the federation's entry follows."""
+        held = self._owned.get(entry.client_id)
+        if held is not None and held[0] != entry.conn_key:
+            value = msgspec.msgpack.encode(fc.IdRecord(self.cnum, self.incarnation, entry))
+            self._owned[entry.client_id] = (entry.conn_key, held[1], value)
+            self._loop.create_task(self._repoint(entry.client_id, held[1], value))
+
+    async def _repoint(self, cid: str, rev: int, value: bytes) -> None:
+        import nats
+
+        try:
+            rev = await asyncio.wait_for(self._ids.update(fc.id_key(cid), value, last=rev),
+                                         ADMIT_WAIT)
+        except (TimeoutError, nats.errors.Error) as exc:
+            log.warning("could not move the federation's entry of %r: %r", cid, exc)
+            return
+        held = self._owned.get(cid)
+        if held is not None and held[2] is value:
+            self._owned[cid] = (held[0], rev, value)
+
+    async def lookup(self, client_id: str) -> ipc.Entry | None:
+        """Where a client of another Coordinator is, or None."""
+        try:
+            return await asyncio.wait_for(self._lookup(client_id), ADMIT_WAIT)
+        except TimeoutError:
+            return None
+
+    async def _lookup(self, client_id: str) -> ipc.Entry | None:
+        import nats
+
+        if not self.connected:
+            return None
+        try:
+            cur = await self._ids.get(fc.id_key(client_id))
+        except nats.errors.Error:
+            return None
+        rec = msgspec.msgpack.decode(cur.value, type=fc.IdRecord)
+        if rec.cnum == self.cnum or not await self._alive(rec.cnum, rec.incarnation):
+            return None
+        return rec.entry
+
+    # -- leaving ----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for t in self._tasks:
+            t.cancel()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        nc = self._nc
+        if nc is None:
+            return
+        with contextlib.suppress(Exception):
+            if self.connected and self.members is not None:
+                await nc.publish(HEARTBEATS, self._heartbeat(leaving=True))
+                for cid, (_key, rev, _v) in list(self._owned.items()):
+                    await asyncio.wait_for(self._ids.delete(fc.id_key(cid), last=rev), 0.5)
+                await asyncio.wait_for(self._coords.delete(fc.coord_key(self.cnum)), 0.5)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 2.0)
+        for t in self._tasks:
+            with contextlib.suppress(BaseException):
+                await t
+
+
+def _chunks(msgs: list[sw.ShardMsg]) -> list[list[sw.ShardMsg]]:
+    """`msgs` in runs whose data stays under `MAX_BATCH` bytes."""
+    out: list[list[sw.ShardMsg]] = []
+    run: list[sw.ShardMsg] = []
+    size = 0
+    for m in msgs:
+        n = len(m.data) if isinstance(m, sw.Data) else 64
+        if run and size + n > MAX_BATCH:
+            out.append(run)
+            run, size = [], 0
+        run.append(m)
+        size += n
+    if run:
+        out.append(run)
+    return out
+
+
+Send = Callable[[int, sw.ShardMsg], None]
