@@ -97,6 +97,7 @@ class Federation:
         self._coord_rev = 0
         self._out: dict[int, list[sw.ShardMsg]] = {}
         self._seq: dict[int, int] = {}  # per remote peer: the next batch number
+        self._epoch = 0  # the epoch `_seq` counts in
         self._flush_handle: asyncio.Handle | None = None
         self._publish: deque[tuple[str, bytes]] = deque()
         self._publisher: asyncio.Task[None] | None = None
@@ -290,8 +291,6 @@ class Federation:
         if self.members is None:
             return
         self._apply(self.members.lost_connection())
-        for p in self._seq:
-            self._seq[p] = 0
         self._out.clear()
         self._publish.clear()
 
@@ -329,6 +328,12 @@ class Federation:
         outs, self._out = self._out, {}
         if not self.connected:
             return  # the streams were cut when the connection broke
+        if self.members.epoch != self._epoch:
+            # A new epoch here (lost connection, or a gap seen): every link
+            # numbers from 0 again, which tells its receiver so.
+            self._epoch = self.members.epoch
+            for p in self._seq:
+                self._seq[p] = 0
         for peer, msgs in outs.items():
             seq = self._seq.get(peer)
             if seq is None:

@@ -1,0 +1,282 @@
+"""Coordinators on several hosts as one federation (DESIGN section 9): a real
+3-node NATS cluster with JetStream and Coordinators in their own processes;
+clients of different Coordinators talk as if they shared one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conec_actors import (
+    Client,
+    ConnectFailed,
+    DuplicateId,
+    IncomingStream,
+    NoSuchPeer,
+    StreamReset,
+)
+
+from .conftest import wait_for
+from .federation_harness import Federation, federation
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def next_incoming(client: Client, timeout: float = 10) -> IncomingStream:
+    it = client.incoming.__aiter__()
+    return await asyncio.wait_for(it.__anext__(), timeout)
+
+
+async def connect_when_free(fed: Federation, cid: str, coord: str,
+                            timeout: float = 8.0) -> tuple[Client, float]:
+    """Connect `cid` to `coord`, retrying while the id is held elsewhere:
+    the client and how long that took."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while True:
+        try:
+            return await fed.client(cid, coord), loop.time() - start
+        except DuplicateId:
+            if loop.time() - start > timeout:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def serve_mailbox(c: Client, got: list[Any]) -> None:
+    async for env in c.mailbox:
+        if env.is_ask:
+            await env.reply(["re", env.body])
+        else:
+            got.append(env.body)
+
+
+async def test_one_id_space_across_coordinators(tmp_path: Path) -> None:
+    async with federation(tmp_path, "east", "west") as fed:
+        alice = await fed.client("alice", "east")
+        with pytest.raises(DuplicateId):
+            await fed.client("alice", "west")
+        # Visible at once from the other Coordinator: a stream finds her.
+        bob = await fed.client("bob", "west")
+        send, _ = await bob.new_proxied_stream("alice")
+        await send.send(b"hi")
+        inc = await next_incoming(alice)
+        assert inc.peer == "bob" and await inc.recv.recv() == b"hi"
+        # Her id is free everywhere once she left.
+        await alice.close()
+        again, _ = await connect_when_free(fed, "alice", "west", timeout=3.0)
+        assert again.id == "alice"
+        with pytest.raises(NoSuchPeer):
+            s, _ = await bob.new_proxied_stream("nobody")
+            await s.send(b"x")
+
+
+async def test_proxied_streams_both_ways_keep_order(tmp_path: Path) -> None:
+    async with federation(tmp_path, "east", "west") as fed:
+        a, b = await fed.client("alice", "east"), await fed.client("bob", "west")
+        send, recv = await a.new_proxied_stream("bob")
+        sizes = [0, 1, 64, 1000, 65536, 300_000, 5, 1_000_000]
+        payloads = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+
+        async def write() -> None:
+            for p in payloads:
+                await send.send(p)
+
+        writer = asyncio.create_task(write())
+        inc = await next_incoming(b)
+        for p in payloads:
+            assert await asyncio.wait_for(inc.recv.recv(), 10) == p
+        await writer
+        for i in range(200):
+            await inc.send.send(b"%d" % i)
+        assert [await recv.recv() for _ in range(200)] == [b"%d" % i for i in range(200)]
+
+
+async def test_tells_and_asks_across_coordinators(tmp_path: Path) -> None:
+    async with federation(tmp_path, "east", "west") as fed:
+        a, b = await fed.client("alice", "east"), await fed.client("bob", "west")
+        got: list[Any] = []
+        server = asyncio.create_task(serve_mailbox(b, got))
+        try:
+            for i in range(3000):
+                await a.tell("bob", i)
+            assert await a.ask("bob", "x", timeout=10) == ["re", "x"]
+            await wait_for(lambda: len(got) == 3000, timeout=10)
+            assert got == list(range(3000))
+        finally:
+            server.cancel()
+
+
+async def test_channel_introduction_across_coordinators(tmp_path: Path) -> None:
+    async with federation(tmp_path, "east", "west") as fed:
+        a, b = await fed.client("alice", "east"), await fed.client("bob", "west")
+        await a.new_channel("bob")
+        assert a.channels() == ["bob"] and b.channels() == ["alice"]
+        send, recv = await a.new_direct_stream("bob")
+        await send.send(b"direct")
+        inc = await next_incoming(b)
+        assert inc.peer == "alice" and inc.stream_id.is_direct
+        assert await inc.recv.recv() == b"direct"
+        await inc.send.send(b"back")
+        assert await recv.recv() == b"back"
+
+
+async def test_watch_across_coordinators(tmp_path: Path) -> None:
+    async with federation(tmp_path, "east", "west") as fed:
+        a, b = await fed.client("alice", "east"), await fed.client("bob", "west")
+        w = await a.watch("bob")
+        never = await a.watch("carol")
+        assert (await asyncio.wait_for(never.wait(), 5)).reason == "not-connected"
+        await b.close()
+        t = await asyncio.wait_for(w.wait(), 10)
+        assert (t.peer, t.reason) == ("bob", "left")
+
+
+async def test_coordinator_killed_under_traffic(tmp_path: Path) -> None:
+    async with federation(tmp_path, "east", "west") as fed:
+        a = await fed.client("alice", "east")
+        await fed.client("bob", "west")
+        c, d = await fed.client("carol", "east"), await fed.client("dave", "east")
+        # A stream from alice (east) to bob (west) with traffic on it ...
+        cross, _ = await a.new_proxied_stream("bob")
+        await cross.send(b"before")
+        # ... and an honest pair on east, checking every message.
+        honest, _ = await c.new_proxied_stream("dave")
+        inc = await next_incoming(d)
+        received: list[int] = []
+
+        async def read() -> None:
+            with contextlib.suppress(Exception):
+                while True:
+                    received.append(int(await inc.recv.recv()))
+
+        reader = asyncio.create_task(read())
+        sent = 0
+
+        async def write() -> None:
+            nonlocal sent
+            while True:
+                await honest.send(b"%d" % sent)
+                sent += 1
+                await asyncio.sleep(0.001)
+
+        writer = asyncio.create_task(write())
+        loop = asyncio.get_running_loop()
+        fed.coords["west"].kill()
+        killed = loop.time()
+        # alice's stream to bob ends with StreamReset, within 5 s.
+        with pytest.raises(StreamReset):
+            while True:
+                await cross.send(b"x" * 1000)
+                await asyncio.sleep(0.05)
+        assert loop.time() - killed < 6.0
+        # bob's id is free on east within 5 s of the kill.
+        bob, waited = await connect_when_free(fed, "bob", "east", timeout=8.0)
+        assert loop.time() - killed < 8.0, waited
+        s, _ = await a.new_proxied_stream("bob")
+        await s.send(b"new")
+        assert await (await next_incoming(bob)).recv.recv() == b"new"
+        writer.cancel()
+        await wait_for(lambda: len(received) >= sent - 1, timeout=10)
+        reader.cancel()
+        assert received == list(range(len(received))) and len(received) >= sent - 1
+
+
+async def test_nats_node_killed_under_traffic(tmp_path: Path) -> None:
+    async with federation(tmp_path, "east", "west") as fed:
+        a, b = await fed.client("alice", "east"), await fed.client("bob", "west")
+        send, _ = await a.new_proxied_stream("bob")
+        inc = await next_incoming(b)
+        received: list[int] = []
+        reset = asyncio.Event()
+
+        async def read() -> None:
+            try:
+                while True:
+                    received.append(int(await inc.recv.recv()))
+            except StreamReset:
+                reset.set()
+
+        reader = asyncio.create_task(read())
+        sent = 0
+
+        async def write() -> None:
+            nonlocal sent
+            with contextlib.suppress(StreamReset):
+                while sent < 4000:
+                    await send.send(b"%d" % sent)
+                    sent += 1
+                    if sent % 50 == 0:
+                        await asyncio.sleep(0.01)
+
+        writer = asyncio.create_task(write())
+        await wait_for(lambda: sent > 500, timeout=10)
+        for i in range(3):  # the node each Coordinator is on is among them
+            await fed.cluster.kill(i)
+            break
+        await asyncio.wait_for(writer, 30)
+        await wait_for(lambda: reset.is_set() or len(received) == sent, timeout=15)
+        reader.cancel()
+        # Never silent loss, duplication or reorder: a prefix, in order.
+        assert received == list(range(len(received)))
+        if not reset.is_set():
+            assert len(received) == sent
+        # The federation still carries new streams.
+        await wait_for(lambda: fed.cluster.alive(1), timeout=1)
+
+        async def fresh() -> bytes:
+            s, _ = await a.new_proxied_stream("bob")
+            await s.send(b"after")
+            return await (await next_incoming(b)).recv.recv()
+
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:
+            try:
+                assert await asyncio.wait_for(fresh(), 5) == b"after"
+                break
+            except (StreamReset, NoSuchPeer, TimeoutError):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+
+
+async def test_no_nats_local_clients_keep_working(tmp_path: Path) -> None:
+    async with federation(tmp_path, "east", "west") as fed:
+        c, d = await fed.client("carol", "east"), await fed.client("dave", "east")
+        for i in range(3):
+            await fed.cluster.kill(i)
+        loop = asyncio.get_running_loop()
+        # New admissions wait up to 2 s for the bucket, then are refused.
+        start = loop.time()
+        with pytest.raises(ConnectFailed, match="federation unavailable"):
+            await fed.client("erin", "east")
+        assert 1.5 < loop.time() - start < 10
+        # Clients of one Coordinator keep working with each other.
+        send, _ = await c.new_proxied_stream("dave")
+        await send.send(b"still here")
+        assert await (await next_incoming(d)).recv.recv() == b"still here"
+        got: list[Any] = []
+        server = asyncio.create_task(serve_mailbox(d, got))
+        try:
+            assert await c.ask("dave", 1, timeout=10) == ["re", 1]
+        finally:
+            server.cancel()
+
+
+async def test_coordinator_flags_are_checked() -> None:
+    from conec_actors import CoordConfig
+
+    from .conftest import coord_cert
+
+    cert = coord_cert()
+    with pytest.raises(ValueError, match="cluster"):
+        CoordConfig(cert.cert_pem, cert.key_pem, cluster="")
+    with pytest.raises(ValueError, match="need cluster"):
+        CoordConfig(cert.cert_pem, cert.key_pem, name="east")
+    cfg = CoordConfig(cert.cert_pem, cert.key_pem, cluster="nats://a:1, nats://b:2",
+                      name="east")
+    from conec_actors.config import cluster_urls
+
+    assert cluster_urls(cfg.cluster or "") == ["nats://a:1", "nats://b:2"]
