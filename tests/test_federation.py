@@ -13,6 +13,7 @@ import pytest
 
 from conec_actors import (
     Client,
+    ClientConfig,
     ConnectFailed,
     DuplicateId,
     IncomingStream,
@@ -186,7 +187,11 @@ async def test_coordinator_killed_under_traffic(tmp_path: Path) -> None:
 
 
 async def test_nats_node_killed_under_traffic(tmp_path: Path) -> None:
-    async with federation(tmp_path, "east", "west") as fed:
+    async with federation(tmp_path) as fed:
+        # Each Coordinator is given one node; it learns the others from it.
+        # west's node dies: it must reconnect to another.
+        await fed.start("east", url=fed.cluster.urls[1])
+        await fed.start("west", url=fed.cluster.urls[0])
         a, b = await fed.client("alice", "east"), await fed.client("bob", "west")
         send, _ = await a.new_proxied_stream("bob")
         inc = await next_incoming(b)
@@ -214,9 +219,7 @@ async def test_nats_node_killed_under_traffic(tmp_path: Path) -> None:
 
         writer = asyncio.create_task(write())
         await wait_for(lambda: sent > 500, timeout=10)
-        for i in range(3):  # the node each Coordinator is on is among them
-            await fed.cluster.kill(i)
-            break
+        await fed.cluster.kill(0)
         await asyncio.wait_for(writer, 30)
         await wait_for(lambda: reset.is_set() or len(received) == sent, timeout=15)
         reader.cancel()
@@ -280,3 +283,37 @@ async def test_coordinator_flags_are_checked() -> None:
     from conec_actors.config import cluster_urls
 
     assert cluster_urls(cfg.cluster or "") == ["nats://a:1", "nats://b:2"]
+
+
+async def test_tls_to_nats_with_the_coordinators_certificate(tmp_path: Path) -> None:
+    from conec_actors import Coord, CoordConfig
+    from conec_actors.coord.federation import FederationError
+
+    from .nats_cluster import make_nats_tls, nats_cluster
+
+    tls, own = make_nats_tls(("localhost",))
+    async with nats_cluster(tmp_path, tls=tls) as cluster:
+        # Without a certificate the servers accept, joining fails clearly.
+        with pytest.raises(FederationError, match="no NATS server"):
+            await Coord.start(CoordConfig(own.cert_pem, own.key_pem, port=0,
+                                          cluster=cluster.url, name="plain"))
+        coords = [await Coord.start(CoordConfig(
+            own.cert_pem, own.key_pem, port=0, cluster=cluster.url, name=name,
+            cluster_ca=tls.ca_pem)) for name in ("east", "west")]
+        clients: list[Client] = []
+        try:
+            for cid, coord in (("alice", coords[0]), ("bob", coords[1])):
+                clients.append(await Client.connect(ClientConfig(
+                    cid, "localhost", addr=coord.address, ca=tls.ca_pem)))
+            a, b = clients
+            with pytest.raises(DuplicateId):
+                clients.append(await Client.connect(ClientConfig(
+                    "alice", "localhost", addr=coords[1].address, ca=tls.ca_pem)))
+            send, _ = await a.new_proxied_stream("bob")
+            await send.send(b"over tls")
+            assert await (await next_incoming(b)).recv.recv() == b"over tls"
+        finally:
+            for c in clients:
+                await c.close()
+            for coord in coords:
+                await coord.close()

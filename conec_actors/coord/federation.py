@@ -302,7 +302,8 @@ class Federation:
 
     async def _reconnected(self) -> None:
         self.connected = True
-        log.info("reconnected to NATS at %s", getattr(self._nc, "connected_url", None))
+        url = getattr(self._nc, "connected_url", None)
+        log.info("reconnected to NATS at %s", getattr(url, "netloc", url))
         self._lost()
         await self._beat()
 
