@@ -317,3 +317,31 @@ async def test_tls_to_nats_with_the_coordinators_certificate(tmp_path: Path) -> 
                 await c.close()
             for coord in coords:
                 await coord.close()
+
+
+async def test_broadcast_across_coordinators_has_one_order(tmp_path: Path) -> None:
+    async with federation(tmp_path, "east", "west", "north") as fed:
+        names = ["alice", "bob", "carol", "dave"]
+        homes = ["east", "west", "north", "west"]
+        clients = [await fed.client(n, c) for n, c in zip(names, homes, strict=True)]
+        members = [await c.new_broadcast("room") for c in clients]
+        per_sender = 100
+
+        async def send_all(i: int) -> None:
+            for k in range(per_sender):
+                await members[i][0].send(b"%s:%d" % (names[i].encode(), k))
+
+        readers = [asyncio.create_task(drain(r, per_sender * len(names)))
+                   for _, r in members]
+        await asyncio.gather(*(send_all(i) for i in range(len(names))))
+        seen = await asyncio.gather(*readers)
+        # Every member heard every member, all in one order.
+        for other in seen[1:]:
+            assert other == seen[0]
+        for name in names:
+            mine = [m.data for m in seen[0] if m.sender == name]
+            assert mine == [b"%s:%d" % (name.encode(), k) for k in range(per_sender)]
+
+
+async def drain(recv: Any, n: int, timeout: float = 20) -> list[Any]:
+    return [await asyncio.wait_for(recv.recv(), timeout) for _ in range(n)]

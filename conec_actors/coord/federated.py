@@ -138,4 +138,5 @@ def attach(fe: FrontEnd, fed: Federation) -> None:
     cross = fe.plane.cross = CrossShard(fe.plane, peers.index, peers.count, fed.send, peers)
     tunnels.control = cross.deliver
     fe.requests = FederatedRequests(fe.requests, fed)
+    fe.relay.broadcast_home = fed.broadcast_home
     fed.attach(tunnels, cross)

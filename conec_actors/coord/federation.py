@@ -36,6 +36,7 @@ import msgspec
 
 from .. import wire
 from ..errors import ConecError
+from ..ids import stable_hash
 from . import federation_core as fc
 from . import ipc
 from . import shard_wire as sw
@@ -105,6 +106,8 @@ class Federation:
         #: ids this Coordinator holds: id -> (connection key, revision, record)
         self._owned: dict[str, tuple[int, int, bytes]] = {}
         self._releases: dict[str, int] = {}  # ids to delete when NATS answers
+        #: broadcasts homed here: bucket key -> (revision, record)
+        self._homes: dict[str, tuple[int, bytes]] = {}
         self._closed = False
         self.connected = False
         self.cuts = 0  # times streams with another Coordinator were ended
@@ -239,6 +242,10 @@ class Federation:
                     self._releases.pop(cid, None)
                 if self._loop.time() - ids_at > IDS_REFRESH:
                     ids_at = self._loop.time()
+                    for hkey, (rev, value) in list(self._homes.items()):
+                        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                            self._homes[hkey] = (await self._ids.update(hkey, value, last=rev),
+                                                 value)
                     for cid, (key, rev, value) in list(self._owned.items()):
                         with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
                             rev = await self._ids.update(fc.id_key(cid), value, last=rev)
@@ -508,6 +515,59 @@ class Federation:
         if rec.cnum == self.cnum or not await self._alive(rec.cnum, rec.incarnation):
             return None
         return rec.entry
+
+    # -- broadcasts -------------------------------------------------------------------------
+
+    def broadcast_home(self, name: str, cb: Callable[[int | None], None]) -> None:
+        """Find (or become) the home of broadcast `name`: every member's
+        stream is fanned out there, so all hear one order. `cb` gets its
+        peer number (this Coordinator's own shard when here), or None when
+        the federation does not answer."""
+        task = self._loop.create_task(self._broadcast_home(name))
+
+        def done(t: asyncio.Task[int | None]) -> None:
+            cb(None if t.cancelled() or t.exception() is not None else t.result())
+        task.add_done_callback(done)
+
+    async def _broadcast_home(self, name: str) -> int | None:
+        try:
+            return await asyncio.wait_for(self._find_home(name), ADMIT_WAIT)
+        except TimeoutError:
+            return None
+
+    async def _find_home(self, name: str) -> int:
+        import nats
+
+        assert self.peers is not None
+        key = "b." + fc.id_key(name)[2:]
+        mine = msgspec.msgpack.encode(fc.HomeRecord(self.cnum, self.incarnation))
+        while True:
+            if not self.connected:
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                try:
+                    rev = await self._ids.create(key, mine)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    try:
+                        cur = await self._ids.get(key)
+                    except nats.js.errors.KeyNotFoundError:
+                        continue
+                    rec = msgspec.msgpack.decode(cur.value, type=fc.HomeRecord)
+                    if (rec.cnum, rec.incarnation) == (self.cnum, self.incarnation):
+                        return self.peers.index
+                    if await self._alive(rec.cnum, rec.incarnation):
+                        assert self.members is not None
+                        count = max(1, self.members.count_of(rec.cnum))
+                        return remote_peer(rec.cnum, stable_hash(name) % count)
+                    rev = await self._ids.update(key, mine, last=cur.revision)
+                self._homes[key] = (rev, mine)
+                return self.peers.index
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            except nats.errors.Error as exc:
+                log.debug("home of broadcast %r: %r", name, exc)
+                await asyncio.sleep(0.1)
 
     # -- leaving ----------------------------------------------------------------------------
 

@@ -61,6 +61,14 @@ class IdRecord(msgspec.Struct, array_like=True, frozen=True):
     entry: ipc.Entry
 
 
+class HomeRecord(msgspec.Struct, array_like=True, frozen=True):
+    """The value of a broadcast's key in the ids bucket: the Coordinator
+    its members' streams are fanned out at."""
+
+    cnum: int
+    incarnation: int
+
+
 def id_key(client_id: str) -> str:
     """The ids bucket's key of `client_id` (KV keys allow fewer characters
     than ids: base64url of its UTF-8, unpadded)."""

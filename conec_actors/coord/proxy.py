@@ -226,6 +226,9 @@ class Relay:
         self.request_routing = request_routing
         #: with front-end shards: this shard's streams to and from the others
         self.tunnels: Tunnels | None = None
+        #: in a federation: finds the peer a broadcast's members are fanned
+        #: out at (`federation.Federation.broadcast_home`)
+        self.broadcast_home: Callable[[str, Callable[[int | None], None]], None] | None = None
         self.pairing: Pairing[ProxiedLeg] = Pairing()
         self.bytes_forwarded = 0
         self.messages_forwarded = 0
@@ -263,6 +266,13 @@ class Relay:
             return None
         if hdr.kind == "broadcast":
             tunnels = self.tunnels
+            if self.broadcast_home is not None:
+                # In a federation the broadcast's home is found first; the
+                # member holds what its client sends meanwhile.
+                name = hdr.broadcast
+                member = s.legs[leg.quic_id] = MemberLeg(s, leg.quic_id, base)
+                self.broadcast_home(name, lambda far: self._homed(member, name, far))
+                return member
             if tunnels is not None and \
                     (far := tunnels.home_of(hdr.broadcast)) != tunnels.index:
                 return tunnels.carry(s, leg.quic_id, base, far, sw.Open(
@@ -275,6 +285,27 @@ class Relay:
         self.request_routing(dst, lambda req: ipc.Lookup(req, src, dst),
                              lambda reply: self._routed(new, dst, reply))
         return new
+
+    def _homed(self, member: MemberLeg, name: str, far: int | None) -> None:
+        """The home of broadcast `name` is peer `far` (None: unknown)."""
+        s = member.session
+        if member.in_done or s.core.state is State.CLOSED:
+            s.core.open_settled()
+            if s.legs.get(member.quic_id) is member:
+                del s.legs[member.quic_id]
+            return
+        tunnels = self.tunnels
+        if far is None or tunnels is None:
+            s.core.open_settled()
+            member.end_both(wire.Code.FEDERATION_UNAVAILABLE)
+            return
+        if far == tunnels.index:
+            self.hub.join(member, name)
+            return
+        del s.legs[member.quic_id]
+        tunnels.carry(s, member.quic_id, member.base, far, sw.Open(
+            s.conn_key, member.quic_id, s.client_id or "", s.max_message_size, member.base,
+            "broadcast", broadcast=name), member.pending, member.pending_fin)
 
     def open_member(self, s: Peer, quic_id: int, base: int, name: str) -> MemberLeg:
         """Stream `quic_id` of `s` joins broadcast `name` here."""
