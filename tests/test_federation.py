@@ -141,6 +141,7 @@ async def test_coordinator_killed_under_traffic(tmp_path: Path) -> None:
         a = await fed.client("alice", "east")
         await fed.client("bob", "west")
         c, d = await fed.client("carol", "east"), await fed.client("dave", "east")
+        watch = await a.watch("bob")
         # A stream from alice (east) to bob (west) with traffic on it ...
         cross, _ = await a.new_proxied_stream("bob")
         await cross.send(b"before")
@@ -174,6 +175,8 @@ async def test_coordinator_killed_under_traffic(tmp_path: Path) -> None:
                 await cross.send(b"x" * 1000)
                 await asyncio.sleep(0.05)
         assert loop.time() - killed < 6.0
+        t = await asyncio.wait_for(watch.wait(), 5)
+        assert (t.peer, t.reason) == ("bob", "vanished")
         # bob's id is free on east within 5 s of the kill.
         bob, waited = await connect_when_free(fed, "bob", "east", timeout=8.0)
         assert loop.time() - killed < 8.0, waited
