@@ -38,6 +38,8 @@ class FederatedRequests:
     def __init__(self, inner: Requests, fed: Federation) -> None:
         self.inner = inner
         self.fed = fed
+        assert fed.ids is not None, "the federation is joined"
+        self._ids = fed.ids
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -55,7 +57,7 @@ class FederatedRequests:
             self._spawn(self._register(key, make, probe.entry, cb))
             return 0
         if isinstance(probe, ipc.Unregister):
-            self.fed.release(probe.client_id, probe.conn_key)
+            self._ids.release(probe.client_id, probe.conn_key)
         elif isinstance(probe, ipc.Lookup) and cb is not None:
             dst, answer = probe.dst, cb
 
@@ -69,7 +71,7 @@ class FederatedRequests:
 
     async def _register(self, key: str, make: ipc.MakeRequest, entry: ipc.Entry,
                         cb: ipc.ReplyCallback | None) -> None:
-        code = await self.fed.admit(entry)
+        code = await self._ids.admit(entry)
         if code != 0:
             if cb is not None:
                 cb(ipc.Reply(0, code))
@@ -78,15 +80,15 @@ class FederatedRequests:
         def registered(reply: ipc.WorkerReply) -> None:
             if isinstance(reply, ipc.Reply):
                 if reply.code != 0:
-                    self.fed.release(entry.client_id, entry.conn_key)
+                    self._ids.release(entry.client_id, entry.conn_key)
                 else:
-                    self.fed.repoint(entry)
+                    self._ids.repoint(entry)
             if cb is not None:
                 cb(reply)
         self.inner.request_for("routing", key, make, registered)
 
     async def _lookup(self, dst: str, miss: ipc.Reply, cb: ipc.ReplyCallback) -> None:
-        entry = await self.fed.lookup(dst)
+        entry = await self._ids.lookup(dst)
         cb(ipc.Reply(miss.req, 0, entry) if entry is not None else miss)
 
 
@@ -138,5 +140,6 @@ def attach(fe: FrontEnd, fed: Federation) -> None:
     cross = fe.plane.cross = CrossShard(fe.plane, peers.index, peers.count, fed.send, peers)
     tunnels.control = cross.deliver
     fe.requests = FederatedRequests(fe.requests, fed)
-    fe.relay.broadcast_home = fed.broadcast_home
+    assert fed.ids is not None
+    fe.relay.broadcast_home = fed.ids.broadcast_home
     fed.attach(tunnels, cross)

@@ -34,12 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .. import wire
 from ..errors import ConecError
-from ..ids import stable_hash
 from . import federation_core as fc
-from . import ipc
 from . import shard_wire as sw
+from .federation_ids import IdSpace
 from .peers import MAX_COORDINATORS, Peers, remote_peer, split_peer
 
 if TYPE_CHECKING:
@@ -57,9 +55,6 @@ IDS_TTL = 3600.0
 IDS_REFRESH = 900.0
 #: Seconds a Coordinator's number stays claimed without a refresh.
 COORD_TTL = 4.0
-#: How long an admission waits for the ids bucket before it is refused
-#: (`Code.FEDERATION_UNAVAILABLE`), and a lookup before it says "no such peer".
-ADMIT_WAIT = 2.0
 #: How long `start` waits for a first connection to the cluster.
 CONNECT_WAIT = 5.0
 #: A batch is split so that no NATS message exceeds this (servers default to 1 MiB).
@@ -93,7 +88,6 @@ class Federation:
         self.cross: CrossShard | None = None
         self._loop = asyncio.get_running_loop()
         self._nc: Any = None
-        self._ids: Any = None
         self._coords: Any = None
         self._coord_rev = 0
         self._out: dict[int, list[sw.ShardMsg]] = {}
@@ -103,11 +97,8 @@ class Federation:
         self._publish: deque[tuple[str, bytes]] = deque()
         self._publisher: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        #: ids this Coordinator holds: id -> (connection key, revision, record)
-        self._owned: dict[str, tuple[int, int, bytes]] = {}
-        self._releases: dict[str, int] = {}  # ids to delete when NATS answers
-        #: broadcasts homed here: bucket key -> (revision, record)
-        self._homes: dict[str, tuple[int, bytes]] = {}
+        #: the id space (`federation_ids`), once joined
+        self.ids: IdSpace | None = None
         self._closed = False
         self.connected = False
         self.cuts = 0  # times streams with another Coordinator were ended
@@ -139,7 +130,8 @@ class Federation:
         self.connected = True
         js = self._nc.jetstream()
         try:
-            self._ids = await self._bucket(js, KeyValueConfig, IDS_BUCKET, IDS_TTL)
+            self.ids = IdSpace(self, await self._bucket(js, KeyValueConfig, IDS_BUCKET,
+                                                        IDS_TTL))
             self._coords = await self._bucket(js, KeyValueConfig, COORDS_BUCKET, COORD_TTL)
             await self._claim_number()
         except BaseException:
@@ -235,22 +227,11 @@ class Federation:
                     # Lapsed while NATS was away: claim it again.
                     self._coord_rev = await self._coords.create(fc.coord_key(self.cnum),
                                                                 record)
-                for cid, last in list(self._releases.items()):
-                    with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError,
-                                             nats.js.errors.KeyNotFoundError):
-                        await self._ids.delete(fc.id_key(cid), last=last)
-                    self._releases.pop(cid, None)
-                if self._loop.time() - ids_at > IDS_REFRESH:
+                due = self._loop.time() - ids_at > IDS_REFRESH
+                if due:
                     ids_at = self._loop.time()
-                    for hkey, (rev, value) in list(self._homes.items()):
-                        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
-                            self._homes[hkey] = (await self._ids.update(hkey, value, last=rev),
-                                                 value)
-                    for cid, (key, rev, value) in list(self._owned.items()):
-                        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
-                            rev = await self._ids.update(fc.id_key(cid), value, last=rev)
-                            if self._owned.get(cid, (0,))[0] == key:
-                                self._owned[cid] = (key, rev, value)
+                assert self.ids is not None
+                await self.ids.refresh(due)
             except nats.js.errors.KeyWrongLastSequenceError:
                 log.error("Coordinator number %d was claimed by another Coordinator while "
                           "NATS was unreachable", self.cnum)
@@ -387,53 +368,9 @@ class Federation:
             self.batches_received += 1
             tunnels.deliver(remote_peer(cnum, shard), msgs)
 
-    # -- the id space ---------------------------------------------------------------------
-
-    async def admit(self, entry: ipc.Entry) -> int:
-        """Claim `entry.client_id` federation-wide: 0, `Code.DUPLICATE_ID`
-        (a live Coordinator holds it) or `Code.FEDERATION_UNAVAILABLE`."""
-        try:
-            return await asyncio.wait_for(self._admit(entry), ADMIT_WAIT)
-        except TimeoutError:
-            return wire.Code.FEDERATION_UNAVAILABLE
-
-    async def _admit(self, entry: ipc.Entry) -> int:
-        import nats
-
-        cid = entry.client_id
-        key = fc.id_key(cid)
-        value = msgspec.msgpack.encode(fc.IdRecord(self.cnum, self.incarnation, entry))
-        while True:
-            if not self.connected:
-                await asyncio.sleep(0.05)
-                continue
-            try:
-                try:
-                    rev = await self._ids.create(key, value)
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    try:
-                        cur = await self._ids.get(key)
-                    except nats.js.errors.KeyNotFoundError:
-                        continue
-                    rec = msgspec.msgpack.decode(cur.value, type=fc.IdRecord)
-                    if (rec.cnum, rec.incarnation) == (self.cnum, self.incarnation):
-                        # Ours: the local directory decides (`repoint` follows
-                        # a same-certificate replacement).
-                        return 0
-                    if await self._alive(rec.cnum, rec.incarnation):
-                        return wire.Code.DUPLICATE_ID
-                    # A dead Coordinator's: take it over.
-                    rev = await self._ids.update(key, value, last=cur.revision)
-                self._releases.pop(cid, None)
-                self._owned[cid] = (entry.conn_key, rev, value)
-                return 0
-            except nats.js.errors.KeyWrongLastSequenceError:
-                continue  # raced with another admission: look again
-            except (TimeoutError, nats.errors.Error) as exc:
-                log.debug("admission of %r: %r", cid, exc)
-                await asyncio.sleep(0.1)
-
-    async def _alive(self, cnum: int, incarnation: int) -> bool:
+    async def alive(self, cnum: int, incarnation: int) -> bool:
+        """Whether Coordinator (`cnum`, `incarnation`) is alive: as its
+        heartbeats tell, else as the coordinators bucket does."""
         import nats
 
         assert self.members is not None
@@ -451,124 +388,6 @@ class Federation:
                                        self._loop.time()))
         return True
 
-    def release(self, client_id: str, conn_key: int) -> None:
-        """Client `client_id` (connection `conn_key`) left: its id is free."""
-        held = self._owned.get(client_id)
-        if held is None or held[0] != conn_key:
-            return
-        del self._owned[client_id]
-        self._releases[client_id] = held[1]
-        self._loop.create_task(self._release(client_id, held[1]))
-
-    async def _release(self, cid: str, rev: int) -> None:
-        import nats
-
-        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError,
-                                 nats.js.errors.KeyNotFoundError):
-            try:
-                await asyncio.wait_for(self._ids.delete(fc.id_key(cid), last=rev), ADMIT_WAIT)
-            except (TimeoutError, nats.errors.Error):
-                return  # `_refreshing` tries again
-        if self._releases.get(cid) == rev:
-            del self._releases[cid]
-
-    def repoint(self, entry: ipc.Entry) -> None:
-        """The local directory gave `entry.client_id` to connection
-        `entry.conn_key` (a new one of its own client replaced a stale
-        session): the federation's entry follows."""
-        held = self._owned.get(entry.client_id)
-        if held is not None and held[0] != entry.conn_key:
-            value = msgspec.msgpack.encode(fc.IdRecord(self.cnum, self.incarnation, entry))
-            self._owned[entry.client_id] = (entry.conn_key, held[1], value)
-            self._loop.create_task(self._repoint(entry.client_id, held[1], value))
-
-    async def _repoint(self, cid: str, rev: int, value: bytes) -> None:
-        import nats
-
-        try:
-            rev = await asyncio.wait_for(self._ids.update(fc.id_key(cid), value, last=rev),
-                                         ADMIT_WAIT)
-        except (TimeoutError, nats.errors.Error) as exc:
-            log.warning("could not move the federation's entry of %r: %r", cid, exc)
-            return
-        held = self._owned.get(cid)
-        if held is not None and held[2] is value:
-            self._owned[cid] = (held[0], rev, value)
-
-    async def lookup(self, client_id: str) -> ipc.Entry | None:
-        """Where a client of another Coordinator is, or None."""
-        try:
-            return await asyncio.wait_for(self._lookup(client_id), ADMIT_WAIT)
-        except TimeoutError:
-            return None
-
-    async def _lookup(self, client_id: str) -> ipc.Entry | None:
-        import nats
-
-        if not self.connected:
-            return None
-        try:
-            cur = await self._ids.get(fc.id_key(client_id))
-        except nats.errors.Error:
-            return None
-        rec = msgspec.msgpack.decode(cur.value, type=fc.IdRecord)
-        if rec.cnum == self.cnum or not await self._alive(rec.cnum, rec.incarnation):
-            return None
-        return rec.entry
-
-    # -- broadcasts -------------------------------------------------------------------------
-
-    def broadcast_home(self, name: str, cb: Callable[[int | None], None]) -> None:
-        """Find (or become) the home of broadcast `name`: every member's
-        stream is fanned out there, so all hear one order. `cb` gets its
-        peer number (this Coordinator's own shard when here), or None when
-        the federation does not answer."""
-        task = self._loop.create_task(self._broadcast_home(name))
-
-        def done(t: asyncio.Task[int | None]) -> None:
-            cb(None if t.cancelled() or t.exception() is not None else t.result())
-        task.add_done_callback(done)
-
-    async def _broadcast_home(self, name: str) -> int | None:
-        try:
-            return await asyncio.wait_for(self._find_home(name), ADMIT_WAIT)
-        except TimeoutError:
-            return None
-
-    async def _find_home(self, name: str) -> int:
-        import nats
-
-        assert self.peers is not None
-        key = "b." + fc.id_key(name)[2:]
-        mine = msgspec.msgpack.encode(fc.HomeRecord(self.cnum, self.incarnation))
-        while True:
-            if not self.connected:
-                await asyncio.sleep(0.05)
-                continue
-            try:
-                try:
-                    rev = await self._ids.create(key, mine)
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    try:
-                        cur = await self._ids.get(key)
-                    except nats.js.errors.KeyNotFoundError:
-                        continue
-                    rec = msgspec.msgpack.decode(cur.value, type=fc.HomeRecord)
-                    if (rec.cnum, rec.incarnation) == (self.cnum, self.incarnation):
-                        return self.peers.index
-                    if await self._alive(rec.cnum, rec.incarnation):
-                        assert self.members is not None
-                        count = max(1, self.members.count_of(rec.cnum))
-                        return remote_peer(rec.cnum, stable_hash(name) % count)
-                    rev = await self._ids.update(key, mine, last=cur.revision)
-                self._homes[key] = (rev, mine)
-                return self.peers.index
-            except nats.js.errors.KeyWrongLastSequenceError:
-                continue
-            except nats.errors.Error as exc:
-                log.debug("home of broadcast %r: %r", name, exc)
-                await asyncio.sleep(0.1)
-
     # -- leaving ----------------------------------------------------------------------------
 
     async def close(self) -> None:
@@ -585,8 +404,8 @@ class Federation:
         with contextlib.suppress(Exception):
             if self.connected and self.members is not None:
                 await nc.publish(HEARTBEATS, self._heartbeat(leaving=True))
-                for cid, (_key, rev, _v) in list(self._owned.items()):
-                    await asyncio.wait_for(self._ids.delete(fc.id_key(cid), last=rev), 0.5)
+                if self.ids is not None:
+                    await self.ids.close()
                 await asyncio.wait_for(self._coords.delete(fc.coord_key(self.cnum)), 0.5)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), 2.0)

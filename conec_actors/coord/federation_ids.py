@@ -1,0 +1,258 @@
+"""The federation's id space: which Coordinator holds each client id, and
+where each broadcast is homed, in a JetStream key-value bucket
+(`conec_ids`), replicated on the cluster's nodes.
+
+Admission creates the id's key (create-if-absent), so `DuplicateId` holds
+across hosts; a key whose Coordinator is dead (`Host.alive`) is taken over
+with a compare-and-set on its revision. A client that leaves deletes its key
+(with its revision: never someone else's), retried while NATS does not
+answer. A broadcast's key names the Coordinator its members are fanned out
+at, the first to open it while none alive holds it. The bucket's age limit
+ends the keys of Coordinators that died for good; live ones refresh theirs
+(`refresh`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import msgspec
+
+from .. import wire
+from ..ids import stable_hash
+from . import federation_core as fc
+from . import ipc
+from .peers import Peers, remote_peer
+
+log = logging.getLogger(__name__)
+
+#: How long an admission waits for the bucket before it is refused
+#: (`Code.FEDERATION_UNAVAILABLE`), and a lookup before it says "no such peer".
+ADMIT_WAIT = 2.0
+
+
+class Host(Protocol):
+    """What the id space needs of its `federation.Federation`."""
+
+    cnum: int
+    incarnation: int
+    connected: bool
+    peers: Peers | None
+    members: fc.Members | None
+
+    async def alive(self, cnum: int, incarnation: int) -> bool: ...
+
+
+class IdSpace:
+    """This Coordinator's side of the ids bucket."""
+
+    def __init__(self, host: Host, bucket: Any) -> None:
+        self._host = host
+        self._bucket = bucket
+        self._loop = asyncio.get_running_loop()
+        #: ids this Coordinator holds: id -> (connection key, revision, record)
+        self._owned: dict[str, tuple[int, int, bytes]] = {}
+        self._releases: dict[str, int] = {}  # ids to delete when NATS answers
+        #: broadcasts homed here: bucket key -> (revision, record)
+        self._homes: dict[str, tuple[int, bytes]] = {}
+
+
+    def _record(self, entry: ipc.Entry) -> bytes:
+        host = self._host
+        return msgspec.msgpack.encode(fc.IdRecord(host.cnum, host.incarnation, entry))
+
+    async def admit(self, entry: ipc.Entry) -> int:
+        """Claim `entry.client_id` federation-wide: 0, `Code.DUPLICATE_ID`
+        (a live Coordinator holds it) or `Code.FEDERATION_UNAVAILABLE`."""
+        try:
+            return await asyncio.wait_for(self._admit(entry), ADMIT_WAIT)
+        except TimeoutError:
+            return wire.Code.FEDERATION_UNAVAILABLE
+
+    async def _admit(self, entry: ipc.Entry) -> int:
+        import nats
+
+        cid = entry.client_id
+        key = fc.id_key(cid)
+        value = self._record(entry)
+        while True:
+            if not self._host.connected:
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                try:
+                    rev = await self._bucket.create(key, value)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    try:
+                        cur = await self._bucket.get(key)
+                    except nats.js.errors.KeyNotFoundError:
+                        continue
+                    rec = msgspec.msgpack.decode(cur.value, type=fc.IdRecord)
+                    if (rec.cnum, rec.incarnation) == (self._host.cnum, self._host.incarnation):
+                        # Ours: the local directory decides (`repoint` follows
+                        # a same-certificate replacement).
+                        return 0
+                    if await self._host.alive(rec.cnum, rec.incarnation):
+                        return wire.Code.DUPLICATE_ID
+                    # A dead Coordinator's: take it over.
+                    rev = await self._bucket.update(key, value, last=cur.revision)
+                self._releases.pop(cid, None)
+                self._owned[cid] = (entry.conn_key, rev, value)
+                return 0
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # raced with another admission: look again
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.debug("admission of %r: %r", cid, exc)
+                await asyncio.sleep(0.1)
+
+    def release(self, client_id: str, conn_key: int) -> None:
+        """Client `client_id` (connection `conn_key`) left: its id is free."""
+        held = self._owned.get(client_id)
+        if held is None or held[0] != conn_key:
+            return
+        del self._owned[client_id]
+        self._releases[client_id] = held[1]
+        self._loop.create_task(self._release(client_id, held[1]))
+
+    async def _release(self, cid: str, rev: int) -> None:
+        import nats
+
+        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError,
+                                 nats.js.errors.KeyNotFoundError):
+            try:
+                await asyncio.wait_for(self._bucket.delete(fc.id_key(cid), last=rev), ADMIT_WAIT)
+            except (TimeoutError, nats.errors.Error):
+                return  # `_refreshing` tries again
+        if self._releases.get(cid) == rev:
+            del self._releases[cid]
+
+    def repoint(self, entry: ipc.Entry) -> None:
+        """The local directory gave `entry.client_id` to connection
+        `entry.conn_key` (a new one of its own client replaced a stale
+        session): the federation's entry follows."""
+        held = self._owned.get(entry.client_id)
+        if held is not None and held[0] != entry.conn_key:
+            value = self._record(entry)
+            self._owned[entry.client_id] = (entry.conn_key, held[1], value)
+            self._loop.create_task(self._repoint(entry.client_id, held[1], value))
+
+    async def _repoint(self, cid: str, rev: int, value: bytes) -> None:
+        import nats
+
+        try:
+            rev = await asyncio.wait_for(self._bucket.update(fc.id_key(cid), value, last=rev),
+                                         ADMIT_WAIT)
+        except (TimeoutError, nats.errors.Error) as exc:
+            log.warning("could not move the federation's entry of %r: %r", cid, exc)
+            return
+        held = self._owned.get(cid)
+        if held is not None and held[2] is value:
+            self._owned[cid] = (held[0], rev, value)
+
+    async def lookup(self, client_id: str) -> ipc.Entry | None:
+        """Where a client of another Coordinator is, or None."""
+        try:
+            return await asyncio.wait_for(self._lookup(client_id), ADMIT_WAIT)
+        except TimeoutError:
+            return None
+
+    async def _lookup(self, client_id: str) -> ipc.Entry | None:
+        import nats
+
+        if not self._host.connected:
+            return None
+        try:
+            cur = await self._bucket.get(fc.id_key(client_id))
+        except nats.errors.Error:
+            return None
+        rec = msgspec.msgpack.decode(cur.value, type=fc.IdRecord)
+        if rec.cnum == self._host.cnum or not await self._host.alive(rec.cnum, rec.incarnation):
+            return None
+        return rec.entry
+
+    # -- broadcasts -----------------------------------------------------------------
+
+    def broadcast_home(self, name: str, cb: Callable[[int | None], None]) -> None:
+        """Find (or become) the home of broadcast `name`: every member's
+        stream is fanned out there, so all hear one order. `cb` gets its
+        peer number (this Coordinator's own shard when here), or None when
+        the federation does not answer."""
+        task = self._loop.create_task(self._broadcast_home(name))
+
+        def done(t: asyncio.Task[int | None]) -> None:
+            cb(None if t.cancelled() or t.exception() is not None else t.result())
+        task.add_done_callback(done)
+
+    async def _broadcast_home(self, name: str) -> int | None:
+        try:
+            return await asyncio.wait_for(self._find_home(name), ADMIT_WAIT)
+        except TimeoutError:
+            return None
+
+    async def _find_home(self, name: str) -> int:
+        import nats
+
+        assert self._host.peers is not None
+        key = "b." + fc.id_key(name)[2:]
+        mine = msgspec.msgpack.encode(fc.HomeRecord(self._host.cnum, self._host.incarnation))
+        while True:
+            if not self._host.connected:
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                try:
+                    rev = await self._bucket.create(key, mine)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    try:
+                        cur = await self._bucket.get(key)
+                    except nats.js.errors.KeyNotFoundError:
+                        continue
+                    rec = msgspec.msgpack.decode(cur.value, type=fc.HomeRecord)
+                    if (rec.cnum, rec.incarnation) == (self._host.cnum, self._host.incarnation):
+                        return self._host.peers.index
+                    if await self._host.alive(rec.cnum, rec.incarnation):
+                        assert self._host.members is not None
+                        count = max(1, self._host.members.count_of(rec.cnum))
+                        return remote_peer(rec.cnum, stable_hash(name) % count)
+                    rev = await self._bucket.update(key, mine, last=cur.revision)
+                self._homes[key] = (rev, mine)
+                return self._host.peers.index
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+            except nats.errors.Error as exc:
+                log.debug("home of broadcast %r: %r", name, exc)
+                await asyncio.sleep(0.1)
+
+    # -- upkeep ---------------------------------------------------------------------
+
+    async def refresh(self, everything: bool) -> None:
+        """Delete the keys of clients that left while NATS did not answer;
+        with `everything`, also renew every key this Coordinator holds."""
+        import nats
+
+        for cid, last in list(self._releases.items()):
+            with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError,
+                                     nats.js.errors.KeyNotFoundError):
+                await self._bucket.delete(fc.id_key(cid), last=last)
+            self._releases.pop(cid, None)
+        if not everything:
+            return
+        for hkey, (rev, value) in list(self._homes.items()):
+            with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                self._homes[hkey] = (await self._bucket.update(hkey, value, last=rev), value)
+        for cid, (key, rev, value) in list(self._owned.items()):
+            with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                rev = await self._bucket.update(fc.id_key(cid), value, last=rev)
+                if self._owned.get(cid, (0,))[0] == key:
+                    self._owned[cid] = (key, rev, value)
+
+    async def close(self) -> None:
+        """This Coordinator leaves: its keys go (best effort, briefly)."""
+        for cid, (_key, rev, _v) in list(self._owned.items()):
+            await asyncio.wait_for(self._bucket.delete(fc.id_key(cid), last=rev), 0.5)
+        for hkey, (rev, _v) in list(self._homes.items()):
+            await asyncio.wait_for(self._bucket.delete(hkey, last=rev), 0.5)
