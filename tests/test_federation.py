@@ -17,6 +17,7 @@ from conec_actors import (
     ConnectFailed,
     DuplicateId,
     IncomingStream,
+    NoSuchBroadcast,
     NoSuchPeer,
     StreamReset,
 )
@@ -338,6 +339,13 @@ async def test_broadcast_across_coordinators_has_one_order(tmp_path: Path) -> No
                    for _, r in members]
         await asyncio.gather(*(send_all(i) for i in range(len(names))))
         seen = await asyncio.gather(*readers)
+        # Counts are federation-wide, asked on any Coordinator.
+        for c in clients:
+            assert await c.broadcast_count("room") == (4, 4)
+        outsider = await fed.client("erin", "north")
+        assert await outsider.broadcast_count("room") == (4, 4)
+        with pytest.raises(NoSuchBroadcast):
+            await outsider.broadcast_count("nothing")
         # Every member heard every member, all in one order.
         for other in seen[1:]:
             assert other == seen[0]

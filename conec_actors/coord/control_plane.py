@@ -61,6 +61,9 @@ class ControlPlane:
         self.groups = groups.GroupBook()
         #: with shards: the other shards' side of introductions, watches, groups
         self.cross: CrossShard | None = None
+        #: in a federation: where a broadcast is homed, if anywhere
+        #: (`federation_ids.IdSpace.existing_home`), for its counts
+        self.broadcast_home: Callable[[str, Callable[[int | None], None]], None] | None = None
         self._view_timer: asyncio.TimerHandle | None = None  # for groups.take_dirty()
         self._intro_timer: asyncio.TimerHandle | None = None  # for intros.next_deadline()
 
@@ -106,13 +109,35 @@ class ControlPlane:
             if found is not None:
                 self.send_to(found.target, wire.PeerDialing(found.opener_id))
         else:
-            req = msg.req
+            req, name, key = msg.req, msg.name, s.conn_key
 
             def counted(r: ipc.BroadcastReply) -> None:
-                s.send_control(wire.BroadcastCountReply(req, r.code, r.senders, r.receivers))
-                s.request_done()
+                self.counted(key, req, r.code, r.senders, r.receivers)
 
-            self._count(msg.name, counted)
+            if self.broadcast_home is None:
+                self._count(name, counted)
+                return
+
+            def homed(peer: int | None) -> None:
+                # In a federation: counted where the broadcast is homed.
+                cross = self.cross
+                if peer is None or cross is None or not cross.peers.is_remote(peer):
+                    self._count(name, counted)
+                else:
+                    cross.count_ask(peer, key, req, name)
+
+            self.broadcast_home(name, homed)
+
+    def counted(self, conn: int, req: int, code: int, senders: int, receivers: int) -> None:
+        """The answer to count request `req` of connection `conn`."""
+        s = self.sessions.get(conn)
+        if s is not None and s.core.state is not State.CLOSED:
+            s.send_control(wire.BroadcastCountReply(req, code, senders, receivers))
+            s.request_done()
+
+    def count_here(self, name: str, cb: Callable[[int, int, int], None]) -> None:
+        """Count broadcast `name`'s members here (another Coordinator asks)."""
+        self._count(name, lambda r: cb(r.code, r.senders, r.receivers))
 
     # -- a client leaves -----------------------------------------------------------------
 

@@ -142,4 +142,5 @@ def attach(fe: FrontEnd, fed: Federation) -> None:
     fe.requests = FederatedRequests(fe.requests, fed)
     assert fed.ids is not None
     fe.relay.broadcast_home = fed.ids.broadcast_home
+    fe.plane.broadcast_home = fed.ids.existing_home
     fed.attach(tunnels, cross)

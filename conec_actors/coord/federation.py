@@ -259,7 +259,7 @@ class Federation:
                 for p in dropped:
                     self._seq.pop(p, None)
                     self._out.pop(p, None)
-                self._cut(dropped)
+                self._cut(dropped, down=True)
                 if self.cross is not None:
                     self.cross.coordinator_down(dropped)
                 log.warning("Coordinator number %d left the federation or died", ev.cnum)
@@ -267,11 +267,13 @@ class Federation:
                 count = self.peers.coordinators().get(ev.cnum, 0)
                 self._cut([remote_peer(ev.cnum, k) for k in range(count)])
 
-    def _cut(self, peers: list[int]) -> None:
+    def _cut(self, peers: list[int], down: bool = False) -> None:
         if self.tunnels is not None and peers:
             self.cuts += 1
             for p in peers:
                 self.tunnels.shard_down(p)
+        if self.cross is not None and peers and not down:
+            self.cross.links_cut(peers)
 
     def _lost(self) -> None:
         """Our connection to NATS broke (or came back): anything between may

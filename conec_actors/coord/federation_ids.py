@@ -176,51 +176,64 @@ class IdSpace:
 
     # -- broadcasts -----------------------------------------------------------------
 
-    def broadcast_home(self, name: str, cb: Callable[[int | None], None]) -> None:
-        """Find (or become) the home of broadcast `name`: every member's
-        stream is fanned out there, so all hear one order. `cb` gets its
-        peer number (this Coordinator's own shard when here), or None when
-        the federation does not answer."""
-        task = self._loop.create_task(self._broadcast_home(name))
+    def broadcast_home(self, name: str, cb: Callable[[int | None], None],
+                       create: bool = True) -> None:
+        """Find (or, with `create`, become) the home of broadcast `name`:
+        every member's stream is fanned out there, so all hear one order.
+        `cb` gets its peer number (this Coordinator's own shard when here),
+        or None when the federation does not answer (or, without `create`,
+        when no live Coordinator homes it)."""
+        task = self._loop.create_task(self._broadcast_home(name, create))
 
         def done(t: asyncio.Task[int | None]) -> None:
             cb(None if t.cancelled() or t.exception() is not None else t.result())
         task.add_done_callback(done)
 
-    async def _broadcast_home(self, name: str) -> int | None:
+    def existing_home(self, name: str, cb: Callable[[int | None], None]) -> None:
+        """Where broadcast `name` is homed, if anywhere (for its counts)."""
+        self.broadcast_home(name, cb, create=False)
+
+    async def _broadcast_home(self, name: str, create: bool) -> int | None:
         try:
-            return await asyncio.wait_for(self._find_home(name), ADMIT_WAIT)
+            return await asyncio.wait_for(self._find_home(name, create), ADMIT_WAIT)
         except TimeoutError:
             return None
 
-    async def _find_home(self, name: str) -> int:
+    async def _find_home(self, name: str, create: bool) -> int | None:
         import nats
 
-        assert self._host.peers is not None
+        host = self._host
+        assert host.peers is not None
         key = "b." + fc.id_key(name)[2:]
-        mine = msgspec.msgpack.encode(fc.HomeRecord(self._host.cnum, self._host.incarnation))
+        mine = msgspec.msgpack.encode(fc.HomeRecord(host.cnum, host.incarnation))
         while True:
-            if not self._host.connected:
+            if not host.connected:
                 await asyncio.sleep(0.05)
                 continue
             try:
                 try:
+                    if not create:
+                        raise nats.js.errors.KeyWrongLastSequenceError
                     rev = await self._bucket.create(key, mine)
                 except nats.js.errors.KeyWrongLastSequenceError:
                     try:
                         cur = await self._bucket.get(key)
                     except nats.js.errors.KeyNotFoundError:
+                        if not create:
+                            return None
                         continue
                     rec = msgspec.msgpack.decode(cur.value, type=fc.HomeRecord)
-                    if (rec.cnum, rec.incarnation) == (self._host.cnum, self._host.incarnation):
-                        return self._host.peers.index
-                    if await self._host.alive(rec.cnum, rec.incarnation):
-                        assert self._host.members is not None
-                        count = max(1, self._host.members.count_of(rec.cnum))
+                    if (rec.cnum, rec.incarnation) == (host.cnum, host.incarnation):
+                        return host.peers.index
+                    if await host.alive(rec.cnum, rec.incarnation):
+                        assert host.members is not None
+                        count = max(1, host.members.count_of(rec.cnum))
                         return remote_peer(rec.cnum, stable_hash(name) % count)
+                    if not create:
+                        return None
                     rev = await self._bucket.update(key, mine, last=cur.revision)
                 self._homes[key] = (rev, mine)
-                return self._host.peers.index
+                return host.peers.index
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
             except nats.errors.Error as exc:

@@ -31,6 +31,10 @@ from .watches import Reason
 
 Send = Callable[[int, sw.ShardMsg], None]
 
+#: The watcher and request of a `WatchAsk` that re-checks, after lost
+#: messages, whether a client of another Coordinator is still connected.
+RECHECK = -1
+
 
 class Client(Protocol):
     """A session, as the control plane uses it."""
@@ -69,6 +73,10 @@ class Host(Protocol):
 
     def replace_stale(self, key: int) -> None: ...
 
+    def count_here(self, name: str, cb: Callable[[int, int, int], None]) -> None: ...
+
+    def counted(self, conn: int, req: int, code: int, senders: int, receivers: int) -> None: ...
+
 
 class CrossShard:
     """One shard's side of the control plane between shards."""
@@ -89,6 +97,8 @@ class CrossShard:
         self._remote: dict[str, tuple[int, int]] = {}
         #: watches asked of other Coordinators, not answered yet
         self._asked: dict[tuple[int, int], tuple[str, int]] = {}
+        #: broadcast counts asked of other Coordinators: (conn, req) -> peer
+        self._counting: dict[tuple[int, int], int] = {}
 
     def shard_of(self, key: int) -> int:
         return self.peers.peer_of(key)
@@ -120,6 +130,11 @@ class CrossShard:
             self._remote.setdefault(peer, (-1, shard))
             self._asked[watcher, req] = (peer, shard)
         self._send(shard, sw.WatchAsk(watcher, req, peer))
+
+    def count_ask(self, peer: int, conn: int, req: int, name: str) -> None:
+        """Ask peer `peer` (a broadcast's home) for its member counts."""
+        self._counting[conn, req] = peer
+        self._send(peer, sw.CountAsk(conn, req, name))
 
     def group_op(self, conn: int, member: str, msg: wire.GroupRequest) -> bool:
         """Send a group request to its group's home shard: False if that is here."""
@@ -172,6 +187,12 @@ class CrossShard:
             connected = t is not None and t.core.state is State.READY
             self._send(shard, sw.WatchState(msg.conn, msg.req, msg.peer, connected))
         elif isinstance(msg, sw.WatchState):
+            if msg.conn == RECHECK:
+                known = self._remote.get(msg.peer)
+                if known is not None and not msg.connected:
+                    del self._remote[msg.peer]
+                    host.gone_elsewhere(known[0], msg.peer, "vanished")
+                return
             self._asked.pop((msg.conn, msg.req), None)
             host.watch_known(msg.conn, msg.req, msg.peer, msg.connected)
         elif isinstance(msg, sw.GroupOp):
@@ -184,12 +205,40 @@ class CrossShard:
                                 "left" if msg.reason == "left" else "vanished")
         elif isinstance(msg, sw.Replace):
             host.replace_stale(msg.conn)
+        elif isinstance(msg, sw.CountAsk):
+            conn, req = msg.conn, msg.req
+            host.count_here(msg.name, lambda code, senders, receivers: self._send(
+                shard, sw.Counted(conn, req, code, senders, receivers)))
+        elif isinstance(msg, sw.Counted):
+            if self._counting.pop((msg.conn, msg.req), None) is not None:
+                host.counted(msg.conn, msg.req, msg.code, msg.senders, msg.receivers)
+
+    def _unanswered(self, down: set[int]) -> None:
+        for (conn, req), peer in list(self._counting.items()):
+            if peer in down:
+                del self._counting[conn, req]
+                self.host.counted(conn, req, wire.Code.NO_SUCH_BROADCAST, 0, 0)
+
+    def links_cut(self, peers: list[int]) -> None:
+        """What was sent to or from `peers` (another Coordinator's shards)
+        may be lost: counts asked there fail, watches asked there are asked
+        again, and whether each client of theirs known here is still
+        connected is asked again (a departure may have been lost)."""
+        down = set(peers)
+        self._unanswered(down)
+        for (watcher, req), (peer, shard) in self._asked.items():
+            if shard in down:
+                self._send(shard, sw.WatchAsk(watcher, req, peer))
+        for cid, (_conn, shard) in self._remote.items():
+            if shard in down:
+                self._send(shard, sw.WatchAsk(RECHECK, RECHECK, cid))
 
     def coordinator_down(self, peers: list[int]) -> None:
         """Another Coordinator (its shards: `peers`) died: its clients this
         one knows of are gone, as if each had vanished; watches it was asked
         about are of peers not connected."""
         down = set(peers)
+        self._unanswered(down)
         for (watcher, req), (peer, shard) in list(self._asked.items()):
             if shard in down:
                 del self._asked[watcher, req]

@@ -190,15 +190,34 @@ class Replace(msgspec.Struct, tag="repl", array_like=True, frozen=True, gc=False
     conn: int
 
 
+class CountAsk(msgspec.Struct, tag="cask", array_like=True, frozen=True, gc=False):
+    """How many members broadcast `name` has (asked of its home Coordinator
+    in a federation), for request `req` of connection `conn`."""
+
+    conn: int
+    req: int
+    name: str
+
+
+class Counted(msgspec.Struct, tag="cnt", array_like=True, frozen=True, gc=False):
+    """The answer to a `CountAsk`, as `wire.BroadcastCountReply` has it."""
+
+    conn: int
+    req: int
+    code: int
+    senders: int
+    receivers: int
+
+
 ControlMsg = (Control | Offer | NoPeer | Answer | WatchAsk | WatchState | GroupOp | Load
-              | Left | Replace)
+              | Left | Replace | CountAsk | Counted)
 
 #: A tunnelled stream's messages (`tunnel`).
 StreamMsg = Open | Data | Consumed | Drained | Window | Reset | Stop | Forget | Settled | Gone
 
 ShardMsg = (Open | Data | Consumed | Drained | Window | Reset | Stop | Forget | Settled | Gone
             | Control | Offer | NoPeer | Answer | WatchAsk | WatchState | GroupOp | Load
-            | Left | Replace)
+            | Left | Replace | CountAsk | Counted)
 
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(list[ShardMsg])
