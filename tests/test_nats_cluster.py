@@ -1,0 +1,232 @@
+"""The NATS cluster helper (tests/nats_cluster.py) against real nats-server
+processes, and the premises the federation (DESIGN section 9) takes from
+NATS and nats-py: a KV bucket replicated on 3 nodes is create-if-absent and
+survives one node's SIGKILL, clients fail over to another node, client TLS
+is enforced, and core pub/sub keeps order across nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import nats_cluster as nc_mod
+from .conftest import process_alive, wait_for
+from .nats_cluster import NatsTLS, client_ssl_context, make_nats_tls, nats_cluster
+
+nats = pytest.importorskip("nats", reason="nats-py is not installed (extra `cluster`)")
+from nats.js.errors import KeyWrongLastSequenceError  # noqa: E402
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _node_of(cluster: nc_mod.NatsCluster, client: Any) -> int:
+    """Index of the node `client` is connected to."""
+    port = client.connected_url.port
+    return [int(u.rsplit(":", 1)[1]) for u in cluster.urls].index(port)
+
+
+async def _until(what: Any, timeout: float = 10.0) -> Any:
+    """Await `what()` until it stops raising (a JetStream leader may be
+    electing), at most `timeout` s; then the last error propagates."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await what()
+        except (nats.errors.Error, TimeoutError, OSError):
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.1)
+
+
+async def _quiet(e: Exception) -> None:
+    """Error callback for clients that are expected to see errors."""
+
+
+async def test_cluster_forms_and_kv_create_is_create_if_absent(tmp_path: Path) -> None:
+    async with nats_cluster(tmp_path) as cluster:
+        assert len(cluster.urls) == 3 and all(u.startswith("nats://127.0.0.1:")
+                                              for u in cluster.urls)
+        assert cluster.url == ",".join(cluster.urls)
+        assert len(set(cluster.pids)) == 3 and all(cluster.alive(i) for i in range(3))
+        nc0 = await cluster.connect(0)
+        js = nc0.jetstream()
+        kv = await js.create_key_value(bucket="ids", replicas=3, history=1)
+        info = await js.stream_info("KV_ids")
+        assert info.cluster is not None and info.cluster.name == nc_mod.CLUSTER_NAME
+        peers = {info.cluster.leader, *(r.name for r in info.cluster.replicas or [])}
+        assert peers == {"n0", "n1", "n2"}
+
+        rev = await kv.create("alice", b"coord-east")
+        with pytest.raises(KeyWrongLastSequenceError):
+            await kv.create("alice", b"coord-west")
+        # a client of another node sees the entry at once, and the same refusal
+        nc2 = await cluster.connect(2)
+        kv2 = await nc2.jetstream().key_value("ids")
+        entry = await kv2.get("alice")
+        assert (entry.value, entry.revision) == (b"coord-east", rev)
+        with pytest.raises(KeyWrongLastSequenceError):
+            await kv2.create("alice", b"coord-west")
+        # a deleted key may be created again
+        await kv.delete("alice")
+        await kv2.create("alice", b"coord-west")
+        assert (await kv.get("alice")).value == b"coord-west"
+
+
+async def test_sigkill_of_the_clients_node_fails_over_and_start_rejoins(tmp_path: Path) -> None:
+    async with nats_cluster(tmp_path) as cluster:
+        reconnected = asyncio.Event()
+
+        async def on_reconnect() -> None:
+            reconnected.set()
+
+        nc = await cluster.connect(reconnected_cb=on_reconnect, error_cb=_quiet)
+        js = nc.jetstream(timeout=2)
+        kv = await js.create_key_value(bucket="ids", replicas=3)
+        await kv.create("before", b"1")
+
+        victim = _node_of(cluster, nc)
+        pid = cluster.pids[victim]
+        assert pid is not None
+        await cluster.kill(victim)
+        assert not cluster.alive(victim) and cluster.pids[victim] is None
+        assert not process_alive(pid)
+
+        # the replicated bucket keeps admitting and answering from the other two
+        await _until(lambda: kv.create("during", b"2"))
+        assert (await _until(lambda: kv.get("before"))).value == b"1"
+        with pytest.raises(KeyWrongLastSequenceError):
+            await _until(lambda: kv.create("during", b"again"))
+        await asyncio.wait_for(reconnected.wait(), 10)
+        assert nc.is_connected and _node_of(cluster, nc) != victim
+
+        await cluster.start(victim)
+        assert cluster.alive(victim) and cluster.pids[victim] not in (None, pid)
+        # it rejoins: its replica catches up and a client of it alone sees
+        # what was written while it was down
+        alone = await cluster.connect(victim, error_cb=_quiet)
+        kv_alone = await alone.jetstream(timeout=2).key_value("ids")
+        assert (await _until(lambda: kv_alone.get("during"))).value == b"2"
+
+        async def all_current() -> bool:
+            info = await js.stream_info("KV_ids")
+            assert info.cluster is not None
+            replicas = info.cluster.replicas or []
+            return (len(replicas) == 2 and all(r.current for r in replicas)
+                    and {info.cluster.leader, *(r.name for r in replicas)}
+                    == {"n0", "n1", "n2"})
+
+        await wait_for(all_current, timeout=15, interval=0.2)
+
+
+async def test_tls_needs_a_client_certificate_of_the_ca(tmp_path: Path) -> None:
+    tls, client = make_nats_tls(["coord-east"])
+    async with nats_cluster(tmp_path, tls=tls) as cluster:
+        assert all(u.startswith("tls://127.0.0.1:") for u in cluster.urls)
+        options: dict[str, Any] = {"servers": cluster.urls, "allow_reconnect": False,
+                                   "connect_timeout": 2, "error_cb": _quiet}
+
+        good = await nats.connect(tls=client_ssl_context(tmp_path, tls.ca_pem, client),
+                                  **options)
+        try:
+            sub = await good.subscribe("hello")
+            await good.publish("hello", b"over tls")
+            assert (await sub.next_msg(timeout=5)).data == b"over tls"
+        finally:
+            await good.close()
+
+        # trusting the CA but presenting no certificate: the server hangs up
+        with pytest.raises((OSError, nats.errors.Error)):
+            await nats.connect(tls=client_ssl_context(tmp_path, tls.ca_pem), **options)
+        # a certificate from another CA: refused as well
+        _, stranger = make_nats_tls(["coord-east"])
+        with pytest.raises((OSError, nats.errors.Error)):
+            await nats.connect(tls=client_ssl_context(tmp_path, tls.ca_pem, stranger),
+                               **options)
+        # and a client that does not trust the servers' CA refuses them
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await nats.connect(tls=client_ssl_context(tmp_path, stranger.cert_pem, client),
+                               **options)
+        assert all(cluster.alive(i) for i in range(3))
+
+
+async def test_pub_sub_across_nodes_keeps_order(tmp_path: Path) -> None:
+    async with nats_cluster(tmp_path) as cluster:
+        sub_nc, pub_nc = await cluster.connect(0), await cluster.connect(2)
+        assert (_node_of(cluster, sub_nc), _node_of(cluster, pub_nc)) == (0, 2)
+        sub = await sub_nc.subscribe("coord.east")
+        await sub_nc.flush()
+
+        # node 2 learns of the subscription over the route some time later
+        async def heard() -> bool:
+            await pub_nc.publish("coord.east", b"sync")
+            try:
+                return bool((await sub.next_msg(timeout=0.1)).data == b"sync")
+            except nats.errors.TimeoutError:
+                return False
+
+        await wait_for(heard, timeout=10)
+        n = 2000
+        for i in range(n):
+            await pub_nc.publish("coord.east", b"%d" % i)
+        await pub_nc.flush()
+        got: list[bytes] = []
+        while len(got) < n:
+            data = (await sub.next_msg(timeout=5)).data
+            if data != b"sync":  # stragglers of the loop above come first
+                got.append(data)
+        assert got == [b"%d" % i for i in range(n)]
+
+
+async def test_a_port_taken_before_the_server_binds_it_is_retried(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        real = nc_mod._free_ports
+        calls: list[list[int]] = []
+
+        def racy(n: int) -> list[int]:
+            ports = real(n)
+            if not calls:  # another process wins node 1's cluster port
+                ports[3] = taken
+            calls.append(ports)
+            return ports
+
+        monkeypatch.setattr(nc_mod, "_free_ports", racy)
+        async with nats_cluster(tmp_path) as cluster:
+            assert len(calls) == 2
+            assert taken not in calls[1]
+            assert "address already in use" in (tmp_path / "n1.log.0").read_text()
+            kv = await (await cluster.connect()).jetstream().create_key_value(
+                bucket="ids", replicas=3)
+            await kv.create("x", b"1")
+
+
+async def test_every_server_is_killed_on_exit_even_when_the_body_raises(
+        tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="body failed"):
+        async with nats_cluster(tmp_path) as cluster:
+            pids = [p for p in cluster.pids if p is not None]
+            await cluster.kill(1)
+            raise RuntimeError("body failed")
+    assert len(pids) == 3
+    assert not any(process_alive(p) for p in pids)
+    # their logs stay for diagnostics
+    assert all((tmp_path / f"n{i}.log").stat().st_size > 0 for i in range(3))
+
+
+def test_make_nats_tls_signs_both_certificates_with_one_ca() -> None:
+    from conec_actors.certs import cert_names, new_ca
+
+    ca = new_ca("mine")
+    tls, client = make_nats_tls(["coord-east", "coord-west"], ca=ca)
+    assert isinstance(tls, NatsTLS) and tls.ca_pem == ca.cert_pem
+    assert set(cert_names(tls.cert_pem)) >= {"127.0.0.1"}
+    assert cert_names(client.cert_pem) == ["coord-east", "coord-west"]
