@@ -27,11 +27,14 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from conec_actors.certs import CertKey, issue, new_ca
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
 
 #: The `name` of every cluster started here (servers only route within one name).
 CLUSTER_NAME = "conec-test"
@@ -116,7 +119,7 @@ class NatsCluster:
         self._tmp = tmp
         self._tls = tls
         self._nodes: list[_Node] = []
-        self._clients: list[Any] = []
+        self._clients: list[NatsClient] = []
         self._count = nodes
 
     @property
@@ -179,7 +182,7 @@ class NatsCluster:
             client = CertKey(self._tls.cert_pem, self._tls.key_pem)
         return client_ssl_context(self._tmp / "tls", self._tls.ca_pem, client)
 
-    async def connect(self, *nodes: int, **options: Any) -> Any:
+    async def connect(self, *nodes: int, **options: Any) -> NatsClient:
         """A nats-py client of `nodes` (default: all of them, in order), with
         the servers' TLS when they have it; closed on the cluster's exit.
         `options` go to `nats.connect` (they override the defaults here)."""

@@ -7,6 +7,9 @@ is enforced, and core pub/sub keeps order across nodes."""
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
 import socket
 import ssl
 import time
@@ -230,3 +233,99 @@ def test_make_nats_tls_signs_both_certificates_with_one_ca() -> None:
     assert isinstance(tls, NatsTLS) and tls.ca_pem == ca.cert_pem
     assert set(cert_names(tls.cert_pem)) >= {"127.0.0.1"}
     assert cert_names(client.cert_pem) == ["coord-east", "coord-west"]
+
+
+# -- examples/federation.sh ----------------------------------------------------
+
+FEDERATION_SH = Path(__file__).resolve().parent.parent / "examples" / "federation.sh"
+
+_FAKE_CONEC = """#!/bin/sh
+# Stands in for `conec-actors`: says what it was asked, as `coord` would, then runs.
+echo "args: $*"
+echo "pid: $$"
+echo "CA certificate: /somewhere/ca.pem"
+echo "press Ctrl-C to stop"
+exec sleep 300
+"""
+
+
+async def _run_federation_sh(tmp: Path, *args: str, **env: str) -> tuple[int, str, list[str]]:
+    """Run the script on free ports until it says "press Ctrl-C to stop",
+    check its NATS cluster takes a 3-replica KV bucket, stop it with SIGINT.
+    Returns its status, its output and the NATS URLs it served."""
+    for _attempt in range(nc_mod.PORT_ATTEMPTS):
+        ports = nc_mod._free_ports(9)
+        run_env = {**os.environ, "TMPDIR": str(tmp), **env,
+                   "NATS_PORTS": ",".join(map(str, ports[0:3])),
+                   "NATS_CLUSTER_PORTS": ",".join(map(str, ports[3:6])),
+                   "NATS_HTTP_PORTS": ",".join(map(str, ports[6:9]))}
+        proc = await asyncio.create_subprocess_exec(
+            str(FEDERATION_SH), *args, env=run_env, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        assert proc.stdout is not None
+        out = b""
+        try:
+            while b"press Ctrl-C to stop" not in out:
+                line = await asyncio.wait_for(proc.stdout.readline(), 45)
+                if not line:
+                    break
+                out += line
+            if b"press Ctrl-C to stop" not in out:
+                await proc.wait()
+                if b"address already in use" in out:
+                    continue  # lost a port race: again on fresh ports
+                raise AssertionError(out.decode())
+            urls = [f"nats://127.0.0.1:{p}" for p in ports[0:3]]
+            nc = await nats.connect(servers=urls, connect_timeout=2)
+            try:
+                kv = await nc.jetstream().create_key_value(bucket="ids", replicas=3)
+                await kv.create("alice", b"east")
+            finally:
+                await nc.close()
+            proc.send_signal(signal.SIGINT)
+            out += await asyncio.wait_for(proc.stdout.read(), 30)
+            return await proc.wait(), out.decode(), urls
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    raise AssertionError("no free ports for federation.sh")
+
+
+def _listening(url: str) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", int(url.rsplit(":", 1)[1]))) == 0
+
+
+async def test_federation_sh_nats_only_starts_a_cluster_and_stops_it(tmp_path: Path) -> None:
+    nc_mod.need_nats_server()
+    status, out, urls = await _run_federation_sh(tmp_path, "--nats-only")
+    assert status == 0, out
+    assert f"NATS cluster ready: {','.join(urls)}" in out
+    assert "federation.sh: stopped" in out
+    assert not any(_listening(u) for u in urls)
+    assert list(tmp_path.iterdir()) == []  # its temporary directory is gone
+
+
+async def test_federation_sh_starts_both_coordinators_on_the_cluster(tmp_path: Path) -> None:
+    nc_mod.need_nats_server()
+    fake = tmp_path / "bin" / "conec-actors"
+    fake.parent.mkdir()
+    fake.write_text(_FAKE_CONEC)
+    fake.chmod(0o755)
+    work = tmp_path / "work"
+    status, out, urls = await _run_federation_sh(
+        tmp_path, "--", "--metrics", "127.0.0.1:0", CONEC_ACTORS=str(fake),
+        EAST_PORT="7001", WEST_PORT="7002", WORKDIR=str(work))
+    assert status == 0, out
+    cluster = ",".join(urls)
+    for name, port in (("east", 7001), ("west", 7002)):
+        assert (f"[{name}] args: coord --cluster {cluster} --name {name} --port {port} "
+                f"--state-dir {work / 'state'} --metrics 127.0.0.1:0") in out
+    assert 'ca = Path("/somewhere/ca.pem").read_bytes()' in out
+    assert 'addr=("127.0.0.1", 7002)' in out
+    pids = [int(p) for p in re.findall(r"\] pid: (\d+)", out)]
+    assert len(pids) == 2 and not any(process_alive(p) for p in pids)
+    assert f"configs, stores and logs kept in {work}" in out
+    assert (work / "n0.conf").exists()  # a WORKDIR given is kept
+    assert not any(_listening(u) for u in urls)
