@@ -217,12 +217,15 @@ class NatsCluster:
                 f"server_name: {node.name}",
                 f"listen: 127.0.0.1:{node.port}",
                 f"jetstream {{ store_dir: {_q(store)} }}",
-                "cluster {",
-                f"  name: {CLUSTER_NAME}",
-                f"  listen: 127.0.0.1:{node.cluster_port}",
-                f"  routes: [{', '.join(routes)}]",
-                "}",
             ]
+            if self._count > 1:  # a lone server with a cluster block waits for routes forever
+                lines += [
+                    "cluster {",
+                    f"  name: {CLUSTER_NAME}",
+                    f"  listen: 127.0.0.1:{node.cluster_port}",
+                    f"  routes: [{', '.join(routes)}]",
+                    "}",
+                ]
             if self._tls is not None:
                 lines += self._tls_block(node)
             node.conf.write_text("\n".join(lines) + "\n")
@@ -290,7 +293,10 @@ class NatsCluster:
         import nats
 
         last: BaseException | None = None
-        nc = await self.connect(allow_reconnect=True, error_cb=_quiet)
+        try:
+            nc = await self.connect(error_cb=_quiet)
+        except Exception as e:  # nats-py raises a variety; say why with the logs
+            raise NatsStartError(f"cannot connect to the cluster: {e!r}\n{self._tails()}") from e
         try:
             js = nc.jetstream(timeout=2)
             while time.monotonic() < deadline:
@@ -344,6 +350,7 @@ async def nats_cluster(tmp: Path, nodes: int = 3, *,
     """Start `nodes` clustered `nats-server`s with JetStream under `tmp` and
     yield them once a KV bucket with `replicas=nodes` can be made (within
     `READY_TIMEOUT` s, else `NatsStartError` with the servers' log tails).
+    With `nodes=1`, one server without a cluster block (JetStream alone).
     Skips the test when nats-server is not installed. On exit, clients made
     with `connect` are closed and every server is killed and reaped."""
     cluster = NatsCluster(need_nats_server(), tmp, nodes, tls)

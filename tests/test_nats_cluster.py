@@ -225,6 +225,24 @@ async def test_every_server_is_killed_on_exit_even_when_the_body_raises(
     assert all((tmp_path / f"n{i}.log").stat().st_size > 0 for i in range(3))
 
 
+async def test_a_server_that_cannot_start_fails_with_its_log(tmp_path: Path) -> None:
+    tls, _ = make_nats_tls()
+    broken = NatsTLS(tls.ca_pem, b"not a certificate", tls.key_pem)
+    with pytest.raises(nc_mod.NatsStartError, match=r"(?s)exited.*--- n0 .*certificate"):
+        async with nats_cluster(tmp_path, tls=broken):
+            pytest.fail("a cluster came up without a valid certificate")
+    assert len(list(tmp_path.glob("n?.log"))) == 3
+
+
+async def test_one_node_is_jetstream_without_a_cluster(tmp_path: Path) -> None:
+    async with nats_cluster(tmp_path, nodes=1) as single:
+        assert len(single.urls) == 1 and single.url == single.urls[0]
+        kv = await (await single.connect()).jetstream().create_key_value(bucket="ids")
+        await kv.create("alice", b"1")
+        with pytest.raises(KeyWrongLastSequenceError):
+            await kv.create("alice", b"2")
+
+
 def test_make_nats_tls_signs_both_certificates_with_one_ca() -> None:
     from conec_actors.certs import cert_names, new_ca
 
