@@ -23,9 +23,13 @@ from .conftest import process_alive, wait_for
 from .nats_cluster import NatsTLS, client_ssl_context, make_nats_tls, nats_cluster
 
 nats = pytest.importorskip("nats", reason="nats-py is not installed (extra `cluster`)")
-from nats.js.errors import KeyWrongLastSequenceError  # noqa: E402
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError  # noqa: E402
 
 pytestmark = pytest.mark.timeout(90)
+
+#: Bound on waiting for a JetStream stream's new leader after its leader's
+#: SIGKILL: nats-server 2.9's raft followers wait 4-9 s before electing.
+LEADER_ELECTION = 15.0
 
 
 def _node_of(cluster: nc_mod.NatsCluster, client: Any) -> int:
@@ -35,12 +39,16 @@ def _node_of(cluster: nc_mod.NatsCluster, client: Any) -> int:
 
 
 async def _until(what: Any, timeout: float = 10.0) -> Any:
-    """Await `what()` until it stops raising (a JetStream leader may be
-    electing), at most `timeout` s; then the last error propagates."""
+    """Await `what()` until it stops failing for want of a server (a client
+    reconnecting, a JetStream leader being elected), at most `timeout` s;
+    then the last error propagates. A KV answer (no such key, key exists) is
+    an answer: it propagates at once."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             return await what()
+        except nats.js.errors.KeyValueError:
+            raise
         except (nats.errors.Error, TimeoutError, OSError):
             if time.monotonic() > deadline:
                 raise
@@ -88,20 +96,26 @@ async def test_sigkill_of_the_clients_node_fails_over_and_start_rejoins(tmp_path
         async def on_reconnect() -> None:
             reconnected.set()
 
-        nc = await cluster.connect(reconnected_cb=on_reconnect, error_cb=_quiet)
+        setup = await cluster.connect()
+        await (await setup.jetstream().create_key_value(bucket="ids", replicas=3)).create(
+            "before", b"1")
+        # the worst case: the client's node also leads the bucket's stream
+        victim = await cluster.stream_leader("KV_ids")
+        order = [victim, *(i for i in range(3) if i != victim)]
+        nc = await cluster.connect(*order, reconnected_cb=on_reconnect, error_cb=_quiet)
+        assert _node_of(cluster, nc) == victim
         js = nc.jetstream(timeout=2)
-        kv = await js.create_key_value(bucket="ids", replicas=3)
-        await kv.create("before", b"1")
+        kv = await js.key_value("ids")
 
-        victim = _node_of(cluster, nc)
         pid = cluster.pids[victim]
         assert pid is not None
         await cluster.kill(victim)
         assert not cluster.alive(victim) and cluster.pids[victim] is None
         assert not process_alive(pid)
 
-        # the replicated bucket keeps admitting and answering from the other two
-        await _until(lambda: kv.create("during", b"2"))
+        # the replicated bucket admits and answers again from the other two,
+        # once they have elected a leader (4-9 s of raft election timeout)
+        await _until(lambda: kv.create("during", b"2"), timeout=LEADER_ELECTION)
         assert (await _until(lambda: kv.get("before"))).value == b"1"
         with pytest.raises(KeyWrongLastSequenceError):
             await _until(lambda: kv.create("during", b"again"))
@@ -125,6 +139,30 @@ async def test_sigkill_of_the_clients_node_fails_over_and_start_rejoins(tmp_path
                     == {"n0", "n1", "n2"})
 
         await wait_for(all_current, timeout=15, interval=0.2)
+
+
+async def test_kv_entries_lapse_by_the_buckets_ttl_unless_written_again(
+        tmp_path: Path) -> None:
+    # nats-server 2.9 has no per-key TTL (nats-py's `msg_ttl=` is silently
+    # ignored): entries lapse by the bucket's max age since their last write.
+    async with nats_cluster(tmp_path) as cluster:
+        js = (await cluster.connect()).jetstream()
+        kv = await js.create_key_value(bucket="ids", replicas=3, ttl=1.0)
+        await kv.create("left", b"east")
+        await kv.create("alive", b"east")
+
+        async def lapsed() -> bool:
+            await kv.put("alive", b"east")  # a Coordinator refreshing its entry
+            try:
+                await kv.get("left")
+            except KeyNotFoundError:
+                return True
+            return False
+
+        await wait_for(lapsed, timeout=10, interval=0.2)
+        assert (await kv.get("alive")).value == b"east"
+        await kv.create("left", b"west")  # a lapsed id may be taken again
+        assert (await kv.get("left")).value == b"west"
 
 
 async def test_tls_needs_a_client_certificate_of_the_ca(tmp_path: Path) -> None:
