@@ -356,3 +356,45 @@ async def test_broadcast_across_coordinators_has_one_order(tmp_path: Path) -> No
 
 async def drain(recv: Any, n: int, timeout: float = 20) -> list[Any]:
     return [await asyncio.wait_for(recv.recv(), timeout) for _ in range(n)]
+
+
+async def test_bucket_leader_killed_admissions_and_lookups_go_on(tmp_path: Path) -> None:
+    async with federation(tmp_path, "east", "west") as fed:
+        a, b = await fed.client("alice", "east"), await fed.client("bob", "west")
+        # The worst NATS node to lose: the one leading the ids bucket
+        # (writes wait seconds for a new leader in nats-server 2.9).
+        await fed.cluster.kill(await fed.cluster.stream_leader("KV_conec_ids"))
+
+        async def retrying(what: Any, timeout: float = 10.0) -> Any:
+            deadline = asyncio.get_running_loop().time() + timeout
+            while True:
+                try:
+                    return await what()
+                except (StreamReset, ConnectFailed, NoSuchPeer):
+                    # Streams that were crossing hosts when the node died
+                    # may be reset; a Coordinator on the dead node reconnects.
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+
+        async def stream_to_bob() -> bytes:
+            s, _ = await a.new_proxied_stream("bob")
+            await s.send(b"during the election")
+            return await (await next_incoming(b)).recv.recv()
+
+        # Lookups go on ...
+        assert await retrying(stream_to_bob) == b"during the election"
+        # ... and so do admissions, and DuplicateId holds.
+        carol = await retrying(lambda: fed.client("carol", "west"))
+        with pytest.raises(DuplicateId):
+            await fed.client("alice", "west")
+        # Admitted on a replica's word while no leader takes writes, carol
+        # is visible from other Coordinators once her claim is written.
+        async def stream_to_carol() -> bytes:
+            s, _ = await a.new_proxied_stream("carol")
+            await s.send(b"hi carol")
+            return await (await next_incoming(carol)).recv.recv()
+
+        assert await retrying(stream_to_carol, timeout=20) == b"hi carol"
+        with pytest.raises(DuplicateId):
+            await fed.client("carol", "east")

@@ -134,13 +134,21 @@ async def join(cfg: CoordConfig) -> Federation:
 def attach(fe: FrontEnd, fed: Federation) -> None:
     """Carry `fe`'s streams and control messages to other Coordinators."""
     peers = fed.peers
-    assert peers is not None and fe.requests is not None
+    assert peers is not None and fe.requests is not None and fed.ids is not None
     tunnels = fe.tunnels = fe.relay.tunnels = Tunnels(
         fe.sessions, fe.relay, peers.index, peers.count, fed.send, peers)
     cross = fe.plane.cross = CrossShard(fe.plane, peers.index, peers.count, fed.send, peers)
     tunnels.control = cross.deliver
     fe.requests = FederatedRequests(fe.requests, fed)
-    assert fed.ids is not None
+
+    def lost(client_id: str, conn_key: int) -> None:
+        # Admitted during a NATS leader election, but another Coordinator's
+        # admission of the same id won: this one gives way.
+        s = fe.sessions.get(conn_key)
+        if s is not None and s.client_id == client_id:
+            s.execute(s.core.close(wire.Code.DUPLICATE_ID, f"a client with id "
+                                   f"{wire.quote(client_id)} is already connected"))
+    fed.ids.lost = lost
     fe.relay.broadcast_home = fed.ids.broadcast_home
     fe.plane.broadcast_home = fed.ids.existing_home
     fed.attach(tunnels, cross)

@@ -54,7 +54,7 @@ HEARTBEATS = "conec.hb"
 IDS_TTL = 3600.0
 IDS_REFRESH = 900.0
 #: Seconds a Coordinator's number stays claimed without a refresh.
-COORD_TTL = 4.0
+COORD_TTL = 10.0
 #: How long `start` waits for a first connection to the cluster.
 CONNECT_WAIT = 5.0
 #: A batch is split so that no NATS message exceeds this (servers default to 1 MiB).
@@ -161,7 +161,7 @@ class Federation:
         for replicas in (3, 1):
             try:
                 return await js.create_key_value(config(bucket=name, history=1, ttl=ttl,
-                                                        replicas=replicas))
+                                                        replicas=replicas, direct=True))
             except nats.js.errors.APIError as exc:
                 last = exc
                 try:  # another Coordinator made it meanwhile

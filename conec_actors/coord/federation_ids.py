@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -33,6 +34,14 @@ log = logging.getLogger(__name__)
 #: How long an admission waits for the bucket before it is refused
 #: (`Code.FEDERATION_UNAVAILABLE`), and a lookup before it says "no such peer".
 ADMIT_WAIT = 2.0
+#: How long a write to the bucket may take before the admission goes on
+#: without it (`IdSpace._provisional`), and how long it is retried after.
+CLAIM_WAIT = 0.75
+CLAIM_LATER = 60.0
+#: How long a read from the bucket's leader may take before a replica's
+#: "no such key" is believed.
+LEADER_WAIT = 0.3
+_TAKE = -1  # `IdSpace._held`: the key is a dead Coordinator's
 
 
 class Host(Protocol):
@@ -53,12 +62,25 @@ class IdSpace:
     def __init__(self, host: Host, bucket: Any) -> None:
         self._host = host
         self._bucket = bucket
+        # nats-py reads a bucket made with `direct=True` from any replica;
+        # a second handle reads from the stream's leader (nats-py keeps the
+        # choice in `_direct`, which it set from the stream's config).
+        self._leader = bucket
+        if getattr(bucket, "_direct", False):
+            self._leader = copy.copy(bucket)
+            self._leader._direct = False
         self._loop = asyncio.get_running_loop()
         #: ids this Coordinator holds: id -> (connection key, revision, record)
         self._owned: dict[str, tuple[int, int, bytes]] = {}
         self._releases: dict[str, int] = {}  # ids to delete when NATS answers
         #: broadcasts homed here: bucket key -> (revision, record)
         self._homes: dict[str, tuple[int, bytes]] = {}
+        #: ids admitted while the bucket took no writes: id -> connection key
+        self._claiming: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: called with (id, connection key) when an id admitted during a
+        #: leader election turns out to be another Coordinator's
+        self.lost: Callable[[str, int], None] | None = None
 
 
     def _record(self, entry: ipc.Entry) -> bytes:
@@ -85,20 +107,15 @@ class IdSpace:
                 continue
             try:
                 try:
-                    rev = await self._bucket.create(key, value)
+                    rev = await asyncio.wait_for(self._bucket.create(key, value), CLAIM_WAIT)
                 except nats.js.errors.KeyWrongLastSequenceError:
-                    try:
-                        cur = await self._bucket.get(key)
-                    except nats.js.errors.KeyNotFoundError:
+                    code = await self._held(key)
+                    if code is None:
                         continue
-                    rec = msgspec.msgpack.decode(cur.value, type=fc.IdRecord)
-                    if (rec.cnum, rec.incarnation) == (self._host.cnum, self._host.incarnation):
-                        # Ours: the local directory decides (`repoint` follows
-                        # a same-certificate replacement).
-                        return 0
-                    if await self._host.alive(rec.cnum, rec.incarnation):
-                        return wire.Code.DUPLICATE_ID
+                    if code != _TAKE:
+                        return code
                     # A dead Coordinator's: take it over.
+                    cur = await self._bucket.get(key)
                     rev = await self._bucket.update(key, value, last=cur.revision)
                 self._releases.pop(cid, None)
                 self._owned[cid] = (entry.conn_key, rev, value)
@@ -106,11 +123,106 @@ class IdSpace:
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue  # raced with another admission: look again
             except (TimeoutError, nats.errors.Error) as exc:
+                # Connected, yet the bucket takes no writes: its nodes are
+                # electing a leader (the old one died; seconds in nats-server
+                # 2.9). Admit on what a replica says, and claim once it can.
                 log.debug("admission of %r: %r", cid, exc)
+                code = await self._provisional(entry, key, value)
+                if code is not None:
+                    return code
                 await asyncio.sleep(0.1)
+
+    async def _held(self, key: str) -> int | None:
+        """Who holds `key`: 0 (this Coordinator), `DUPLICATE_ID` (a live
+        other), `_TAKE` (a dead one), None (nobody now)."""
+        import nats
+
+        try:
+            cur = await self._get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        rec = msgspec.msgpack.decode(cur.value, type=fc.IdRecord)
+        if (rec.cnum, rec.incarnation) == (self._host.cnum, self._host.incarnation):
+            # Ours: the local directory decides (`repoint` follows a
+            # same-certificate replacement).
+            return 0
+        if await self._host.alive(rec.cnum, rec.incarnation):
+            return wire.Code.DUPLICATE_ID
+        return _TAKE
+
+    async def _get(self, key: str) -> Any:
+        """The bucket's entry of `key`, from any replica (so reads go on
+        while the nodes elect a leader), or from the leader when the replica
+        has none (a replica may lag a create by moments)."""
+        import nats
+
+        try:
+            return await self._bucket.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            if self._leader is self._bucket:
+                raise
+            try:
+                return await asyncio.wait_for(self._leader.get(key), LEADER_WAIT)
+            except nats.js.errors.KeyNotFoundError:
+                raise
+            except (TimeoutError, nats.errors.Error) as exc:
+                # No leader to ask (an election): the replica's word stands.
+                raise nats.js.errors.KeyNotFoundError from exc
+
+    async def _provisional(self, entry: ipc.Entry, key: str, value: bytes) -> int | None:
+        """Admit `entry` on a replica's word while the bucket elects a
+        leader; `_claim_later` writes it, or closes the session if another
+        Coordinator's admission won meanwhile. None: no replica answered."""
+        import nats
+
+        try:
+            code = await asyncio.wait_for(self._held(key), CLAIM_WAIT)
+        except (TimeoutError, nats.errors.Error) as exc:
+            log.debug("no replica says who holds %r: %r", entry.client_id, exc)
+            return None
+        if code is None or code == _TAKE:
+            self._claiming[entry.client_id] = entry.conn_key
+            t = self._loop.create_task(self._claim_later(entry, key, value))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+            return 0
+        return code
+
+    async def _claim_later(self, entry: ipc.Entry, key: str, value: bytes) -> None:
+        import nats
+
+        cid = entry.client_id
+        deadline = self._loop.time() + CLAIM_LATER
+        while self._claiming.get(cid) == entry.conn_key and self._loop.time() < deadline:
+            try:
+                try:
+                    rev = await asyncio.wait_for(self._bucket.create(key, value), ADMIT_WAIT)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    code = await self._held(key)
+                    if code == wire.Code.DUPLICATE_ID:
+                        del self._claiming[cid]
+                        log.warning("%r was admitted elsewhere during a NATS leader "
+                                    "election: closing its session here", cid)
+                        if self.lost is not None:
+                            self.lost(cid, entry.conn_key)
+                        return
+                    if code == 0 or code is None:
+                        continue
+                    cur = await self._bucket.get(key)
+                    rev = await self._bucket.update(key, value, last=cur.revision)
+                del self._claiming[cid]
+                self._owned[cid] = (entry.conn_key, rev, value)
+                return
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.debug("claiming %r: %r", cid, exc)
+                await asyncio.sleep(0.2)
+        if self._claiming.get(cid) == entry.conn_key:
+            del self._claiming[cid]  # left meanwhile, or NATS never came back
 
     def release(self, client_id: str, conn_key: int) -> None:
         """Client `client_id` (connection `conn_key`) left: its id is free."""
+        if self._claiming.get(client_id) == conn_key:
+            del self._claiming[client_id]
         held = self._owned.get(client_id)
         if held is None or held[0] != conn_key:
             return
@@ -166,7 +278,7 @@ class IdSpace:
         if not self._host.connected:
             return None
         try:
-            cur = await self._bucket.get(fc.id_key(client_id))
+            cur = await self._get(fc.id_key(client_id))
         except nats.errors.Error:
             return None
         rec = msgspec.msgpack.decode(cur.value, type=fc.IdRecord)
@@ -265,6 +377,8 @@ class IdSpace:
 
     async def close(self) -> None:
         """This Coordinator leaves: its keys go (best effort, briefly)."""
+        for t in list(self._tasks):
+            t.cancel()
         for cid, (_key, rev, _v) in list(self._owned.items()):
             await asyncio.wait_for(self._bucket.delete(fc.id_key(cid), last=rev), 0.5)
         for hkey, (rev, _v) in list(self._homes.items()):
