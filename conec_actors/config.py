@@ -81,9 +81,6 @@ class CoordConfig:
         if self.cluster is None and (self.name is not None or self.cluster_ca is not None
                                      or self.cluster_creds is not None):
             raise ValueError("name, cluster_ca and cluster_creds need cluster")
-        if self.cluster is not None and self.frontends > 1:
-            raise ValueError("cluster with frontends > 1 is not supported yet: "
-                             "a federated Coordinator has one front-end")
         if self.metrics is not None:
             parse_host_port(self.metrics, "metrics")
         if self.frontends < 1:

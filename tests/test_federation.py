@@ -398,3 +398,40 @@ async def test_bucket_leader_killed_admissions_and_lookups_go_on(tmp_path: Path)
         assert await retrying(stream_to_carol, timeout=20) == b"hi carol"
         with pytest.raises(DuplicateId):
             await fed.client("carol", "east")
+
+
+async def test_coordinator_with_shards_in_a_federation(tmp_path: Path) -> None:
+    async with federation(tmp_path) as fed:
+        await fed.start("east", "--frontends", "2")
+        await fed.start("west")
+        # Six clients on east's two shards (placed by the kernel), one on west.
+        easts = [await fed.client(f"e{i}", "east") for i in range(6)]
+        w = await fed.client("w", "west")
+        with pytest.raises(DuplicateId):
+            await fed.client("e0", "west")
+        with pytest.raises(DuplicateId):
+            await fed.client("w", "east")
+        got: list[Any] = []
+        server = asyncio.create_task(serve_mailbox(w, got))
+        servers = [asyncio.create_task(serve_mailbox(c, [])) for c in easts]
+        try:
+            for i, c in enumerate(easts):
+                # Across hosts, both ways, and between east's own shards.
+                assert await c.ask("w", i, timeout=10) == ["re", i]
+                assert await w.ask(c.id, i, timeout=10) == ["re", i]
+                other = easts[(i + 1) % len(easts)].id
+                assert await c.ask(other, i, timeout=10) == ["re", i]
+                for k in range(50):
+                    await c.tell("w", (i, k))
+            await wait_for(lambda: len(got) == 300, timeout=10)
+            for i in range(6):
+                assert [m for m in got if m[0] == i] == [[i, k] for k in range(50)]
+            members = [await c.new_broadcast("room") for c in (easts[0], easts[1], w)]
+            for n, (send, _) in enumerate(members):
+                await send.send(b"%d" % n)
+            seen = [[m.data for m in await drain(r, 3)] for _, r in members]
+            assert seen[0] == seen[1] == seen[2] and sorted(seen[0]) == [b"0", b"1", b"2"]
+        finally:
+            server.cancel()
+            for t in servers:
+                t.cancel()

@@ -16,7 +16,7 @@ from .. import reuseport, wire
 from .._quic import RetryGate
 from .._util import AwaitableContext
 from ..certs import load_pem
-from ..config import CoordConfig, parse_host_port
+from ..config import CoordConfig, cluster_urls, parse_host_port
 from ..endpoint_rules import StatelessResets, unmap_address
 from ..errors import CoordinatorFailed
 from ..streams import STREAM_WINDOW
@@ -86,7 +86,7 @@ class Coord:
             stream_window=STREAM_WINDOW)
         # In a federation, the Coordinator's number (claimed on joining) is
         # part of every connection key: join before the front-end exists.
-        fed = await federated.join(cfg) if cfg.cluster is not None else None
+        fed = await federated.join_config(cfg) if cfg.cluster is not None else None
         fe = FrontEnd(client_ca=client_ca, max_message_size=cfg.max_message_size,
                       max_datagram_size=cfg.max_datagram_size,
                       idle_timeout=cfg.idle_timeout, routing_workers=cfg.routing_workers,
@@ -123,7 +123,12 @@ class Coord:
             cert_pem, key_pem, client_ca, cfg.max_message_size, cfg.max_datagram_size,
             cfg.idle_timeout, cfg.stateless_retry, cfg.routing_workers,
             cfg.broadcast_workers, RetryGate.new_key(), logging.getLogger().getEffectiveLevel(),
-            reset_key=StatelessResets.new_key()))
+            reset_key=StatelessResets.new_key(),
+            # In a federation each shard joins the NATS cluster itself.
+            cluster=cluster_urls(cfg.cluster) if cfg.cluster is not None else None,
+            name=cfg.name or federated.default_name(cfg),
+            cluster_ca=load_pem(cfg.cluster_ca) if cfg.cluster_ca is not None else None,
+            cluster_creds=cfg.cluster_creds))
         supervisor = Supervisor({"routing": cfg.routing_workers,
                                  "broadcast": cfg.broadcast_workers,
                                  "frontend": cfg.frontends}, control.rebuild,

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import ssl
+import tempfile
 from collections.abc import Coroutine
 
 from .. import wire
@@ -26,7 +28,7 @@ from . import ipc
 from .federation import Federation, FederationError
 from .frontend import FrontEnd, Requests
 from .shard_control import CrossShard
-from .tunnel import Tunnels
+from .tunnel import Send, Tunnels
 
 log = logging.getLogger(__name__)
 
@@ -92,23 +94,21 @@ class FederatedRequests:
         cb(ipc.Reply(miss.req, 0, entry) if entry is not None else miss)
 
 
-def cluster_tls(cfg: CoordConfig) -> ssl.SSLContext | None:
-    """TLS to the NATS servers: their certificates checked against
-    `cluster_ca`, this Coordinator's own certificate presented."""
-    if cfg.cluster_ca is None:
+def cluster_tls(cert: bytes, key: bytes, ca: bytes | None) -> ssl.SSLContext | None:
+    """TLS to the NATS servers: their certificates checked against `ca`,
+    the Coordinator's own certificate (`cert`, `key`: PEM) presented."""
+    if ca is None:
         return None
-    ctx = ssl.create_default_context(cadata=load_pem(cfg.cluster_ca).decode())
-    import tempfile
-
+    ctx = ssl.create_default_context(cadata=ca.decode())
     # ssl loads a certificate chain from files only: a private temporary
     # directory, gone once loaded.
     with tempfile.TemporaryDirectory() as d:
-        cert, key = f"{d}/cert.pem", f"{d}/key.pem"
-        with open(cert, "wb") as f:
-            f.write(load_pem(cfg.cert))
-        with open(key, "wb") as f:
-            f.write(load_pem(cfg.key))
-        ctx.load_cert_chain(cert, key)
+        cert_path, key_path = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+        with open(cert_path, "wb") as f:
+            f.write(cert)
+        with open(os.open(key_path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+            f.write(key)
+        ctx.load_cert_chain(cert_path, key_path)
     return ctx
 
 
@@ -116,28 +116,42 @@ def default_name(cfg: CoordConfig) -> str:
     return f"{socket.gethostname()}:{cfg.port}"
 
 
-async def join(cfg: CoordConfig) -> Federation:
-    """Join the federation `cfg.cluster` (before the front-end exists: its
-    connection keys carry the Coordinator number claimed here)."""
-    assert cfg.cluster is not None
+async def join(servers: list[str], name: str, *, cert: bytes, key: bytes,
+               ca: bytes | None = None, creds: str | None = None,
+               shard: tuple[int, int] = (0, 1)) -> Federation:
+    """Join the federation of the NATS cluster `servers` as `name` (before
+    the front-end exists: its connection keys carry the member number
+    claimed here). With front-end shards each shard joins, as
+    `NAME/K`, and is shard `shard` of its Coordinator."""
     try:
         import nats  # noqa: F401
     except ImportError as exc:
         raise FederationError("cluster= needs nats-py: pip install "
                               "'conec-actors[cluster]'") from exc
-    fed = Federation(cluster_urls(cfg.cluster), cfg.name or default_name(cfg),
-                     count=cfg.frontends, tls=cluster_tls(cfg), creds=cfg.cluster_creds)
+    fed = Federation(servers, name, tls=cluster_tls(cert, key, ca), creds=creds, shard=shard)
     await fed.start()
     return fed
 
 
-def attach(fe: FrontEnd, fed: Federation) -> None:
-    """Carry `fe`'s streams and control messages to other Coordinators."""
+async def join_config(cfg: CoordConfig) -> Federation:
+    """`join` as `cfg` says (`CoordConfig.cluster`, one front-end)."""
+    assert cfg.cluster is not None
+    return await join(cluster_urls(cfg.cluster), cfg.name or default_name(cfg),
+                      cert=load_pem(cfg.cert), key=load_pem(cfg.key),
+                      ca=load_pem(cfg.cluster_ca) if cfg.cluster_ca is not None else None,
+                      creds=cfg.cluster_creds)
+
+
+def attach(fe: FrontEnd, fed: Federation, send: Send | None = None) -> None:
+    """Carry `fe`'s streams and control messages to other Coordinators
+    (`send`: to any peer, this Coordinator's other shards included; by
+    default, `fed.send`: only other Coordinators)."""
     peers = fed.peers
     assert peers is not None and fe.requests is not None and fed.ids is not None
+    send = send or fed.send
     tunnels = fe.tunnels = fe.relay.tunnels = Tunnels(
-        fe.sessions, fe.relay, peers.index, peers.count, fed.send, peers)
-    cross = fe.plane.cross = CrossShard(fe.plane, peers.index, peers.count, fed.send, peers)
+        fe.sessions, fe.relay, peers.index, peers.count, send, peers)
+    cross = fe.plane.cross = CrossShard(fe.plane, peers.index, peers.count, send, peers)
     tunnels.control = cross.deliver
     fe.requests = FederatedRequests(fe.requests, fed)
 

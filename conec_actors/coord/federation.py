@@ -74,10 +74,15 @@ class Federation:
     """This Coordinator's membership of a federation."""
 
     def __init__(self, servers: list[str], name: str, *, count: int = 1,
-                 tls: ssl.SSLContext | None = None, creds: str | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, creds: str | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         self.servers = servers
         self.name = name
         self.count = count
+        #: this member's place among its Coordinator's front-end shards: with
+        #: `frontends=N` each shard is a member of its own (`count` 1), and
+        #: its connection keys are still shard `shard[0]` of `shard[1]`'s
+        self.shard = shard
         self._tls = tls
         self._creds = creds
         self.incarnation = secrets.randbits(62)
@@ -137,7 +142,7 @@ class Federation:
         except BaseException:
             await self._nc.close()
             raise
-        self.peers = Peers(0, self.count, self.cnum)
+        self.peers = Peers(self.shard[0], self.shard[1], self.cnum)
         self.members = fc.Members(self.cnum, self.incarnation)
         await self._nc.subscribe(HEARTBEATS, cb=self._on_heartbeat)
         for shard in range(self.count):

@@ -42,6 +42,7 @@ CLAIM_LATER = 60.0
 #: "no such key" is believed.
 LEADER_WAIT = 0.3
 _TAKE = -1  # `IdSpace._held`: the key is a dead Coordinator's
+_SIBLING = -2  # ... another front-end shard's of this Coordinator
 
 
 class Host(Protocol):
@@ -75,6 +76,9 @@ class IdSpace:
         self._releases: dict[str, int] = {}  # ids to delete when NATS answers
         #: broadcasts homed here: bucket key -> (revision, record)
         self._homes: dict[str, tuple[int, bytes]] = {}
+        #: entries of other shards of this Coordinator taken over by an
+        #: admission the local directory has not decided yet: id -> record
+        self._displaced: dict[str, bytes] = {}
         #: ids admitted while the bucket took no writes: id -> connection key
         self._claiming: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -112,11 +116,15 @@ class IdSpace:
                     code = await self._held(key)
                     if code is None:
                         continue
-                    if code != _TAKE:
+                    if code not in (_TAKE, _SIBLING):
                         return code
-                    # A dead Coordinator's: take it over.
+                    # A dead Coordinator's, or another shard's of this one
+                    # (the local directory decides: a stale session of the
+                    # same client is replaced): take it over.
                     cur = await self._bucket.get(key)
                     rev = await self._bucket.update(key, value, last=cur.revision)
+                    if code == _SIBLING:
+                        self._displaced[cid] = cur.value
                 self._releases.pop(cid, None)
                 self._owned[cid] = (entry.conn_key, rev, value)
                 return 0
@@ -146,6 +154,9 @@ class IdSpace:
             # Ours: the local directory decides (`repoint` follows a
             # same-certificate replacement).
             return 0
+        assert self._host.peers is not None
+        if self._host.peers.is_sibling(rec.cnum):
+            return _SIBLING
         if await self._host.alive(rec.cnum, rec.incarnation):
             return wire.Code.DUPLICATE_ID
         return _TAKE
@@ -223,12 +234,28 @@ class IdSpace:
         """Client `client_id` (connection `conn_key`) left: its id is free."""
         if self._claiming.get(client_id) == conn_key:
             del self._claiming[client_id]
+        displaced = self._displaced.pop(client_id, None)
+        held = self._owned.get(client_id)
+        if displaced is not None and held is not None and held[0] == conn_key:
+            # Refused here: the other shard's client keeps its entry.
+            del self._owned[client_id]
+            t = self._loop.create_task(self._restore(client_id, held[1], displaced))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+            return
         held = self._owned.get(client_id)
         if held is None or held[0] != conn_key:
             return
         del self._owned[client_id]
         self._releases[client_id] = held[1]
         self._loop.create_task(self._release(client_id, held[1]))
+
+    async def _restore(self, cid: str, rev: int, value: bytes) -> None:
+        import nats
+
+        with contextlib.suppress(TimeoutError, nats.errors.Error):
+            await asyncio.wait_for(self._bucket.update(fc.id_key(cid), value, last=rev),
+                                   ADMIT_WAIT)
 
     async def _release(self, cid: str, rev: int) -> None:
         import nats
@@ -246,6 +273,7 @@ class IdSpace:
         """The local directory gave `entry.client_id` to connection
         `entry.conn_key` (a new one of its own client replaced a stale
         session): the federation's entry follows."""
+        self._displaced.pop(entry.client_id, None)
         held = self._owned.get(entry.client_id)
         if held is not None and held[0] != entry.conn_key:
             value = self._record(entry)

@@ -129,6 +129,8 @@ class ShardPeer(msgspec.Struct, array_like=True, frozen=True, gc=False):
     index: int
     endpoint: str
     public: bytes
+    #: its number in a federation (`peers`), 0 outside one
+    cnum: int = 0
 
 
 class ShardPeers(msgspec.Struct, tag="peers", array_like=True, frozen=True, gc=False):
@@ -174,6 +176,8 @@ class Ready(msgspec.Struct, tag="ready", array_like=True, frozen=True, gc=False)
     version: int = IPC_VERSION
     endpoint: str = ""
     public: bytes = b""
+    #: a shard in a federation: the member number it claimed
+    cnum: int = 0
 
 
 class Reply(msgspec.Struct, tag="reply", array_like=True, frozen=True, gc=False):

@@ -40,7 +40,7 @@ class Peers:
     of Coordinator `cnum`, and the shard counts of the other Coordinators
     it knows (`add_coordinator`)."""
 
-    __slots__ = ("_remote", "base", "cnum", "count", "index")
+    __slots__ = ("_remote", "_siblings", "base", "cnum", "count", "index")
 
     def __init__(self, index: int, count: int, cnum: int = 0) -> None:
         if not 0 <= index < count <= MAX_SHARDS:
@@ -53,12 +53,18 @@ class Peers:
         #: what every key and offer id of this Coordinator starts from
         self.base = cnum << LOCAL_BITS
         self._remote: dict[int, int] = {}  # Coordinator number -> its shard count
+        # With front-end shards in a federation, each shard is a member of
+        # its own; its siblings' numbers name shards of this Coordinator.
+        self._siblings: dict[int, int] = {}  # member number -> shard index
 
     def peer_of(self, key: int) -> int:
         """The peer holding connection `key` (or offer id `key`)."""
         c = key >> LOCAL_BITS
         if c == self.cnum:
             return (key & LOCAL_MASK) % self.count
+        sibling = self._siblings.get(c)
+        if sibling is not None:
+            return sibling
         return remote_peer(c, (key & LOCAL_MASK) % self._remote.get(c, 1))
 
     def is_local(self, key: int) -> bool:
@@ -69,13 +75,29 @@ class Peers:
         """Whether `peer` is on another Coordinator."""
         return peer >= REMOTE
 
+    def set_sibling(self, cnum: int, index: int) -> None:
+        """Shard `index` of this Coordinator is federation member `cnum`."""
+        if not 0 <= index < self.count or index == self.index:
+            raise ValueError(f"not another shard of this Coordinator: {index}")
+        for c, k in list(self._siblings.items()):
+            if k == index:
+                del self._siblings[c]
+        self._siblings[cnum] = index
+        self._remote.pop(cnum, None)
+
+    def is_sibling(self, cnum: int) -> bool:
+        """Whether member `cnum` is another shard of this Coordinator."""
+        return cnum in self._siblings
+
     def add_coordinator(self, cnum: int, count: int) -> None:
-        """Coordinator `cnum` (with `count` shards) joined the federation."""
+        """Coordinator `cnum` (with `count` shards) joined the federation
+        (a sibling shard is reached as a shard, not as a Coordinator)."""
         if cnum == self.cnum or not 1 <= cnum <= MAX_COORDINATORS:
             raise ValueError(f"not another Coordinator's number: {cnum}")
         if not 1 <= count <= MAX_SHARDS:
             raise ValueError(f"a Coordinator with {count} shards")
-        self._remote[cnum] = count
+        if cnum not in self._siblings:
+            self._remote[cnum] = count
 
     def drop_coordinator(self, cnum: int) -> list[int]:
         """Coordinator `cnum` is gone: the peer numbers it had."""

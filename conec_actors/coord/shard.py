@@ -56,6 +56,12 @@ class ShardSetup(msgspec.Struct, array_like=True, frozen=True):
     log_level: int = logging.INFO
     #: the stateless reset key (`ServerSettings.reset_key`), the same for a restarted shard
     reset_key: bytes | None = None
+    #: in a federation (`CoordConfig.cluster`): the NATS servers, the
+    #: Coordinator's name, the CA of TLS to NATS and a credentials file
+    cluster: list[str] | None = None
+    name: str = ""
+    cluster_ca: bytes | None = None
+    cluster_creds: str | None = None
 
 
 class CoordLink:
@@ -152,11 +158,21 @@ async def serve(index: int, count: int, fd: int, endpoint: str,
         is_client=False, cert_pem=load_pem(setup.cert), key_pem=load_pem(setup.key),
         idle_timeout=setup.idle_timeout, max_datagram_size=setup.max_datagram_size,
         stream_window=STREAM_WINDOW)
+    fed = None
+    if setup.cluster:
+        # In a federation each shard is a member of its own (`NAME/K`); its
+        # number is part of its connection keys, so it joins first.
+        from . import federated
+
+        fed = await federated.join(setup.cluster, f"{setup.name}/{index}",
+                                   cert=load_pem(setup.cert), key=load_pem(setup.key),
+                                   ca=setup.cluster_ca, creds=setup.cluster_creds,
+                                   shard=(index, count))
     fe = FrontEnd(client_ca=setup.client_ca, max_message_size=setup.max_message_size,
                   max_datagram_size=setup.max_datagram_size, idle_timeout=setup.idle_timeout,
                   routing_workers=setup.routing_workers,
                   broadcast_workers=setup.broadcast_workers, shard=(index, count),
-                  start=start)
+                  start=start, base=fed.peers.base if fed is not None and fed.peers else 0)
     public, secret = zmq.curve_keypair()
     tunnels: Tunnels | None = None
 
@@ -166,19 +182,16 @@ async def serve(index: int, count: int, fd: int, endpoint: str,
 
     mesh: Mesh[shard_wire.ShardMsg] = Mesh(index, public, secret, shard_wire.encode,
                                            shard_wire.decode, deliver, log)
-    tunnels = fe.tunnels = fe.relay.tunnels = Tunnels(fe.sessions, fe.relay, index, count,
-                                                     mesh.send)
-    cross = fe.plane.cross = CrossShard(fe.plane, index, count, mesh.send)
-    tunnels.control = cross.deliver
 
     def on_message(msg: ipc.ToShard) -> None:
         if isinstance(msg, ipc.ShardPeers):
             for p in msg.peers:
-                mesh.set_peer(p.index, p.endpoint, p.public)
+                peer_up(p)
         elif isinstance(msg, ipc.PeerUp):
-            mesh.set_peer(msg.peer.index, msg.peer.endpoint, msg.peer.public)
+            peer_up(msg.peer)
         elif isinstance(msg, ipc.PeerDown):
             mesh.drop_peer(msg.index)
+            assert tunnels is not None
             tunnels.shard_down(msg.index)
             cross.shard_down(msg.entries)
         elif isinstance(msg, ipc.StatsRequest):
@@ -189,8 +202,34 @@ async def serve(index: int, count: int, fd: int, endpoint: str,
         elif isinstance(msg, ipc.Shutdown):
             stop.set()
 
+    def peer_up(p: ipc.ShardPeer) -> None:
+        mesh.set_peer(p.index, p.endpoint, p.public)
+        if fed is not None and fed.peers is not None and p.cnum:
+            fed.peers.set_sibling(p.cnum, p.index)
+
     link = CoordLink(endpoint, keys, on_message)
     fe.requests = link
+    if fed is None:
+        tunnels = fe.tunnels = fe.relay.tunnels = Tunnels(fe.sessions, fe.relay, index,
+                                                         count, mesh.send)
+        cross = fe.plane.cross = CrossShard(fe.plane, index, count, mesh.send)
+        tunnels.control = cross.deliver
+    else:
+        from .peers import REMOTE
+
+        federation = fed
+
+        def send(peer: int, msg: shard_wire.ShardMsg) -> None:
+            # This Coordinator's shards over the mesh, other hosts over NATS.
+            if peer < REMOTE:
+                mesh.send(peer, msg)
+            else:
+                federation.send(peer, msg)
+
+        federated.attach(fe, fed, send)
+        tunnels, attached = fe.tunnels, fe.plane.cross
+        assert attached is not None
+        cross = attached
     settings = ServerSettings(configuration=qcfg, stream_window=STREAM_WINDOW,
                               accept=fe.accept,
                               retry=setup.stateless_retry,  # type: ignore[arg-type]
@@ -199,7 +238,7 @@ async def serve(index: int, count: int, fd: int, endpoint: str,
     ep = Endpoint(sock, settings)
     fe.endpoint = ep
     link.send(ipc.Ready("frontend", index, os.getpid(), endpoint=mesh.endpoint,
-                        public=public))
+                        public=public, cnum=fed.cnum if fed is not None else 0))
 
     def check_parent() -> None:
         if os.getppid() != parent:
@@ -214,6 +253,8 @@ async def serve(index: int, count: int, fd: int, endpoint: str,
     await asyncio.sleep(0.05)  # let the closes reach the wire
     ep.close()
     fe.close()
+    if fed is not None:
+        await fed.close()
     mesh.close()
     link.close()
     return 0

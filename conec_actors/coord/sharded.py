@@ -20,6 +20,7 @@ import msgspec
 from . import ipc
 from .broadcasts import BroadcastBook
 from .directory import Directory
+from .peers import LOCAL_MASK
 from .shard import ShardSetup
 from .supervisor import Outgoing, Spawn, Supervisor, _Slot
 
@@ -118,7 +119,7 @@ class ShardControl:
             for bname, b in list(book.broadcasts.items()):
                 home = ipc.shard_of(bname, self.count) == slot.index
                 for m in b.senders | b.receivers:
-                    if home or m.conn_key % self.count == slot.index:
+                    if home or (m.conn_key & LOCAL_MASK) % self.count == slot.index:
                         self._forward("broadcast", bname, ipc.Leave(
                             0, bname, b.epoch, m, True, True))
 
@@ -141,5 +142,5 @@ def _peer(slot: _Slot) -> ipc.ShardPeer | None:
     info = slot.info
     if info is None or not info.endpoint:
         return None
-    return ipc.ShardPeer(slot.index, info.endpoint, info.public)
+    return ipc.ShardPeer(slot.index, info.endpoint, info.public, info.cnum)
 
