@@ -435,3 +435,30 @@ async def test_coordinator_with_shards_in_a_federation(tmp_path: Path) -> None:
             server.cancel()
             for t in servers:
                 t.cancel()
+
+
+async def test_same_certificate_replaces_its_session_across_shards(tmp_path: Path) -> None:
+    from conec_actors.certs import self_signed
+
+    alice = self_signed(["alice"])
+    async with federation(tmp_path) as fed:
+        await fed.start("east", "--frontends", "2")
+        await fed.start("west")
+        w = await fed.client("w", "west")
+        prev = await fed.client("alice", "east", cert=alice.cert_pem, key=alice.key_pem)
+        for i in range(6):
+            # Whichever shard the kernel puts it on, the new session replaces
+            # the stale one, and the federation's entry follows it.
+            new = await fed.client("alice", "east", cert=alice.cert_pem, key=alice.key_pem)
+            await wait_for(lambda p=prev: p.is_closed, timeout=10)  # type: ignore[misc]
+            assert not new.is_closed
+            server = asyncio.create_task(serve_mailbox(new, []))
+            try:
+                assert await w.ask("alice", i, timeout=10) == ["re", i]
+            finally:
+                server.cancel()
+            prev = new
+        # Another certificate still gets DuplicateId, from either Coordinator.
+        for coord in ("east", "west"):
+            with pytest.raises(DuplicateId):
+                await fed.client("alice", coord)
