@@ -462,3 +462,42 @@ async def test_same_certificate_replaces_its_session_across_shards(tmp_path: Pat
         for coord in ("east", "west"):
             with pytest.raises(DuplicateId):
                 await fed.client("alice", coord)
+
+
+async def answer_as(c: Client) -> None:
+    async for env in c.mailbox:
+        if env.is_ask:
+            await env.reply((c.id, env.body))
+
+
+async def test_groups_across_coordinators(tmp_path: Path) -> None:
+    async with federation(tmp_path, "east", "west", "north") as fed:
+        ms = [await fed.client("m0", "east"), await fed.client("m1", "west"),
+              await fed.client("m2", "north")]
+        s = await fed.client("s", "west")
+        for m in ms:
+            await m.join_group("g")
+        # One group across the federation, asked from any Coordinator.
+        for c in (*ms, s):
+            await wait_for(lambda c=c: _members(c, "g", ["m0", "m1", "m2"]),  # type: ignore[misc]
+                           timeout=10)
+        tasks = [asyncio.create_task(answer_as(m)) for m in ms]
+        try:
+            answers = [await s.ask_group("g", i, timeout=10) for i in range(12)]
+            assert [body for _, body in answers] == list(range(12))
+            assert {who for who, _ in answers} == {"m0", "m1", "m2"}
+            # A member that leaves is not chosen; one whose Coordinator
+            # dies stops being chosen within the death's notice.
+            await ms[0].leave_group("g")
+            await wait_for(lambda: _members(s, "g", ["m1", "m2"]), timeout=10)
+            fed.coords["north"].kill()
+            await wait_for(lambda: _members(s, "g", ["m1"]), timeout=10)
+            answers = [await s.ask_group("g", i, timeout=10) for i in range(4)]
+            assert {who for who, _ in answers} == {"m1"}
+        finally:
+            for t in tasks:
+                t.cancel()
+
+
+async def _members(c: Client, name: str, want: list[str]) -> bool:
+    return await c.group_members(name) == want

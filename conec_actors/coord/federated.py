@@ -165,4 +165,5 @@ def attach(fe: FrontEnd, fed: Federation, send: Send | None = None) -> None:
     fed.ids.lost = lost
     fe.relay.broadcast_home = fed.ids.broadcast_home
     fe.plane.broadcast_home = fed.ids.existing_home
+    cross.find_group_home = fed.ids.group_home
     fed.attach(tunnels, cross)

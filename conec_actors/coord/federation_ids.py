@@ -27,7 +27,7 @@ from .. import wire
 from ..ids import stable_hash
 from . import federation_core as fc
 from . import ipc
-from .peers import Peers, remote_peer
+from .peers import LOCAL_BITS, Peers, remote_peer
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,9 @@ CLAIM_LATER = 60.0
 LEADER_WAIT = 0.3
 _TAKE = -1  # `IdSpace._held`: the key is a dead Coordinator's
 _SIBLING = -2  # ... another front-end shard's of this Coordinator
+#: Key prefixes of the homes of broadcasts and of groups in the ids bucket.
+BROADCAST = "b."
+GROUP = "g."
 
 
 class Host(Protocol):
@@ -316,6 +319,11 @@ class IdSpace:
 
     # -- broadcasts -----------------------------------------------------------------
 
+    def group_home(self, name: str, cb: Callable[[int | None], None]) -> None:
+        """Find (or become) the home of group `name` (its members, their
+        loads and its followers are kept there), as `broadcast_home`."""
+        self._find(GROUP, name, cb, True)
+
     def broadcast_home(self, name: str, cb: Callable[[int | None], None],
                        create: bool = True) -> None:
         """Find (or, with `create`, become) the home of broadcast `name`:
@@ -323,7 +331,11 @@ class IdSpace:
         `cb` gets its peer number (this Coordinator's own shard when here),
         or None when the federation does not answer (or, without `create`,
         when no live Coordinator homes it)."""
-        task = self._loop.create_task(self._broadcast_home(name, create))
+        self._find(BROADCAST, name, cb, create)
+
+    def _find(self, kind: str, name: str, cb: Callable[[int | None], None],
+              create: bool) -> None:
+        task = self._loop.create_task(self._home(kind, name, create))
 
         def done(t: asyncio.Task[int | None]) -> None:
             cb(None if t.cancelled() or t.exception() is not None else t.result())
@@ -333,18 +345,18 @@ class IdSpace:
         """Where broadcast `name` is homed, if anywhere (for its counts)."""
         self.broadcast_home(name, cb, create=False)
 
-    async def _broadcast_home(self, name: str, create: bool) -> int | None:
+    async def _home(self, kind: str, name: str, create: bool) -> int | None:
         try:
-            return await asyncio.wait_for(self._find_home(name, create), ADMIT_WAIT)
+            return await asyncio.wait_for(self._find_home(kind, name, create), ADMIT_WAIT)
         except TimeoutError:
             return None
 
-    async def _find_home(self, name: str, create: bool) -> int | None:
+    async def _find_home(self, kind: str, name: str, create: bool) -> int | None:
         import nats
 
         host = self._host
         assert host.peers is not None
-        key = "b." + fc.id_key(name)[2:]
+        key = kind + fc.id_key(name)[2:]
         mine = msgspec.msgpack.encode(fc.HomeRecord(host.cnum, host.incarnation))
         while True:
             if not host.connected:
@@ -365,6 +377,8 @@ class IdSpace:
                     rec = msgspec.msgpack.decode(cur.value, type=fc.HomeRecord)
                     if (rec.cnum, rec.incarnation) == (host.cnum, host.incarnation):
                         return host.peers.index
+                    if host.peers.is_sibling(rec.cnum):
+                        return host.peers.peer_of(rec.cnum << LOCAL_BITS)
                     if await host.alive(rec.cnum, rec.incarnation):
                         assert host.members is not None
                         count = max(1, host.members.count_of(rec.cnum))

@@ -99,6 +99,11 @@ class CrossShard:
         self._asked: dict[tuple[int, int], tuple[str, int]] = {}
         #: broadcast counts asked of other Coordinators: (conn, req) -> peer
         self._counting: dict[tuple[int, int], int] = {}
+        #: in a federation: finds (or becomes) a group's home, one per
+        #: federation (`federation_ids.IdSpace.home`); None: by hash, per Coordinator
+        self.find_group_home: Callable[[str, Callable[[int | None], None]], None] | None = None
+        self._homes: dict[str, int] = {}  # group -> the peer homing it
+        self._homing: dict[str, list[Callable[[int], None]]] = {}
 
     def shard_of(self, key: int) -> int:
         return self.peers.peer_of(key)
@@ -138,13 +143,47 @@ class CrossShard:
 
     def group_op(self, conn: int, member: str, msg: wire.GroupRequest) -> bool:
         """Send a group request to its group's home shard: False if that is here."""
+        if self.find_group_home is not None:
+            self._at_home(msg.name, lambda home: self._group_op_at(home, conn, member, msg))
+            return True
         home = self.home_of_group(msg.name)
         if home == self.index:
             return False
+        self._group_op_at(home, conn, member, msg)
+        return True
+
+    def _group_op_at(self, home: int, conn: int, member: str, msg: wire.GroupRequest) -> None:
+        if home == self.index:
+            self.host.group_op(conn, member, msg.op, msg.name, msg.req)
+            return
         if msg.op == "join":
             self._group_homes.setdefault(conn, set()).add(home)
         self._send(home, sw.GroupOp(conn, member, msg.op, msg.name, msg.req))
-        return True
+
+    def _at_home(self, name: str, then: Callable[[int], None]) -> None:
+        """Call `then` with the peer homing group `name` (in a federation,
+        found once in the id space, `find_group_home`), requests of one
+        group in the order they came."""
+        home = self._homes.get(name)
+        if home is not None:
+            then(home)
+            return
+        waiting = self._homing.get(name)
+        if waiting is not None:
+            waiting.append(then)
+            return
+        self._homing[name] = [then]
+
+        def found(peer: int | None) -> None:
+            # No answer from the federation: the group is this shard's own.
+            home = self.index if peer is None else peer
+            if peer is not None:
+                self._homes[name] = home
+            for f in self._homing.pop(name, []):
+                f(home)
+
+        assert self.find_group_home is not None
+        self.find_group_home(name, found)
 
     def load(self, conn: int, member: str, msg: wire.LoadReport) -> None:
         for home in self._group_homes.get(conn, ()):
@@ -196,6 +235,8 @@ class CrossShard:
             self._asked.pop((msg.conn, msg.req), None)
             host.watch_known(msg.conn, msg.req, msg.peer, msg.connected)
         elif isinstance(msg, sw.GroupOp):
+            if self.peers.is_remote(shard):
+                self._remote.setdefault(msg.client_id, (msg.conn, shard))
             host.group_op(msg.conn, msg.client_id, msg.op, msg.name, msg.req)
         elif isinstance(msg, sw.Load):
             host.load(msg.client_id, msg.asks, msg.tells)
@@ -239,6 +280,8 @@ class CrossShard:
         about are of peers not connected."""
         down = set(peers)
         self._unanswered(down)
+        for name in [g for g, home in self._homes.items() if home in down]:
+            del self._homes[name]  # its next request finds (or becomes) a new home
         for (watcher, req), (peer, shard) in list(self._asked.items()):
             if shard in down:
                 del self._asked[watcher, req]
