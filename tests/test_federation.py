@@ -501,3 +501,25 @@ async def test_groups_across_coordinators(tmp_path: Path) -> None:
 
 async def _members(c: Client, name: str, want: list[str]) -> bool:
     return await c.group_members(name) == want
+
+
+async def test_a_groups_home_coordinator_dies(tmp_path: Path) -> None:
+    async with federation(tmp_path, "east", "west", "north") as fed:
+        # m0 joins first: east homes the group.
+        m0 = await fed.client("m0", "east")
+        await m0.join_group("g")
+        m1, m2 = await fed.client("m1", "west"), await fed.client("m2", "north")
+        await m1.join_group("g")
+        await m2.join_group("g")
+        s = await fed.client("s", "west")
+        await wait_for(lambda: _members(s, "g", ["m0", "m1", "m2"]), timeout=10)
+        fed.coords["east"].kill()
+        # The members left are joined again at a new home, unasked.
+        await wait_for(lambda: _members(s, "g", ["m1", "m2"]), timeout=15)
+        tasks = [asyncio.create_task(answer_as(m)) for m in (m1, m2)]
+        try:
+            answers = [await s.ask_group("g", i, timeout=10) for i in range(6)]
+            assert {who for who, _ in answers} == {"m1", "m2"}
+        finally:
+            for t in tasks:
+                t.cancel()

@@ -34,6 +34,9 @@ Send = Callable[[int, sw.ShardMsg], None]
 #: The watcher and request of a `WatchAsk` that re-checks, after lost
 #: messages, whether a client of another Coordinator is still connected.
 RECHECK = -1
+#: The request number of a join (or follow) asked again of a group's new
+#: home: no client waits for its reply.
+REJOIN = -1
 
 
 class Client(Protocol):
@@ -103,6 +106,11 @@ class CrossShard:
         #: federation (`federation_ids.IdSpace.home`); None: by hash, per Coordinator
         self.find_group_home: Callable[[str, Callable[[int | None], None]], None] | None = None
         self._homes: dict[str, int] = {}  # group -> the peer homing it
+        #: in a federation, per local connection: groups it joined or follows
+        #: (name -> (id, op)), asked again of a new home if theirs dies
+        self._joined: dict[int, dict[str, tuple[str, str]]] = {}
+        #: group requests sent to another Coordinator, not answered yet
+        self._group_asked: dict[tuple[int, int], tuple[int, str, wire.GroupRequest]] = {}
         self._homing: dict[str, list[Callable[[int], None]]] = {}
 
     def shard_of(self, key: int) -> int:
@@ -144,6 +152,10 @@ class CrossShard:
     def group_op(self, conn: int, member: str, msg: wire.GroupRequest) -> bool:
         """Send a group request to its group's home shard: False if that is here."""
         if self.find_group_home is not None:
+            if msg.op in ("join", "follow"):
+                self._joined.setdefault(conn, {})[msg.name] = (member, msg.op)
+            elif msg.op == "leave" and msg.name in self._joined.get(conn, {}):
+                del self._joined[conn][msg.name]
             self._at_home(msg.name, lambda home: self._group_op_at(home, conn, member, msg))
             return True
         home = self.home_of_group(msg.name)
@@ -158,6 +170,8 @@ class CrossShard:
             return
         if msg.op == "join":
             self._group_homes.setdefault(conn, set()).add(home)
+        if self.find_group_home is not None and msg.req != REJOIN:
+            self._group_asked[conn, msg.req] = (home, member, msg)
         self._send(home, sw.GroupOp(conn, member, msg.op, msg.name, msg.req))
 
     def _at_home(self, name: str, then: Callable[[int], None]) -> None:
@@ -192,6 +206,9 @@ class CrossShard:
     def left(self, conn: int, client_id: str | None, reason: Reason) -> None:
         """A client of this shard left: every other shard hears of it."""
         self._group_homes.pop(conn, None)
+        self._joined.pop(conn, None)
+        for key in [k for k in self._group_asked if k[0] == conn]:
+            del self._group_asked[key]
         if client_id is None:
             return
         for k in self.peers.others():
@@ -207,7 +224,10 @@ class CrossShard:
         if isinstance(msg, sw.Control):
             s = host.sessions.get(msg.conn)
             if s is not None:
-                s.send_control(wire.decode(msg.msg))
+                control = wire.decode(msg.msg)
+                if isinstance(control, wire.GroupReply) and self._group_asked:
+                    self._group_asked.pop((msg.conn, control.req), None)
+                s.send_control(control)
         elif isinstance(msg, sw.Offer):
             s = host.sessions.get(msg.conn)
             if s is None or s.core.state is not State.READY or s.client_id != msg.client_id:
@@ -267,6 +287,9 @@ class CrossShard:
         connected is asked again (a departure may have been lost)."""
         down = set(peers)
         self._unanswered(down)
+        for (conn, _req), (home, member, msg) in self._group_asked.items():
+            if home in down:
+                self._group_op_at(home, conn, member, msg)
         for (watcher, req), (peer, shard) in self._asked.items():
             if shard in down:
                 self._send(shard, sw.WatchAsk(watcher, req, peer))
@@ -274,14 +297,33 @@ class CrossShard:
             if shard in down:
                 self._send(shard, sw.WatchAsk(RECHECK, RECHECK, cid))
 
+    def _rejoin(self, conn: int, member: str, msg: wire.GroupRequest) -> Callable[[int], None]:
+        return lambda home: self._group_op_at(home, conn, member, msg)
+
     def coordinator_down(self, peers: list[int]) -> None:
         """Another Coordinator (its shards: `peers`) died: its clients this
         one knows of are gone, as if each had vanished; watches it was asked
         about are of peers not connected."""
         down = set(peers)
         self._unanswered(down)
-        for name in [g for g, home in self._homes.items() if home in down]:
+        lost = {g for g, home in self._homes.items() if home in down}
+        for name in lost:
             del self._homes[name]  # its next request finds (or becomes) a new home
+        # Requests it did not answer are asked of the new home; members and
+        # followers here join (follow) again there (their clients never
+        # asked, so those replies go nowhere).
+        asked = set()
+        for (conn, req), (home, member, msg) in list(self._group_asked.items()):
+            if home in down:
+                del self._group_asked[conn, req]
+                asked.add((conn, msg.name))
+                self._at_home(msg.name, self._rejoin(conn, member, msg))
+        for conn, groups in self._joined.items():
+            for name, (member, op) in groups.items():
+                if name in lost and (conn, name) not in asked:
+                    self._at_home(name, self._rejoin(conn, member,
+                                                     wire.GroupRequest(REJOIN, op, name)))
+
         for (watcher, req), (peer, shard) in list(self._asked.items()):
             if shard in down:
                 del self._asked[watcher, req]
