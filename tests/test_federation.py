@@ -304,6 +304,8 @@ async def test_tls_to_nats_with_the_coordinators_certificate(tmp_path: Path) -> 
         coords = [await Coord.start(CoordConfig(
             own.cert_pem, own.key_pem, port=0, cluster=cluster.url, name=name,
             cluster_ca=tls.ca_pem)) for name in ("east", "west")]
+        fig = (await coords[0].stats())["federation"]
+        assert fig["name"] == "east" and fig["connected"] and fig["number"] > 0
         clients: list[Client] = []
         try:
             for cid, coord in (("alice", coords[0]), ("bob", coords[1])):
@@ -316,6 +318,8 @@ async def test_tls_to_nats_with_the_coordinators_certificate(tmp_path: Path) -> 
             send, _ = await a.new_proxied_stream("bob")
             await send.send(b"over tls")
             assert await (await next_incoming(b)).recv.recv() == b"over tls"
+            fig = (await coords[0].stats())["federation"]
+            assert fig["members"] == 1 and fig["batches_sent"] > 0
         finally:
             for c in clients:
                 await c.close()

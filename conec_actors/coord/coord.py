@@ -214,7 +214,8 @@ class Coord:
         """A snapshot: clients, streams, broadcasts, forwarded figures, workers,
         each front-end shard's figures (`frontends`) and how unevenly the
         shards are filled (`frontends_imbalance`: the busiest one's clients
-        over the mean, 1.0 when even)."""
+        over the mean, 1.0 when even); in a federation with one front-end,
+        `federation` (`Federation.figures`)."""
         slots = self._supervisor.slots()
         workers = self._supervisor.figures()
         replies = await self._ask(slots, timeout=2.0)
@@ -233,6 +234,8 @@ class Coord:
                                 "restarts": 0}
         out = _shard_totals([(here, figures(self._fe, self._endpoint), self._fe.lag.lag)])
         out["workers"] = workers
+        if self.federation is not None:
+            out["federation"] = self.federation.figures()
         return out
 
     async def _sharded_stats(self) -> dict[str, Any]:

@@ -194,6 +194,15 @@ class Federation:
         self.tunnels = tunnels
         self.cross = cross
 
+    def figures(self) -> dict[str, Any]:
+        """This member's name and number, whether NATS is connected, the
+        other members it knows, and its links' figures."""
+        members = self.members.names() if self.members is not None else {}
+        return {"name": self.name, "number": self.cnum, "connected": self.connected,
+                "members": len(members), "epoch": self.members.epoch if self.members else 0,
+                "cuts": self.cuts, "batches_sent": self.batches_sent,
+                "batches_received": self.batches_received}
+
     # -- liveness -----------------------------------------------------------------------
 
     def _heartbeat(self, leaving: bool = False) -> bytes:
