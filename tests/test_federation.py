@@ -527,3 +527,42 @@ async def test_a_groups_home_coordinator_dies(tmp_path: Path) -> None:
         finally:
             for t in tasks:
                 t.cancel()
+
+
+async def test_a_stalled_reader_on_another_host_stops_exactly_its_writer(
+        tmp_path: Path) -> None:
+    async with federation(tmp_path, "east", "west") as fed:
+        a, b = await fed.client("alice", "east"), await fed.client("bob", "west")
+        c, d = await fed.client("carol", "east"), await fed.client("dave", "west")
+        chunk = 64 * 1024
+        total = 400  # 25 MiB, far more than any window
+        stalled, _ = await a.new_proxied_stream("bob")
+        sent = 0
+
+        async def write() -> None:
+            nonlocal sent
+            for i in range(total):
+                await stalled.send(bytes([i % 251]) * chunk)
+                sent += 1
+
+        writer = asyncio.create_task(write())
+        inc = await next_incoming(b)
+        # bob reads nothing: alice's writes stop, bounded by the windows.
+        await asyncio.sleep(3)
+        held = sent
+        await asyncio.sleep(1)
+        assert sent == held < total // 4
+        # Another pair across the same two hosts is not held up.
+        send, _ = await c.new_proxied_stream("dave")
+        for i in range(200):
+            await send.send(b"%d" % i)
+        other = await next_incoming(d)
+        assert [await asyncio.wait_for(other.recv.recv(), 10) for _ in range(200)] == \
+            [b"%d" % i for i in range(200)]
+        # bob reads: everything arrives, in order, whole.
+        for i in range(total):
+            assert await asyncio.wait_for(inc.recv.recv(), 20) == bytes([i % 251]) * chunk
+        await writer
+        # Never a slow consumer in NATS's eyes.
+        for i in range(3):
+            assert "Slow Consumer" not in fed.cluster.log_path(i).read_text()
