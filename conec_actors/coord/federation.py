@@ -362,8 +362,10 @@ class Federation:
                     await self._nc.publish(subject, data)
                     self.batches_sent += 1
                 except Exception as exc:
-                    # The connection broke under it: `_disconnected` cuts.
-                    log.debug("publish failed: %r", exc)
+                    # Lost: if no later batch shows the gap, a new epoch
+                    # does (and the streams it may have carried end here).
+                    log.warning("a batch to another Coordinator was lost: %r", exc)
+                    self._lost()
         finally:
             self._publisher = None
 
