@@ -7,7 +7,10 @@ two Coordinators **X** and **Y** (``CoordConfig(cluster=URLS, name=...)``, each
 in a spawned process of its own, :func:`bench._common.coord_main`), the
 receiver **B** and the sender **A** (a process each). A is on X; B is on X
 (path ``same``, the baseline) or on Y (path ``cross``). Both Coordinators run in
-both paths, so the only difference is where B is.
+both paths, so the only difference is where B is. X talks to NATS node 0 and Y to
+node 1 (``--nats-nodes spread``, as Coordinators on two hosts would, each to
+its nearest node: what X sends Y crosses a route between two servers), or both
+to node 0 (``--nats-nodes shared``).
 
 A session (fresh Coordinators and clients, one per path and round), A's side:
 
@@ -32,7 +35,7 @@ the stream round trip (context). Lines ``bench: federation-round`` give every
 session's figures as they come.
 
 ``python -m bench.federation [--rounds 3] [--sizes 64,65536] [--duration 2]
-[--ask-n 500] [--max-datagram-size 1200] [--quick]``
+[--ask-n 500] [--max-datagram-size 1200] [--nats-nodes spread|shared] [--quick]``
 
 ``--quick`` is a short run for a smoke test (one round, short runs, few asks).
 Without ``nats-server`` or nats-py the bench prints ``{"bench": "federation",
@@ -242,16 +245,18 @@ def _start_coord(procs: Procs, name: str, cert: bytes, key: bytes,
     return CoordHandle(procs, cmd, procs.expect("coord"))
 
 
-def run_session(path: str, cluster: str, sizes: list[int], duration: float, ask_n: int,
-                mds: int, label: str) -> dict[str, Any]:
-    """One session on *path* (``"same"``: B on X; ``"cross"``: B on Y)."""
+def run_session(path: str, clusters: dict[str, str], sizes: list[int], duration: float,
+                ask_n: int, mds: int, label: str) -> dict[str, Any]:
+    """One session on *path* (``"same"``: B on X; ``"cross"``: B on Y), with
+    Coordinators X and Y on the NATS servers *clusters* names for each."""
     targets: dict[str, Target] = {}
     with Procs(f"federation-{path}") as procs:
         coords = {}
         for name in ("x", "y"):
             cert, key = make_self_signed(COORD_NAME)
             coords[name] = _start_coord(procs, name, cert, key, {
-                "cluster": cluster, "name": f"{name}-{label}", "max_datagram_size": mds})
+                "cluster": clusters[name], "name": f"{name}-{label}",
+                "max_datagram_size": mds})
             targets[name] = (coords[name].port, cert, mds)
         procs.start("b", receiver_main, targets["y" if path == "cross" else "x"])
         procs.expect("ready")
@@ -346,6 +351,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--duration", type=float, default=2.0, help="seconds per stream run (about)")
     p.add_argument("--ask-n", type=int, default=ASK_N, help="asks per session (0: none)")
     p.add_argument("--max-datagram-size", type=int, default=1200)
+    p.add_argument("--nats-nodes", choices=("spread", "shared"), default="spread",
+                   help="X on NATS node 0 and Y on node 1 (spread), or both on node 0")
     p.add_argument("--quick", action="store_true",
                    help="a short run: " + ", ".join(f"--{k.replace('_', '-')} {v}"
                                                     for k, v in QUICK.items()))
@@ -361,9 +368,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="conec-bench-nats-") as tmp, \
             nats_cluster(Path(tmp)) as cluster:
+        urls = cluster.split(",")
+        clusters = {"x": urls[0], "y": urls[1 if args.nats_nodes == "spread" else 0]}
+
         def runner(path: str) -> Callable[[int], dict[str, Any]]:
             def run(r: int) -> dict[str, Any]:
-                session = run_session(path, cluster, args.sizes, args.duration, args.ask_n,
+                session = run_session(path, clusters, args.sizes, args.duration, args.ask_n,
                                       args.max_datagram_size, f"{path}{r}")
                 emit({"bench": "federation-round", "round": r, **session})
                 return session
@@ -372,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
         runs = alternate({p: runner(p) for p in PATHS}, args.rounds,
                          progress="bench.federation")
     for line in results(runs, args.sizes, args.rounds, args.ask_n):
-        emit(line)
+        emit({**line, "nats_nodes": args.nats_nodes})
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ def test_quick_run_prints_rounds_then_ratios() -> None:
     assert [x["size"] for x in sizes] == [64, 65536]
     for x in sizes:
         assert x["rounds"] == 1 and x["target_ratio"] == ">= 0.5"
+        assert x["nats_nodes"] == "spread"
         assert x["ratio_msgs_per_s"] == pytest.approx(
             x["cross"]["msgs_per_s"] / x["same"]["msgs_per_s"])
         assert len(x["same"]["runs"]) == len(x["cross"]["runs"]) == 1
