@@ -28,6 +28,7 @@ from conec_actors.coord.federation_core import (
     pack_head,
     unpack_head,
 )
+from conec_actors.coord.peers import MAX_COORDINATORS, MAX_SHARDS
 
 ME, INC = 1, 1000
 Y, Y_INC = 2, 2000
@@ -115,8 +116,9 @@ def test_id_keys_round_trip_through_base64url() -> None:
 
 
 def test_head_round_trip() -> None:
-    for fields in [(1, 0, 1, 0, 0, 0), (MAX := 32767, 255, 256, 2**62, 2**40, 2**64 - 1),
-                   (MAX, 3, 4, 123456789, 7, 99)]:
+    top = MAX_COORDINATORS
+    for fields in [(1, 0, 1, 0, 0, 0), (top, MAX_SHARDS - 1, MAX_SHARDS, 2**62, 2**40, 2**64 - 1),
+                   (top, 3, 4, 123456789, 7, 99)]:
         data = pack_head(*fields)
         assert len(data) == HEAD_SIZE
         assert unpack_head(data) == fields
