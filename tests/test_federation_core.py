@@ -20,6 +20,7 @@ from conec_actors.coord.federation_core import (
     Died,
     Event,
     Heartbeat,
+    HomeRecord,
     IdRecord,
     Joined,
     Members,
@@ -67,7 +68,8 @@ def test_a_coordinator_is_dead_after_several_missed_heartbeats() -> None:
 
 def test_records_round_trip_through_msgpack() -> None:
     entry = ipc.Entry("alice", "fe0", 7 << 48 | 12, ("10.0.0.1", 4433), b"\x30\x82")
-    for value in (hb(leaving=True), CoordRecord("y", Y_INC, 3), IdRecord(Y, Y_INC, entry)):
+    for value in (hb(leaving=True), CoordRecord("y", Y_INC, 3), IdRecord(Y, Y_INC, entry),
+                  HomeRecord(Y, Y_INC)):
         data = msgspec.msgpack.encode(value)
         assert msgspec.msgpack.decode(data, type=type(value)) == value
 

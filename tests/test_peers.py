@@ -212,3 +212,71 @@ def test_a_coordinator_that_rejoins_with_other_shards_is_counted_anew() -> None:
     p.drop_coordinator(2)
     p.add_coordinator(2, 2)
     assert p.drop_coordinator(2) == [remote_peer(2, 0), remote_peer(2, 1)]
+
+
+# -- sibling shards (front-end shards in a federation: a member number each) --------------
+
+
+def sharded(count: int = 3, index: int = 0) -> tuple[Peers, dict[int, int]]:
+    """Shard `index` of a Coordinator of `count` shards whose shard k is
+    member 10 + k; its view with every sibling set."""
+    numbers = {k: 10 + k for k in range(count)}
+    p = Peers(index, count, numbers[index])
+    for k, c in numbers.items():
+        if k != index:
+            p.set_sibling(c, k)
+    return p, numbers
+
+
+def test_keys_of_a_sibling_name_its_shard_not_a_remote_peer() -> None:
+    for count in (2, 3, 5):
+        for index in range(count):
+            p, numbers = sharded(count, index)
+            for k, c in numbers.items():
+                assert p.is_sibling(c) == (k != index)
+                for start in STARTS:
+                    for key in keys(c, k, count, start):
+                        assert p.peer_of(key) == k
+                        assert not p.is_remote(p.peer_of(key))
+                        assert p.is_local(key) == (k == index)
+
+
+def test_siblings_are_this_coordinators_shards_in_others() -> None:
+    p, _ = sharded(3, 1)
+    p.add_coordinator(50, 2)
+    assert p.others() == [0, 2, remote_peer(50, 0), remote_peer(50, 1)]
+    assert p.coordinators() == {50: 2}
+
+
+def test_a_sibling_is_never_counted_as_a_coordinator() -> None:
+    p, numbers = sharded(3, 0)
+    p.add_coordinator(numbers[1], 3)  # its heartbeat, as any member's
+    assert p.coordinators() == {}
+    assert p.drop_coordinator(numbers[1]) == []  # nothing remote to end
+    assert p.is_sibling(numbers[1])
+
+
+def test_set_sibling_takes_a_member_out_of_the_coordinators() -> None:
+    p = Peers(0, 2, cnum=10)
+    p.add_coordinator(11, 2)  # heard of before it was known as a sibling
+    p.set_sibling(11, 1)
+    assert p.coordinators() == {} and p.others() == [1]
+    assert p.peer_of(keys(11, 1, 2, n=1)[0]) == 1
+
+
+def test_a_sibling_that_rejoins_under_a_new_number_replaces_its_old_one() -> None:
+    p, numbers = sharded(3, 0)
+    p.set_sibling(42, 2)  # shard 2 restarted and joined as member 42
+    assert p.is_sibling(42) and not p.is_sibling(numbers[2])
+    assert p.peer_of(keys(42, 2, 3, n=1)[0]) == 2
+    # The old number's keys are another Coordinator's now (unknown: its shard 0).
+    assert p.peer_of(keys(numbers[2], 2, 3, n=1)[0]) == remote_peer(numbers[2], 0)
+    assert p.is_sibling(numbers[1])
+
+
+@pytest.mark.parametrize("index", [0, -1, 3])
+def test_set_sibling_refuses_itself_and_shards_it_does_not_have(index: int) -> None:
+    p = Peers(0, 3, cnum=10)
+    with pytest.raises(ValueError, match="not another shard"):
+        p.set_sibling(11, index)
+    assert not p.is_sibling(11)
