@@ -10,7 +10,8 @@
 * ``bench.attacks`` (every attack pattern, defaults);
 * ``bench.groups --rounds 1`` (tell_group/ask_group against tell/ask);
 * ``bench.shards --rounds 1 --duration 1`` (front-end shards: CPU/msg, quota, cross-shard);
-* ``bench.soak --minutes 0.5 --idle 100`` (endurance: leaks, losses, errors).
+* ``bench.soak --minutes 0.5 --idle 100`` (endurance: leaks, losses, errors);
+* ``bench.federation --quick`` (two Coordinators over a 3-node NATS cluster).
 
 Each prints its own JSON lines. For figures worth comparing, run the modules
 themselves with their defaults (several alternating rounds, 1,000 clients, ...).
@@ -20,7 +21,18 @@ from __future__ import annotations
 
 import argparse
 
-from bench import attacks, broadcast, direct, groups, idle_clients, proxied, shards, soak, stall
+from bench import (
+    attacks,
+    broadcast,
+    direct,
+    federation,
+    groups,
+    idle_clients,
+    proxied,
+    shards,
+    soak,
+    stall,
+)
 
 QUICK: dict[str, list[str]] = {
     "proxied": ["--rounds", "1", "--duration", "1", "--ping-n", "100"],
@@ -32,6 +44,7 @@ QUICK: dict[str, list[str]] = {
     "groups": ["--rounds", "1"],
     "shards": ["--rounds", "1", "--duration", "1"],
     "soak": ["--minutes", "0.5", "--idle", "100"],
+    "federation": ["--quick"],
 }
 
 
@@ -43,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     runs = {"proxied": proxied.main, "direct": direct.main, "broadcast": broadcast.main,
             "idle_clients": idle_clients.main, "stall": stall.main, "attacks": attacks.main,
-            "groups": groups.main, "shards": shards.main, "soak": soak.main}
+            "groups": groups.main, "shards": shards.main, "soak": soak.main,
+            "federation": federation.main}
     for name in args.only or list(QUICK):
         runs[name](QUICK[name])
 
