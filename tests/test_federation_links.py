@@ -83,7 +83,7 @@ def data(n: int) -> sw.Data:
 
 
 async def from_y(fed: Federation, seq: int, epoch: int = 0) -> None:
-    await fed._on_payload(Msg(fc.pack_head(Y, 0, 1, Y_INC, epoch, seq) + sw.encode([data(0)])))
+    fed._payload(Msg(fc.pack_head(Y, 0, 1, Y_INC, epoch, seq) + sw.encode([data(0)])))
 
 
 async def test_batches_to_a_peer_are_numbered_from_0() -> None:

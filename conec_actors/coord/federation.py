@@ -36,6 +36,7 @@ import msgspec
 
 from ..errors import ConecError
 from . import federation_core as fc
+from . import nats_fast
 from . import shard_wire as sw
 from .federation_ids import IdSpace
 from .peers import MAX_COORDINATORS, Peers, remote_peer, split_peer
@@ -59,6 +60,9 @@ COORD_TTL = 10.0
 CONNECT_WAIT = 5.0
 #: A batch is split so that no NATS message exceeds this (servers default to 1 MiB).
 MAX_BATCH = 256 * 1024
+#: How long a credit or drain report may wait for a batch to ride with.
+LAZY_DELAY = 0.005
+_LAZY = frozenset((sw.Consumed, sw.Drained))
 
 
 class FederationError(ConecError):
@@ -99,6 +103,9 @@ class Federation:
         self._seq: dict[int, int] = {}  # per remote peer: the next batch number
         self._epoch = 0  # the epoch `_seq` counts in
         self._flush_handle: asyncio.Handle | None = None
+        #: credit and drain reports waiting (`send`), per peer, latest per stream
+        self._lazy: dict[int, dict[tuple[type, int, int], sw.ShardMsg]] = {}
+        self._lazy_handle: asyncio.TimerHandle | None = None
         self._publish: deque[tuple[str, bytes]] = deque()
         self._publisher: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -146,7 +153,8 @@ class Federation:
         self.members = fc.Members(self.cnum, self.incarnation)
         await self._nc.subscribe(HEARTBEATS, cb=self._on_heartbeat)
         for shard in range(self.count):
-            await self._nc.subscribe(payload_subject(self.cnum, shard), cb=self._on_payload)
+            sub = await self._nc.subscribe(payload_subject(self.cnum, shard))
+            nats_fast.Inline.install(sub, self._payload)
         await self._beat()
         self._tasks = [self._loop.create_task(self._beating()),
                        self._loop.create_task(self._refreshing())]
@@ -296,6 +304,7 @@ class Federation:
             return
         self._apply(self.members.lost_connection())
         self._out.clear()
+        self._lazy.clear()
         self._publish.clear()
 
     async def _disconnected(self) -> None:
@@ -317,7 +326,23 @@ class Federation:
     # -- payload --------------------------------------------------------------------------
 
     def send(self, peer: int, msg: sw.ShardMsg) -> None:
-        """Queue `msg` for remote peer `peer` (sent at the end of this turn)."""
+        """Queue `msg` for remote peer `peer` (sent at the end of this turn;
+        credit reports, `_LAZY`, may wait up to `LAZY_DELAY`)."""
+        if type(msg) in _LAZY:
+            if peer not in self._seq:
+                return
+            # Credit and drain reports carry absolute offsets: the latest of
+            # a stream's says all. They wait for the next batch to `peer`
+            # (and go first in it, so nothing sent after them overtakes
+            # them) or `LAZY_DELAY`: fewer messages between hosts, and none
+            # waking both Coordinators while an ask's answer is on its way.
+            lazy = self._lazy.get(peer)
+            if lazy is None:
+                lazy = self._lazy[peer] = {}
+            lazy[type(msg), msg.conn, msg.stream] = msg  # type: ignore[union-attr]
+            if self._lazy_handle is None:
+                self._lazy_handle = self._loop.call_later(LAZY_DELAY, self._flush_lazy)
+            return
         out = self._out.get(peer)
         if out is None:
             if peer not in self._seq:
@@ -326,6 +351,14 @@ class Federation:
         out.append(msg)
         if self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush_lazy(self) -> None:
+        self._lazy_handle = None
+        for peer in self._lazy:
+            self._out.setdefault(peer, [])
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        self._flush()
 
     def _flush(self) -> None:
         self._flush_handle = None
@@ -343,6 +376,11 @@ class Federation:
             seq = self._seq.get(peer)
             if seq is None:
                 continue
+            lazy = self._lazy.pop(peer, None)
+            if lazy:
+                msgs = [*lazy.values(), *msgs]
+            if not msgs:
+                continue
             cnum, shard = split_peer(peer)
             subject = payload_subject(cnum, shard)
             for chunk in _chunks(msgs):
@@ -351,8 +389,20 @@ class Federation:
                 seq += 1
                 self._publish.append((subject, head + sw.encode(chunk)))
             self._seq[peer] = seq
+        # Most batches go out now, in this turn (see `_publish_now`).
+        while self._publish and self._publisher is None and \
+                self._publish_now(*self._publish[0]):
+            self._publish.popleft()
         if self._publish and self._publisher is None:
             self._publisher = self._loop.create_task(self._publishing())
+
+    def _publish_now(self, subject: str, data: bytes) -> bool:
+        """Write a batch at once (`nats_fast.write_now`): False when it must
+        go through nats-py's `publish` (`_publishing`)."""
+        if nats_fast.write_now(self._nc, subject, data):
+            self.batches_sent += 1
+            return True
+        return False
 
     async def _publishing(self) -> None:
         try:
@@ -369,7 +419,7 @@ class Federation:
         finally:
             self._publisher = None
 
-    async def _on_payload(self, msg: Any) -> None:
+    def _payload(self, msg: Any) -> None:
         members, tunnels = self.members, self.tunnels
         if members is None or tunnels is None:
             return
@@ -414,8 +464,9 @@ class Federation:
         self._closed = True
         for t in self._tasks:
             t.cancel()
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
+        for handle in (self._flush_handle, self._lazy_handle):
+            if handle is not None:
+                handle.cancel()
         nc = self._nc
         if nc is None:
             return
