@@ -7,11 +7,13 @@ is enforced, and core pub/sub keeps order across nodes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
 import socket
 import ssl
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -305,10 +307,12 @@ exec sleep 300
 """
 
 
-async def _run_federation_sh(tmp: Path, *args: str, **env: str) -> tuple[int, str, list[str]]:
+async def _run_federation_sh(tmp: Path, *args: str, _then: Any = None,
+                             **env: str) -> tuple[int, str, list[str]]:
     """Run the script on free ports until it says "press Ctrl-C to stop",
-    check its NATS cluster takes a 3-replica KV bucket, stop it with SIGINT.
-    Returns its status, its output and the NATS URLs it served."""
+    check its NATS cluster takes a 3-replica KV bucket, run `_then()` (an
+    async function) if given, stop it with SIGINT. Returns its status, its
+    output and the NATS URLs it served."""
     for _attempt in range(nc_mod.PORT_ATTEMPTS):
         ports = nc_mod._free_ports(9)
         run_env = {**os.environ, "TMPDIR": str(tmp), **env,
@@ -338,6 +342,8 @@ async def _run_federation_sh(tmp: Path, *args: str, **env: str) -> tuple[int, st
                 await kv.create("alice", b"east")
             finally:
                 await nc.close()
+            if _then is not None:
+                await _then()
             proc.send_signal(signal.SIGINT)
             out += await asyncio.wait_for(proc.stdout.read(), 30)
             return await proc.wait(), out.decode(), urls
@@ -385,3 +391,51 @@ async def test_federation_sh_starts_both_coordinators_on_the_cluster(tmp_path: P
     assert f"configs, stores and logs kept in {work}" in out
     assert (work / "n0.conf").exists()  # a WORKDIR given is kept
     assert not any(_listening(u) for u in urls)
+
+
+def _free_udp_ports(n: int) -> list[int]:
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                 for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+
+
+@pytest.mark.timeout(120)
+async def test_federation_sh_for_real_carries_a_stream_between_its_coordinators(
+        tmp_path: Path) -> None:
+    """The example as a user runs it: the real `conec-actors coord`s, a
+    client on each, a stream from east's to west's."""
+    nc_mod.need_nats_server()
+    from conec_actors import Client, ClientConfig
+
+    conec = Path(sys.executable).parent / "conec-actors"
+    if not conec.exists():
+        pytest.skip("conec-actors is not installed next to this Python")
+    east, west = _free_udp_ports(2)
+    work = tmp_path / "work"
+    status, out, _urls = await _run_federation_sh(
+        tmp_path, CONEC_ACTORS=str(conec), EAST_PORT=str(east), WEST_PORT=str(west),
+        WORKDIR=str(work), _then=_stream_east_to_west(work, east, west, Client, ClientConfig))
+    assert status == 0, out
+    assert "[east] federation: 'east'" in out and "[west] federation: 'west'" in out
+
+
+def _stream_east_to_west(work: Path, east: int, west: int, client: Any,
+                         config: Any) -> Any:
+    async def run() -> None:
+        ca = (work / "state" / "ca.pem").read_bytes()
+        alice = await client.connect(config("alice", "localhost", addr=("127.0.0.1", east),
+                                            ca=ca))
+        bob = await client.connect(config("bob", "localhost", addr=("127.0.0.1", west),
+                                          ca=ca))
+        try:
+            send, _ = await alice.new_proxied_stream("bob")
+            await send.send(b"east to west")
+            inc = await asyncio.wait_for(bob.incoming.__aiter__().__anext__(), 10)
+            assert await inc.recv.recv() == b"east to west"
+        finally:
+            await alice.close()
+            await bob.close()
+    return run
