@@ -128,7 +128,7 @@ class Federation:
             "allow_reconnect": True, "max_reconnect_attempts": -1,
             "reconnect_time_wait": 0.25, "connect_timeout": 2,
             "disconnected_cb": self._disconnected, "reconnected_cb": self._reconnected,
-            "error_cb": self._error, "ping_interval": 2, "max_outstanding_pings": 2,
+            "error_cb": self._error, "ping_interval": 5, "max_outstanding_pings": 3,
         }
         if self._tls is not None:
             opts["tls"] = self._tls
@@ -187,11 +187,22 @@ class Federation:
         import nats
 
         value = msgspec.msgpack.encode(fc.CoordRecord(self.name, self.incarnation, self.count))
-        for _ in range(64):
+        deadline = self._loop.time() + CONNECT_WAIT * 2
+        taken = 0
+        while taken < 64:
             cnum = secrets.randbelow(MAX_COORDINATORS) + 1
             try:
                 self._coord_rev = await self._coords.create(fc.coord_key(cnum), value)
             except nats.js.errors.KeyWrongLastSequenceError:
+                taken += 1
+                continue
+            except (TimeoutError, nats.errors.Error) as exc:
+                # A bucket just made (by another Coordinator or shard at the
+                # same moment) has no leader yet, or one is being elected.
+                if self._loop.time() > deadline:
+                    raise FederationError(f"the bucket {COORDS_BUCKET} takes no writes: "
+                                          f"{exc!r}") from exc
+                await asyncio.sleep(0.2)
                 continue
             self.cnum = cnum
             return
