@@ -265,13 +265,18 @@ def test_known_with_a_new_incarnation_replaces_the_old() -> None:
     assert m.verdict(Y, Y_INC) is False and m.verdict(Y, Y_INC + 1) is True
 
 
-def test_first_heartbeat_after_known_cuts_its_epoch_was_unknown() -> None:
-    # The bucket does not say which epoch it is in: what was sent to it before
-    # its first heartbeat may have been lost, so that heartbeat cuts (once).
+def test_first_heartbeat_after_known_cuts_only_if_its_epoch_moved() -> None:
+    # The bucket says which epoch it was in: a first heartbeat in that epoch
+    # cuts nothing (streams opened meanwhile go on); one in a later epoch
+    # cuts once (what was sent to it may have been lost).
     m = members()
-    m.known(Y, Y_INC, 1, "y", 0.0)
-    assert m.heard(hb(epoch=0), 0.5) == [Cut(Y)]
-    assert m.heard(hb(epoch=0), 1.0) == []
+    m.known(Y, Y_INC, 1, "y", 0.0, epoch=3)
+    assert m.heard(hb(epoch=3), 0.5) == []
+    assert m.heard(hb(epoch=4), 1.0) == [Cut(Y)]
+    assert m.heard(hb(epoch=4), 1.5) == []
+    # A record without an epoch (the bucket's older form): cut once.
+    m.known(Z, Z_INC, 1, "z", 0.0)
+    assert m.heard(hb(Z, Z_INC), 0.5) == [Cut(Z)]
 
 
 # -- lost_connection ----------------------------------------------------------------------

@@ -246,11 +246,12 @@ class Federation:
         and delete the entries of clients that left while NATS did not answer."""
         import nats
 
-        record = msgspec.msgpack.encode(
-            fc.CoordRecord(self.name, self.incarnation, self.count))
         ids_at = self._loop.time()
         while True:
             await asyncio.sleep(fc.HEARTBEAT)
+            assert self.members is not None
+            record = msgspec.msgpack.encode(fc.CoordRecord(
+                self.name, self.incarnation, self.count, self.members.epoch))
             try:
                 try:
                     self._coord_rev = await self._coords.update(
@@ -464,7 +465,7 @@ class Federation:
         if rec.incarnation != incarnation:
             return False
         self._apply(self.members.known(cnum, incarnation, rec.count, rec.name,
-                                       self._loop.time()))
+                                       self._loop.time(), rec.epoch))
         return True
 
     # -- leaving ----------------------------------------------------------------------------

@@ -50,6 +50,9 @@ class CoordRecord(msgspec.Struct, array_like=True, frozen=True):
     name: str
     incarnation: int
     count: int
+    #: its epoch when it wrote this (refreshed each `HEARTBEAT`), so that a
+    #: member learnt from the bucket is not cut by its first heartbeat
+    epoch: int = 0
 
 
 class IdRecord(msgspec.Struct, array_like=True, frozen=True):
@@ -200,13 +203,13 @@ class Members:
         return out
 
     def known(self, cnum: int, incarnation: int, count: int, name: str,
-              now: float) -> list[Event]:
+              now: float, epoch: int = -1) -> list[Event]:
         """The coordinators bucket says `cnum` is alive (before any heartbeat
         of it arrived here): a member, until its heartbeats stop."""
         if cnum == self.cnum or self.alive(cnum, incarnation):
             return []
         out: list[Event] = self._drop(cnum) if cnum in self._members else []
-        self._members[cnum] = _Member(incarnation, count, -1, now, name)
+        self._members[cnum] = _Member(incarnation, count, epoch, now, name)
         out.append(Joined(cnum, count))
         return out
 
