@@ -566,3 +566,31 @@ async def test_a_stalled_reader_on_another_host_stops_exactly_its_writer(
         # Never a slow consumer in NATS's eyes.
         for i in range(3):
             assert "Slow Consumer" not in fed.cluster.log_path(i).read_text()
+
+
+async def test_same_certificate_replaces_its_session_on_another_coordinator(
+        tmp_path: Path) -> None:
+    from conec_actors.certs import self_signed
+
+    alice = self_signed(["alice"])
+    async with federation(tmp_path, "east", "west") as fed:
+        w = await fed.client("w", "west")
+        old = await fed.client("alice", "east", cert=alice.cert_pem, key=alice.key_pem)
+        watch = await w.watch("alice")
+        # alice comes back through west (her east session gone stale, say):
+        # the same certificate replaces that session at once.
+        new = await fed.client("alice", "west", cert=alice.cert_pem, key=alice.key_pem)
+        await wait_for(lambda: old.is_closed, timeout=10)
+        assert not new.is_closed
+        server = asyncio.create_task(serve_mailbox(new, []))
+        try:
+            assert await w.ask("alice", 1, timeout=10) == ["re", 1]
+        finally:
+            server.cancel()
+        # No departure: the watch on her holds.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(watch.wait()), 1.0)
+        # Another certificate is still refused, on either Coordinator.
+        for coord in ("east", "west"):
+            with pytest.raises(DuplicateId):
+                await fed.client("alice", coord)

@@ -163,6 +163,7 @@ def attach(fe: FrontEnd, fed: Federation, send: Send | None = None) -> None:
             s.execute(s.core.close(wire.Code.DUPLICATE_ID, f"a client with id "
                                    f"{wire.quote(client_id)} is already connected"))
     fed.ids.lost = lost
+    fed.ids.replaced = cross.replace
     fe.relay.broadcast_home = fed.ids.broadcast_home
     fe.plane.broadcast_home = fed.ids.existing_home
     cross.find_group_home = fed.ids.group_home

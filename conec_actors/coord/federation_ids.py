@@ -43,6 +43,7 @@ CLAIM_LATER = 60.0
 LEADER_WAIT = 0.3
 _TAKE = -1  # `IdSpace._held`: the key is a dead Coordinator's
 _SIBLING = -2  # ... another front-end shard's of this Coordinator
+_REPLACE = -3  # ... a live other Coordinator's session of the same client
 #: Key prefixes of the homes of broadcasts and of groups in the ids bucket.
 BROADCAST = "b."
 GROUP = "g."
@@ -88,6 +89,9 @@ class IdSpace:
         #: called with (id, connection key) when an id admitted during a
         #: leader election turns out to be another Coordinator's
         self.lost: Callable[[str, int], None] | None = None
+        #: called with the connection key of another Coordinator's session
+        #: that a reconnection of its own client (same certificate) replaced
+        self.replaced: Callable[[int], None] | None = None
 
 
     def _record(self, entry: ipc.Entry) -> bytes:
@@ -116,18 +120,24 @@ class IdSpace:
                 try:
                     rev = await asyncio.wait_for(self._bucket.create(key, value), CLAIM_WAIT)
                 except nats.js.errors.KeyWrongLastSequenceError:
-                    code = await self._held(key)
+                    code = await self._held(key, entry.cert)
                     if code is None:
                         continue
-                    if code not in (_TAKE, _SIBLING):
+                    if code not in (_TAKE, _SIBLING, _REPLACE):
                         return code
                     # A dead Coordinator's, or another shard's of this one
                     # (the local directory decides: a stale session of the
-                    # same client is replaced): take it over.
+                    # same client is replaced), or another Coordinator's
+                    # session of this very client: take it over.
                     cur = await self._bucket.get(key)
                     rev = await self._bucket.update(key, value, last=cur.revision)
                     if code == _SIBLING:
                         self._displaced[cid] = cur.value
+                    elif code == _REPLACE and self.replaced is not None:
+                        # Its client reconnected here: that session closes,
+                        # and is no departure (`ControlPlane.left`).
+                        old = msgspec.msgpack.decode(cur.value, type=fc.IdRecord)
+                        self.replaced(old.entry.conn_key)
                 self._releases.pop(cid, None)
                 self._owned[cid] = (entry.conn_key, rev, value)
                 return 0
@@ -143,9 +153,11 @@ class IdSpace:
                     return code
                 await asyncio.sleep(0.1)
 
-    async def _held(self, key: str) -> int | None:
+    async def _held(self, key: str, cert: bytes | None = None) -> int | None:
         """Who holds `key`: 0 (this Coordinator), `DUPLICATE_ID` (a live
-        other), `_TAKE` (a dead one), None (nobody now)."""
+        other), `_REPLACE` (a live other, for a client with certificate
+        `cert`: a stale session of the client reconnecting), `_TAKE` (a dead
+        one), None (nobody now)."""
         import nats
 
         try:
@@ -161,7 +173,8 @@ class IdSpace:
         if self._host.peers.is_sibling(rec.cnum):
             return _SIBLING
         if await self._host.alive(rec.cnum, rec.incarnation):
-            return wire.Code.DUPLICATE_ID
+            return _REPLACE if cert is not None and rec.entry.cert == cert \
+                else wire.Code.DUPLICATE_ID
         return _TAKE
 
     async def _get(self, key: str) -> Any:
