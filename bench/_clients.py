@@ -37,6 +37,7 @@ from bench._common import (
     int_list,
     make_self_signed,
     median,
+    percentile,
     start_coord,
     udp_rcvbuf_errors,
     wait_event,
@@ -92,6 +93,27 @@ async def stream_ping(
         if check and reply != message:
             raise RuntimeError("B's stream echo differs")
     return rtts
+
+
+async def ask_pings(client: Any, peer: str, body: Any, n: int, *, warmup: int,
+                    timeout: float) -> list[float]:
+    """Ask *peer* *body* and wait for its answer (the same body), *warmup* +
+    *n* times; the last *n* round trips (us)."""
+    rtts: list[float] = []
+    ask = client.ask
+    for i in range(warmup + n):
+        t0 = time.perf_counter_ns()
+        reply = await ask(peer, body, timeout=timeout)
+        if i >= warmup:
+            rtts.append((time.perf_counter_ns() - t0) / 1000)
+        if reply != body:
+            raise RuntimeError("B's answer differs from the ask")
+    return rtts
+
+
+def rtt_figures(rtts: list[float]) -> dict[str, Any]:
+    """n, p50 and p99 (us) of round trips."""
+    return {"n": len(rtts), "p50_us": percentile(rtts, 50), "p99_us": percentile(rtts, 99)}
 
 
 async def stream_receiver_main(

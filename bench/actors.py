@@ -77,8 +77,10 @@ from bench._clients import (
     NatsServer,
     PySpy,
     Target,
+    ask_pings,
     check_py_spy,
     connect,
+    rtt_figures,
     run_naive,
     stream_ping,
     want_nats,
@@ -94,7 +96,6 @@ from bench._common import (
     int_list,
     make_self_signed,
     median,
-    percentile,
     ping_summary,
     rates,
     start_coord,
@@ -135,10 +136,6 @@ CAVEAT = ("2-core machine shared with other workloads (tests of other engineers 
 def count_for(size: int, rate: float, duration: float) -> int:
     """Messages of *size* bytes for a run of about *duration* seconds at *rate* msgs/s."""
     return min(MAX_COUNT, max(MIN_COUNT, MIN_PAYLOAD // max(size, 1), int(rate * duration)))
-
-
-def _rtt_figures(rtts: list[float]) -> dict[str, Any]:
-    return {"n": len(rtts), "p50_us": percentile(rtts, 50), "p99_us": percentile(rtts, 99)}
 
 
 # --------------------------------------------------------------------------- conec clients
@@ -280,16 +277,9 @@ async def sender_main(
             run["calibration_msgs_per_s"] = warm["msgs_per_s"]
             out["tell"][size] = run
         if rtt_n > 0:
-            ask = client.ask
-            rtts: list[float] = []
-            for i in range(WARMUP + rtt_n):
-                t0 = time.perf_counter_ns()
-                reply = await ask("b", body, timeout=RTT_TIMEOUT_S)
-                if i >= WARMUP:
-                    rtts.append((time.perf_counter_ns() - t0) / 1000)
-                if reply != body:
-                    raise RuntimeError("B's answer differs from the ask")
-            out["ask"] = _rtt_figures(rtts)
+            rtts = await ask_pings(client, "b", body, rtt_n, warmup=WARMUP,
+                                   timeout=RTT_TIMEOUT_S)
+            out["ask"] = rtt_figures(rtts)
             # Tell round trips: A tells B, B tells it back, A reads its own mailbox.
             assert await client.ask("b", {"cmd": "echo"}, timeout=CONTROL_TIMEOUT_S)
             inbox = aiter(client.mailbox)
@@ -304,7 +294,7 @@ async def sender_main(
                     rtts.append((time.perf_counter_ns() - t0) / 1000)
                 if env.body != body:
                     raise RuntimeError("B's tell back differs")
-            out["tell_rtt"] = _rtt_figures(rtts)
+            out["tell_rtt"] = rtt_figures(rtts)
             # The same round trip on a plain stream of the same path (no mailbox): what
             # the stream layer costs, to tell it apart from what the mailbox adds.
             if path == "direct":
@@ -313,7 +303,7 @@ async def sender_main(
                 send, recv = await client.new_proxied_stream("b")
             rtts = await stream_ping(send, recv, body, rtt_n, warmup=WARMUP,
                                      timeout=RTT_TIMEOUT_S, check=True)
-            out["stream_ping"] = _rtt_figures(rtts)
+            out["stream_ping"] = rtt_figures(rtts)
             routes["b"] = await client.ask("b", {"cmd": "route"}, timeout=CONTROL_TIMEOUT_S)
             if routes["b"] != path:
                 raise RuntimeError(f"B's mailbox route to A is {routes['b']!r}, not {path!r}")
@@ -409,7 +399,7 @@ def run_nats(n: int) -> dict[str, Any]:
         procs.expect("ready")
         procs.start("requester", nats_requester_main, server.url, n)
         rtts: list[float] = procs.expect("rtts", timeout=STARTUP_TIMEOUT_S + n * 0.05)
-    return _rtt_figures(rtts)
+    return rtt_figures(rtts)
 
 
 # --------------------------------------------------------------------------- baselines

@@ -56,7 +56,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench._clients import COORD_NAME, HOST, Target, stream_ping
+from bench._clients import COORD_NAME, HOST, Target, ask_pings, rtt_figures, stream_ping
 from bench._common import (
     MB,
     MP,
@@ -72,7 +72,6 @@ from bench._common import (
     int_list,
     make_self_signed,
     median,
-    percentile,
     rates,
     wait_event,
 )
@@ -193,10 +192,6 @@ async def _stream_run(client: Any, size: int, count: int) -> dict[str, Any]:
             **rates(size, count, got["seconds"])}
 
 
-def _rtt_figures(rtts: list[float]) -> dict[str, Any]:
-    return {"n": len(rtts), "p50_us": percentile(rtts, 50), "p99_us": percentile(rtts, 99)}
-
-
 async def sender_main(target: Target, sizes: list[int], duration: float, ask_n: int,
                       *, ctl: Ctl, stop: Stop) -> None:
     """Client A: one session (a stream run per size, asks, stream round trips)."""
@@ -213,21 +208,14 @@ async def sender_main(target: Target, sizes: list[int], duration: float, ask_n: 
             run["calibration_msgs_per_s"] = warm["msgs_per_s"]
             out["stream"][str(size)] = run
         if ask_n > 0:
-            ask = client.ask
-            rtts: list[float] = []
-            for i in range(WARMUP + ask_n):
-                t0 = time.perf_counter_ns()
-                reply = await ask("b", body, timeout=RTT_TIMEOUT_S)
-                if i >= WARMUP:
-                    rtts.append((time.perf_counter_ns() - t0) / 1000)
-                if reply != body:
-                    raise RuntimeError("B's answer differs from the ask")
-            out["ask"] = _rtt_figures(rtts)
+            rtts = await ask_pings(client, "b", body, ask_n, warmup=WARMUP,
+                                   timeout=RTT_TIMEOUT_S)
+            out["ask"] = rtt_figures(rtts)
             send, recv = await client.new_proxied_stream("b")
             await send.send(ECHO)
             rtts = await stream_ping(send, recv, body, ask_n, warmup=WARMUP,
                                      timeout=RTT_TIMEOUT_S, check=True)
-            out["stream_ping"] = _rtt_figures(rtts)
+            out["stream_ping"] = rtt_figures(rtts)
             await send.finish()
         ctl.put(("session", out))
         await wait_event(stop)
