@@ -115,6 +115,12 @@ class CoordinatorFailed(ConecError):
     """The Coordinator shut itself down (for example a worker crash loop)."""
 
 
+class FederationError(ConecError):
+    """A Coordinator could not join its federation (`CoordConfig.cluster`):
+    no NATS server answered, a bucket could not be made, or no Coordinator
+    number was free."""
+
+
 class PoolFailed(ConecError):
     """An `ActorPool` stopped because its instances kept dying (3 deaths within
     10 s), or could not start."""
@@ -130,6 +136,7 @@ __all__ = [
     "CoordinatorFailed",
     "DecodeError",
     "DuplicateId",
+    "FederationError",
     "InvalidId",
     "Lagged",
     "MessageTooLarge",

@@ -290,8 +290,7 @@ async def test_coordinator_flags_are_checked() -> None:
 
 
 async def test_tls_to_nats_with_the_coordinators_certificate(tmp_path: Path) -> None:
-    from conec_actors import Coord, CoordConfig
-    from conec_actors.coord.federation import FederationError
+    from conec_actors import Coord, CoordConfig, FederationError
 
     from .nats_cluster import make_nats_tls, nats_cluster
 

@@ -24,8 +24,9 @@ from collections.abc import Coroutine
 from .. import wire
 from ..certs import load_pem
 from ..config import CoordConfig, cluster_urls
+from ..errors import FederationError
 from . import ipc
-from .federation import Federation, FederationError
+from .federation import Federation
 from .frontend import FrontEnd, Requests
 from .shard_control import CrossShard
 from .tunnel import Send, Tunnels

@@ -29,12 +29,11 @@ import logging
 import secrets
 import ssl
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..errors import ConecError
+from ..errors import FederationError
 from . import federation_core as fc
 from . import nats_fast
 from . import shard_wire as sw
@@ -63,11 +62,6 @@ MAX_BATCH = 256 * 1024
 #: How long a credit or drain report may wait for a batch to ride with.
 LAZY_DELAY = 0.005
 _LAZY = frozenset((sw.Consumed, sw.Drained))
-
-
-class FederationError(ConecError):
-    """The federation could not be joined (no NATS server answered, no
-    bucket could be made, no Coordinator number was free)."""
 
 
 def payload_subject(cnum: int, shard: int) -> str:
@@ -511,5 +505,3 @@ def _chunks(msgs: list[sw.ShardMsg]) -> list[list[sw.ShardMsg]]:
         out.append(run)
     return out
 
-
-Send = Callable[[int, sw.ShardMsg], None]
